@@ -1,0 +1,23 @@
+"""PyStrands on Twisted: Python backends for PyStrands real-time WebSocket brokers."""
+
+from .backend import Backend
+from .context import ConnectionRequestContext, Context, JSONModel
+from .errors import NotConnectedError, ProtocolError, SendBufferFull
+from .interfaces import IBackend, IBrokerConnection
+from .service import BackendService
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "BackendService",
+    "ConnectionRequestContext",
+    "Context",
+    "IBackend",
+    "IBrokerConnection",
+    "JSONModel",
+    "NotConnectedError",
+    "ProtocolError",
+    "SendBufferFull",
+    "__version__",
+]

@@ -1,0 +1,111 @@
+"""The documented data classes passed to backend callbacks.
+
+``JSONModel`` maps the keys of a dict onto the annotated attributes of a
+class (a missing key becomes ``None``, an unknown key is ignored), and back.
+A nested model is built from its dict by ``from_json`` and turned back into
+a dict by ``to_json``, so ``from_json(to_json(x))`` round-trips.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, TypeVar, get_type_hints
+
+__all__ = ["JSONModel", "Context", "ConnectionRequestContext"]
+
+_Model = TypeVar("_Model", bound="JSONModel")
+
+
+class JSONModel:
+    """Base class: attributes are the class annotations, filled from keywords."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        fields, defaults = type(self)._schema()
+        for name in fields:
+            if name in kwargs:
+                value = kwargs[name]
+            elif name in defaults:
+                value = copy.copy(defaults[name])
+            else:
+                value = None
+            setattr(self, name, value)
+
+    @classmethod
+    def _fields(cls) -> dict[str, Any]:
+        """Annotated attribute names, base classes first, with their types."""
+        return cls._schema()[0]
+
+    @classmethod
+    def _schema(cls) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(name -> type, name -> class-level default), computed once per class."""
+        schema = cls.__dict__.get("_schema_cache")
+        if schema is None:
+            try:
+                hints = get_type_hints(cls)
+            except (NameError, TypeError):
+                hints = {}
+                for klass in reversed(cls.__mro__):
+                    hints.update(getattr(klass, "__annotations__", {}))
+            fields = {name: hint for name, hint in hints.items() if not name.startswith("_")}
+            defaults = {name: getattr(cls, name) for name in fields if hasattr(cls, name)}
+            schema = (fields, defaults)
+            cls._schema_cache = schema
+        return schema
+
+    @classmethod
+    def from_json(cls: type[_Model], data: dict[str, Any]) -> _Model:
+        """Create an instance from a dict; nested models are built from their dicts."""
+        if not isinstance(data, dict):
+            raise TypeError(f"{cls.__name__}.from_json() needs a dict, not {type(data).__name__}")
+        values = {}
+        for name, hint in cls._fields().items():
+            if name not in data:
+                continue
+            value = data[name]
+            if isinstance(hint, type) and issubclass(hint, JSONModel) and isinstance(value, dict):
+                value = hint.from_json(value)
+            values[name] = value
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        """A dict of every annotated attribute; nested models become dicts."""
+        result = {}
+        for name in self._fields():
+            value = getattr(self, name, None)
+            result[name] = value.to_json() if isinstance(value, JSONModel) else value
+        return result
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name, None)!r}" for name in self._fields())
+        return f"{type(self).__name__}({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.to_json() == other.to_json()  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class Context(JSONModel):
+    """A WebSocket client's identity, room and application metadata."""
+
+    client_id: str
+    room_id: str
+    metadata: dict
+
+
+class ConnectionRequestContext(JSONModel):
+    """An incoming WebSocket handshake, for ``on_connection_request`` to judge.
+
+    ``query`` holds the URL's query string (name -> list of values) when the
+    broker forwards it (the embedded broker does; the reference one does not,
+    and then it is an empty dict).
+    """
+
+    headers: Dict[str, List[str]]
+    url: str
+    remote_addr: str
+    context: Context
+    accepted: bool
+    query: Dict[str, List[str]] = {}

@@ -1,0 +1,138 @@
+"""Run handler calls in order per key, concurrently across keys, with a bound.
+
+The key is a WebSocket client's id: one client's events run one after the
+other, each once the previous one's result (value, Deferred or coroutine) is
+done; different clients' events run at the same time, up to ``concurrency``.
+The dispatcher counts what is waiting so that the protocol can stop reading
+from the broker when handlers fall behind.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from inspect import iscoroutine
+from typing import Any, Callable, Hashable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+__all__ = ["KeyedDispatcher"]
+
+log = Logger()
+
+_Call = tuple[Callable[..., Any], tuple[Any, ...], int]
+
+
+class KeyedDispatcher:
+    """Ordered per key, concurrent across keys, bounded by ``concurrency``.
+
+    ``on_busy`` is called when the waiting events reach ``max_events`` or
+    ``max_bytes``; ``on_idle`` once they are back under half of both.
+    """
+
+    def __init__(
+        self,
+        concurrency: int,
+        max_events: int,
+        max_bytes: int,
+        on_busy: Callable[[], None],
+        on_idle: Callable[[], None],
+    ) -> None:
+        self.concurrency = concurrency
+        self._max_events = max_events
+        self._max_bytes = max_bytes
+        self._on_busy = on_busy
+        self._on_idle = on_idle
+        self._queues: dict[Hashable, deque[_Call]] = {}
+        self._ready: deque[Hashable] = deque()
+        self._running = 0
+        self._pumping = False
+        self._busy = False
+        self.pending_events = 0
+        self.pending_bytes = 0
+        self._drain_waiters: list[Deferred[None]] = []
+
+    @property
+    def busy(self) -> bool:
+        """True from reaching the high-water mark until back under the low one."""
+        return self._busy
+
+    def submit(self, key: Hashable, size: int, handler: Callable[..., Any], *args: Any) -> None:
+        """Queue ``handler(*args)`` behind the calls already queued for ``key``."""
+        self.pending_events += 1
+        self.pending_bytes += size
+        queue = self._queues.get(key)
+        if queue is None:
+            self._queues[key] = deque(((handler, args, size),))
+            self._ready.append(key)
+            self._pump()
+        else:
+            queue.append((handler, args, size))
+        if not self._busy and (
+            self.pending_events >= self._max_events or self.pending_bytes >= self._max_bytes
+        ):
+            self._busy = True
+            self._on_busy()
+
+    def drained(self) -> Deferred[None]:
+        """A Deferred that fires once nothing is queued or running."""
+        if not self.pending_events:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._drain_waiters.append(waiter)
+        return waiter
+
+    def _pump(self) -> None:
+        # Start calls while slots are free. A call that finishes synchronously
+        # re-enters here through _finished; the flag turns that into iteration.
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self._ready and self._running < self.concurrency:
+                key = self._ready.popleft()
+                handler, args, size = self._queues[key].popleft()
+                self._running += 1
+                self._start(key, handler, args, size)
+        finally:
+            self._pumping = False
+
+    def _start(self, key: Hashable, handler: Callable[..., Any], args: tuple, size: int) -> None:
+        try:
+            result = handler(*args)
+        except BaseException:
+            self._report(Failure(), handler)
+            self._finished(key, size)
+            return
+        if iscoroutine(result):
+            result = Deferred.fromCoroutine(result)
+        if isinstance(result, Deferred):
+            result.addErrback(self._report, handler)
+            result.addBoth(lambda _: self._finished(key, size))
+        else:
+            self._finished(key, size)
+
+    def _report(self, failure: Failure, handler: Callable[..., Any]) -> None:
+        name = getattr(handler, "__qualname__", repr(handler))
+        log.failure("Backend handler {handler} failed", failure, handler=name)
+
+    def _finished(self, key: Hashable, size: int) -> None:
+        self._running -= 1
+        self.pending_events -= 1
+        self.pending_bytes -= size
+        if self._queues[key]:
+            self._ready.append(key)
+        else:
+            del self._queues[key]
+        if self._busy and (
+            self.pending_events <= self._max_events // 2
+            and self.pending_bytes <= self._max_bytes // 2
+        ):
+            self._busy = False
+            self._on_idle()
+        if not self.pending_events and self._drain_waiters:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+        self._pump()

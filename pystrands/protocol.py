@@ -1,0 +1,537 @@
+"""The Twisted side of the wire: lines from the broker -> IBackend calls, and sends back.
+
+:class:`BrokerProtocol` is one TCP connection to a broker. It frames lines,
+decodes them with :mod:`pystrands.wire`, and hands each event to the
+factory's :class:`~pystrands.dispatch.KeyedDispatcher` (in order per
+WebSocket client, concurrent across clients); when handlers fall behind it
+stops reading from the socket.
+
+:class:`BrokerClientFactory` outlives connections: it owns the reconnect
+policy (``ReconnectingClientFactory``), the dispatcher, and the buffer of
+sends made while no connection is up. It is the ``IBrokerConnection`` a
+backend sends through (``backend.broker``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from inspect import iscoroutine
+from typing import Any, Hashable
+
+from twisted.internet import error as ierror
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import ReconnectingClientFactory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import wire
+from .context import ConnectionRequestContext, Context
+from .dispatch import KeyedDispatcher
+from .errors import NotConnectedError, ProtocolError, SendBufferFull
+from .interfaces import IBackend, IBrokerConnection
+from .settings import BackendSettings
+
+__all__ = ["BrokerClientFactory", "BrokerProtocol", "as_backend", "context_from_wire"]
+
+log = Logger()
+
+_CALLBACKS = ("on_connection_request", "on_new_connection", "on_message", "on_disconnect", "on_error")
+
+
+def as_backend(obj: object) -> IBackend:
+    """``obj`` as an IBackend, or a ``TypeError`` that says why it is not one."""
+    backend = IBackend(obj, None)
+    if backend is None:
+        raise TypeError(
+            f"{obj!r} is not a backend: it neither provides IBackend nor has an adapter to it"
+            " (subclass pystrands.Backend, PyStrandsClient or AsyncPyStrandsClient,"
+            " or declare @implementer(IBackend))"
+        )
+    missing = [name for name in _CALLBACKS if not callable(getattr(backend, name, None))]
+    if missing:
+        raise TypeError(f"{obj!r} is not a backend: it lacks {', '.join(missing)}")
+    return backend
+
+
+def context_from_wire(obj: Any) -> Context:
+    """A Context from a frame's ``context`` param, whatever shape it has.
+
+    A client context gives its ids and the application's metadata (the
+    reference broker's nested copy unwrapped). Anything else (the failed
+    request of an ``error`` event: headers, url, remote_addr) becomes the
+    metadata of a Context without ids, so nothing the broker said is lost.
+    """
+    if not isinstance(obj, dict):
+        return Context(client_id=None, room_id=None, metadata={})
+    if "metadata" in obj:
+        metadata = wire.unwrap_metadata(obj["metadata"])
+    else:
+        metadata = {key: value for key, value in obj.items() if key not in ("client_id", "room_id")}
+    return Context(client_id=obj.get("client_id"), room_id=obj.get("room_id"), metadata=metadata)
+
+
+class BrokerProtocol(LineReceiver):
+    """One connection to a broker; see the module docstring."""
+
+    delimiter = b"\n"
+    factory: BrokerClientFactory
+
+    def __init__(self) -> None:
+        self._partial: list[bytes] = []
+        self._partial_size = 0
+        self._discarding = False
+        self._last_received = 0.0
+        self._idle_call: Any = None
+        self._reading_paused = False
+
+    # -- connection life cycle -------------------------------------------
+
+    def connectionMade(self) -> None:
+        settings = self.factory.settings
+        self.MAX_LENGTH = settings.max_line_length
+        self._last_received = self.factory.clock.seconds()
+        if settings.idle_timeout:
+            self._idle_call = self.factory.clock.callLater(settings.idle_timeout, self._check_idle)
+        if settings.backend_token is not None:
+            self.transport.write(wire.auth_frame(settings.backend_token))
+        self.factory.protocol_connected(self)
+
+    def connectionLost(self, reason: Failure = ierror.ConnectionDone()) -> None:
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+        self.factory.protocol_disconnected(self, reason)
+
+    def _check_idle(self) -> None:
+        timeout = self.factory.settings.idle_timeout
+        silent = self.factory.clock.seconds() - self._last_received
+        if self._reading_paused or silent < timeout:
+            # Paused reading means the broker's data waits in the socket: not silence.
+            delay = timeout if self._reading_paused else timeout - silent
+            self._idle_call = self.factory.clock.callLater(delay, self._check_idle)
+            return
+        self._idle_call = None
+        log.warn("No data from the broker for {silent:.1f}s; dropping the connection", silent=silent)
+        self.transport.abortConnection()
+
+    def pause_reading(self) -> None:
+        """Stop reading from the broker until :meth:`resume_reading`."""
+        if not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+
+    # -- framing ---------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        """Split ``data`` into lines in linear time, whatever the line sizes.
+
+        ``LineReceiver``'s own loop re-scans and re-copies its whole buffer
+        for each chunk and each line; with multi-MiB frames (PROTOCOL.md has
+        no size limit) that is quadratic. This keeps its contract
+        (``delimiter``, ``MAX_LENGTH``, ``lineReceived``,
+        ``lineLengthExceeded``) and touches each byte a bounded number of times.
+        """
+        self._last_received = self.factory.clock.seconds()
+        end = data.find(b"\n")
+        if end < 0:
+            self._extend_partial(data)
+            return
+        first = data[:end]
+        if self._partial:
+            first = b"".join(self._partial) + first
+            self._partial.clear()
+            self._partial_size = 0
+        lines = data[end + 1:].split(b"\n")
+        rest = lines.pop()
+        if self._discarding:
+            self._discarding = False
+        elif len(first) > self.MAX_LENGTH:
+            self.lineLengthExceeded(first)
+        else:
+            self._line(first)
+        max_length = self.MAX_LENGTH
+        for line in lines:
+            if len(line) > max_length:
+                self.lineLengthExceeded(line)
+            else:
+                self._line(line)
+        if rest:
+            self._extend_partial(rest)
+
+    def _extend_partial(self, data: bytes) -> None:
+        if self._discarding:
+            return
+        self._partial.append(data)
+        self._partial_size += len(data)
+        if self._partial_size > self.MAX_LENGTH:
+            self.lineLengthExceeded(b"".join(self._partial[:1])[:200])
+            self._partial.clear()
+            self._partial_size = 0
+            self._discarding = True
+
+    def _line(self, line: bytes) -> None:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if line:
+            self.lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """Skip a line longer than ``MAX_LENGTH`` up to its newline; keep the connection."""
+        log.warn(
+            "Skipped a line from the broker longer than {limit} bytes: {excerpt}",
+            limit=self.MAX_LENGTH,
+            excerpt=wire.excerpt(line[:200]),
+        )
+
+    # -- frames -> backend -----------------------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            request_id, action, params = wire.decode_frame(line)
+        except ProtocolError as exc:
+            log.warn("Skipped a malformed frame from the broker ({why}): {excerpt}",
+                     why=exc, excerpt=wire.excerpt(line))
+            return
+        factory = self.factory
+        backend = factory.backend
+        if action == wire.NEW_MESSAGE:
+            message = params.get("message")
+            if not isinstance(message, str):
+                log.warn("Skipped a new_message frame whose message is not a string: {excerpt}",
+                         excerpt=wire.excerpt(line))
+                return
+            context = context_from_wire(params.get("context"))
+            factory.dispatch(context.client_id or request_id, len(line), backend.on_message,
+                             message, context)
+        elif action == wire.HEARTBEAT:
+            return
+        elif action == wire.CONNECTION_REQUEST:
+            factory.dispatch(("request", request_id), len(line), factory.answer_connection_request,
+                             request_id, params)
+        elif action == wire.NEW_CONNECTION:
+            context = context_from_wire(params.get("context"))
+            factory.dispatch(context.client_id or request_id, len(line),
+                             backend.on_new_connection, context)
+        elif action == wire.DISCONNECTED:
+            context = context_from_wire(params.get("context"))
+            factory.dispatch(context.client_id or request_id, len(line),
+                             backend.on_disconnect, context)
+        elif action == wire.ERROR:
+            error = params.get("error")
+            context = context_from_wire(params.get("context"))
+            if not isinstance(error, str):
+                error = "" if error is None else str(error)
+            factory.dispatch(context.client_id or request_id, len(line), backend.on_error,
+                             error, context)
+        else:
+            log.debug("Skipped a frame with unknown action {action!r}", action=action)
+
+
+class _EndpointConnector:
+    """Lets ``ReconnectingClientFactory`` (written for connectors) retry over an endpoint."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, factory: BrokerClientFactory) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self._attempt: Deferred[Any] | None = None
+
+    def connect(self) -> None:
+        self._attempt = attempt = self.endpoint.connect(self.factory)
+        attempt.addCallbacks(self._connected, self._failed)
+
+    def _connected(self, protocol: BrokerProtocol) -> None:
+        self._attempt = None
+
+    def _failed(self, reason: Failure) -> None:
+        self._attempt = None
+        self.factory.clientConnectionFailed(self, reason)
+
+    @property
+    def connecting(self) -> bool:
+        """True while an attempt is under way."""
+        return self._attempt is not None
+
+    def stopConnecting(self) -> None:
+        if self._attempt is None:
+            raise ierror.NotConnectingError()
+        self._attempt.cancel()
+
+    def getDestination(self) -> IStreamClientEndpoint:
+        return self.endpoint
+
+
+@implementer(IBrokerConnection)
+class BrokerClientFactory(ReconnectingClientFactory):
+    """Connects a backend to a broker and keeps it connected; see the module docstring.
+
+    Use :meth:`connect` with a client endpoint, and :meth:`stop` to end.
+    """
+
+    protocol = BrokerProtocol
+    noisy = False
+
+    def __init__(self, backend: object, reactor: IReactorTime, settings: BackendSettings | None = None,
+                 **options: Any) -> None:
+        self.settings = settings if settings is not None else BackendSettings(**options)
+        self.backend = as_backend(backend)
+        self.clock = reactor
+        self.initialDelay = self.delay = self.settings.reconnect_delay
+        self.maxDelay = self.settings.max_reconnect_delay
+        self.factor = self.settings.reconnect_backoff
+        self.continueTrying = self.settings.auto_reconnect
+        self.dispatcher = KeyedDispatcher(
+            self.settings.concurrency,
+            self.settings.max_pending_events,
+            self.settings.max_pending_bytes,
+            on_busy=self._pause_reading,
+            on_idle=self._resume_reading,
+        )
+        self.current: BrokerProtocol | None = None
+        self._buffer: deque[tuple[bytes, Deferred[None]]] = deque()
+        self._started = False
+        self._stopping = False
+        self._attempt_waiters: list[Deferred[bool]] = []
+        self._closed_waiter: Deferred[None] | None = None
+        self.backend.broker = self
+
+    # -- IBrokerConnection -----------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self.current is not None
+
+    def send_room_message(self, room_id: str, message: str) -> Deferred[None]:
+        try:
+            frame = wire.room_message_frame(room_id, message)
+        except TypeError:
+            return fail()
+        return self.send_frame(frame)
+
+    def send_private_message(self, client_id: str, message: str) -> Deferred[None]:
+        try:
+            frame = wire.private_message_frame(client_id, message)
+        except TypeError:
+            return fail()
+        return self.send_frame(frame)
+
+    def broadcast_message(self, message: str) -> Deferred[None]:
+        try:
+            frame = wire.broadcast_frame(message)
+        except TypeError:
+            return fail()
+        return self.send_frame(frame)
+
+    def send_frame(self, frame: bytes) -> Deferred[None]:
+        """Write an encoded frame now, or buffer it until the next connection.
+
+        Fires once handed to the transport; fails with NotConnectedError when
+        no connection is coming, or SendBufferFull past the buffer bound.
+        """
+        if self.current is not None:
+            self.current.transport.write(frame)
+            return succeed(None)
+        reason = self._why_no_connection_is_coming()
+        if reason is not None:
+            return fail(NotConnectedError(f"not connected to the broker: {reason}"))
+        if len(self._buffer) >= self.settings.send_buffer_size:
+            return fail(SendBufferFull(
+                f"not connected to the broker, and {len(self._buffer)} sends already wait"
+                f" for the reconnect (send_buffer_size={self.settings.send_buffer_size})"
+            ))
+        waiter: Deferred[None] = Deferred()
+        self._buffer.append((frame, waiter))
+        return waiter
+
+    def _why_no_connection_is_coming(self) -> str | None:
+        if self._stopping:
+            return "the backend was stopped"
+        if not self._started:
+            return "the backend was never started"
+        if not self.continueTrying and not self.connector.connecting:
+            return "the connection is lost and auto_reconnect is off"
+        return None
+
+    # -- life cycle --------------------------------------------------------
+
+    def connect(self, endpoint: IStreamClientEndpoint) -> None:
+        """Start connecting through ``endpoint``, retrying as the settings say."""
+        if self._started:
+            raise RuntimeError("this factory was already started; create a new one")
+        self._started = True
+        self.connector = _EndpointConnector(endpoint, self)
+        self.connector.connect()
+
+    def next_attempt(self) -> Deferred[bool]:
+        """Fires True on the next successful connection, False on the next failed attempt."""
+        waiter: Deferred[bool] = Deferred()
+        self._attempt_waiters.append(waiter)
+        return waiter
+
+    def stop(self, timeout: float = 5.0) -> Deferred[None]:
+        """Stop reconnecting, let queued handlers finish (up to ``timeout``), then close.
+
+        Buffered sends fail with NotConnectedError. Fires when closed.
+        """
+        self._stopping = True
+        self.stopTrying()
+        self._fail_buffer("the backend was stopped")
+        self._fire_attempt_waiters(False)
+        protocol = self.current
+        if protocol is not None:
+            protocol.pause_reading()
+        drained = self.dispatcher.drained()
+        timer = self.clock.callLater(timeout, drained.cancel)
+
+        def close(result: object) -> Deferred[None] | None:
+            if timer.active():
+                timer.cancel()
+            if isinstance(result, Failure) and result.check(CancelledError):
+                log.warn("Stopping: handlers still running after {timeout}s; closing anyway",
+                         timeout=timeout)
+            if self.current is None:
+                return None
+            closed: Deferred[None] = Deferred()
+            self._closed_waiter = closed
+            self.current.transport.loseConnection()
+            return closed
+
+        return drained.addBoth(close)
+
+    def buildProtocol(self, addr: Any) -> BrokerProtocol:
+        protocol = self.protocol()
+        protocol.factory = self
+        return protocol
+
+    def resetDelay(self) -> None:
+        """Reset the backoff after a successful connection, keeping the retry choice."""
+        keep_trying = self.continueTrying
+        super().resetDelay()
+        self.continueTrying = keep_trying
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if not reason.check(CancelledError):
+            log.info("Connecting to the broker failed: {reason}", reason=reason.getErrorMessage())
+        super().clientConnectionFailed(connector, reason)
+        self._fire_attempt_waiters(False)
+        if not self.continueTrying:
+            self._fail_buffer("connecting failed and auto_reconnect is off")
+
+    def protocol_connected(self, protocol: BrokerProtocol) -> None:
+        """Called by a protocol once connected: flush the buffer, start serving."""
+        if self._stopping:
+            protocol.transport.loseConnection()
+            return
+        self.current = protocol
+        self.resetDelay()
+        log.info("Connected to the broker at {peer}", peer=protocol.transport.getPeer())
+        if self.dispatcher.busy:
+            protocol.pause_reading()
+        while self._buffer:
+            frame, waiter = self._buffer.popleft()
+            protocol.transport.write(frame)
+            waiter.callback(None)
+        self._fire_attempt_waiters(True)
+
+    def protocol_disconnected(self, protocol: BrokerProtocol, reason: Failure) -> None:
+        """Called by a protocol once its connection is gone: retry, or give up."""
+        if protocol is not self.current:
+            return
+        self.current = None
+        closed = self._closed_waiter
+        if closed is not None:
+            self._closed_waiter = None
+            closed.callback(None)
+            return
+        if self._stopping:
+            return
+        log.info("Lost the connection to the broker: {reason}", reason=reason.getErrorMessage())
+        if self.continueTrying:
+            self.retry(self.connector)
+        else:
+            self._fail_buffer("the connection is lost and auto_reconnect is off")
+
+    def _fail_buffer(self, reason: str) -> None:
+        while self._buffer:
+            _, waiter = self._buffer.popleft()
+            waiter.errback(NotConnectedError(f"not connected to the broker: {reason}"))
+
+    def _fire_attempt_waiters(self, connected: bool) -> None:
+        waiters, self._attempt_waiters = self._attempt_waiters, []
+        for waiter in waiters:
+            waiter.callback(connected)
+
+    # -- events -> backend ---------------------------------------------------
+
+    def dispatch(self, key: Hashable, size: int, handler: Any, *args: Any) -> None:
+        """Queue one backend call behind the earlier ones of the same client."""
+        self.dispatcher.submit(key, size, handler, *args)
+
+    def _pause_reading(self) -> None:
+        if self.current is not None:
+            self.current.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.current is not None and not self._stopping:
+            self.current.resume_reading()
+
+    def answer_connection_request(self, request_id: str, params: dict[str, Any]) -> Deferred[None]:
+        """Ask the backend about a handshake and send its ``response`` frame."""
+        url = params.get("url", "")
+        query = params.get("query")
+        request = ConnectionRequestContext(
+            headers=params.get("headers") or {},
+            url=url,
+            remote_addr=params.get("remote_addr"),
+            context=Context(client_id=str(uuid.uuid4()), room_id=url, metadata={}),
+            accepted=True,
+            query=query if isinstance(query, dict) else {},
+        )
+        try:
+            result = self.backend.on_connection_request(request)
+        except BaseException:
+            result = fail()
+        if iscoroutine(result):
+            result = Deferred.fromCoroutine(result)
+        answer = result if isinstance(result, Deferred) else succeed(result)
+        answer.addCallbacks(self._response_for, self._rejection_for,
+                            callbackArgs=(request_id, request), errbackArgs=(request_id, request))
+        return answer.addCallback(self.send_frame).addErrback(
+            lambda failure: log.failure("Could not send the response to {request_id}", failure,
+                                        request_id=request_id))
+
+    def _response_for(self, result: object, request_id: str, request: ConnectionRequestContext) -> bytes:
+        accepted = result if isinstance(result, bool) else bool(request.accepted)
+        try:
+            context = request.context
+            return wire.response_frame(request_id, accepted, context.client_id, context.room_id,
+                                       context.metadata)
+        except (TypeError, AttributeError) as exc:
+            log.error("Rejected connection request {request_id}: its answer is not valid ({why})",
+                      request_id=request_id, why=exc)
+            return self._rejection(request_id, request)
+
+    def _rejection_for(self, failure: Failure, request_id: str, request: ConnectionRequestContext) -> bytes:
+        log.failure("on_connection_request failed; rejected request {request_id}", failure,
+                    request_id=request_id)
+        return self._rejection(request_id, request)
+
+    @staticmethod
+    def _rejection(request_id: str, request: ConnectionRequestContext) -> bytes:
+        context = getattr(request, "context", None)
+        client_id = getattr(context, "client_id", None)
+        room_id = getattr(context, "room_id", None)
+        return wire.response_frame(
+            request_id, False,
+            client_id if isinstance(client_id, str) else "",
+            room_id if isinstance(room_id, str) else "",
+            {},
+        )

@@ -1,0 +1,73 @@
+"""BackendService: a backend's connection to its broker as an ``IService``.
+
+Add it to any ``MultiService`` (a twistd application, a web app): starting
+the service connects (and keeps reconnecting), stopping it lets in-flight
+handlers finish, up to ``stop_timeout``, then closes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IStreamClientEndpoint
+
+from .protocol import BrokerClientFactory, as_backend
+from .settings import BackendSettings, check_number
+
+__all__ = ["BackendService", "DEFAULT_BROKER"]
+
+#: Where the reference broker listens for backends by default.
+DEFAULT_BROKER = "tcp:host=localhost:port=8081"
+
+
+class BackendService(Service):
+    """Runs ``backend`` (anything adaptable to IBackend) against a broker.
+
+    ``endpoint`` is a client endpoint or an endpoint string; ``reactor`` is
+    the one to use (the global reactor, looked up when the service starts,
+    if none is given); other keywords are :class:`BackendSettings`.
+    """
+
+    def __init__(
+        self,
+        backend: object,
+        endpoint: str | IStreamClientEndpoint = DEFAULT_BROKER,
+        reactor: Any = None,
+        stop_timeout: float = 5.0,
+        **settings: Any,
+    ) -> None:
+        self.backend = as_backend(backend)
+        if isinstance(endpoint, str):
+            clientFromString(reactor, endpoint)  # a malformed string fails here, not at start
+        elif not IStreamClientEndpoint.providedBy(endpoint):
+            raise TypeError(f"endpoint must be an endpoint string or a client endpoint, not {endpoint!r}")
+        self.endpoint = endpoint
+        self.settings = BackendSettings(**settings)
+        self.stop_timeout = check_number("stop_timeout", stop_timeout, minimum=0)
+        self.reactor = reactor
+        self.factory: BrokerClientFactory | None = None
+
+    @property
+    def broker(self) -> BrokerClientFactory | None:
+        """The IBrokerConnection of the running service (None before it starts)."""
+        return self.factory
+
+    def startService(self) -> None:
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor  # the outermost layer's choice: the global one
+        endpoint = self.endpoint
+        if isinstance(endpoint, str):
+            endpoint = clientFromString(reactor, endpoint)
+        super().startService()
+        self.factory = BrokerClientFactory(self.backend, reactor, self.settings)
+        self.factory.connect(endpoint)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self.factory is None:
+            return succeed(None)
+        return self.factory.stop(self.stop_timeout)

@@ -1,0 +1,10 @@
+"""twistd plugins of PyStrands. Kept tiny: the real code loads only when used."""
+
+from twisted.application.service import ServiceMaker
+
+pystrands_backend = ServiceMaker(
+    "PyStrands backend",
+    "pystrands.tap",
+    "Run a PyStrands backend (module.attr) connected to a broker",
+    "pystrands",
+)
