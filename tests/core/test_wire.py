@@ -1,0 +1,131 @@
+"""pystrands.wire: decoding, encoding, builders and the metadata unwrap."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from pystrands import wire
+from pystrands.errors import ProtocolError
+from tests.support import transcript
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        (b"not json", "not JSON"),
+        (b"", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (b"[1, 2]", "not a JSON object but list"),
+        (b'"text"', "not a JSON object but str"),
+        (b'{"request_id": "r", "params": {}}', "'action' is missing"),
+        (b'{"request_id": "r", "action": 5, "params": {}}', "'action' is not a string"),
+        (b'{"request_id": 7, "action": "x", "params": {}}', "'request_id' is not a string"),
+        (b'{"request_id": "r", "action": "x", "params": []}', "'params' is not an object"),
+        (b'{"request_id": "r", "action": "x", "params": "p"}', "'params' is not an object"),
+    ],
+)
+def test_decode_says_what_is_wrong(line: bytes, why: str) -> None:
+    with pytest.raises(ProtocolError, match=why):
+        wire.decode_frame(line)
+
+
+def test_decode_every_transcript_frame() -> None:
+    for frame in transcript.frames():
+        line = json.dumps(frame, separators=(",", ":")).encode()
+        assert wire.decode_frame(line) == (frame["request_id"], frame["action"], frame["params"])
+
+
+def test_decode_accepts_spaced_json_escapes_and_missing_optional_keys() -> None:
+    spaced = b'{ "request_id" : "r1" , "action" : "new_message" , "params" : { "message" : "\\u003cb\\u003e&" } }'
+    assert wire.decode_frame(spaced) == ("r1", "new_message", {"message": "<b>&"})
+    assert wire.decode_frame('{"action":"heartbeat"}') == ("", "heartbeat", {})
+    assert wire.decode_frame(b'{"action":"heartbeat","params":null}').params == {}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_decode_random_bytes_raises_only_protocol_error(data: bytes) -> None:
+    try:
+        frame = wire.decode_frame(data)
+    except ProtocolError:
+        return
+    assert isinstance(frame.action, str) and isinstance(frame.params, dict)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(),
+                    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner), max_leaves=10))
+def test_decode_wrong_json_types_raise_only_protocol_error(value: object) -> None:
+    for frame in ({"request_id": value, "action": "x", "params": {}},
+                  {"request_id": "r", "action": value, "params": {}},
+                  {"request_id": "r", "action": "x", "params": value},
+                  value):
+        try:
+            wire.decode_frame(json.dumps(frame))
+        except ProtocolError:
+            pass
+
+
+def test_encode_is_compact_json_with_one_newline() -> None:
+    data = wire.encode_frame("broadcast", {"message": "line1\nline2 <>&"}, "rid")
+    assert data.endswith(b"\n") and data.count(b"\n") == 1
+    assert b": " not in data and b", " not in data
+    assert json.loads(data) == {"request_id": "rid", "action": "broadcast",
+                                "params": {"message": "line1\nline2 <>&"}}
+
+
+def test_encode_refuses_what_json_cannot_carry() -> None:
+    with pytest.raises(TypeError, match="cannot be encoded"):
+        wire.encode_frame("response", {"metadata": {"when": object()}})
+
+
+def test_builders_match_the_transcript_frames() -> None:
+    expected = {f["action"]: f["params"] for f in transcript.frames("backend")}
+    assert json.loads(wire.room_message_frame("lobby", "room:hello"))["params"] == expected["message_to_room"] | {"message": "room:hello"}
+    private = json.loads(wire.private_message_frame("client-alice", "private:hello"))
+    assert private["action"] == "message_to_connection"
+    assert set(private["params"]) == set(expected["message_to_connection"]) == {"conn_id", "message"}
+    assert json.loads(wire.broadcast_frame("x"))["params"].keys() == expected["broadcast"].keys()
+    response = json.loads(wire.response_frame("rid", True, "c", "lobby", {"user": "alice"}))
+    assert response == {"request_id": "rid", "action": "response",
+                        "params": {"accepted": True, "client_id": "c", "room_id": "lobby",
+                                   "metadata": {"user": "alice"}}}
+    assert set(response["params"]) == set(expected["response"])
+    assert json.loads(wire.auth_frame("s3cret")) | {"request_id": "-"} == {
+        "request_id": "-", "action": "auth", "params": {"token": "s3cret"}}
+
+
+@pytest.mark.parametrize(
+    ("build", "name"),
+    [
+        (lambda bad: wire.room_message_frame(bad, "m"), "room_id"),
+        (lambda bad: wire.room_message_frame("r", bad), "message"),
+        (lambda bad: wire.private_message_frame(bad, "m"), "client_id"),
+        (lambda bad: wire.private_message_frame("c", bad), "message"),
+        (lambda bad: wire.broadcast_frame(bad), "message"),
+        (lambda bad: wire.response_frame("r", True, bad, "room", {}), "client_id"),
+        (lambda bad: wire.response_frame("r", True, "c", bad, {}), "room_id"),
+        (lambda bad: wire.auth_frame(bad), "token"),
+    ],
+)
+@pytest.mark.parametrize("bad", [None, 5, 1.5, b"bytes", {"a": 1}, ["m"]])
+def test_builders_refuse_non_strings_naming_the_argument(build, name: str, bad: object) -> None:
+    with pytest.raises(TypeError, match=f"^{name} must be a str"):
+        build(bad)
+
+
+def test_unwrap_metadata_nested_plain_and_missing() -> None:
+    nested = transcript.frames("broker", "new_connection")[0]["params"]["context"]["metadata"]
+    assert wire.unwrap_metadata(nested) == {"user": "alice"}
+    assert wire.unwrap_metadata({"user": "alice"}) == {"user": "alice"}
+    assert wire.unwrap_metadata({"accepted": True, "metadata": {"x": 1}}) == {"accepted": True, "metadata": {"x": 1}}
+    assert wire.unwrap_metadata(None) == {}
+    assert wire.unwrap_metadata({"accepted": True, "client_id": "c", "room_id": "r", "metadata": None}) == {}
+
+
+def test_excerpt_is_short_and_printable() -> None:
+    assert len(wire.excerpt(b"x" * 10_000)) < 140
+    assert wire.excerpt(b"\xff\x00abc").startswith("'")
