@@ -59,16 +59,20 @@ class KeyedDispatcher:
         return self._busy
 
     def submit(self, key: Hashable, size: int, handler: Callable[..., Any], *args: Any) -> None:
-        """Queue ``handler(*args)`` behind the calls already queued for ``key``."""
+        """Run ``handler(*args)`` now if ``key`` is idle and a slot is free, else queue it."""
         self.pending_events += 1
         self.pending_bytes += size
         queue = self._queues.get(key)
-        if queue is None:
+        if queue is not None:
+            queue.append((handler, args, size))
+        elif self._running < self.concurrency and not self._ready and not self._pumping:
+            self._queues[key] = deque()
+            self._running += 1
+            self._start(key, handler, args, size)
+        else:
             self._queues[key] = deque(((handler, args, size),))
             self._ready.append(key)
             self._pump()
-        else:
-            queue.append((handler, args, size))
         if not self._busy and (
             self.pending_events >= self._max_events or self.pending_bytes >= self._max_bytes
         ):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import uuid
 from collections import deque
 from inspect import iscoroutine
-from typing import Any, Hashable
+from typing import Any
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
@@ -65,13 +65,18 @@ def context_from_wire(obj: Any) -> Context:
     request of an ``error`` event: headers, url, remote_addr) becomes the
     metadata of a Context without ids, so nothing the broker said is lost.
     """
+    context = Context.__new__(Context)  # per message: skip JSONModel's generic keyword loop
     if not isinstance(obj, dict):
-        return Context(client_id=None, room_id=None, metadata={})
+        context.client_id = context.room_id = None
+        context.metadata = {}
+        return context
+    context.client_id = obj.get("client_id")
+    context.room_id = obj.get("room_id")
     if "metadata" in obj:
-        metadata = wire.unwrap_metadata(obj["metadata"])
+        context.metadata = wire.unwrap_metadata(obj["metadata"])
     else:
-        metadata = {key: value for key, value in obj.items() if key not in ("client_id", "room_id")}
-    return Context(client_id=obj.get("client_id"), room_id=obj.get("room_id"), metadata=metadata)
+        context.metadata = {key: value for key, value in obj.items() if key not in ("client_id", "room_id")}
+    return context
 
 
 class BrokerProtocol(LineReceiver):
@@ -203,6 +208,7 @@ class BrokerProtocol(LineReceiver):
             return
         factory = self.factory
         backend = factory.backend
+        dispatch = factory.dispatcher.submit
         if action == wire.NEW_MESSAGE:
             message = params.get("message")
             if not isinstance(message, str):
@@ -210,27 +216,27 @@ class BrokerProtocol(LineReceiver):
                          excerpt=wire.excerpt(line))
                 return
             context = context_from_wire(params.get("context"))
-            factory.dispatch(context.client_id or request_id, len(line), backend.on_message,
+            dispatch(context.client_id or request_id, len(line), backend.on_message,
                              message, context)
         elif action == wire.HEARTBEAT:
             return
         elif action == wire.CONNECTION_REQUEST:
-            factory.dispatch(("request", request_id), len(line), factory.answer_connection_request,
+            dispatch(("request", request_id), len(line), factory.answer_connection_request,
                              request_id, params)
         elif action == wire.NEW_CONNECTION:
             context = context_from_wire(params.get("context"))
-            factory.dispatch(context.client_id or request_id, len(line),
+            dispatch(context.client_id or request_id, len(line),
                              backend.on_new_connection, context)
         elif action == wire.DISCONNECTED:
             context = context_from_wire(params.get("context"))
-            factory.dispatch(context.client_id or request_id, len(line),
+            dispatch(context.client_id or request_id, len(line),
                              backend.on_disconnect, context)
         elif action == wire.ERROR:
             error = params.get("error")
             context = context_from_wire(params.get("context"))
             if not isinstance(error, str):
                 error = "" if error is None else str(error)
-            factory.dispatch(context.client_id or request_id, len(line), backend.on_error,
+            dispatch(context.client_id or request_id, len(line), backend.on_error,
                              error, context)
         else:
             log.debug("Skipped a frame with unknown action {action!r}", action=action)
@@ -470,10 +476,6 @@ class BrokerClientFactory(ReconnectingClientFactory):
             waiter.callback(connected)
 
     # -- events -> backend ---------------------------------------------------
-
-    def dispatch(self, key: Hashable, size: int, handler: Any, *args: Any) -> None:
-        """Queue one backend call behind the earlier ones of the same client."""
-        self.dispatcher.submit(key, size, handler, *args)
 
     def _pause_reading(self) -> None:
         if self.current is not None:

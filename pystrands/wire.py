@@ -9,7 +9,7 @@ that names the argument.
 
 from __future__ import annotations
 
-import uuid
+import itertools
 from typing import Any, NamedTuple
 
 import orjson
@@ -100,13 +100,19 @@ def decode_frame(line: bytes | str) -> Frame:
     return Frame(request_id, action, params)
 
 
+# The broker ignores the request_id of sends; a counter is unique per process
+# and costs a tenth of a uuid4 on the per-message path.
+_send_ids = itertools.count(1)
+
+
 def encode_frame(action: str, params: dict[str, Any], request_id: str | None = None) -> bytes:
     """Serialise a frame as compact JSON plus the newline delimiter.
 
+    Without ``request_id`` the frame gets a fresh one (``s1``, ``s2``...).
     Raises ``TypeError`` when ``params`` holds something JSON cannot carry.
     """
     if request_id is None:
-        request_id = str(uuid.uuid4())
+        request_id = f"s{next(_send_ids)}"
     try:
         body = orjson.dumps({"request_id": request_id, "action": action, "params": params})
     except orjson.JSONEncodeError as exc:
