@@ -1,0 +1,218 @@
+// The chat page: join a room by name, talk over /ws/<room>?name=..., reconnect when the link drops.
+// Every piece of text from the network is put in the page with textContent, never as HTML.
+"use strict";
+
+const MAX_NAME = 24;
+const ROOM_PATTERN = /^[A-Za-z0-9_-]{1,40}$/;
+const FIRST_RETRY_MS = 500;
+const LAST_RETRY_MS = 15000;
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  name: "",
+  room: "",
+  me: null,          // our client id, from the welcome message
+  socket: null,
+  inRoom: false,     // true from Join until Leave: while true, a lost link is retried
+  failures: 0,       // connection attempts that failed since the last welcome
+  wasConnected: false,
+  retryTimer: null,
+};
+
+function setStatus(kind, text) {
+  $("status").dataset.state = kind;
+  $("status-text").textContent = text;
+  $("send").disabled = kind !== "open";
+}
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function colorFor(name) {
+  let hash = 0;
+  for (const ch of name) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
+  return `hsl(${hash % 360}, 55%, 42%)`;
+}
+
+function append(node) {
+  const list = $("messages");
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  list.append(node);
+  if (atBottom) list.scrollTop = list.scrollHeight;
+}
+
+function showEvent(text, kind) {
+  append(el("li", `event ${kind || ""}`.trim(), text));
+}
+
+function showMessage(msg) {
+  const item = el("li", msg.id === state.me ? "message mine" : "message");
+  const meta = el("div", "meta");
+  const sender = el("span", "sender", msg.name);
+  sender.style.color = colorFor(msg.name);
+  const when = new Date(msg.time * 1000);
+  meta.append(sender, el("span", "time", when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
+  item.append(meta, el("div", "text", msg.text));
+  append(item);
+}
+
+function showMembers(members) {
+  const list = $("member-list");
+  list.replaceChildren();
+  for (const member of members) {
+    const item = el("li");
+    const avatar = el("span", "avatar", Array.from(member.name)[0].toUpperCase());
+    avatar.style.background = colorFor(member.name);
+    item.append(avatar, el("span", "member-name", member.name));
+    if (member.id === state.me) item.append(el("span", "you", "(you)"));
+    list.append(item);
+  }
+  $("member-count").textContent = String(members.length);
+}
+
+function receive(event) {
+  let msg;
+  try {
+    msg = JSON.parse(event.data);
+  } catch (err) {
+    return;
+  }
+  switch (msg.type) {
+    case "welcome":
+      state.me = msg.id;
+      if (state.wasConnected) showEvent("Reconnected.");
+      state.wasConnected = true;
+      state.failures = 0;
+      break;
+    case "join":
+      showEvent(msg.id === state.me ? `You joined #${state.room} as ${msg.name}.` : `${msg.name} joined.`);
+      break;
+    case "leave":
+      showEvent(`${msg.name} left.`);
+      break;
+    case "members":
+      showMembers(msg.members);
+      break;
+    case "message":
+      showMessage(msg);
+      break;
+    case "notice":
+      showEvent(msg.text, "notice");
+      break;
+  }
+}
+
+function connect() {
+  clearTimeout(state.retryTimer);
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const url = `${scheme}://${location.host}/ws/${encodeURIComponent(state.room)}?name=${encodeURIComponent(state.name)}`;
+  const socket = new WebSocket(url);
+  state.socket = socket;
+  setStatus("connecting", state.wasConnected ? "Reconnecting…" : "Connecting…");
+  socket.addEventListener("open", () => setStatus("open", "Connected"));
+  socket.addEventListener("message", receive);
+  socket.addEventListener("close", () => {
+    if (state.socket !== socket) return;
+    state.socket = null;
+    if (!state.inRoom) return;
+    if (state.me !== null) showEvent("Connection lost.", "trouble");
+    state.me = null;
+    state.failures += 1;
+    const base = Math.min(LAST_RETRY_MS, FIRST_RETRY_MS * 2 ** (state.failures - 1));
+    const delay = Math.round(base * (0.75 + Math.random() * 0.5));
+    setStatus("waiting", `Offline, retrying in ${Math.max(1, Math.round(delay / 1000))} s…`);
+    state.retryTimer = setTimeout(connect, delay);
+  });
+}
+
+function disconnect() {
+  state.inRoom = false;
+  clearTimeout(state.retryTimer);
+  if (state.socket) state.socket.close(1000);
+  state.socket = null;
+  state.me = null;
+  setStatus("idle", "Not connected");
+}
+
+function enterRoom(name, room) {
+  disconnect();
+  Object.assign(state, { name, room, inRoom: true, failures: 0, wasConnected: false });
+  localStorage.setItem("pystrands-chat-name", name);
+  history.replaceState(null, "", `#${room}`);
+  $("room-name").textContent = room;
+  $("messages").replaceChildren();
+  showMembers([]);
+  $("join").hidden = true;
+  $("chat").hidden = false;
+  $("where").hidden = false;
+  connect();
+  $("text").focus();
+}
+
+function leaveRoom() {
+  disconnect();
+  $("chat").hidden = true;
+  $("where").hidden = true;
+  $("join").hidden = false;
+  $("name").focus();
+}
+
+function roomFromHash() {
+  return decodeURIComponent(location.hash.replace(/^#\/?/, ""));
+}
+
+function onJoin(event) {
+  event.preventDefault();
+  const name = $("name").value.trim();
+  const room = $("room").value.trim() || "lobby";
+  let problem = "";
+  if (!name) problem = "Please enter a name.";
+  else if (Array.from(name).length > MAX_NAME) problem = `Names have at most ${MAX_NAME} characters.`;
+  else if (!ROOM_PATTERN.test(room)) problem = "Room names use letters, digits, - and _ (at most 40).";
+  $("join-error").textContent = problem;
+  if (!problem) enterRoom(name, room);
+}
+
+function onSend(event) {
+  event.preventDefault();
+  const input = $("text");
+  const text = input.value.trim();
+  if (!text || !state.socket || state.socket.readyState !== WebSocket.OPEN) return;
+  state.socket.send(JSON.stringify({ text }));
+  input.value = "";
+  input.focus();
+}
+
+async function onCopyLink() {
+  const button = $("copy-link");
+  try {
+    await navigator.clipboard.writeText(location.href);
+    button.textContent = "Copied!";
+  } catch (err) {
+    window.prompt("Copy this link to the room:", location.href);
+  }
+  setTimeout(() => { button.textContent = "Copy link"; }, 1500);
+}
+
+function onHashChange() {
+  const room = roomFromHash();
+  if (state.inRoom && room !== state.room && ROOM_PATTERN.test(room)) enterRoom(state.name, room);
+}
+
+function start() {
+  $("name").value = localStorage.getItem("pystrands-chat-name") || "";
+  $("room").value = roomFromHash() || "lobby";
+  $("join-form").addEventListener("submit", onJoin);
+  $("send-form").addEventListener("submit", onSend);
+  $("leave").addEventListener("click", leaveRoom);
+  $("copy-link").addEventListener("click", onCopyLink);
+  window.addEventListener("hashchange", onHashChange);
+  setStatus("idle", "Not connected");
+}
+
+start();
