@@ -1,0 +1,42 @@
+"""Fixtures of the demo tests: child processes that are always stopped, and a broker."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+from websockets.sync.client import ClientConnection, connect
+
+from tests.demo.support import Broker, Child, Launch, start_broker
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Launch]:
+    """launch(args, name=..., env=None) -> Child: ``python *args``, killed after the test if still running."""
+    started: list[Child] = []
+
+    def start(args: list[str], name: str, env: dict[str, str] | None = None) -> Child:
+        child = Child(args, tmp_path / f"{name}.log", env)
+        started.append(child)
+        return child
+
+    yield start
+    for child in reversed(started):
+        if child.process.poll() is None:
+            child.process.kill()
+            child.process.wait(5.0)
+
+
+@pytest.fixture
+def broker(launch: Launch) -> Broker:
+    """An embedded broker on free ports, without static files."""
+    return start_broker(launch)
+
+
+@pytest.fixture
+def open_ws() -> Iterator[Callable[[str], ClientConnection]]:
+    """open_ws(url) -> a WebSocket client connection, closed after the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda url: stack.enter_context(connect(url, open_timeout=5))

@@ -1,0 +1,149 @@
+"""The chat demo end to end: ``python -m examples.chat`` with real WebSocket clients."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from typing import Any, Callable
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from tests.demo.support import CHAT_STATIC, Broker, Child, Launch, free_port, receive_json, receive_until, start_broker
+
+READY = "Chat demo ready"
+
+
+OpenWs = Callable[[str], ClientConnection]
+
+
+def join(open_ws: OpenWs, ws_url: str, room: str, name: str) -> ClientConnection:
+    """A client in ``room`` as ``name``, past its welcome, join and member-list messages."""
+    ws = open_ws(f"{ws_url}/{room}?name={name}")
+    welcome = receive_json(ws)
+    assert welcome["type"] == "welcome" and welcome["room"] == room
+    receive_until(ws, lambda m: m["type"] == "join" and m["id"] == welcome["id"])
+    receive_until(ws, lambda m: m["type"] == "members" and welcome["id"] in ids(m))
+    ws.client_id = welcome["id"]  # type: ignore[attr-defined]
+    return ws
+
+
+def ids(members_message: dict[str, Any]) -> list[str]:
+    return [member["id"] for member in members_message["members"]]
+
+
+def names(members_message: dict[str, Any]) -> list[str]:
+    return [member["name"] for member in members_message["members"]]
+
+
+@pytest.fixture
+def demo(launch: Launch) -> tuple[Child, str, int]:
+    """The whole demo on free ports: (process, WebSocket base URL, page port)."""
+    ws_port, tcp_port = free_port(), free_port()
+    child = launch(["-m", "examples.chat", "--ws-port", str(ws_port), "--tcp-port", str(tcp_port)], name="chat")
+    child.wait_for_output(READY)
+    return child, f"ws://127.0.0.1:{ws_port}/ws", ws_port
+
+
+def test_serves_the_page(demo: tuple[Child, str, int]) -> None:
+    _, _, port = demo
+    for path, expected in [("", b"chat.js"), ("chat.js", b"new WebSocket"), ("chat.css", b".members")]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=5) as response:
+            assert response.status == 200
+            assert expected in response.read()
+
+
+def test_chat_between_two_clients(demo: tuple[Child, str, int], open_ws: OpenWs) -> None:
+    child, ws_url, _ = demo
+    alice = join(open_ws, ws_url, "lobby", "alice")
+    bob = join(open_ws, ws_url, "lobby", "bob")
+    assert receive_until(alice, lambda m: m["type"] == "join")["name"] == "bob"
+    assert names(receive_until(alice, lambda m: m["type"] == "members")) == ["alice", "bob"]
+
+    markup = "<b>hi</b> & <script>x()</script>"
+    bob.send(f'{{"text": "{markup}"}}')
+    said = receive_until(alice, lambda m: m["type"] == "message")
+    assert (said["name"], said["id"], said["text"]) == ("bob", bob.client_id, markup)
+    assert receive_until(bob, lambda m: m["type"] == "message")["text"] == markup
+
+    elsewhere = join(open_ws, ws_url, "kitchen", "carol")
+    elsewhere.send('{"text": "only in the kitchen"}')
+    assert receive_until(elsewhere, lambda m: m["type"] == "message")["text"] == "only in the kitchen"
+
+    bob.close()
+    assert receive_until(alice, lambda m: m["type"] == "leave")["name"] == "bob"
+    assert names(receive_until(alice, lambda m: m["type"] == "members")) == ["alice"]
+    alice.send('{"text": "still here"}')
+    assert receive_until(alice, lambda m: m["type"] == "message")["text"] == "still here"
+
+    assert child.interrupt() == 0
+    with pytest.raises(ConnectionClosed):
+        alice.recv(timeout=5)
+    assert alice.close_code == 1001
+    assert "Traceback" not in child.output()
+    assert "Chat demo stopped." in child.output()
+
+
+@pytest.mark.parametrize("bad, why", [
+    ('{"text": "   "}', "Empty"),
+    ('{"text": "' + "x" * 501 + '"}', "limited to 500"),
+    ("not json", "JSON object"),
+    ('{"text": 5}', "JSON object"),
+])
+def test_refused_messages_get_a_private_notice(demo: tuple[Child, str, int], open_ws: OpenWs, bad: str,
+                                                why: str) -> None:
+    _, ws_url, _ = demo
+    alice = join(open_ws, ws_url, "lobby", "alice")
+    bob = join(open_ws, ws_url, "lobby", "bob")
+    bob.send(bad)
+    assert why in receive_until(bob, lambda m: m["type"] == "notice")["text"]
+    bob.send('{"text": "fine"}')
+    following = receive_until(alice, lambda m: m["type"] in ("message", "notice"))
+    assert (following["type"], following["text"]) == ("message", "fine")
+
+
+@pytest.mark.parametrize("path", [
+    "lobby?name=",
+    "lobby?name=%20%20",
+    "lobby",
+    "lobby?name=" + "n" * 25,
+    "lobby?name=a%0Ab",
+    "bad%20room?name=alice",
+])
+def test_bad_handshakes_are_rejected(demo: tuple[Child, str, int], path: str) -> None:
+    _, ws_url, _ = demo
+    with pytest.raises(InvalidStatus) as raised:
+        with connect(f"{ws_url}/{path}", open_timeout=5):
+            pass
+    assert raised.value.response.status_code == 403
+
+
+def test_a_broker_restart_leaves_no_ghosts(launch: Launch, open_ws: OpenWs) -> None:
+    broker = start_broker(launch, "--static", str(CHAT_STATIC))
+    backend = launch(["-m", "examples.chat", "--no-broker", "--tcp-port", str(broker.tcp_port)], name="backend")
+    backend.wait_for_output("Chat backend running")
+    ghost = join(open_ws, broker.ws_url, "lobby", "ghost")
+
+    assert broker.child.stop() == 0
+    with pytest.raises(ConnectionClosed):
+        ghost.recv(timeout=5)
+    again = start_broker(launch, "--static", str(CHAT_STATIC), ws_port=broker.ws_port, tcp_port=broker.tcp_port)
+    alice = connect_when_backend_is_back(again, open_ws)
+    assert names(receive_until(alice, lambda m: m["type"] == "members")) == ["alice"]
+    assert backend.interrupt() == 0
+
+
+def connect_when_backend_is_back(broker: Broker, open_ws: OpenWs, timeout: float = 10.0) -> ClientConnection:
+    """Join as alice, retrying while the backend is still reconnecting (HTTP 503)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ws = open_ws(f"{broker.ws_url}/lobby?name=alice")
+        except InvalidStatus:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+            continue
+        assert receive_json(ws)["type"] == "welcome"
+        return ws
