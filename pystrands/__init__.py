@@ -1,6 +1,8 @@
 """PyStrands on Twisted: Python backends for PyStrands real-time WebSocket brokers."""
 
+from .async_client import AsyncPyStrandsClient
 from .backend import Backend
+from .client import PyStrandsClient
 from .context import ConnectionRequestContext, Context, JSONModel
 from .errors import NotConnectedError, ProtocolError, SendBufferFull
 from .interfaces import IBackend, IBrokerConnection
@@ -9,6 +11,7 @@ from .service import BackendService
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncPyStrandsClient",
     "Backend",
     "BackendService",
     "ConnectionRequestContext",
@@ -18,6 +21,7 @@ __all__ = [
     "JSONModel",
     "NotConnectedError",
     "ProtocolError",
+    "PyStrandsClient",
     "SendBufferFull",
     "__version__",
 ]

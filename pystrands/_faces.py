@@ -1,0 +1,278 @@
+"""What the three faces share: constructor checks, the IBackend adapter base, sends.
+
+A face (``PyStrandsClient``, ``AsyncPyStrandsClient``) is an application
+object with the documented callbacks. It becomes an ``IBackend`` through a
+registered zope adapter (:func:`backend_of`, one adapter per face object),
+so the core and ``twistd pystrands`` take any face without asking which it
+is. The adapter learns its reactor from the ``broker`` the core sets on it,
+and each face's adapter subclass says where handlers run (worker threads,
+or tasks on the asyncio loop).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import contextvars
+from typing import Any, Callable, Iterator
+
+from twisted.internet.address import IPv6Address
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.interfaces import IAddress, IResolutionReceiver, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IProtocolFactory
+from twisted.logger import Logger
+from twisted.python.components import registerAdapter
+from zope.interface import implementer
+
+from .context import ConnectionRequestContext, Context
+from .errors import NotConnectedError
+from .interfaces import IBackend, IBrokerConnection
+from .settings import BackendSettings, check_port
+
+__all__ = ["BrokerEndpoint", "Face", "FaceBackend", "backend_of", "call_in_reactor", "in_handler_of", "register_face"]
+
+log = Logger()
+
+#: Settings with their own constructor parameter (the documented ones).
+_DOCUMENTED = ("auto_reconnect", "reconnect_delay", "max_reconnect_delay", "reconnect_backoff")
+
+#: The face whose handler the current thread or task is running, if any.
+_handling: contextvars.ContextVar[object] = contextvars.ContextVar("pystrands_handling", default=None)
+
+
+@contextlib.contextmanager
+def handling(face: object) -> Iterator[None]:
+    """Mark the code inside as a handler of ``face`` (so disconnect() knows not to wait for it)."""
+    token = _handling.set(face)
+    try:
+        yield
+    finally:
+        _handling.reset(token)
+
+
+def in_handler_of(face: object) -> bool:
+    """True inside one of ``face``'s handlers, where waiting for handlers would wait for itself."""
+    return _handling.get() is face
+
+
+class Face:
+    """Constructor, settings and sends common to every face; see the subclasses."""
+
+    #: Handlers of different WebSocket clients that may run at once, unless ``concurrency`` is given.
+    _default_concurrency: int = BackendSettings.concurrency
+    #: The IBackend adapter class of this face.
+    _backend_class: type[FaceBackend]
+    #: Seconds a single connection attempt may take (name resolution and TCP connect).
+    connect_timeout: float = 10.0
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 8081,
+        auto_reconnect: bool = True,
+        reconnect_delay: float = 1.0,
+        max_reconnect_delay: float = 30.0,
+        reconnect_backoff: float = 2.0,
+        **settings: Any,
+    ) -> None:
+        unknown = sorted(set(settings) - (BackendSettings.names() - set(_DOCUMENTED)))
+        if unknown:
+            raise TypeError(f"{type(self).__name__}() got an unexpected keyword argument {unknown[0]!r}")
+        self.host = host
+        self.port = port
+        self.auto_reconnect = auto_reconnect
+        self.reconnect_delay = reconnect_delay
+        self.max_reconnect_delay = max_reconnect_delay
+        self.reconnect_backoff = reconnect_backoff
+        self._settings_overrides = dict(settings)
+        self._settings()
+
+    def _settings(self) -> BackendSettings:
+        """The validated settings from the current attributes (they may be changed until connect)."""
+        if not isinstance(self.host, str):
+            raise TypeError(f"host must be a str, not {type(self.host).__name__}")
+        if not self.host:
+            raise ValueError("host must not be empty")
+        check_port("port", self.port)
+        options = {"concurrency": self._default_concurrency, **self._settings_overrides}
+        options.update((name, getattr(self, name)) for name in _DOCUMENTED)
+        return BackendSettings(**options)
+
+    @property
+    def connected(self) -> bool:
+        """True while a TCP connection to the broker is open."""
+        broker = backend_of(self).broker
+        return broker is not None and broker.connected
+
+    def _send(self, frame: bytes) -> Any:
+        """Hand an encoded frame to the broker connection; the face's kind of future."""
+        return backend_of(self).send(frame)
+
+    # -- the documented callbacks, with the documented defaults ------------------
+
+    def on_connection_request(self, request: ConnectionRequestContext) -> Any:
+        """Accept every WebSocket client unless overridden."""
+        return True
+
+    def on_new_connection(self, context: Context) -> Any:
+        """Log a new WebSocket client."""
+        log.debug("New connection: {client_id} in {room_id}", client_id=context.client_id,
+                  room_id=context.room_id)
+
+    def on_message(self, message: str, context: Context) -> Any:
+        """Log a message."""
+        log.debug("Message from {client_id} in {room_id}", client_id=context.client_id,
+                  room_id=context.room_id)
+
+    def on_disconnect(self, context: Context) -> Any:
+        """Log a WebSocket client that left."""
+        log.debug("Disconnected: {client_id} from {room_id}", client_id=context.client_id,
+                  room_id=context.room_id)
+
+    def on_error(self, error: str, context: Context) -> Any:
+        """Log an error the broker reported."""
+        log.warn("Broker reported an error: {error}", error=error)
+
+
+def call_in_reactor(reactor: Any, function: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+    """Run ``function`` on ``reactor``'s thread from any thread; its (Deferred) result as a Future."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def run() -> None:
+        if future.set_running_or_notify_cancel():
+            maybeDeferred(function, *args).addCallbacks(
+                future.set_result, lambda failure: future.set_exception(failure.value))
+
+    try:
+        reactor.callFromThread(run)
+    except RuntimeError as exc:  # the asyncio loop behind the reactor is closed
+        future.set_exception(NotConnectedError(f"not connected to the broker: {exc}"))
+    return future
+
+
+@implementer(IResolutionReceiver)
+class _Addresses:
+    """Collects a name resolution's addresses into a Deferred."""
+
+    def __init__(self) -> None:
+        self.found: list[IAddress] = []
+        self.done: Deferred[list[IAddress]] = Deferred()
+
+    def resolutionBegan(self, resolution: Any) -> None:
+        pass
+
+    def addressResolved(self, address: IAddress) -> None:
+        self.found.append(address)
+
+    def resolutionComplete(self) -> None:
+        self.done.callback(self.found)
+
+
+@implementer(IStreamClientEndpoint)
+class BrokerEndpoint:
+    """TCP to ``host:port``: each address the reactor's name resolver gives, tried in turn.
+
+    What ``HostnameEndpoint`` does, minus its ``LoopingCall``, whose
+    constructor imports (and so installs) the global reactor: a private
+    reactor must leave the global one to the application.
+    """
+
+    def __init__(self, reactor: Any, host: str, port: int, timeout: float) -> None:
+        self.reactor = reactor
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        """Connect ``factory``; cancelling stops the lookup or attempt under way."""
+        return Deferred.fromCoroutine(self._connect(factory))
+
+    async def _connect(self, factory: IProtocolFactory) -> IProtocol:
+        addresses = _Addresses()
+        self.reactor.nameResolver.resolveHostName(addresses, self.host, self.port)
+        found = await addresses.done.addTimeout(self.timeout, self.reactor)
+        if not found:
+            raise DNSLookupError(f"no address for {self.host!r}")
+        error: ConnectError | None = None
+        for address in found:
+            kind = TCP6ClientEndpoint if isinstance(address, IPv6Address) else TCP4ClientEndpoint
+            try:
+                return await kind(self.reactor, address.host, self.port, self.timeout).connect(factory)
+            except ConnectError as exc:
+                error = exc
+        raise error
+
+
+def _report_failed_send(future: concurrent.futures.Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warn("A send to the broker failed: {why}", why=future.exception())
+
+
+@implementer(IBackend)
+class FaceBackend:
+    """A face as an IBackend: each callback goes to the face through :meth:`call`."""
+
+    def __init__(self, face: Face) -> None:
+        self.face = face
+        self.reactor: Any = None
+        self._broker: IBrokerConnection | None = None
+
+    @property
+    def broker(self) -> IBrokerConnection | None:
+        """The connection the core set (None before the first start)."""
+        return self._broker
+
+    @broker.setter
+    def broker(self, broker: IBrokerConnection) -> None:
+        self.reactor = self.reactor_of(broker)
+        self._broker = broker
+
+    def reactor_of(self, broker: IBrokerConnection) -> Any:
+        """The reactor that ``broker`` runs on (the core's factory keeps it as ``clock``)."""
+        return getattr(broker, "clock")
+
+    def call(self, handler: Callable[..., Any], *args: Any) -> Any:
+        """Run one handler of the face; a value or a Deferred."""
+        raise NotImplementedError
+
+    def on_connection_request(self, request: ConnectionRequestContext) -> Any:
+        return self.call(self.face.on_connection_request, request)
+
+    def on_new_connection(self, context: Context) -> Any:
+        return self.call(self.face.on_new_connection, context)
+
+    def on_message(self, message: str, context: Context) -> Any:
+        return self.call(self.face.on_message, message, context)
+
+    def on_disconnect(self, context: Context) -> Any:
+        return self.call(self.face.on_disconnect, context)
+
+    def on_error(self, error: str, context: Context) -> Any:
+        return self.call(self.face.on_error, error, context)
+
+    def send(self, frame: bytes) -> Any:
+        """Send from any thread: a concurrent Future that completes once the frame is written."""
+        broker = self._broker
+        if broker is None:
+            future: concurrent.futures.Future = concurrent.futures.Future()
+            future.set_exception(NotConnectedError(
+                "not connected to the broker: call connect() or run_forever() first"))
+        else:
+            future = call_in_reactor(self.reactor, broker.send_frame, frame)
+        future.add_done_callback(_report_failed_send)
+        return future
+
+
+def backend_of(face: Face) -> FaceBackend:
+    """The one IBackend adapter of ``face`` (made on first use, of the face's ``backend_class``)."""
+    backend = face.__dict__.get("_pystrands_backend")
+    if backend is None:
+        backend = face.__dict__["_pystrands_backend"] = type(face)._backend_class(face)
+    return backend
+
+
+def register_face(face_class: type, adapt: Callable[[Any], FaceBackend] = backend_of) -> None:
+    """Register ``adapt`` as the IBackend adapter of ``face_class`` and its subclasses."""
+    registerAdapter(adapt, face_class, IBackend)

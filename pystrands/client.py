@@ -1,0 +1,253 @@
+"""PyStrandsClient: the blocking face, for code without an event loop (scripts, Flask, Django).
+
+I/O runs on a private Twisted reactor in a background thread that the
+library owns (one per process, shared by every client; the global reactor
+is neither installed nor needed). Handlers run in a pool of worker threads
+per connection, one at a time by default (``concurrency=N`` allows N
+WebSocket clients' handlers at once, each client's events still in order),
+so a slow handler never delays heartbeats or other I/O. Send methods may be
+called from any thread and return a ``concurrent.futures.Future``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import inspect
+import threading
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from . import wire
+from ._faces import BrokerEndpoint, Face, FaceBackend, backend_of, call_in_reactor, handling, in_handler_of, register_face
+from .protocol import BrokerClientFactory
+from .settings import BackendSettings, check_number
+
+__all__ = ["PyStrandsClient"]
+
+log = Logger()
+
+#: Extra seconds, beyond a disconnect's handler timeout, allowed for closing the socket and pool.
+_CLOSE_GRACE = 2.0
+
+
+class _HandlerPool(ThreadPool):
+    """A ThreadPool of daemon threads: a stuck handler must not keep the process alive."""
+
+    threadFactory = functools.partial(threading.Thread, daemon=True)
+
+
+def _new_reactor() -> Any:
+    """A fresh, uninstalled reactor of the best kind this platform has."""
+    try:
+        from twisted.internet.epollreactor import EPollReactor as Reactor
+    except ImportError:
+        try:
+            from twisted.internet.pollreactor import PollReactor as Reactor
+        except ImportError:
+            from twisted.internet.selectreactor import SelectReactor as Reactor
+    return Reactor()
+
+
+class _ReactorThread:
+    """The process's private reactor, running in a daemon thread from first use on."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reactor: Any = None
+        self._thread: threading.Thread | None = None
+
+    def get(self) -> Any:
+        """The running private reactor (started on the first call)."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                reactor = _new_reactor()
+                # Not the process's "I/O thread": an application reactor may own that title.
+                reactor._registerAsIOThread = False
+                running = threading.Event()
+                reactor.callWhenRunning(running.set)
+                thread = threading.Thread(target=reactor.run, kwargs={"installSignalHandlers": False},
+                                          name="pystrands-reactor", daemon=True)
+                thread.start()
+                if not running.wait(10.0):
+                    raise RuntimeError("the PyStrands reactor thread did not start within 10s")
+                self._reactor, self._thread = reactor, thread
+            return self._reactor
+
+
+_reactor_thread = _ReactorThread()
+
+
+class ThreadedBackend(FaceBackend):
+    """A blocking face as an IBackend: each handler runs in a worker thread."""
+
+    def __init__(self, face: Face) -> None:
+        super().__init__(face)
+        self.pool: ThreadPool | None = None
+
+    def call(self, handler: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(self.reactor, self._pool(), self._run, handler, *args)
+
+    def _run(self, handler: Callable[..., Any], *args: Any) -> Any:
+        with handling(self.face):
+            result = handler(*args)
+            if inspect.iscoroutine(result):  # an ``async def`` handler: run it here, to the end
+                result = asyncio.run(result)
+            return result
+
+    def _pool(self) -> ThreadPool:
+        """The pool the face's session set, or (under twistd) one started with the reactor."""
+        if self.pool is None:
+            self.pool = _HandlerPool(0, self.face._settings().concurrency, "pystrands-handlers")
+            self.pool.start()
+            self.reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
+        return self.pool
+
+
+class _Session:
+    """One connect() .. disconnect() cycle: a core factory and its handler pool."""
+
+    def __init__(self, backend: ThreadedBackend, reactor: Any, settings: BackendSettings) -> None:
+        self.backend = backend
+        self.reactor = reactor
+        self.settings = settings
+        self.pool = _HandlerPool(0, settings.concurrency, "pystrands-handlers")
+        self.pool.start()
+        backend.pool = self.pool
+        self.factory: BrokerClientFactory | None = None
+        self.closed: concurrent.futures.Future | None = None
+        self._lock = threading.Lock()
+
+    def start(self, host: str, port: int, timeout: float) -> concurrent.futures.Future:
+        """Start connecting; a Future of the first attempt's outcome (bool)."""
+        return call_in_reactor(self.reactor, self._start, host, port, timeout)
+
+    def _start(self, host: str, port: int, timeout: float) -> Deferred[bool]:
+        self.factory = BrokerClientFactory(self.backend, self.reactor, self.settings)
+        attempt = self.factory.next_attempt()
+        self.factory.connect(BrokerEndpoint(self.reactor, host, port, timeout=timeout))
+        return attempt
+
+    @property
+    def retrying(self) -> bool:
+        """True while the factory keeps (re)connecting on its own."""
+        return self.closed is None and self.factory is not None and self.factory.continueTrying
+
+    def stop(self, timeout: float) -> concurrent.futures.Future:
+        """Stop the factory (handlers get ``timeout`` seconds), then the pool; idempotent."""
+        with self._lock:
+            if self.closed is None:
+                self.closed = concurrent.futures.Future()
+                call_in_reactor(self.reactor, self._stop_factory, timeout).add_done_callback(
+                    lambda _: threading.Thread(target=self._stop_pool, daemon=True,
+                                               name="pystrands-pool-stop").start())
+            return self.closed
+
+    def _stop_factory(self, timeout: float) -> Deferred[None] | None:
+        return self.factory.stop(timeout) if self.factory is not None else None
+
+    def _stop_pool(self) -> None:
+        self.pool.stop()
+        self.closed.set_result(None)
+
+
+class PyStrandsClient(Face):
+    """Blocking client: subclass it, override the ``on_*`` callbacks, call run_forever().
+
+    Parameters are the documented ones (see the class signature) plus the
+    core's settings as keywords (``concurrency``, ``idle_timeout``,
+    ``max_line_length``, ``send_buffer_size``, ``backend_token``, ...).
+    """
+
+    _default_concurrency = 1
+    _backend_class = ThreadedBackend
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 8081,
+        auto_reconnect: bool = True,
+        reconnect_delay: float = 1.0,
+        max_reconnect_delay: float = 30.0,
+        reconnect_backoff: float = 2.0,
+        **settings: Any,
+    ) -> None:
+        super().__init__(host, port, auto_reconnect, reconnect_delay, max_reconnect_delay,
+                         reconnect_backoff, **settings)
+        self._lock = threading.Lock()
+        self._session: _Session | None = None
+        self._done = threading.Event()
+
+    def connect(self) -> bool:
+        """Connect to the broker; True once connected, False if the attempt failed or timed out.
+
+        With ``auto_reconnect`` a failed attempt is retried in the background.
+        """
+        with self._lock:
+            if self.connected:
+                return True
+            settings = self._settings()
+            previous, self._session = self._session, None
+            if previous is not None:
+                self._wait_closed(previous.stop(0.0), 0.0)
+            self._done.clear()
+            session = self._session = _Session(backend_of(self), _reactor_thread.get(), settings)
+            attempt = session.start(self.host, self.port, self.connect_timeout)
+        try:
+            return attempt.result(self.connect_timeout + _CLOSE_GRACE)
+        except concurrent.futures.TimeoutError:
+            log.warn("Connecting to {host}:{port} took more than {timeout}s", host=self.host,
+                     port=self.port, timeout=self.connect_timeout)
+            return False
+
+    def disconnect(self, timeout: float = 5.0) -> None:
+        """Stop reconnecting and close, after in-flight handlers finish (up to ``timeout`` seconds).
+
+        From inside a handler it does not wait (the handler itself is in flight).
+        """
+        timeout = check_number("timeout", timeout, minimum=0)
+        with self._lock:
+            session = self._session
+        if session is not None:
+            closed = session.stop(timeout)
+            if not in_handler_of(self):
+                self._wait_closed(closed, timeout)
+        self._done.set()
+
+    def _wait_closed(self, closed: concurrent.futures.Future, timeout: float) -> None:
+        try:
+            closed.result(timeout + _CLOSE_GRACE)
+        except concurrent.futures.TimeoutError:
+            log.warn("Handlers still running {timeout}s after disconnect(); left to finish alone",
+                     timeout=timeout + _CLOSE_GRACE)
+
+    def run_forever(self) -> None:
+        """Connect (unless connected or reconnecting) and block until disconnect() or Ctrl-C."""
+        try:
+            session = self._session
+            if not self.connected and not (session is not None and session.retrying):
+                self.connect()
+            self._done.wait()
+        except KeyboardInterrupt:
+            log.info("Interrupted: disconnecting from the broker")
+        self.disconnect()
+
+    def send_room_message(self, room_id: str, message: str) -> concurrent.futures.Future:
+        """Send ``message`` to every client in ``room_id``; done once written."""
+        return self._send(wire.room_message_frame(room_id, message))
+
+    def send_private_message(self, client_id: str, message: str) -> concurrent.futures.Future:
+        """Send ``message`` to the one client ``client_id``; done once written."""
+        return self._send(wire.private_message_frame(client_id, message))
+
+    def broadcast_message(self, message: str) -> concurrent.futures.Future:
+        """Send ``message`` to every connected client; done once written."""
+        return self._send(wire.broadcast_frame(message))
+
+
+register_face(PyStrandsClient)
