@@ -1,0 +1,331 @@
+"""AsyncPyStrandsClient: the asyncio face, running natively on the caller's event loop.
+
+Twisted I/O runs on a private ``AsyncioSelectorReactor`` bound to the
+running loop (no global reactor installed, no thread for I/O), so the
+client lives inside any asyncio application (FastAPI, aiohttp, a script
+under ``asyncio.run``). ``async def`` callbacks run as asyncio tasks on that
+loop, different WebSocket clients' at the same time (each client's events in
+order); a plain ``def`` callback runs on the loop too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import ipaddress
+import socket
+import sys
+from typing import Any, Awaitable, Callable, Sequence
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IHostnameResolver, IHostResolution, IResolutionReceiver
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from . import wire
+from ._faces import BrokerEndpoint, Face, FaceBackend, backend_of, handling, in_handler_of, register_face
+from .context import ConnectionRequestContext, Context
+from .protocol import BrokerClientFactory
+from .settings import BackendSettings, check_number
+
+__all__ = ["AsyncPyStrandsClient", "LoopResolver"]
+
+log = Logger()
+
+#: Extra seconds, beyond a disconnect's handler timeout, allowed for closing the socket.
+_CLOSE_GRACE = 2.0
+
+_NEEDS_ASYNCIO_REACTOR = (
+    "AsyncPyStrandsClient runs on Twisted's asyncio reactor: add --reactor=asyncio"
+    " (twistd --reactor=asyncio pystrands ...)"
+)
+
+
+def _ip_literal(host: str, port: int, family: int, kind: int) -> list[tuple] | None:
+    """getaddrinfo's answer for an IP address, without a lookup (so without a thread); else None."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    found = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    if family not in (socket.AF_UNSPEC, found):
+        return []
+    sockaddr = (host, port, 0, 0) if found == socket.AF_INET6 else (host, port)
+    return [(found, kind, 0, "", sockaddr)]
+
+
+@implementer(IHostResolution)
+class _Resolution:
+    """One name lookup in progress."""
+
+    def __init__(self, name: str, task: asyncio.Future) -> None:
+        self.name = name
+        self._task = task
+
+    def cancel(self) -> None:
+        self._task.cancel()
+
+
+@implementer(IHostnameResolver)
+class LoopResolver:
+    """Resolves names with the asyncio loop's getaddrinfo.
+
+    Twisted's default resolver waits for a thread pool that only starts when
+    the reactor is ``run()``; a reactor bound to someone else's loop never is.
+    """
+
+    _FAMILIES = {
+        None: socket.AF_UNSPEC,
+        frozenset([IPv4Address]): socket.AF_INET,
+        frozenset([IPv6Address]): socket.AF_INET6,
+    }
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def resolveHostName(
+        self,
+        resolutionReceiver: IResolutionReceiver,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Sequence[type[IAddress]] | None = None,
+        transportSemantics: str = "TCP",
+    ) -> IHostResolution:
+        family = self._FAMILIES.get(None if addressTypes is None else frozenset(addressTypes),
+                                    socket.AF_UNSPEC)
+        kind = socket.SOCK_STREAM if transportSemantics == "TCP" else socket.SOCK_DGRAM
+        lookup = self.loop.create_future()
+        literal = _ip_literal(hostName, portNumber, family, kind)
+        if literal is not None:
+            lookup.set_result(literal)
+        else:
+            lookup = asyncio.ensure_future(
+                self.loop.getaddrinfo(hostName, portNumber, family=family, type=kind), loop=self.loop)
+        resolution = _Resolution(hostName, lookup)
+        resolutionReceiver.resolutionBegan(resolution)
+
+        def done(lookup: asyncio.Future) -> None:
+            names = [] if lookup.cancelled() or lookup.exception() is not None else lookup.result()
+            for found_family, _, _, _, address in names:
+                make = IPv6Address if found_family == socket.AF_INET6 else IPv4Address
+                resolutionReceiver.addressResolved(make(transportSemantics, *address))
+            resolutionReceiver.resolutionComplete()
+
+        lookup.add_done_callback(done)
+        return resolution
+
+
+def _require_asyncio_reactor() -> None:
+    """A TypeError saying what to do unless the installed global reactor is the asyncio one."""
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if not isinstance(reactor, AsyncioSelectorReactor):
+        raise TypeError(_NEEDS_ASYNCIO_REACTOR)
+
+
+class AsyncioBackend(FaceBackend):
+    """An asyncio face as an IBackend: awaitable results become tasks on the reactor's loop."""
+
+    def __init__(self, face: Face) -> None:
+        super().__init__(face)
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def reactor_of(self, broker: Any) -> Any:
+        reactor = super().reactor_of(broker)
+        if not isinstance(reactor, AsyncioSelectorReactor):
+            raise TypeError(_NEEDS_ASYNCIO_REACTOR)
+        self.loop = reactor._asyncioEventloop  # the loop the reactor runs on (no public accessor)
+        return reactor
+
+    def call(self, handler: Callable[..., Any], *args: Any) -> Any:
+        with handling(self.face):
+            result = handler(*args)
+        if inspect.isawaitable(result):
+            return Deferred.fromFuture(self.loop.create_task(self._as_handler(result)))
+        return result
+
+    async def _as_handler(self, awaitable: Awaitable[Any]) -> Any:
+        with handling(self.face):
+            return await awaitable
+
+    def send(self, frame: bytes) -> Any:
+        """On a loop: an asyncio Future (await it, or not); from a thread without one: a concurrent one."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return super().send(frame)
+        broker = self.broker
+        if running is not self.loop or broker is None:
+            return asyncio.wrap_future(super().send(frame), loop=running)
+        future = running.create_future()
+        broker.send_frame(frame).addCallbacks(
+            lambda _: future.done() or future.set_result(None),
+            lambda failure: future.done() or future.set_exception(failure.value))
+        return future
+
+
+def _adapt(face: AsyncPyStrandsClient) -> AsyncioBackend:
+    """The IBackend of ``face``; when no session of its own made it, the global reactor must suit."""
+    backend = backend_of(face)
+    if backend.broker is None:
+        _require_asyncio_reactor()
+    return backend
+
+
+class _Session:
+    """One connect() .. disconnect() cycle: a private reactor on the loop and a core factory."""
+
+    def __init__(self, backend: AsyncioBackend, settings: BackendSettings) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.reactor = AsyncioSelectorReactor(self.loop)
+        self.reactor.installNameResolver(LoopResolver(self.loop))
+        self.factory = BrokerClientFactory(backend, self.reactor, settings)
+        self.done = asyncio.Event()
+        self.closing: asyncio.Task | None = None
+
+    def start(self, host: str, port: int, timeout: float) -> asyncio.Future:
+        """Start connecting; a future of the first attempt's outcome (bool)."""
+        attempt = self.factory.next_attempt()
+        self.factory.connect(BrokerEndpoint(self.reactor, host, port, timeout=timeout))
+        return attempt.asFuture(self.loop)
+
+    @property
+    def retrying(self) -> bool:
+        """True while the factory keeps (re)connecting on its own."""
+        return self.closing is None and self.factory.continueTrying
+
+    def stop(self, timeout: float) -> asyncio.Task:
+        """Stop the factory (handlers get ``timeout`` seconds), then release the reactor; idempotent."""
+        if self.closing is None:
+            self.closing = self.loop.create_task(self._stop(timeout))
+        self.done.set()
+        return self.closing
+
+    async def _stop(self, timeout: float) -> None:
+        stopped = self.factory.stop(timeout).asFuture(self.loop)
+        try:
+            done, _ = await asyncio.wait([stopped], timeout=timeout + _CLOSE_GRACE)
+            if not done:
+                log.warn("The broker connection did not close within {timeout}s",
+                         timeout=timeout + _CLOSE_GRACE)
+        finally:
+            self._release_reactor()
+
+    def _release_reactor(self) -> None:
+        """Close what the private reactor holds on the loop: timers, and its waker's pipe."""
+        reactor = self.reactor
+        if self.factory.current is not None:
+            self.factory.current.transport.abortConnection()
+        for call in reactor.getDelayedCalls():
+            call.cancel()
+        waker = reactor.waker
+        if waker is not None:
+            reactor.removeReader(waker)
+            reactor._internalReaders.discard(waker)
+            waker.connectionLost(None)
+            reactor.waker = None
+
+
+class AsyncPyStrandsClient(Face):
+    """Asyncio client: subclass it, override the ``on_*`` callbacks (``async def``), await run_forever().
+
+    Parameters are the documented ones (see the class signature) plus the
+    core's settings as keywords (``concurrency``, ``idle_timeout``,
+    ``max_line_length``, ``send_buffer_size``, ``backend_token``, ...).
+    """
+
+    _backend_class = AsyncioBackend
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 8081,
+        auto_reconnect: bool = True,
+        reconnect_delay: float = 1.0,
+        max_reconnect_delay: float = 30.0,
+        reconnect_backoff: float = 2.0,
+        **settings: Any,
+    ) -> None:
+        super().__init__(host, port, auto_reconnect, reconnect_delay, max_reconnect_delay,
+                         reconnect_backoff, **settings)
+        self._session: _Session | None = None
+
+    async def connect(self) -> bool:
+        """Connect to the broker; True once connected, False if the attempt failed or timed out.
+
+        With ``auto_reconnect`` a failed attempt is retried in the background.
+        """
+        if self.connected:
+            return True
+        settings = self._settings()
+        previous, self._session = self._session, None
+        if previous is not None:
+            await previous.stop(0.0)
+        session = self._session = _Session(backend_of(self), settings)
+        attempt = session.start(self.host, self.port, self.connect_timeout)
+        try:
+            return await asyncio.wait_for(attempt, self.connect_timeout + _CLOSE_GRACE)
+        except asyncio.TimeoutError:
+            log.warn("Connecting to {host}:{port} took more than {timeout}s", host=self.host,
+                     port=self.port, timeout=self.connect_timeout)
+            return False
+
+    async def disconnect(self, timeout: float = 5.0) -> None:
+        """Stop reconnecting and close, after in-flight handlers finish (up to ``timeout`` seconds).
+
+        From inside a handler it does not wait (the handler itself is in flight).
+        """
+        timeout = check_number("timeout", timeout, minimum=0)
+        session = self._session
+        if session is None:
+            return
+        closing = session.stop(timeout)
+        if not in_handler_of(self):
+            await asyncio.shield(closing)
+
+    async def run_forever(self) -> None:
+        """Connect (unless connected or reconnecting) and wait until disconnect() or cancellation."""
+        try:
+            session = self._session
+            if not self.connected and not (session is not None and session.retrying):
+                await self.connect()
+            await self._session.done.wait()
+        except asyncio.CancelledError:
+            log.info("Cancelled: disconnecting from the broker")
+        await self.disconnect()
+
+    def send_room_message(self, room_id: str, message: str) -> Awaitable[None]:
+        """Send ``message`` to every client in ``room_id``; await it to wait until written."""
+        return self._send(wire.room_message_frame(room_id, message))
+
+    def send_private_message(self, client_id: str, message: str) -> Awaitable[None]:
+        """Send ``message`` to the one client ``client_id``; await it to wait until written."""
+        return self._send(wire.private_message_frame(client_id, message))
+
+    def broadcast_message(self, message: str) -> Awaitable[None]:
+        """Send ``message`` to every connected client; await it to wait until written."""
+        return self._send(wire.broadcast_frame(message))
+
+    async def on_connection_request(self, request: ConnectionRequestContext) -> Any:
+        """Accept every WebSocket client unless overridden."""
+        return Face.on_connection_request(self, request)
+
+    async def on_new_connection(self, context: Context) -> None:
+        """Log a new WebSocket client."""
+        Face.on_new_connection(self, context)
+
+    async def on_message(self, message: str, context: Context) -> None:
+        """Log a message."""
+        Face.on_message(self, message, context)
+
+    async def on_disconnect(self, context: Context) -> None:
+        """Log a WebSocket client that left."""
+        Face.on_disconnect(self, context)
+
+    async def on_error(self, error: str, context: Context) -> None:
+        """Log an error the broker reported."""
+        Face.on_error(self, error, context)
+
+
+register_face(AsyncPyStrandsClient, _adapt)

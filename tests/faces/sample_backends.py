@@ -1,0 +1,25 @@
+"""Backends that tests run in subprocesses (twistd, scripts): one per face."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from pystrands import AsyncPyStrandsClient, Context, PyStrandsClient
+
+
+class BlockingEcho(PyStrandsClient):
+    """Echoes to the room, saying which thread ran the handler."""
+
+    def on_message(self, message: str, context: Context) -> None:
+        self.send_room_message(context.room_id, f"{message}:{threading.current_thread().name}")
+
+
+class AsyncEcho(AsyncPyStrandsClient):
+    """Echoes to the room after an asyncio sleep, saying whether it ran as an asyncio task."""
+
+    async def on_message(self, message: str, context: Context) -> None:
+        await asyncio.sleep(0.01)
+        task = asyncio.current_task()
+        await self.send_room_message(context.room_id, f"{message}:{'task' if task else 'no task'}")

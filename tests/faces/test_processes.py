@@ -1,0 +1,117 @@
+"""The faces as a user runs them in a process of their own: Ctrl-C, twistd, no global reactor."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.faces.conftest import accept_client, event, nested_context
+from tests.support.fakebroker import FakeBroker
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TWISTD = str(pathlib.Path(sys.executable).parent / "twistd")
+
+
+def python(script: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+RUN_FOREVER = """
+    import sys
+    from pystrands import PyStrandsClient
+
+    class MyBackend(PyStrandsClient):
+        def on_message(self, message, context):
+            self.send_room_message(context.room_id, f"echo: {message}")
+
+    client = MyBackend(host="localhost", port=int(sys.argv[1]))
+    try:
+        client.run_forever()  # Blocks until KeyboardInterrupt or disconnect
+    except KeyboardInterrupt:
+        print("Shutting down...")
+    print("returned; global reactor installed:", "twisted.internet.reactor" in sys.modules)
+"""
+
+
+def test_ctrl_c_ends_run_forever_with_exit_status_0(broker: FakeBroker) -> None:
+    process = python(RUN_FOREVER, str(broker.port))
+    try:
+        conn = broker.accept(timeout=20)
+        assert accept_client(conn)["accepted"] is True
+        conn.send_frame(event("new_message", nested_context("a", "lobby", {}), message="hi"))
+        assert conn.recv_frame(10)["params"] == {"room_id": "lobby", "message": "echo: hi"}
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=15)
+    finally:
+        process.kill()
+    assert process.returncode == 0, output
+    assert "returned; global reactor installed: False" in output and "Traceback" not in output, output
+    conn.wait_closed()
+
+
+ASYNC_RUN_FOREVER = """
+    import asyncio, sys
+    from tests.faces.sample_backends import AsyncEcho
+
+    asyncio.run(AsyncEcho(host="localhost", port=int(sys.argv[1])).run_forever())
+    print("returned; global reactor installed:", "twisted.internet.reactor" in sys.modules)
+"""
+
+
+def test_ctrl_c_ends_asyncio_run_of_run_forever_with_exit_status_0(broker: FakeBroker) -> None:
+    process = python(ASYNC_RUN_FOREVER, str(broker.port))
+    try:
+        conn = broker.accept(timeout=20)
+        conn.send_frame(event("new_message", nested_context("a", "lobby", {}), message="hi"))
+        assert conn.recv_frame(10)["params"] == {"room_id": "lobby", "message": "hi:task"}
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=15)
+    finally:
+        process.kill()
+    assert process.returncode == 0, output
+    assert "returned; global reactor installed: False" in output and "Traceback" not in output, output
+    conn.wait_closed()
+
+
+def run_twistd(broker: FakeBroker, spec: str, *options: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [TWISTD, "-n", "--pidfile=", "--logfile=-", *options, "pystrands", "--backend", spec,
+         "--broker", f"tcp:host=127.0.0.1:port={broker.port}", "--reconnect-delay", "0.1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize(
+    ("spec", "options", "reply"),
+    [
+        ("tests.faces.sample_backends.BlockingEcho", (), "hi:PoolThread-pystrands-handlers-0"),
+        ("tests.faces.sample_backends.AsyncEcho", ("--reactor=asyncio",), "hi:task"),
+    ],
+)
+def test_twistd_runs_a_face_subclass(broker: FakeBroker, spec: str, options: tuple, reply: str) -> None:
+    process = run_twistd(broker, spec, *options)
+    try:
+        conn = broker.accept(timeout=20)
+        assert accept_client(conn, url="/ws/lobby")["room_id"] == "/ws/lobby"
+        conn.send_frame(event("new_message", nested_context("a", "lobby", {}), message="hi"))
+        assert conn.recv_frame(10)["params"] == {"room_id": "lobby", "message": reply}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=20)
+    assert process.returncode in (0, -signal.SIGTERM), output
+    assert "Traceback" not in output, output
+    conn.wait_closed(5)
+
+
+def test_twistd_refuses_an_asyncio_face_without_the_asyncio_reactor(broker: FakeBroker) -> None:
+    process = run_twistd(broker, "tests.faces.sample_backends.AsyncEcho")
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode != 0
+    last = output.strip().splitlines()[-1]
+    assert "--reactor=asyncio" in last and "Traceback" not in output, output
