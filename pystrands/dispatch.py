@@ -60,9 +60,9 @@ class KeyedDispatcher:
 
     def submit(self, key: Hashable, size: int, handler: Callable[..., Any], *args: Any) -> None:
         """Run ``handler(*args)`` now if ``key`` is idle and a slot is free, else queue it."""
+        queue = self._queues.get(key)
         self.pending_events += 1
         self.pending_bytes += size
-        queue = self._queues.get(key)
         if queue is not None:
             queue.append((handler, args, size))
         elif self._running < self.concurrency and not self._ready and not self._pumping:

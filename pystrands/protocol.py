@@ -206,38 +206,40 @@ class BrokerProtocol(LineReceiver):
             log.warn("Skipped a malformed frame from the broker ({why}): {excerpt}",
                      why=exc, excerpt=wire.excerpt(line))
             return
+        try:
+            self._frame_received(request_id, action, params, len(line))
+        except Exception:
+            # A backstop: no frame may cost the connection, even through a bug here.
+            log.failure("Skipped a frame that could not be handled: {excerpt}", excerpt=wire.excerpt(line))
+
+    def _frame_received(self, request_id: str, action: str, params: dict[str, Any], size: int) -> None:
         factory = self.factory
         backend = factory.backend
         dispatch = factory.dispatcher.submit
+        if action == wire.HEARTBEAT:
+            return
+        if action == wire.CONNECTION_REQUEST:
+            dispatch(("request", request_id), size, factory.answer_connection_request, request_id, params)
+            return
+        context = context_from_wire(params.get("context"))
+        # One client's events run in order; without a usable id, the frame stands alone.
+        key = context.client_id if type(context.client_id) is str else ("frame", request_id)
         if action == wire.NEW_MESSAGE:
             message = params.get("message")
             if not isinstance(message, str):
-                log.warn("Skipped a new_message frame whose message is not a string: {excerpt}",
-                         excerpt=wire.excerpt(line))
+                log.warn("Skipped a new_message frame whose message is not a string but {type}",
+                         type=type(message).__name__)
                 return
-            context = context_from_wire(params.get("context"))
-            dispatch(context.client_id or request_id, len(line), backend.on_message,
-                             message, context)
-        elif action == wire.HEARTBEAT:
-            return
-        elif action == wire.CONNECTION_REQUEST:
-            dispatch(("request", request_id), len(line), factory.answer_connection_request,
-                             request_id, params)
+            dispatch(key, size, backend.on_message, message, context)
         elif action == wire.NEW_CONNECTION:
-            context = context_from_wire(params.get("context"))
-            dispatch(context.client_id or request_id, len(line),
-                             backend.on_new_connection, context)
+            dispatch(key, size, backend.on_new_connection, context)
         elif action == wire.DISCONNECTED:
-            context = context_from_wire(params.get("context"))
-            dispatch(context.client_id or request_id, len(line),
-                             backend.on_disconnect, context)
+            dispatch(key, size, backend.on_disconnect, context)
         elif action == wire.ERROR:
             error = params.get("error")
-            context = context_from_wire(params.get("context"))
             if not isinstance(error, str):
                 error = "" if error is None else str(error)
-            dispatch(context.client_id or request_id, len(line), backend.on_error,
-                             error, context)
+            dispatch(key, size, backend.on_error, error, context)
         else:
             log.debug("Skipped a frame with unknown action {action!r}", action=action)
 

@@ -136,6 +136,8 @@ BAD_LINES = [
     b'{"request_id":"r","action":"new_message","params":{"message":null}}',
     b'{"request_id":"r","action":"new_connection","params":{"context":"oops"}}',
     b'{"request_id":"r","action":"disconnected","params":{"context":[1]}}',
+    b'{"request_id":"r","action":"new_message","params":{"message":"m","context":{"client_id":{"a":1}}}}',
+    b'{"request_id":"r","action":"new_connection","params":{"context":{"client_id":[1],"metadata":5}}}',
     b'{"request_id":"r","action":"error","params":{"error":{"x":1},"context":null}}',
     b'{"request_id":"r","action":"connection_request","params":{"headers":"h","url":5}}',
     b"   ",
