@@ -8,3 +8,10 @@ pystrands_backend = ServiceMaker(
     "Run a PyStrands backend (module.attr) connected to a broker",
     "pystrands",
 )
+
+pystrands_broker = ServiceMaker(
+    "PyStrands broker",
+    "pystrands.broker.tap",
+    "Run the embedded PyStrands broker (WebSocket clients <-> backends)",
+    "pystrands-broker",
+)

@@ -1,0 +1,77 @@
+"""``python -m pystrands <command>``: the command line.
+
+Commands: ``server`` runs the embedded broker (the reference package's
+``python -m pystrands server``, without a download). Errors are one line on
+stderr and a non-zero exit: 2 for bad usage, 1 for a failure at run time
+(a port in use).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+USAGE = "usage: python -m pystrands server [--ws-port 8080] [--tcp-port 8081] [--queue-size 1000] [...]"
+
+
+def server(args: list[str]) -> int:
+    """Run the embedded broker until interrupted."""
+    from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
+                                globalLogBeginner, textFileLogObserver)
+    from twisted.python import usage
+
+    from .broker.config import Options
+    from .broker.service import BrokerService
+
+    options = Options()
+    try:
+        options.parseOptions(args)
+    except usage.UsageError as exc:
+        print(f"pystrands server: {exc} (see --help)", file=sys.stderr)
+        return 2
+
+    from twisted.internet import reactor  # the outermost entry point picks the global reactor
+
+    observer = FilteringLogObserver(textFileLogObserver(sys.stderr),
+                                    [LogLevelFilterPredicate(LogLevel.info)])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    service = BrokerService(options["config"], reactor)
+    exit_code = 0
+
+    def listening(ports: tuple[int, int]) -> None:
+        config = options["config"]
+        print(f"PyStrands broker: WebSocket on port {ports[0]} (/ws/...),"
+              f" backends on {config.tcp_interface or '*'}:{ports[1]}", flush=True)
+        reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+
+    def cannot_listen(failure: object) -> None:
+        nonlocal exit_code
+        exit_code = 1
+        print(f"pystrands server: {failure.getErrorMessage()}", file=sys.stderr)  # type: ignore[attr-defined]
+        reactor.stop()
+
+    reactor.callWhenRunning(service.startService)
+    service.when_listening().addCallbacks(listening, cannot_listen)
+    reactor.run()
+    return exit_code
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"server": server}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a command; unknown or missing commands are a usage error."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stderr if not argv else sys.stdout)
+        return 2 if not argv else 0
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"pystrands: unknown command {argv[0]!r} (commands: {', '.join(COMMANDS)})",
+              file=sys.stderr)
+        return 2
+    return command(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

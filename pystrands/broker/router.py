@@ -1,0 +1,297 @@
+"""The broker's switchboard: WebSocket events to backends, backend frames to WebSocket clients.
+
+It knows nothing of sockets. The WebSocket side (``websocket.py``) and the
+backend side (``backends.py``) call it; it calls back through the small
+:class:`Client` and :class:`BackendLink` protocols. Routing is sticky: a
+client's events all go to the backend that judged its handshake while that
+backend stays connected; new clients go to the least-loaded backend.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from .. import wire
+from .config import BrokerConfig
+from .queue import EventQueue
+from .rooms import Rooms
+
+__all__ = ["Admission", "BackendLink", "Broker", "Client", "Handshake", "HandshakeRefused"]
+
+log = Logger()
+
+HEARTBEAT_FRAME = wire.encode_frame(wire.HEARTBEAT, {}, "heartbeat")
+NO_BACKEND = "no backend available to handle connection request"
+
+
+class BackendLink(Protocol):
+    """What the router needs of a connected backend."""
+
+    load: int
+
+    def send(self, frame: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Client(Protocol):
+    """What the router needs of a WebSocket client."""
+
+    admission: Admission
+
+    def send_text(self, message: str) -> None: ...
+
+    def close(self, code: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """A WebSocket handshake to be judged by a backend."""
+
+    headers: dict[str, list[str]]
+    url: str
+    remote_addr: str
+    query: dict[str, list[str]]
+
+    def params(self) -> dict[str, Any]:
+        """The ``connection_request`` params: the reference's keys plus ``query``."""
+        return {"headers": self.headers, "url": self.url, "remote_addr": self.remote_addr,
+                "query": self.query}
+
+    def failed_context(self) -> dict[str, Any]:
+        """The ``context`` of an ``error`` event about this handshake (no query, as the reference)."""
+        return {"headers": self.headers, "url": self.url, "remote_addr": self.remote_addr}
+
+
+@dataclass
+class Admission:
+    """A handshake the backend accepted: who the client is and where it goes."""
+
+    client_id: str
+    room_id: str
+    metadata: Any
+    context: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.context = {"client_id": self.client_id, "room_id": self.room_id,
+                        "metadata": self.metadata}
+
+
+class HandshakeRefused(Exception):
+    """A handshake that must end with an HTTP error ``status`` instead of an upgrade."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"HTTP {status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class _Pending:
+    answer: Deferred[Admission]
+    backend: BackendLink
+    timeout: IDelayedCall
+
+
+class Broker:
+    """Rooms, backends, the queue, and the rules between them."""
+
+    def __init__(self, config: BrokerConfig, clock: IReactorTime) -> None:
+        self.config = config
+        self.clock = clock
+        self.rooms: Rooms[Client] = Rooms()
+        self.queue: EventQueue[tuple[str | None, bytes, bool]] = EventQueue(config.queue_size)
+        self.backends: list[BackendLink] = []
+        self.handshaking = 0
+        self._assigned: dict[str, BackendLink] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._heartbeat = LoopingCall(self._beat)
+        self._heartbeat.clock = clock
+
+    # -- life cycle ------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the heartbeats."""
+        self._heartbeat.start(self.config.heartbeat_interval, now=False)
+
+    def stop(self) -> None:
+        """Stop the heartbeats and refuse the handshakes still waiting."""
+        if self._heartbeat.running:
+            self._heartbeat.stop()
+        for request_id in list(self._pending):
+            self._refuse(request_id, 503, "the broker is stopping")
+
+    def _beat(self) -> None:
+        for backend in list(self.backends):
+            backend.send(HEARTBEAT_FRAME)
+
+    # -- backends ----------------------------------------------------------
+
+    def backend_ready(self, backend: BackendLink) -> None:
+        """A backend may now receive frames: give it the queued events first."""
+        self.backends.append(backend)
+        if len(self.queue):
+            log.info("Flushing {count} queued events to the new backend", count=len(self.queue))
+        for client_id, frame, final in self.queue.drain():
+            self._route(client_id, frame, final)
+
+    def backend_lost(self, backend: BackendLink) -> None:
+        """Forget a backend: its clients move on at their next event, its handshakes get 503."""
+        if backend not in self.backends:
+            return
+        self.backends.remove(backend)
+        for client_id in [cid for cid, owner in self._assigned.items() if owner is backend]:
+            del self._assigned[client_id]
+        for request_id in [rid for rid, pending in self._pending.items() if pending.backend is backend]:
+            self._refuse(request_id, 503, "the backend judging the handshake went away")
+
+    def backend_frame(self, frame: wire.Frame, line: bytes) -> None:
+        """Act on one decoded frame from a backend; anything unusable is logged and skipped."""
+        action, params = frame.action, frame.params
+        if action == wire.RESPONSE:
+            self._answer(frame.request_id, params, line)
+        elif action == wire.MESSAGE_TO_ROOM:
+            room_id, message = params.get("room_id"), params.get("message")
+            if self._usable(line, room_id=room_id, message=message):
+                for client in self.rooms.members(room_id):
+                    client.send_text(message)
+        elif action == wire.MESSAGE_TO_CONNECTION:
+            conn_id, message = params.get("conn_id"), params.get("message")
+            if self._usable(line, conn_id=conn_id, message=message):
+                client = self.rooms.client(conn_id)
+                if client is not None:
+                    client.send_text(message)
+        elif action == wire.BROADCAST:
+            message = params.get("message")
+            if self._usable(line, message=message):
+                for client in self.rooms.everyone():
+                    client.send_text(message)
+        elif action != wire.AUTH:
+            log.info("Skipped a frame with unknown action {action!r} from a backend", action=action)
+
+    @staticmethod
+    def _usable(line: bytes, **values: Any) -> bool:
+        wrong = [name for name, value in values.items() if not isinstance(value, str)]
+        if wrong:
+            log.warn("Skipped a backend frame whose {names} must be a string: {excerpt}",
+                     names=", ".join(wrong), excerpt=wire.excerpt(line))
+        return not wrong
+
+    # -- handshakes ----------------------------------------------------------
+
+    def request_connection(self, handshake: Handshake) -> Deferred[Admission]:
+        """Ask a backend about a handshake; fails with HandshakeRefused (status, reason)."""
+        if not self.backends:
+            self._route(None, wire.encode_frame(
+                wire.ERROR, {"error": NO_BACKEND, "context": handshake.failed_context()}), True)
+            return fail(HandshakeRefused(503, "no backend is connected"))
+        if len(self.rooms) + self.handshaking >= self.config.max_clients:
+            log.warn("Refused a handshake: max_clients ({limit}) reached", limit=self.config.max_clients)
+            return fail(HandshakeRefused(503, "too many clients"))
+        backend = min(self.backends, key=lambda link: link.load)
+        request_id = str(uuid.uuid4())
+        frame = wire.encode_frame(wire.CONNECTION_REQUEST, handshake.params(), request_id)
+        answer: Deferred[Admission] = Deferred()
+        timeout = self.clock.callLater(self.config.auth_timeout, self._refuse, request_id, 403,
+                                       "the backend did not answer in time")
+        self._pending[request_id] = _Pending(answer, backend, timeout)
+        self.handshaking += 1
+        backend.load += 1
+        backend.send(frame)
+        return answer
+
+    def _refuse(self, request_id: str, status: int, reason: str) -> None:
+        pending = self._pending.pop(request_id)
+        if pending.timeout.active():
+            pending.timeout.cancel()
+        else:
+            log.warn("No answer to connection request {request_id} within {seconds}s; refused",
+                     request_id=request_id, seconds=self.config.auth_timeout)
+        self.handshaking -= 1
+        pending.backend.load -= 1
+        pending.answer.errback(HandshakeRefused(status, reason))
+
+    def _answer(self, request_id: str, params: dict[str, Any], line: bytes) -> None:
+        pending = self._pending.get(request_id)
+        if pending is None:
+            log.warn("Skipped a response to an unknown or expired request: {excerpt}",
+                     excerpt=wire.excerpt(line))
+            return
+        client_id, room_id = params.get("client_id"), params.get("room_id")
+        if params.get("accepted") is not True:
+            self._refuse(request_id, 403, "rejected by the backend")
+        elif not self._usable(line, client_id=client_id, room_id=room_id):
+            self._refuse(request_id, 403, "the backend's answer was not usable")
+        elif not self.rooms.reserve(client_id):
+            log.warn("Refused a handshake: client_id {client_id!r} is already connected",
+                     client_id=client_id)
+            self._refuse(request_id, 409, "client_id already in use")
+        else:
+            del self._pending[request_id]
+            pending.timeout.cancel()
+            metadata = params.get("metadata")
+            self._assigned[client_id] = pending.backend
+            pending.answer.callback(Admission(client_id, room_id, {} if metadata is None else metadata))
+
+    def abandon(self, admission: Admission) -> None:
+        """An accepted handshake whose client went away before the upgrade."""
+        self.handshaking -= 1
+        self.rooms.release(admission.client_id)
+        self._unassign(admission.client_id)
+
+    # -- WebSocket clients ---------------------------------------------------
+
+    def client_connected(self, client: Client) -> None:
+        admission = client.admission
+        self.handshaking -= 1
+        self.rooms.add(admission.client_id, admission.room_id, client)
+        self._route(admission.client_id,
+                    wire.encode_frame(wire.NEW_CONNECTION, {"context": admission.context}), False)
+
+    def client_message(self, client: Client, message: str) -> None:
+        admission = client.admission
+        self._route(admission.client_id, wire.encode_frame(
+            wire.NEW_MESSAGE, {"message": message, "context": admission.context}), False)
+
+    def client_disconnected(self, client: Client) -> None:
+        admission = client.admission
+        self.rooms.remove(admission.client_id, admission.room_id)
+        self._route(admission.client_id,
+                    wire.encode_frame(wire.DISCONNECTED, {"context": admission.context}), True)
+
+    def close_clients(self, code: int) -> None:
+        """Close every WebSocket client with ``code`` (1001 on shutdown)."""
+        for client in self.rooms.everyone():
+            client.close(code)
+
+    # -- routing -------------------------------------------------------------
+
+    def _route(self, client_id: str | None, frame: bytes, final: bool) -> None:
+        """Send an event to the client's backend, or queue it when there is none.
+
+        ``final`` marks a client's last event, after which its backend is free of it.
+        """
+        if not self.backends:
+            self.queue.put((client_id, frame, final))
+            return
+        backend = self._assigned.get(client_id) if client_id is not None else None
+        if backend is None:
+            backend = min(self.backends, key=lambda link: link.load)
+            if client_id is not None and not final:
+                self._assigned[client_id] = backend
+                backend.load += 1
+        elif final:
+            self._unassign(client_id)
+        backend.send(frame)
+
+    def _unassign(self, client_id: str) -> None:
+        backend = self._assigned.pop(client_id, None)
+        if backend is not None:
+            backend.load -= 1

@@ -1,0 +1,136 @@
+"""BrokerService: the embedded broker as an ``IService``.
+
+Starting it listens on the WebSocket port and the backend port (endpoint
+strings from :class:`~pystrands.broker.config.BrokerConfig`); stopping it
+stops listening, closes WebSocket clients with 1001 (Going Away), then
+closes backends once the frames written to them (the ``disconnected``
+events of those clients) are sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, gatherResults, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IAddress, IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .backends import BackendFactory
+from .config import BrokerConfig
+from .router import Broker
+from .websocket import GOING_AWAY, websocket_site
+
+__all__ = ["BrokerService"]
+
+log = Logger()
+
+
+class BrokerService(Service):
+    """Runs the broker. ``reactor`` defaults to the global one, looked up at start.
+
+    Pass a :class:`BrokerConfig`, or its fields as keywords.
+    """
+
+    def __init__(self, config: BrokerConfig | None = None, reactor: Any = None,
+                 stop_timeout: float = 5.0, **options: Any) -> None:
+        self.config = config if config is not None else BrokerConfig(**options)
+        self.reactor = reactor
+        self.stop_timeout = stop_timeout
+        self.broker: Broker | None = None
+        self.backends: BackendFactory | None = None
+        self.site: Any = None
+        self._ports: list[IListeningPort] = []
+        self._outcome: Failure | tuple[int, int] | None = None
+        self._waiters: list[Deferred[tuple[int, int]]] = []
+
+    # -- addresses ---------------------------------------------------------
+
+    def when_listening(self) -> Deferred[tuple[int, int]]:
+        """Fires with (WebSocket port, backend port) once both listen; fails if either cannot."""
+        if isinstance(self._outcome, Failure):
+            return fail(self._outcome)
+        if self._outcome is not None:
+            return succeed(self._outcome)
+        waiter: Deferred[tuple[int, int]] = Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+    @property
+    def ws_address(self) -> IAddress:
+        return self._ports[0].getHost()
+
+    @property
+    def tcp_address(self) -> IAddress:
+        return self._ports[1].getHost()
+
+    # -- life cycle ----------------------------------------------------------
+
+    def startService(self) -> None:
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor  # the outermost layer's choice: the global one
+            self.reactor = reactor
+        super().startService()
+        self.broker = Broker(self.config, reactor)
+        self.backends = BackendFactory(self.broker, reactor)
+        self.site = websocket_site(self.broker, self.config.static)
+        listening = gatherResults([
+            serverFromString(reactor, self.config.ws_endpoint).listen(self.site),
+            serverFromString(reactor, self.config.backend_endpoint).listen(self.backends),
+        ], consumeErrors=True)
+        listening.addCallbacks(self._listening, self._cannot_listen)
+
+    def _listening(self, ports: list[IListeningPort]) -> None:
+        self._ports = ports
+        self.broker.start()
+        log.info("PyStrands broker: WebSocket on {ws.host}:{ws.port}, backends on {tcp.host}:{tcp.port}",
+                 ws=self.ws_address, tcp=self.tcp_address)
+        self._settle((self.ws_address.port, self.tcp_address.port))
+
+    def _cannot_listen(self, failure: Failure) -> None:
+        failure.trap(FirstError)
+        self._settle(failure.value.subFailure)
+
+    def _settle(self, outcome: Failure | tuple[int, int]) -> None:
+        self._outcome = outcome
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if isinstance(outcome, Failure):
+                waiter.errback(outcome)
+            else:
+                waiter.callback(outcome)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        ports, self._ports = self._ports, []
+        await DeferredList([port.stopListening() for port in ports])
+        broker = self.broker
+        if broker is None:
+            return
+        broker.stop()
+        clients = list(broker.rooms.everyone())
+        await self._close(clients, lambda client: client.close(GOING_AWAY),
+                          lambda client: client.abort("the broker is stopping"))
+        for channel in list(self.site.protocols):
+            channel.loseConnection()
+        backends = list(self.backends.connections)
+        await self._close(backends, lambda backend: backend.close(), lambda backend: backend.abort())
+
+    async def _close(self, connections: Iterable[Any], close: Any, abort: Any) -> None:
+        """Close each connection; abort those still open after ``stop_timeout``."""
+        connections = list(connections)
+        for connection in connections:
+            close(connection)
+        gone = DeferredList([connection.gone for connection in connections])
+        deadline = self.reactor.callLater(
+            self.stop_timeout,
+            lambda: [abort(connection) for connection in connections if not connection.gone.called])
+        await gone
+        if deadline.active():
+            deadline.cancel()
