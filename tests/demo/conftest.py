@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from tests.demo.support import Broker, Child, Launch, start_broker
+from tests.demo.support import Broker, Child, Launch, free_port, start_broker
 
 
 @pytest.fixture
@@ -40,3 +40,12 @@ def open_ws() -> Iterator[Callable[[str], ClientConnection]]:
     """open_ws(url) -> a WebSocket client connection, closed after the test."""
     with contextlib.ExitStack() as stack:
         yield lambda url: stack.enter_context(connect(url, open_timeout=5))
+
+
+@pytest.fixture
+def demo(launch: Launch) -> tuple[Child, str, int]:
+    """``python -m examples.chat`` on free ports, ready: (process, WebSocket base URL, page port)."""
+    ws_port, tcp_port = free_port(), free_port()
+    child = launch(["-m", "examples.chat", "--ws-port", str(ws_port), "--tcp-port", str(tcp_port)], name="chat")
+    child.wait_for_output("Chat demo ready")
+    return child, f"ws://127.0.0.1:{ws_port}/ws", ws_port

@@ -10,10 +10,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from tests.demo.support import CHAT_STATIC, Broker, Child, Launch, free_port, receive_json, receive_until, start_broker
-
-READY = "Chat demo ready"
-
+from tests.demo.support import CHAT_STATIC, Broker, Child, Launch, receive_json, receive_until, start_broker
 
 OpenWs = Callable[[str], ClientConnection]
 
@@ -35,15 +32,6 @@ def ids(members_message: dict[str, Any]) -> list[str]:
 
 def names(members_message: dict[str, Any]) -> list[str]:
     return [member["name"] for member in members_message["members"]]
-
-
-@pytest.fixture
-def demo(launch: Launch) -> tuple[Child, str, int]:
-    """The whole demo on free ports: (process, WebSocket base URL, page port)."""
-    ws_port, tcp_port = free_port(), free_port()
-    child = launch(["-m", "examples.chat", "--ws-port", str(ws_port), "--tcp-port", str(tcp_port)], name="chat")
-    child.wait_for_output(READY)
-    return child, f"ws://127.0.0.1:{ws_port}/ws", ws_port
 
 
 def test_serves_the_page(demo: tuple[Child, str, int]) -> None:

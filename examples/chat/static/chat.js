@@ -33,10 +33,12 @@ function el(tag, className, text) {
   return node;
 }
 
+const PALETTE = ["#3b5bdb", "#c2255c", "#2b8a3e", "#e8590c", "#7048e8", "#0b7285", "#5c940d"];  // a prime count spreads hashes better
+
 function colorFor(name) {
-  let hash = 0;
-  for (const ch of name) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
-  return `hsl(${hash % 360}, 55%, 42%)`;
+  let hash = 0x811c9dc5;  // FNV-1a, so that similar names get different colours
+  for (const ch of name) hash = Math.imul(hash ^ ch.codePointAt(0), 0x01000193) >>> 0;
+  return PALETTE[hash % PALETTE.length];
 }
 
 function append(node) {
