@@ -1,5 +1,6 @@
 """PyStrands on Twisted: Python backends for PyStrands real-time WebSocket brokers."""
 
+from .app import PyStrands
 from .async_client import AsyncPyStrandsClient
 from .backend import Backend
 from .client import PyStrandsClient
@@ -21,6 +22,7 @@ __all__ = [
     "JSONModel",
     "NotConnectedError",
     "ProtocolError",
+    "PyStrands",
     "PyStrandsClient",
     "SendBufferFull",
     "__version__",

@@ -31,7 +31,7 @@ from .errors import NotConnectedError
 from .interfaces import IBackend, IBrokerConnection
 from .settings import BackendSettings, check_port
 
-__all__ = ["BrokerEndpoint", "Face", "FaceBackend", "backend_of", "call_in_reactor", "in_handler_of", "register_face"]
+__all__ = ["BrokerEndpoint", "Face", "FaceBackend", "Options", "backend_of", "call_in_reactor", "in_handler_of", "register_face"]
 
 log = Logger()
 
@@ -57,15 +57,11 @@ def in_handler_of(face: object) -> bool:
     return _handling.get() is face
 
 
-class Face:
-    """Constructor, settings and sends common to every face; see the subclasses."""
+class Options:
+    """The documented constructor of every face, its checks, and the settings it makes."""
 
     #: Handlers of different WebSocket clients that may run at once, unless ``concurrency`` is given.
     _default_concurrency: int = BackendSettings.concurrency
-    #: The IBackend adapter class of this face.
-    _backend_class: type[FaceBackend]
-    #: Seconds a single connection attempt may take (name resolution and TCP connect).
-    connect_timeout: float = 10.0
 
     def __init__(
         self,
@@ -99,6 +95,15 @@ class Face:
         options = {"concurrency": self._default_concurrency, **self._settings_overrides}
         options.update((name, getattr(self, name)) for name in _DOCUMENTED)
         return BackendSettings(**options)
+
+
+class Face(Options):
+    """What the blocking and asyncio faces share: state, sends, the documented default callbacks."""
+
+    #: The IBackend adapter class of this face.
+    _backend_class: type[FaceBackend]
+    #: Seconds a single connection attempt may take (name resolution and TCP connect).
+    connect_timeout: float = 10.0
 
     @property
     def connected(self) -> bool:

@@ -6,7 +6,7 @@ import asyncio
 import threading
 from typing import Any
 
-from pystrands import AsyncPyStrandsClient, Context, PyStrandsClient
+from pystrands import AsyncPyStrandsClient, Context, PyStrands, PyStrandsClient
 
 
 class BlockingEcho(PyStrandsClient):
@@ -23,3 +23,11 @@ class AsyncEcho(AsyncPyStrandsClient):
         await asyncio.sleep(0.01)
         task = asyncio.current_task()
         await self.send_room_message(context.room_id, f"{message}:{'task' if task else 'no task'}")
+
+
+app = PyStrands()
+
+
+@app.on_message
+async def app_echo(message: str, context: Context) -> None:
+    await app.send_room_message(context.room_id, f"{message}:{threading.current_thread().name}")

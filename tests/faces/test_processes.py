@@ -92,6 +92,7 @@ def run_twistd(broker: FakeBroker, spec: str, *options: str) -> subprocess.Popen
     [
         ("tests.faces.sample_backends.BlockingEcho", (), "hi:PoolThread-pystrands-handlers-0"),
         ("tests.faces.sample_backends.AsyncEcho", ("--reactor=asyncio",), "hi:task"),
+        ("tests.faces.sample_backends:app", (), "hi:PoolThread-pystrands-handlers-0"),
     ],
 )
 def test_twistd_runs_a_face_subclass(broker: FakeBroker, spec: str, options: tuple, reply: str) -> None:

@@ -1,0 +1,155 @@
+"""PyStrands: the decorator face, for a backend written as a few functions.
+
+    app = PyStrands("localhost", 8081)
+
+    @app.on_message
+    def echo(message, context):
+        app.send_room_message(context.room_id, message)
+
+    app.run()                 # blocking; or: await app.run_async()
+
+It runs on the other two faces' machinery: ``run()`` on a
+:class:`PyStrandsClient`, ``run_async()`` on an :class:`AsyncPyStrandsClient`,
+with each registered function in place of the callback of the same name. A
+plain function runs in a worker thread, an ``async def`` one on an event loop
+(the caller's under ``run_async()``; its own, in the worker thread, under
+``run()``). An event without a registered function gets the default
+behaviour (connections are accepted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import inspect
+from typing import Any, Callable, TypeVar
+
+from . import wire
+from ._faces import Options, backend_of, register_face
+from .async_client import AsyncPyStrandsClient
+from .client import PyStrandsClient
+from .errors import NotConnectedError
+
+__all__ = ["PyStrands"]
+
+_Handler = TypeVar("_Handler", bound=Callable[..., Any])
+
+
+class PyStrands(Options):
+    """A backend made of decorated functions; see the module docstring."""
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 8081,
+        auto_reconnect: bool = True,
+        reconnect_delay: float = 1.0,
+        max_reconnect_delay: float = 30.0,
+        reconnect_backoff: float = 2.0,
+        **settings: Any,
+    ) -> None:
+        super().__init__(host, port, auto_reconnect, reconnect_delay, max_reconnect_delay,
+                         reconnect_backoff, **settings)
+        self._handlers: dict[str, Callable[..., Any]] = {}
+        #: The face running the app (a PyStrandsClient or AsyncPyStrandsClient), None before a run.
+        self.client: PyStrandsClient | AsyncPyStrandsClient | None = None
+
+    @property
+    def connected(self) -> bool:
+        """True while a TCP connection to the broker is open."""
+        return self.client is not None and self.client.connected
+
+    def _register(self, name: str, handler: _Handler) -> _Handler:
+        if not callable(handler):
+            raise TypeError(f"@{name} needs a function, not {type(handler).__name__}")
+        self._handlers[name] = handler
+        return handler
+
+    def on_connection_request(self, handler: _Handler) -> _Handler:
+        """Register ``handler(request)``: return True/False to accept/reject a WebSocket client."""
+        return self._register("on_connection_request", handler)
+
+    def on_new_connection(self, handler: _Handler) -> _Handler:
+        """Register ``handler(context)``, called when a client is connected and in its room."""
+        return self._register("on_new_connection", handler)
+
+    def on_message(self, handler: _Handler) -> _Handler:
+        """Register ``handler(message, context)``, called for each message of a client."""
+        return self._register("on_message", handler)
+
+    def on_disconnect(self, handler: _Handler) -> _Handler:
+        """Register ``handler(context)``, called when a client has left."""
+        return self._register("on_disconnect", handler)
+
+    def on_error(self, handler: _Handler) -> _Handler:
+        """Register ``handler(error, context)``, called for an error the broker reports."""
+        return self._register("on_error", handler)
+
+    def _client(self, face: type[PyStrandsClient] | type[AsyncPyStrandsClient],
+                adapt: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Any:
+        """A new ``face`` with this app's settings and handlers (each passed through ``adapt``)."""
+        client = face(self.host, self.port, self.auto_reconnect, self.reconnect_delay,
+                      self.max_reconnect_delay, self.reconnect_backoff, **self._settings_overrides)
+        for name, handler in self._handlers.items():
+            setattr(client, name, adapt(handler))
+        self.client = client
+        return client
+
+    def run(self) -> None:
+        """Connect and serve until Ctrl-C or ``app.client.disconnect()`` (blocking)."""
+        self._client(PyStrandsClient, _as_it_is).run_forever()
+
+    async def run_async(self) -> None:
+        """Connect and serve on the running loop until cancelled or ``await app.client.disconnect()``."""
+        await self._client(AsyncPyStrandsClient, _off_the_loop).run_forever()
+
+    def send_room_message(self, room_id: str, message: str) -> Any:
+        """Send ``message`` to every client in ``room_id``; a future, awaitable on a loop."""
+        return self._send(wire.room_message_frame(room_id, message))
+
+    def send_private_message(self, client_id: str, message: str) -> Any:
+        """Send ``message`` to the one client ``client_id``; a future, awaitable on a loop."""
+        return self._send(wire.private_message_frame(client_id, message))
+
+    def broadcast(self, message: str) -> Any:
+        """Send ``message`` to every connected client; a future, awaitable on a loop."""
+        return self._send(wire.broadcast_frame(message))
+
+    broadcast_message = broadcast
+
+    def _send(self, frame: bytes) -> Any:
+        """Through the running face; on a loop the result is always awaitable."""
+        if self.client is None:
+            future: concurrent.futures.Future = concurrent.futures.Future()
+            future.set_exception(NotConnectedError("not connected to the broker: call run() first"))
+        else:
+            future = self.client._send(frame)
+        if isinstance(future, concurrent.futures.Future):
+            try:
+                return asyncio.wrap_future(future, loop=asyncio.get_running_loop())
+            except RuntimeError:
+                return future
+        return future
+
+
+def _as_it_is(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """``handler`` as the blocking face wants it: it runs any function in a worker thread."""
+    return handler
+
+
+def _off_the_loop(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """``handler`` as the asyncio face wants it: coroutine functions as they are, others in a thread."""
+    if inspect.iscoroutinefunction(handler):
+        return handler
+    return functools.partial(asyncio.to_thread, handler)
+
+
+def _adapt(app: PyStrands) -> Any:
+    """The app as an IBackend (for twistd): its handlers on the blocking face's machinery."""
+    if not isinstance(app.client, PyStrandsClient):
+        app._client(PyStrandsClient, _as_it_is)
+    return backend_of(app.client)
+
+
+register_face(PyStrands, _adapt)
