@@ -14,7 +14,7 @@ from inspect import iscoroutine
 from typing import Any, Callable, Hashable
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 __all__ = ["KeyedDispatcher"]
@@ -119,7 +119,7 @@ class KeyedDispatcher:
 
     def _report(self, failure: Failure, handler: Callable[..., Any]) -> None:
         name = getattr(handler, "__qualname__", repr(handler))
-        log.failure("Backend handler {handler} failed", failure, handler=name)
+        log.failure("Backend handler {handler} failed", failure, LogLevel.error, handler=name)
 
     def _finished(self, key: Hashable, size: int) -> None:
         self._running -= 1

@@ -23,7 +23,7 @@ from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import ReconnectingClientFactory
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -210,7 +210,8 @@ class BrokerProtocol(LineReceiver):
             self._frame_received(request_id, action, params, len(line))
         except Exception:
             # A backstop: no frame may cost the connection, even through a bug here.
-            log.failure("Skipped a frame that could not be handled: {excerpt}", excerpt=wire.excerpt(line))
+            log.failure("Skipped a frame that could not be handled: {excerpt}", level=LogLevel.error,
+                        excerpt=wire.excerpt(line))
 
     def _frame_received(self, request_id: str, action: str, params: dict[str, Any], size: int) -> None:
         factory = self.factory
@@ -509,7 +510,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
         answer.addCallbacks(self._response_for, self._rejection_for,
                             callbackArgs=(request_id, request), errbackArgs=(request_id, request))
         return answer.addCallback(self.send_frame).addErrback(
-            lambda failure: log.failure("Could not send the response to {request_id}", failure,
+            lambda failure: log.failure("Could not send the response to {request_id}", failure, LogLevel.error,
                                         request_id=request_id))
 
     def _response_for(self, result: object, request_id: str, request: ConnectionRequestContext) -> bytes:
@@ -524,7 +525,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
             return self._rejection(request_id, request)
 
     def _rejection_for(self, failure: Failure, request_id: str, request: ConnectionRequestContext) -> bytes:
-        log.failure("on_connection_request failed; rejected request {request_id}", failure,
+        log.failure("on_connection_request failed; rejected request {request_id}", failure, LogLevel.error,
                     request_id=request_id)
         return self._rejection(request_id, request)
 
