@@ -17,7 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
-from twisted.logger import STDLibLogObserver, globalLogBeginner
+from pystrands.logbridge import bridge_to_stdlib
 
 from .backend import ChatBackend
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: logging to stderr, then run until Ctrl-C."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s chat-backend %(levelname)s %(message)s")
-    globalLogBeginner.beginLoggingTo([STDLibLogObserver()], redirectStandardIO=False)
+    bridge_to_stdlib()
     return asyncio.run(run(args.ws_port, args.tcp_port, not args.no_broker))
 
 
