@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import connect
 
-from tests.demo.support import Broker, Child, Launch, free_port, start_broker
+from tests.demo.support import Broker, Child, Launch, OpenWs, free_port, start_broker
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def broker(launch: Launch) -> Broker:
 
 
 @pytest.fixture
-def open_ws() -> Iterator[Callable[[str], ClientConnection]]:
+def open_ws() -> Iterator[OpenWs]:
     """open_ws(url) -> a WebSocket client connection, closed after the test."""
     with contextlib.ExitStack() as stack:
         yield lambda url: stack.enter_context(connect(url, open_timeout=5))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,6 +109,7 @@ class Broker:
 
 
 Launch = Callable[..., Child]
+OpenWs = Callable[[str], ClientConnection]
 
 
 def start_broker(launch: Launch, *flags: str, ws_port: int = 0, tcp_port: int = 0,
@@ -142,3 +144,15 @@ def receive_until(ws: ClientConnection, wanted: Callable[[Any], bool], timeout: 
         if wanted(message):
             return message
         seen.append(message)
+
+
+def open_when_served(open_ws: OpenWs, url: str, timeout: float = 15.0) -> ClientConnection:
+    """Open a WebSocket, retrying while the broker answers 503 (no backend connected yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return open_ws(url)
+        except InvalidStatus as refused:
+            if refused.response.status_code != 503 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

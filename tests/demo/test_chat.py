@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import time
+import signal
 import urllib.request
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from tests.demo.support import CHAT_STATIC, Broker, Child, Launch, receive_json, receive_until, start_broker
-
-OpenWs = Callable[[str], ClientConnection]
-
+from tests.demo.support import (CHAT_STATIC, Child, Launch, OpenWs, open_when_served, receive_json, receive_until,
+                                start_broker)
 
 def join(open_ws: OpenWs, ws_url: str, room: str, name: str) -> ClientConnection:
     """A client in ``room`` as ``name``, past its welcome, join and member-list messages."""
-    ws = open_ws(f"{ws_url}/{room}?name={name}")
+    ws = open_when_served(open_ws, f"{ws_url}/{room}?name={name}")
     welcome = receive_json(ws)
     assert welcome["type"] == "welcome" and welcome["room"] == room
     receive_until(ws, lambda m: m["type"] == "join" and m["id"] == welcome["id"])
@@ -113,25 +111,10 @@ def test_a_broker_restart_leaves_no_ghosts(launch: Launch, open_ws: OpenWs) -> N
     backend.wait_for_output("Chat backend running")
     ghost = join(open_ws, broker.ws_url, "lobby", "ghost")
 
-    assert broker.child.stop() == 0
+    assert broker.child.stop(signal.SIGKILL) == -signal.SIGKILL  # a crash: no "disconnected" events reach the backend
     with pytest.raises(ConnectionClosed):
         ghost.recv(timeout=5)
     again = start_broker(launch, "--static", str(CHAT_STATIC), ws_port=broker.ws_port, tcp_port=broker.tcp_port)
-    alice = connect_when_backend_is_back(again, open_ws)
+    alice = open_when_served(open_ws, f"{again.ws_url}/lobby?name=alice")
     assert names(receive_until(alice, lambda m: m["type"] == "members")) == ["alice"]
     assert backend.interrupt() == 0
-
-
-def connect_when_backend_is_back(broker: Broker, open_ws: OpenWs, timeout: float = 10.0) -> ClientConnection:
-    """Join as alice, retrying while the backend is still reconnecting (HTTP 503)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            ws = open_ws(f"{broker.ws_url}/lobby?name=alice")
-        except InvalidStatus:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-            continue
-        assert receive_json(ws)["type"] == "welcome"
-        return ws
