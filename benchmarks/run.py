@@ -1,0 +1,600 @@
+"""Benchmarks of this library's backends against the public ``pystrands`` 1.0.0 package (issue 7).
+
+Run with the dev venv's Python, one command per benchmark:
+
+    python benchmarks/run.py setup        # create benchmarks/.venv-public (pystrands 1.0.0, matplotlib)
+    python benchmarks/run.py throughput   # 1: msgs/s of a 100 B flood, then ping-pong p50/p99
+    python benchmarks/run.py sizes        # 2: MB/s at 100 B, 64 KiB and 1 MiB messages
+    python benchmarks/run.py memory       # 3: peak RSS during a 1,000,000-frame flood, 1 ms handler
+    python benchmarks/run.py e2e          # 4: WebSocket clients -> embedded broker -> backend
+    python benchmarks/run.py all          # all four, one chart
+    add --quick for the seconds-long smoke form CI runs.
+
+This process is the broker simulator (``broker_sim``); every backend runs
+alone in a subprocess of its own (``backends.py``), our faces with this
+interpreter, the public ones with the benchmark venv's. Each benchmark
+prints a table with the ratios to the public package measured in the same
+run and a PASS/FAIL line per target of the issue; results and a PNG chart go
+to ``benchmarks/results/`` (or ``--chart PATH``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+import socket
+from typing import Any, Callable, Iterator
+
+import broker_sim
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+RESULTS = BENCH / "results"
+PUBLIC_VENV = BENCH / ".venv-public"
+PUBLIC_VERSION = "1.0.0"
+PUBLIC_PYTHON = PUBLIC_VENV / "bin" / "python"
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A backend under test: its table label, its kind in backends.py, and who provides it."""
+
+    label: str
+    kind: str
+    public: bool = False
+    needs: str = ""  # a repo file that must exist (a face still being written may not yet)
+
+    def missing(self, public_python: Path | None) -> str | None:
+        """Why this backend cannot run now, or None."""
+        if self.public and public_python is None:
+            return "public package venv not available"
+        if self.needs and not (REPO / self.needs).exists():
+            return f"{self.needs} not there yet"
+        return None
+
+
+CEILING = Spec("ceiling: raw-socket echo", "raw")
+TWISTED = Spec("ours: Twisted-native Backend", "twisted")
+CLIENT = Spec("ours: PyStrandsClient", "client", needs="pystrands/client.py")
+ASYNC = Spec("ours: AsyncPyStrandsClient", "async", needs="pystrands/async_client.py")
+APP = Spec("ours: PyStrands decorators", "app", needs="pystrands/app.py")
+PUB_CLIENT = Spec("public: PyStrandsClient", "client", public=True)
+PUB_ASYNC = Spec("public: AsyncPyStrandsClient", "async", public=True)
+OURS = [TWISTED, CLIENT, ASYNC, APP]
+SPECS = [CEILING, *OURS, PUB_CLIENT, PUB_ASYNC]
+
+
+# -- the benchmark venv -------------------------------------------------------
+
+
+def _venv_has(module: str) -> bool:
+    """True if the benchmark venv's Python imports ``module``."""
+    if not PUBLIC_PYTHON.exists():
+        return False
+    check = (f"import importlib.metadata as m, {module}; "
+             f"assert '{module}' != 'pystrands' or m.version('pystrands') == '{PUBLIC_VERSION}'")
+    return subprocess.run([str(PUBLIC_PYTHON), "-c", check], cwd=tempfile.gettempdir(),
+                          capture_output=True).returncode == 0
+
+
+def _pip(*packages: str) -> str | None:
+    """Install ``packages`` into the benchmark venv; the error's last line on failure."""
+    command = [str(PUBLIC_PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+               "--retries", "1", "--timeout", "15", *packages]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return "pip timed out"
+    if done.returncode:
+        return (done.stderr.strip().splitlines() or ["pip failed"])[-1]
+    return None
+
+
+def ensure_venv(chart: bool) -> Path | None:
+    """The benchmark venv's Python with public pystrands (and matplotlib if ``chart``), or None."""
+    if not PUBLIC_PYTHON.exists():
+        print(f"creating {PUBLIC_VENV.relative_to(REPO)} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(PUBLIC_VENV)], check=True)
+    if not _venv_has("pystrands"):
+        error = _pip(f"pystrands=={PUBLIC_VERSION}")
+        if error:
+            print(f"SKIPPING the public package columns: cannot install pystrands=={PUBLIC_VERSION}"
+                  f" ({error})", flush=True)
+            return None
+    if chart and not _venv_has("matplotlib"):
+        error = _pip("matplotlib")
+        if error:
+            print(f"no chart: cannot install matplotlib ({error})", flush=True)
+    return PUBLIC_PYTHON
+
+
+# -- one backend in its own process ------------------------------------------
+
+
+class BackendFailed(Exception):
+    """A backend process did not connect, died, or broke the protocol."""
+
+
+def _proc_status(pid: int, field: str) -> int:
+    """A kB field of /proc/PID/status (VmRSS, VmHWM) in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of process ``pid``, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Running:
+    """A connected backend process: the simulator's socket to it and its pid."""
+
+    sock: socket.socket
+    pid: int
+
+    def rss(self, peak: bool = False) -> int:
+        """Resident memory now, or its peak so far (VmHWM), in bytes."""
+        return _proc_status(self.pid, "VmHWM" if peak else "VmRSS")
+
+    def cpu(self) -> float:
+        """CPU seconds the backend has used so far."""
+        return _cpu_seconds(self.pid)
+
+
+@contextmanager
+def process(label: str, command: list[str], public: bool = False) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``command`` (our code, or the public package's); always kill it; failures carry its stderr."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    if not public:
+        env["PYTHONPATH"] = str(REPO)
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(command, stdout=log, stderr=log, env=env, cwd=tempfile.gettempdir())
+    try:
+        yield proc
+    except (OSError, broker_sim.SimulatorError, BackendFailed) as exc:
+        log.seek(0)
+        tail = log.read().decode(errors="replace").strip().splitlines()[-6:]
+        raise BackendFailed(f"{label}: {exc}" + "".join(f"\n    | {line}" for line in tail)) from None
+    finally:
+        proc.kill()
+        proc.wait()
+        log.close()
+
+
+def backend_command(spec: Spec, public_python: Path | None, port: int, delay_ms: float = 0.0) -> list[str]:
+    """The command line of ``spec`` connecting to 127.0.0.1:``port``."""
+    python = str(public_python) if spec.public else sys.executable
+    return [python, str(BENCH / "backends.py"), spec.kind, "--port", str(port), "--delay-ms", str(delay_ms)]
+
+
+@contextmanager
+def backend(spec: Spec, public_python: Path | None, delay_ms: float = 0.0,
+            connect_timeout: float = 20.0) -> Iterator[Running]:
+    """Start ``spec`` in a subprocess, accept its connection, and always kill it afterwards."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(0.2)
+        command = backend_command(spec, public_python, listener.getsockname()[1], delay_ms)
+        with process(spec.label, command, spec.public) as proc:
+            deadline = time.monotonic() + connect_timeout
+            while True:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise BackendFailed("did not connect")
+                try:
+                    sock, _ = listener.accept()
+                    break
+                except socket.timeout:
+                    continue
+            with sock:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                yield Running(sock, proc.pid)
+
+
+# -- measurements -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Params:
+    """Sizes of one run of the benchmarks (full or --quick)."""
+
+    rounds: int
+    frames: int
+    pings: int
+    size_frames: dict[int, int]
+    flood_frames: int
+    flood_timeout: float
+    timeout: float
+    e2e_clients: tuple[int, ...]
+    e2e_seconds: float
+
+
+FULL = Params(rounds=3, frames=200_000, pings=2000,
+              size_frames={100: 100_000, 64 * 1024: 1000, MIB: 64},
+              flood_frames=1_000_000, flood_timeout=240.0, timeout=120.0,
+              e2e_clients=(10, 100, 1000), e2e_seconds=3.0)
+QUICK = Params(rounds=1, frames=2000, pings=50,
+               size_frames={100: 1000, 64 * 1024: 20, MIB: 4},
+               flood_frames=2000, flood_timeout=10.0, timeout=20.0,
+               e2e_clients=(10, 50), e2e_seconds=0.5)
+CLIENTS = 100  # simulated WebSocket clients the frames of a flood cycle through
+WARMUP = 500
+
+
+def measure_flood(run: Running, message_size: int, count: int, timeout: float) -> dict[str, float]:
+    """Warm up, then flood ``count`` frames: msgs/s, MB/s and both sides' CPU share."""
+    frames = broker_sim.client_frames(message_size, CLIENTS)
+    broker_sim.flood(run.sock, frames, min(WARMUP, count), timeout)
+    cpu = run.cpu()
+    result = broker_sim.flood(run.sock, frames, count, timeout)
+    if result.replies < count:
+        raise broker_sim.SimulatorError(f"only {result.replies} of {count} replies within {timeout}s")
+    return {
+        "msgs_per_s": count / result.seconds,
+        "mb_per_s": count * message_size / result.seconds / 1e6,
+        "backend_cpu": (run.cpu() - cpu) / result.seconds,
+        "sim_cpu": result.sim_cpu_seconds / result.seconds,
+    }
+
+
+def measure_ping(run: Running, count: int, timeout: float) -> dict[str, float]:
+    """p50 and p99 round-trip microseconds of ``count`` one-at-a-time 100 B messages."""
+    frame = broker_sim.client_frames(100, 1)[0]
+    times = broker_sim.ping_pong(run.sock, frame, count, timeout)
+    return {"p50_us": broker_sim.percentile(times, 0.5) * 1e6, "p99_us": broker_sim.percentile(times, 0.99) * 1e6}
+
+
+def measure_memory(run: Running, count: int, timeout: float) -> dict[str, float]:
+    """Idle RSS after a warm-up, then a flood of ``count`` frames (cut at ``timeout``) and peak RSS."""
+    frames = broker_sim.client_frames(100, CLIENTS)
+    broker_sim.flood(run.sock, frames, 200, timeout)
+    idle = run.rss()
+    result = broker_sim.flood(run.sock, frames, count, timeout)
+    return {"handled": result.replies, "seconds": result.seconds, "idle_mib": idle / MIB,
+            "peak_mib": run.rss(peak=True) / MIB}
+
+
+def on_backend(measure: Callable[[Running], dict[str, float]], public_python: Path | None,
+               delay_ms: float = 0.0) -> Callable[[Spec], dict[str, float]]:
+    """``measure`` applied to a fresh process of each spec, connected to this simulator."""
+    def run(spec: Spec) -> dict[str, float]:
+        with backend(spec, public_python, delay_ms) as running:
+            return measure(running)
+    return run
+
+
+def rounds_of(specs: list[Spec], public_python: Path | None, rounds: int,
+              measure: Callable[[Spec], dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """Run ``measure`` on each backend alone, ``rounds`` times interleaved: label -> values per round."""
+    results: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        missing = spec.missing(public_python)
+        results[spec.label] = {"skipped": missing} if missing else {"runs": []}
+    for number in range(rounds):
+        for spec in specs:
+            entry = results[spec.label]
+            if "runs" not in entry:
+                continue
+            print(f"  round {number + 1}/{rounds}: {spec.label} ...", end=" ", flush=True)
+            try:
+                entry["runs"].append(measure(spec))
+                print("ok", flush=True)
+            except BackendFailed as exc:
+                print("FAILED", flush=True)
+                entry.pop("runs")
+                entry["error"] = str(exc)
+    return results
+
+
+def summary(entry: dict[str, Any], key: str) -> tuple[float, float] | None:
+    """(median, spread) of ``key`` over an entry's rounds; spread is (max - min) / median."""
+    runs = entry.get("runs")
+    if not runs:
+        return None
+    values = [run[key] for run in runs]
+    middle = statistics.median(values)
+    return middle, (max(values) - min(values)) / middle if middle else 0.0
+
+
+# -- output -------------------------------------------------------------------
+
+
+def print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
+    """A plain text table: first column left-aligned, the others right-aligned."""
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
+    print(f"\n{title}")
+    for row in [headers, *rows]:
+        cells = [str(row[0]).ljust(widths[0])] + [str(cell).rjust(w) for cell, w in zip(row[1:], widths[1:])]
+        print("  ".join(cells).rstrip())
+
+
+def cell(value: tuple[float, float] | None, fmt: str = "{:,.0f}") -> str:
+    """A median with its spread, or a dash."""
+    if value is None:
+        return "-"
+    middle, spread = value
+    return fmt.format(middle) + (f" ±{spread * 50:.0f}%" if spread else "")
+
+
+def ratio(value: tuple[float, float] | None, base: tuple[float, float] | None) -> str:
+    """value / base of two medians, or a dash."""
+    if value is None or base is None or not base[0]:
+        return "-"
+    return f"{value[0] / base[0]:.2f}x"
+
+
+def notes(results: dict[str, dict[str, Any]]) -> None:
+    """Print why a backend has no figures (skipped or failed)."""
+    for label, entry in results.items():
+        if "skipped" in entry:
+            print(f"  {label}: skipped ({entry['skipped']})")
+        if "error" in entry:
+            print(f"  {label}: FAILED: {entry['error']}")
+
+
+def verdict(target: str, value: float | None, bound: float, at_most: bool = False) -> dict[str, Any]:
+    """Print and return a PASS/FAIL line (n/a without a figure) for ``value`` against ``bound``."""
+    if value is None:
+        state = "n/a"
+    else:
+        state = "PASS" if (value <= bound if at_most else value >= bound) else "FAIL"
+    shown = "-" if value is None else f"{value:,.2f}"
+    print(f"  [{state}] {target}: {shown} ({'<=' if at_most else '>='} {bound:,.2f})")
+    return {"target": target, "value": value, "bound": bound, "state": state}
+
+
+def over(value: tuple[float, float] | None, base: tuple[float, float] | None) -> float | None:
+    """The ratio of two medians as a number, or None."""
+    return None if value is None or base is None or not base[0] else value[0] / base[0]
+
+
+# -- the benchmarks -----------------------------------------------------------
+
+
+def bench_throughput(params: Params, public_python: Path | None) -> dict[str, Any]:
+    """Benchmark 1: 100 B flood msgs/s and ping-pong latency per backend."""
+    print(f"\n== 1. throughput: {params.frames:,} x 100 B frames over {CLIENTS} clients,"
+          f" then {params.pings:,} ping-pongs; {params.rounds} round(s)")
+
+    def measure(run: Running) -> dict[str, float]:
+        return {**measure_flood(run, 100, params.frames, params.timeout),
+                **measure_ping(run, params.pings, params.timeout)}
+
+    results = rounds_of(SPECS, public_python, params.rounds, on_backend(measure, public_python))
+    rate = {label: summary(entry, "msgs_per_s") for label, entry in results.items()}
+    p50 = {label: summary(entry, "p50_us") for label, entry in results.items()}
+    rows = [[label, cell(rate[label]), ratio(rate[label], rate[PUB_CLIENT.label]),
+             ratio(rate[label], rate[PUB_ASYNC.label]), cell(p50[label], "{:,.0f}"),
+             cell(summary(entry, "p99_us"), "{:,.0f}"), cell(summary(entry, "backend_cpu"), "{:.0%}"),
+             cell(summary(entry, "sim_cpu"), "{:.0%}")]
+            for label, entry in results.items()]
+    print_table("msgs/s (median ±half the spread), ratios of medians, round trip in microseconds",
+                ["backend", "msgs/s", "x pub sync", "x pub async", "p50 us", "p99 us", "backend CPU", "sim CPU"],
+                rows)
+    notes(results)
+    print("targets:")
+    targets = [
+        verdict("Twisted-native msgs/s >= 3x public PyStrandsClient", over(rate[TWISTED.label], rate[PUB_CLIENT.label]), 3.0),
+        verdict("ours AsyncPyStrandsClient >= 2x public async", over(rate[ASYNC.label], rate[PUB_ASYNC.label]), 2.0),
+        verdict("ours PyStrandsClient >= 1.2x public", over(rate[CLIENT.label], rate[PUB_CLIENT.label]), 1.2),
+    ]
+    for spec in OURS:
+        targets.append(verdict(f"{spec.label} ping-pong p50 <= public PyStrandsClient's (ratio)",
+                               over(p50[spec.label], p50[PUB_CLIENT.label]), 1.0, at_most=True))
+    panels = [
+        {"title": "1. Throughput, 100 B messages (msgs/s)", "groups": list(results), "series": {
+            "msgs/s": [rate[label][0] if rate[label] else 0 for label in results]}},
+        {"title": "1. Ping-pong round trip (microseconds)", "groups": list(results), "series": {
+            name: [(summary(entry, key) or (0, 0))[0] for entry in results.values()]
+            for name, key in (("p50", "p50_us"), ("p99", "p99_us"))}},
+    ]
+    return {"results": results, "targets": targets, "panels": panels}
+
+
+def bench_sizes(params: Params, public_python: Path | None) -> dict[str, Any]:
+    """Benchmark 2: MB/s at 100 B, 64 KiB and 1 MiB messages per backend."""
+    sizes = list(params.size_frames)
+    print(f"\n== 2. message sizes: {', '.join(f'{n:,} x {_size(s)}' for s, n in params.size_frames.items())};"
+          f" {params.rounds} round(s)")
+
+    def measure(run: Running) -> dict[str, float]:
+        return {str(size): measure_flood(run, size, count, params.timeout)["mb_per_s"]
+                for size, count in params.size_frames.items()}
+
+    specs = [spec for spec in SPECS if spec is not CEILING] + [CEILING]
+    results = rounds_of(specs, public_python, params.rounds, on_backend(measure, public_python))
+    rate = {label: [summary(entry, str(size)) for size in sizes] for label, entry in results.items()}
+    rows = [[label, *(cell(value, "{:,.1f}") for value in rate[label]),
+             ratio(rate[label][-1], rate[label][-2]), ratio(rate[label][-1], rate[PUB_CLIENT.label][-1])]
+            for label in results]
+    print_table("MB/s of message payload (median ±half the spread)",
+                ["backend", *(_size(s) for s in sizes), "1MiB / 64KiB", "1MiB x pub sync"], rows)
+    notes(results)
+    print("targets:")
+    targets = [verdict(f"{spec.label} 1 MiB MB/s >= 0.8x its 64 KiB MB/s",
+                       over(rate[spec.label][-1], rate[spec.label][-2]), 0.8) for spec in OURS]
+    panels = [{"title": "2. Throughput by message size (MB/s)", "groups": list(results), "series": {
+        _size(size): [(rate[label][i] or (0, 0))[0] for label in results] for i, size in enumerate(sizes)}}]
+    return {"results": results, "targets": targets, "panels": panels}
+
+
+#: The stated bound for benchmark 3: peak RSS above the idle RSS, whatever the flood's length.
+RSS_GROWTH_BOUND_MIB = 64.0
+
+
+def bench_memory(params: Params, public_python: Path | None) -> dict[str, Any]:
+    """Benchmark 3: peak RSS of each backend during a long flood with a 1 ms handler."""
+    print(f"\n== 3. memory: {params.flood_frames:,} x 100 B frames as fast as taken, 1 ms handler,"
+          f" cut at {params.flood_timeout:.0f} s per backend")
+    specs = [spec for spec in SPECS if spec is not CEILING]
+    measure = on_backend(lambda run: measure_memory(run, params.flood_frames, params.flood_timeout),
+                         public_python, delay_ms=1.0)
+    results = rounds_of(specs, public_python, 1, measure)
+    rows = []
+    for label, entry in results.items():
+        run = (entry.get("runs") or [None])[0]
+        if run is None:
+            rows.append([label, "-", "-", "-", "-", "-"])
+            continue
+        rows.append([label, f"{run['handled']:,.0f}", f"{run['seconds']:.1f}", f"{run['idle_mib']:.1f}",
+                     f"{run['peak_mib']:.1f}", f"{run['peak_mib'] - run['idle_mib']:.1f}"])
+    print_table(f"RSS of the backend process in MiB (one run; bound: peak - idle <= {RSS_GROWTH_BOUND_MIB:.0f} MiB)",
+                ["backend", "frames handled", "seconds", "idle MiB", "peak MiB", "peak - idle"], rows)
+    notes(results)
+    print("targets:")
+    targets = []
+    for spec in OURS:
+        run = (results[spec.label].get("runs") or [None])[0]
+        targets.append(verdict(f"{spec.label} peak RSS growth (MiB) during the flood",
+                               None if run is None else run["peak_mib"] - run["idle_mib"],
+                               RSS_GROWTH_BOUND_MIB, at_most=True))
+    panels = [{"title": "3. Peak RSS during the flood, 1 ms handler (MiB)", "groups": list(results), "series": {
+        "peak": [((entry.get("runs") or [{}])[0]).get("peak_mib", 0) for entry in results.values()]}}]
+    return {"results": results, "targets": targets, "panels": panels}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_listening(port: int, timeout: float) -> None:
+    """Return once 127.0.0.1:``port`` accepts connections; BackendFailed after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise BackendFailed(f"nothing listens on port {port} after {timeout}s")
+
+
+def measure_e2e(spec: Spec, public_python: Path | None, params: Params) -> dict[str, float]:
+    """The embedded broker and ``spec`` in processes of their own, loaded by loadgen.py at each client count."""
+    ws_port, tcp_port = free_port(), free_port()
+    broker = [sys.executable, "-m", "pystrands", "server", "--ws-port", str(ws_port), "--tcp-port", str(tcp_port)]
+    result: dict[str, float] = {}
+    with process("embedded broker", broker):
+        wait_listening(ws_port, params.timeout)
+        with process(spec.label, backend_command(spec, public_python, tcp_port), spec.public):
+            for clients in params.e2e_clients:
+                command = [sys.executable, str(BENCH / "loadgen.py"), "--url", f"ws://127.0.0.1:{ws_port}/ws/bench",
+                           "--clients", str(clients), "--seconds", str(params.e2e_seconds),
+                           "--timeout", str(params.timeout)]
+                cpu = os.times()
+                try:
+                    done = subprocess.run(command, capture_output=True, text=True,
+                                          timeout=params.timeout * 2 + params.e2e_seconds)
+                except subprocess.TimeoutExpired:
+                    raise BackendFailed(f"loadgen with {clients} clients timed out") from None
+                if done.returncode:
+                    raise BackendFailed(f"loadgen with {clients} clients failed: {done.stderr.strip()[-400:]}")
+                figures = json.loads(done.stdout.splitlines()[-1])
+                now = os.times()
+                loadgen_cpu = now.children_user + now.children_system - cpu.children_user - cpu.children_system
+                result.update({f"{clients}:{key}": figures[key] for key in ("msgs_per_s", "p50_us", "p99_us")})
+                result[f"{clients}:loadgen_cpu"] = loadgen_cpu / (params.e2e_seconds + figures["connect_seconds"])
+    return result
+
+
+def bench_e2e(params: Params, public_python: Path | None) -> dict[str, Any]:
+    """Benchmark 4: WebSocket clients -> embedded broker -> each backend, msgs/s and latency per client count."""
+    counts = params.e2e_clients
+    print(f"\n== 4. end to end: {', '.join(map(str, counts))} WebSocket clients (loadgen.py, closed loop,"
+          f" 100 B) -> embedded broker -> backend, {params.e2e_seconds:g} s each; {params.rounds} round(s)")
+    if not (REPO / "pystrands" / "broker" / "service.py").exists():
+        print("  skipped: the embedded broker (pystrands/broker/service.py) is not there yet")
+        return {"results": {}, "targets": [], "panels": []}
+    specs = [spec for spec in SPECS if spec is not CEILING]
+    results = rounds_of(specs, public_python, params.rounds, lambda spec: measure_e2e(spec, public_python, params))
+    rows = []
+    for label, entry in results.items():
+        row = [label]
+        for clients in counts:
+            rate = summary(entry, f"{clients}:msgs_per_s")
+            row += [cell(rate), ratio(rate, summary(results[PUB_CLIENT.label], f"{clients}:msgs_per_s")),
+                    cell(summary(entry, f"{clients}:p50_us")), cell(summary(entry, f"{clients}:p99_us"))]
+        rows.append(row)
+    headers = ["backend"] + [f"{c} {name}" for c in counts for name in ("msgs/s", "x pub", "p50 us", "p99 us")]
+    print_table("msgs/s over all clients (median ±half the spread), ratio to public PyStrandsClient, round trip us",
+                headers, rows)
+    loadgen = {clients: max((run[f"{clients}:loadgen_cpu"] for entry in results.values()
+                             for run in entry.get("runs", [])), default=0.0) for clients in counts}
+    print("  loadgen CPU share, highest seen: " + ", ".join(f"{c} clients {v:.0%}" for c, v in loadgen.items()))
+    notes(results)
+    panels = [{"title": "4. End to end through the embedded broker (msgs/s)", "groups": list(results), "series": {
+        f"{clients} clients": [(summary(entry, f"{clients}:msgs_per_s") or (0, 0))[0] for entry in results.values()]
+        for clients in counts}}]
+    return {"results": results, "targets": [], "panels": panels}
+
+
+def _size(size: int) -> str:
+    """100 B, 64 KiB, 1 MiB."""
+    return f"{size // MIB} MiB" if size >= MIB else f"{size // 1024} KiB" if size >= 1024 else f"{size} B"
+
+
+BENCHMARKS: dict[str, Callable[[Params, Path | None], dict[str, Any]]] = {
+    "throughput": bench_throughput,
+    "sizes": bench_sizes,
+    "memory": bench_memory,
+    "e2e": bench_e2e,
+}
+
+
+def draw_chart(panels: list[dict[str, Any]], path: Path, public_python: Path | None) -> None:
+    """Render ``panels`` to a PNG with the benchmark venv's matplotlib (chart.py), if it has it."""
+    if public_python is None or not _venv_has("matplotlib"):
+        print(f"\nno chart: matplotlib is not in {PUBLIC_VENV.relative_to(REPO)} (run.py setup installs it)")
+        return
+    data = path.with_suffix(".json")
+    data.write_text(json.dumps(panels, indent=1))
+    subprocess.run([str(public_python), str(BENCH / "chart.py"), str(data), str(path)], check=True,
+                   timeout=120)
+    print(f"\nchart: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the chosen benchmark(s)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["setup", *BENCHMARKS, "all"])
+    parser.add_argument("--quick", action="store_true", help="seconds-long smoke form (small N, one round)")
+    parser.add_argument("--rounds", type=int, help="repetitions per backend (default 3, quick 1)")
+    parser.add_argument("--no-public", action="store_true", help="skip the public package (no venv, no network)")
+    parser.add_argument("--chart", type=Path, help="PNG path (default benchmarks/results/COMMAND.png)")
+    args = parser.parse_args(argv)
+    params = QUICK if args.quick else FULL
+    if args.rounds:
+        params = Params(**{**params.__dict__, "rounds": args.rounds})
+    if args.command == "setup":
+        return 0 if ensure_venv(chart=True) else 1
+    public_python = None if args.no_public else ensure_venv(chart=not args.quick)
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]};"
+          f" public pystrands {'from ' + str(PUBLIC_VENV.relative_to(REPO)) if public_python else 'SKIPPED'}")
+    names = list(BENCHMARKS) if args.command == "all" else [args.command]
+    outcome = {name: BENCHMARKS[name](params, public_python) for name in names}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.command}{'-quick' if args.quick else ''}.json").write_text(json.dumps(outcome, indent=1))
+    draw_chart([panel for name in names for panel in outcome[name]["panels"]],
+               args.chart or RESULTS / f"{args.command}{'-quick' if args.quick else ''}.png", public_python)
+    verdicts = [target["state"] for name in names for target in outcome[name]["targets"]]
+    print(f"\ntargets: {verdicts.count('PASS')} PASS, {verdicts.count('FAIL')} FAIL, {verdicts.count('n/a')} n/a")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
