@@ -113,6 +113,19 @@ class GuardedChannel(ProtocolWrapper):
         self._guard = MessageSizeGuard(limit)
         self._on_exceeded = on_exceeded
 
+    def loseConnection(self) -> None:
+        """Close once written, even if the socket was paused when the close began.
+
+        After the upgrade, ``twisted.web.websocket`` closes this transport
+        directly, not through ``HTTPChannel.loseConnection``, so the channel
+        stays registered as the socket's producer; a socket that was paused
+        then never closes (Twisted resumes the producer instead). Unregister
+        it first, as ``HTTPChannel.loseConnection`` does.
+        """
+        if self._guard is not None:
+            self.transport.unregisterProducer()
+        super().loseConnection()
+
     def dataReceived(self, data: bytes) -> None:
         guard = self._guard
         if guard is None:
@@ -152,7 +165,7 @@ class ClientConnection:
         self.broker.client_connected(self)
 
     def textMessageReceived(self, message: str) -> None:
-        if not self._closing:
+        if not self.closing:
             self.broker.client_message(self, message)
 
     def bytesMessageReceived(self, data: bytes | bytearray) -> None:
@@ -169,9 +182,14 @@ class ClientConnection:
 
     # -- Client (for the router) ----------------------------------------------
 
+    @property
+    def closing(self) -> bool:
+        """True once either side began closing (nothing may be sent any more)."""
+        return self._closing or bool(self._channel.disconnecting)
+
     def send_text(self, message: str) -> None:
         """Send a text message, or drop this client if too much already waits to be written."""
-        if self._closing:
+        if self.closing:
             return
         if self._paused:
             self._unflushed += len(message)
@@ -182,7 +200,7 @@ class ClientConnection:
 
     def close(self, code: int) -> None:
         """Send a close frame with ``code`` and close once it is written."""
-        if not self._closing:
+        if not self.closing:
             self._closing = True
             self._ws.loseConnection(code)
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 import pytest
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.selectreactor import SelectReactor
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from websockets.sync.client import ClientConnection, connect
 
@@ -160,6 +161,21 @@ def start_broker(reactor_thread: ReactorThread) -> Iterator[Callable[..., Runnin
         if running.service.running:
             reactor_thread.call(running.service.stopService)
         running.close()
+
+
+@pytest.fixture
+def broker_warnings() -> Iterator[list[str]]:
+    """The warnings (and worse) the broker logs during the test, formatted."""
+    seen: list[str] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if (event.get("log_namespace", "").startswith("pystrands.broker")
+                and event.get("log_level", LogLevel.info) >= LogLevel.warn):
+            seen.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observer)
+    yield seen
+    globalLogPublisher.removeObserver(observer)
 
 
 @pytest.fixture
