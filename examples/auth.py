@@ -54,7 +54,8 @@ class AuthBackend(PyStrandsClient):
 
     def on_new_connection(self, context: Context) -> None:
         user = context.metadata["user"]
-        self.send_private_message(context.client_id, f"welcome {user} ({context.metadata['role']}) to {context.room_id}")
+        role = context.metadata["role"]
+        self.send_private_message(context.client_id, f"welcome {user} ({role}) to {context.room_id}")
         self.send_room_message(context.room_id, f"{user} joined")
 
     def on_message(self, message: str, context: Context) -> None:
@@ -74,8 +75,9 @@ class AuthBackend(PyStrandsClient):
 def main() -> None:
     """Parse the broker address, then serve until Ctrl-C."""
     parser = argparse.ArgumentParser(description="Token authentication, rooms from the URL, metadata.")
-    parser.add_argument("--host", default=os.environ.get("PYSTRANDS_HOST", "localhost"), help="broker host")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PYSTRANDS_PORT", "8081")),
+    parser.add_argument("--host", default=os.environ.get("PYSTRANDS_BROKER_HOST", "localhost"),
+                        help="broker host")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PYSTRANDS_BROKER_PORT", "8081")),
                         help="broker's backend port")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -61,8 +61,9 @@ def goodbye(context: Context) -> None:
 def main() -> None:
     """Parse the broker address, then serve until Ctrl-C."""
     parser = argparse.ArgumentParser(description="A backend made of decorated functions.")
-    parser.add_argument("--host", default=os.environ.get("PYSTRANDS_HOST", "localhost"), help="broker host")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PYSTRANDS_PORT", "8081")),
+    parser.add_argument("--host", default=os.environ.get("PYSTRANDS_BROKER_HOST", "localhost"),
+                        help="broker host")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PYSTRANDS_BROKER_PORT", "8081")),
                         help="broker's backend port")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -6,7 +6,7 @@ sees ``echo: <message>``. Start a broker, then this backend::
     python -m pystrands server
     python examples/echo.py --host localhost --port 8081
 
-``PYSTRANDS_HOST`` and ``PYSTRANDS_PORT`` set the defaults of the two flags.
+``PYSTRANDS_BROKER_HOST`` and ``PYSTRANDS_BROKER_PORT`` set the defaults of the two flags.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ class EchoBackend(PyStrandsClient):
 def main() -> None:
     """Parse the broker address, then serve until Ctrl-C."""
     parser = argparse.ArgumentParser(description="Echo every message to the sender's room.")
-    parser.add_argument("--host", default=os.environ.get("PYSTRANDS_HOST", "localhost"), help="broker host")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PYSTRANDS_PORT", "8081")),
+    parser.add_argument("--host", default=os.environ.get("PYSTRANDS_BROKER_HOST", "localhost"),
+                        help="broker host")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PYSTRANDS_BROKER_PORT", "8081")),
                         help="broker's backend port")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -89,8 +89,9 @@ def create_app(backend: RoomsBackend) -> Flask:
 def main() -> None:
     """Connect the backend, serve HTTP until Ctrl-C, then disconnect."""
     parser = argparse.ArgumentParser(description="Flask views that send to PyStrands rooms.")
-    parser.add_argument("--host", default=os.environ.get("PYSTRANDS_HOST", "localhost"), help="broker host")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PYSTRANDS_PORT", "8081")),
+    parser.add_argument("--host", default=os.environ.get("PYSTRANDS_BROKER_HOST", "localhost"),
+                        help="broker host")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PYSTRANDS_BROKER_PORT", "8081")),
                         help="broker's backend port")
     parser.add_argument("--http-host", default="127.0.0.1", help="interface of the web app")
     parser.add_argument("--http-port", type=int, default=5000, help="port of the web app")

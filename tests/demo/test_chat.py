@@ -111,7 +111,8 @@ def test_a_broker_restart_leaves_no_ghosts(launch: Launch, open_ws: OpenWs) -> N
     backend.wait_for_output("Chat backend running")
     ghost = join(open_ws, broker.ws_url, "lobby", "ghost")
 
-    assert broker.child.stop(signal.SIGKILL) == -signal.SIGKILL  # a crash: no "disconnected" events reach the backend
+    # A crash: unlike a graceful stop, no "disconnected" event reaches the backend.
+    assert broker.child.stop(signal.SIGKILL) == -signal.SIGKILL
     with pytest.raises(ConnectionClosed):
         ghost.recv(timeout=5)
     again = start_broker(launch, "--static", str(CHAT_STATIC), ws_port=broker.ws_port, tcp_port=broker.tcp_port)

@@ -1,4 +1,5 @@
-"""Each example started as written, as a child process, against the embedded broker and real WebSocket clients."""
+"""Each example started as written, as a child process, against the embedded broker and real WebSocket
+clients."""
 
 from __future__ import annotations
 
@@ -131,4 +132,19 @@ def test_twisted_app(broker: Broker, launch: Launch, open_ws: OpenWs) -> None:
     assert recv(client) == "from the web"
     client.send("hi")
     assert recv(client).endswith(": hi")
+    stops_cleanly(child)
+
+
+def test_fastapi_app(broker: Broker, launch: Launch, open_ws: OpenWs) -> None:
+    port = free_port()
+    child = launch(["-m", "uvicorn", "examples.fastapi_app:app", "--host", "127.0.0.1", "--port", str(port)],
+                   name="fastapi_app", env={"PYSTRANDS_BROKER_HOST": "127.0.0.1",
+                                            "PYSTRANDS_BROKER_PORT": str(broker.tcp_port)})
+    client = open_when_served(open_ws, f"{broker.ws_url}/lobby")
+    child.wait_for_port(port)
+    answer = http(f"http://127.0.0.1:{port}/rooms/lobby", "from fastapi")
+    assert answer == (200, {"room": "lobby", "sent": "from fastapi"})
+    assert recv(client) == "from fastapi"
+    client.send("hi")
+    assert recv(client) == "echo: hi"
     stops_cleanly(child)
