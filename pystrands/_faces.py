@@ -1,6 +1,6 @@
 """What the three faces share: constructor checks, the IBackend adapter base, sends.
 
-A face (``PyStrandsClient``, ``AsyncPyStrandsClient``) is an application
+A face (``PyStrandsClient``, ``AsyncPyStrandsClient``, ``PyStrands``) is an application
 object with the documented callbacks. It becomes an ``IBackend`` through a
 registered zope adapter (:func:`backend_of`, one adapter per face object),
 so the core and ``twistd pystrands`` take any face without asking which it
@@ -20,8 +20,13 @@ from twisted.internet.address import IPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectError, DNSLookupError
-from twisted.internet.interfaces import IAddress, IResolutionReceiver, IStreamClientEndpoint
-from twisted.internet.interfaces import IProtocol, IProtocolFactory
+from twisted.internet.interfaces import (
+    IAddress,
+    IProtocol,
+    IProtocolFactory,
+    IResolutionReceiver,
+    IStreamClientEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python.components import registerAdapter
 from zope.interface import implementer
@@ -31,7 +36,17 @@ from .errors import NotConnectedError
 from .interfaces import IBackend, IBrokerConnection
 from .settings import BackendSettings, check_port
 
-__all__ = ["BrokerEndpoint", "Face", "FaceBackend", "Options", "backend_of", "call_in_reactor", "in_handler_of", "register_face"]
+__all__ = [
+    "BrokerEndpoint",
+    "Face",
+    "FaceBackend",
+    "Options",
+    "backend_of",
+    "call_in_reactor",
+    "handling",
+    "in_handler_of",
+    "register_face",
+]
 
 log = Logger()
 
@@ -271,7 +286,7 @@ class FaceBackend:
 
 
 def backend_of(face: Face) -> FaceBackend:
-    """The one IBackend adapter of ``face`` (made on first use, of the face's ``backend_class``)."""
+    """The one IBackend adapter of ``face`` (made on first use, of the face's ``_backend_class``)."""
     backend = face.__dict__.get("_pystrands_backend")
     if backend is None:
         backend = face.__dict__["_pystrands_backend"] = type(face)._backend_class(face)

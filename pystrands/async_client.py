@@ -251,6 +251,12 @@ class AsyncPyStrandsClient(Face):
                          reconnect_backoff, **settings)
         self._session: _Session | None = None
 
+    @property
+    def connected(self) -> bool:
+        """True while a TCP connection to the broker is open (on a loop that still runs)."""
+        session = self._session
+        return session is not None and not session.loop.is_closed() and super().connected
+
     async def connect(self) -> bool:
         """Connect to the broker; True once connected, False if the attempt failed or timed out.
 
@@ -260,7 +266,7 @@ class AsyncPyStrandsClient(Face):
             return True
         settings = self._settings()
         previous, self._session = self._session, None
-        if previous is not None:
+        if previous is not None and not previous.loop.is_closed():  # else it died with its loop
             await previous.stop(0.0)
         session = self._session = _Session(backend_of(self), settings)
         attempt = session.start(self.host, self.port, self.connect_timeout)
@@ -278,7 +284,7 @@ class AsyncPyStrandsClient(Face):
         """
         timeout = check_number("timeout", timeout, minimum=0)
         session = self._session
-        if session is None:
+        if session is None or session.loop.is_closed():
             return
         closing = session.stop(timeout)
         if not in_handler_of(self):

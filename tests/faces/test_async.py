@@ -374,3 +374,22 @@ def test_two_clients_on_one_loop(broker: FakeBroker) -> None:
             await second.disconnect()
 
     run(body)
+
+
+def test_a_client_left_connected_by_a_finished_asyncio_run_connects_again(broker: FakeBroker) -> None:
+    client = AsyncPyStrandsClient(port=broker.port)
+
+    async def connect_only() -> None:
+        assert await client.connect()
+        await off(broker.accept)
+
+    run(connect_only)
+    assert client.connected is False  # its loop is gone
+
+    async def again() -> None:
+        assert await client.connect()
+        conn = await off(broker.accept)
+        assert (await off(accept_client, conn))["accepted"] is True
+        await client.disconnect()
+
+    run(again)

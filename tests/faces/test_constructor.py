@@ -81,13 +81,14 @@ def test_a_bad_attribute_set_later_is_refused_at_connect(face: type) -> None:
 
 
 def test_public_import_paths() -> None:
-    from pystrands import ConnectionRequestContext, Context  # noqa: F401
+    from pystrands import ConnectionRequestContext, Context
     from pystrands.app import PyStrands as App
     from pystrands.async_client import AsyncPyStrandsClient as Async
     from pystrands.client import PyStrandsClient as Blocking
-    from pystrands.context import ConnectionRequestContext as Request  # noqa: F401
+    from pystrands.context import ConnectionRequestContext as Request
 
     assert (Blocking, Async, App) == (PyStrandsClient, AsyncPyStrandsClient, PyStrands)
+    assert Request is ConnectionRequestContext and Context is pystrands.context.Context
     assert {"PyStrandsClient", "AsyncPyStrandsClient", "PyStrands"} <= set(pystrands.__all__)
 
 
