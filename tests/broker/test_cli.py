@@ -1,0 +1,141 @@
+"""``python -m pystrands server`` and ``twistd pystrands-broker``, run as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import urllib.request
+from typing import Any, Iterator
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TWISTD = pathlib.Path(sys.executable).with_name("twistd")
+
+
+def env(**variables: str) -> dict[str, str]:
+    base = {key: value for key, value in os.environ.items() if not key.startswith("PYSTRAND_")}
+    return {**base, **variables}
+
+
+def run(*args: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pystrands", *args], capture_output=True, text=True,
+                          timeout=30, cwd=ROOT, env=env(**variables))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def serve() -> Iterator[Any]:
+    """Start ``python -m pystrands server ...``; yields (process, its first stdout line)."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str, **variables: str) -> tuple[subprocess.Popen[str], str]:
+        process = subprocess.Popen([sys.executable, "-m", "pystrands", "server", *args], cwd=ROOT,
+                                   env=env(**variables), stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL, text=True)
+        started.append(process)
+        return process, process.stdout.readline()
+
+    yield start
+    for process in started:
+        process.terminate()
+        process.wait(10)
+        process.stdout.close()
+
+
+BAD_ARGUMENTS = [
+    (["server", "--ws-port", "abc"], {}, "--ws-port 'abc' is not a whole number"),
+    (["server", "--tcp-port", "70000"], {}, "--tcp-port must be 0-65535"),
+    (["server", "--queue-size", "-1"], {}, "--queue-size must be >= 0"),
+    (["server", "--queue-size", "1.5"], {}, "--queue-size '1.5' is not a whole number"),
+    (["server", "--auth-timeout", "soon"], {}, "--auth-timeout 'soon' is not a number"),
+    (["server", "--auth-timeout", "0"], {}, "--auth-timeout must be a finite number > 0"),
+    (["server", "--auth-timeout", "nan"], {}, "--auth-timeout must be a finite number > 0"),
+    (["server", "--max-message-size", "0"], {}, "--max-message-size must be >= 1"),
+    (["server", "--max-clients", "many"], {}, "--max-clients 'many' is not a whole number"),
+    (["server", "--static", "/no/such/dir"], {}, "--static '/no/such/dir' is not a directory"),
+    (["server", "--backend-token", ""], {}, "--backend-token must be a non-empty str"),
+    (["server", "--bogus"], {}, "option --bogus not recognized"),
+    (["server", "--ws-port"], {}, "option --ws-port requires argument"),
+    (["server"], {"PYSTRAND_WS_PORT": "abc"}, "PYSTRAND_WS_PORT 'abc' is not a whole number"),
+    (["server"], {"PYSTRAND_TCP_PORT": "99999"}, "PYSTRAND_TCP_PORT must be 0-65535"),
+    (["server"], {"PYSTRAND_QUEUE_SIZE": "-5"}, "PYSTRAND_QUEUE_SIZE must be >= 0"),
+    ([], {}, "usage: python -m pystrands server"),
+    (["serve"], {}, "unknown command 'serve'"),
+]
+
+
+@pytest.mark.parametrize("args, variables, message", BAD_ARGUMENTS,
+                         ids=[" ".join(args) + " " + " ".join(variables) for args, variables, _ in BAD_ARGUMENTS])
+def test_bad_usage_is_one_line_and_exit_2(args: list[str], variables: dict[str, str], message: str) -> None:
+    result = run(*args, **variables)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_port_in_use_is_one_line_and_exit_1() -> None:
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        result = run("server", "--ws-port", str(taken.getsockname()[1]), "--tcp-port", "0")
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("pystrands server:")]
+    assert len(errors) == 1 and "Address already in use" in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_environment_wins_over_flags_and_sigterm_stops_cleanly(serve: Any) -> None:
+    chosen = free_port()
+    process, line = serve("--ws-port", "0", "--tcp-port", "0", PYSTRAND_WS_PORT=str(chosen))
+    assert f"WebSocket on port {chosen} " in line
+    assert "backends on 127.0.0.1:" in line
+    process.terminate()
+    assert process.wait(10) == 0
+
+
+def test_static_directory_is_served_beside_ws(serve: Any, tmp_path: pathlib.Path) -> None:
+    (tmp_path / "index.html").write_text("<p>demo</p>")
+    _, line = serve("--ws-port", "0", "--tcp-port", "0", "--static", str(tmp_path))
+    port = int(line.split("WebSocket on port ")[1].split()[0])
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=5) as page:
+        assert page.read() == b"<p>demo</p>"
+    with pytest.raises(InvalidStatus) as refused:  # /ws/ is still the broker's: no backend, 503
+        connect(f"ws://127.0.0.1:{port}/ws/lobby", open_timeout=5)
+    assert refused.value.response.status_code == 503
+
+
+def test_twistd_plugin_runs_the_broker(tmp_path: pathlib.Path) -> None:
+    process = subprocess.Popen([str(TWISTD), "-n", "--pidfile=", "-l", "-", "pystrands-broker",
+                                "--ws-port", "0", "--tcp-port", "0"], cwd=tmp_path, env=env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in process.stdout:
+            if "PyStrands broker: WebSocket on" in line:
+                break
+        else:
+            pytest.fail("twistd exited before the broker listened")
+        assert "backends on 127.0.0.1:" in line
+    finally:
+        process.terminate()
+        process.wait(10)
+        process.stdout.close()
+
+
+def test_twistd_plugin_rejects_bad_options(tmp_path: pathlib.Path) -> None:
+    result = subprocess.run([str(TWISTD), "-n", "--pidfile=", "pystrands-broker", "--ws-port", "abc"],
+                            capture_output=True, text=True, timeout=30, cwd=tmp_path, env=env())
+    assert result.returncode != 0
+    assert "--ws-port 'abc' is not a whole number" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
