@@ -13,15 +13,22 @@ round-trip latency. The table shows messages per second, the server's CPU
 seconds per 10k messages, and the ratio twisted/autobahn (above 1: Twisted's
 is better).
 
-Result and choice (2 cores, CPython 3.11, Twisted 26.10, Autobahn 26.10):
-Twisted's ``twisted.web.websocket`` and Autobahn are within about 15% of
-each other on every workload (Twisted ahead on echo throughput and fan-out,
-Autobahn slightly ahead on 64 KiB messages), which is not a clear margin
-either way, so the one with fewer dependencies wins: ``twisted[websocket]``
-adds only wsproto and h11, where Autobahn adds txaio, cryptography, cffi,
-cbor2, msgpack and ujson. ``twisted.web.websocket`` lacks a deferred
-handshake decision and a message size limit; ``pystrands.broker.websocket``
-shows how the broker gets both (see its docstring).
+Result and choice (2 cores shared with other work, CPython 3.11, Twisted
+26.10, Autobahn 26.10; two full runs, ratio twisted/autobahn):
+
+    workload       run 1   run 2   server CPU per message, twisted vs autobahn
+    echo 64 B       1.34    1.33   0.23 vs 0.32-0.37 s/10k
+    echo 64 KiB     1.22    1.18   2.6-2.7 vs 3.2-3.4 s/10k
+    fan-out 64 B    1.06    1.53   0.073 vs 0.087-0.127 s/10k
+    round trip      1.10    2.29   (median 132-183 us vs 146-224 us)
+
+Twisted's ``twisted.web.websocket`` is ahead on every workload and uses
+less server CPU per message, and it has fewer dependencies (wsproto and h11,
+where Autobahn adds txaio, cryptography, cffi, cbor2, msgpack, ujson), so
+the broker uses it (``twisted[websocket]`` in install_requires). What it
+lacks (a deferred handshake decision, a message size limit, a safe close
+of a paused socket) ``pystrands.broker.websocket`` adds on public APIs;
+see that module's docstring.
 """
 
 from __future__ import annotations
