@@ -75,9 +75,13 @@ async def stop_broker(broker: asyncio.subprocess.Process) -> int:
 
 
 def stop_on_signals() -> asyncio.Event:
-    """An event set by SIGINT (Ctrl-C) or SIGTERM, instead of a KeyboardInterrupt traceback."""
+    """An event set by SIGINT (Ctrl-C), SIGTERM or SIGHUP (terminal closed), instead of dying mid-way.
+
+    The broker is in a session of its own, so this process must outlive the
+    signal long enough to stop it, or it would keep the ports after we are gone.
+    """
     stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     return stop
 
@@ -95,7 +99,7 @@ async def serve_backend(tcp_port: int, until: asyncio.Future, ready: str) -> Non
 
 
 async def run(ws_port: int, tcp_port: int, with_broker: bool) -> int:
-    """Serve until SIGINT/SIGTERM (status 0), or until the broker fails or dies (status 1)."""
+    """Serve until SIGINT/SIGTERM/SIGHUP (status 0), or until the broker fails or dies (status 1)."""
     stop = stop_on_signals()
     stopped = asyncio.ensure_future(stop.wait())
     if not with_broker:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -14,7 +15,7 @@ from tests.demo.support import Broker, Child, Launch, OpenWs, free_port, start_b
 
 @pytest.fixture
 def launch(tmp_path: Path) -> Iterator[Launch]:
-    """launch(args, name=..., env=None) -> Child: ``python *args``, killed after the test if still running."""
+    """launch(args, name=..., env=None) -> Child: ``python *args``, stopped after the test if still running."""
     started: list[Child] = []
 
     def start(args: list[str], name: str, env: dict[str, str] | None = None) -> Child:
@@ -25,8 +26,12 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
     yield start
     for child in reversed(started):
         if child.process.poll() is None:
-            child.process.kill()
-            child.process.wait(5.0)
+            child.process.terminate()  # lets the child stop what it started itself
+            try:
+                child.process.wait(10.0)
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait(5.0)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import urllib.request
 from typing import Any
 
@@ -119,3 +120,11 @@ def test_a_broker_restart_leaves_no_ghosts(launch: Launch, open_ws: OpenWs) -> N
     alice = open_when_served(open_ws, f"{again.ws_url}/lobby?name=alice")
     assert names(receive_until(alice, lambda m: m["type"] == "members")) == ["alice"]
     assert backend.interrupt() == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_other_stop_signals_stop_the_broker_too(demo: tuple[Child, str, int], signum: int) -> None:
+    child, _, port = demo
+    assert child.stop(signum) == 0
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
