@@ -250,8 +250,8 @@ class FaceBackend:
         self._broker = broker
 
     def reactor_of(self, broker: IBrokerConnection) -> Any:
-        """The reactor that ``broker`` runs on (the core's factory keeps it as ``clock``)."""
-        return getattr(broker, "clock")
+        """The reactor that ``broker`` runs on."""
+        return broker.reactor
 
     def call(self, handler: Callable[..., Any], *args: Any) -> Any:
         """Run one handler of the face; a value or a Deferred."""

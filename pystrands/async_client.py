@@ -27,6 +27,7 @@ from zope.interface import implementer
 from . import wire
 from ._faces import BrokerEndpoint, Face, FaceBackend, backend_of, handling, in_handler_of, register_face
 from .context import ConnectionRequestContext, Context
+from .logbridge import bridge_to_stdlib
 from .protocol import BrokerClientFactory
 from .settings import BackendSettings, check_number
 
@@ -262,6 +263,7 @@ class AsyncPyStrandsClient(Face):
 
         With ``auto_reconnect`` a failed attempt is retried in the background.
         """
+        bridge_to_stdlib()  # this face serves applications that use stdlib logging
         if self.connected:
             return True
         settings = self._settings()

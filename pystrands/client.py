@@ -25,6 +25,7 @@ from twisted.python.threadpool import ThreadPool
 
 from . import wire
 from ._faces import BrokerEndpoint, Face, FaceBackend, backend_of, call_in_reactor, handling, in_handler_of, register_face
+from .logbridge import bridge_to_stdlib
 from .protocol import BrokerClientFactory
 from .settings import BackendSettings, check_number
 
@@ -188,6 +189,7 @@ class PyStrandsClient(Face):
 
         With ``auto_reconnect`` a failed attempt is retried in the background.
         """
+        bridge_to_stdlib()  # this face serves applications that use stdlib logging
         with self._lock:
             if self.connected:
                 return True

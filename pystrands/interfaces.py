@@ -20,6 +20,7 @@ class IBrokerConnection(Interface):
     """
 
     connected = Attribute("True while a TCP connection to the broker is open.")
+    reactor = Attribute("The reactor the connection runs on; call its methods from its thread only.")
 
     def send_room_message(room_id, message):
         """Send ``message`` (str) to every client in ``room_id`` (str).

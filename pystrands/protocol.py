@@ -292,7 +292,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
                  **options: Any) -> None:
         self.settings = settings if settings is not None else BackendSettings(**options)
         self.backend = as_backend(backend)
-        self.clock = reactor
+        self.reactor = self.clock = reactor
         self.initialDelay = self.delay = self.settings.reconnect_delay
         self.maxDelay = self.settings.max_reconnect_delay
         self.factor = self.settings.reconnect_backoff
