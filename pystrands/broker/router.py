@@ -266,11 +266,6 @@ class Broker:
         self._route(admission.client_id,
                     wire.encode_frame(wire.DISCONNECTED, {"context": admission.context}), True)
 
-    def close_clients(self, code: int) -> None:
-        """Close every WebSocket client with ``code`` (1001 on shutdown)."""
-        for client in self.rooms.everyone():
-            client.close(code)
-
     # -- routing -------------------------------------------------------------
 
     def _route(self, client_id: str | None, frame: bytes, final: bool) -> None:

@@ -28,4 +28,4 @@ def _cannot_listen(failure: Failure) -> None:
     from twisted.internet import reactor  # twistd's reactor: this is the outermost layer
 
     log.critical("PyStrands broker cannot listen: {why}", why=failure.getErrorMessage())
-    reactor.stop()
+    reactor.callWhenRunning(reactor.stop)  # twistd may start services before the reactor runs

@@ -139,3 +139,14 @@ def test_twistd_plugin_rejects_bad_options(tmp_path: pathlib.Path) -> None:
     assert result.returncode != 0
     assert "--ws-port 'abc' is not a whole number" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_twistd_plugin_stops_when_a_port_is_taken(tmp_path: pathlib.Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        result = subprocess.run([str(TWISTD), "-n", "--pidfile=", "pystrands-broker", "--ws-port",
+                                 str(taken.getsockname()[1]), "--tcp-port", "0"],
+                                capture_output=True, text=True, timeout=30, cwd=tmp_path, env=env())
+    assert "PyStrands broker cannot listen" in result.stdout and "Address already in use" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
