@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from twisted.python.components import registerAdapter
 from zope.interface import implementer
 
+from .backend import DefaultCallbacks
 from .context import ConnectionRequestContext, Context
 from .errors import NotConnectedError
 from .interfaces import IBackend, IBrokerConnection
@@ -99,6 +100,10 @@ class Options:
         self.reconnect_backoff = reconnect_backoff
         self._settings_overrides = dict(settings)
         self._settings()
+        self._init_state()
+
+    def _init_state(self) -> None:
+        """Set up a face's own state; each face overrides this rather than the constructor."""
 
     def _settings(self) -> BackendSettings:
         """The validated settings from the current attributes (they may be changed until connect)."""
@@ -112,7 +117,7 @@ class Options:
         return BackendSettings(**options)
 
 
-class Face(Options):
+class Face(Options, DefaultCallbacks):
     """What the blocking and asyncio faces share: state, sends, the documented default callbacks."""
 
     #: The IBackend adapter class of this face.
@@ -129,31 +134,6 @@ class Face(Options):
     def _send(self, frame: bytes) -> Any:
         """Hand an encoded frame to the broker connection; the face's kind of future."""
         return backend_of(self).send(frame)
-
-    # -- the documented callbacks, with the documented defaults ------------------
-
-    def on_connection_request(self, request: ConnectionRequestContext) -> Any:
-        """Accept every WebSocket client unless overridden."""
-        return True
-
-    def on_new_connection(self, context: Context) -> Any:
-        """Log a new WebSocket client."""
-        log.debug("New connection: {client_id} in {room_id}", client_id=context.client_id,
-                  room_id=context.room_id)
-
-    def on_message(self, message: str, context: Context) -> Any:
-        """Log a message."""
-        log.debug("Message from {client_id} in {room_id}", client_id=context.client_id,
-                  room_id=context.room_id)
-
-    def on_disconnect(self, context: Context) -> Any:
-        """Log a WebSocket client that left."""
-        log.debug("Disconnected: {client_id} from {room_id}", client_id=context.client_id,
-                  room_id=context.room_id)
-
-    def on_error(self, error: str, context: Context) -> Any:
-        """Log an error the broker reported."""
-        log.warn("Broker reported an error: {error}", error=error)
 
 
 def call_in_reactor(reactor: Any, function: Callable[..., Any], *args: Any) -> concurrent.futures.Future:

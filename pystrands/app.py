@@ -39,18 +39,7 @@ _Handler = TypeVar("_Handler", bound=Callable[..., Any])
 class PyStrands(Options):
     """A backend made of decorated functions; see the module docstring."""
 
-    def __init__(
-        self,
-        host: str = "localhost",
-        port: int = 8081,
-        auto_reconnect: bool = True,
-        reconnect_delay: float = 1.0,
-        max_reconnect_delay: float = 30.0,
-        reconnect_backoff: float = 2.0,
-        **settings: Any,
-    ) -> None:
-        super().__init__(host, port, auto_reconnect, reconnect_delay, max_reconnect_delay,
-                         reconnect_backoff, **settings)
+    def _init_state(self) -> None:
         self._handlers: dict[str, Callable[..., Any]] = {}
         #: The face running the app (a PyStrandsClient or AsyncPyStrandsClient), None before a run.
         self.client: PyStrandsClient | AsyncPyStrandsClient | None = None

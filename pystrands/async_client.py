@@ -26,6 +26,7 @@ from zope.interface import implementer
 
 from . import wire
 from ._faces import BrokerEndpoint, Face, FaceBackend, backend_of, handling, in_handler_of, register_face
+from .backend import DefaultCallbacks
 from .context import ConnectionRequestContext, Context
 from .logbridge import bridge_to_stdlib
 from .protocol import BrokerClientFactory
@@ -238,18 +239,7 @@ class AsyncPyStrandsClient(Face):
 
     _backend_class = AsyncioBackend
 
-    def __init__(
-        self,
-        host: str = "localhost",
-        port: int = 8081,
-        auto_reconnect: bool = True,
-        reconnect_delay: float = 1.0,
-        max_reconnect_delay: float = 30.0,
-        reconnect_backoff: float = 2.0,
-        **settings: Any,
-    ) -> None:
-        super().__init__(host, port, auto_reconnect, reconnect_delay, max_reconnect_delay,
-                         reconnect_backoff, **settings)
+    def _init_state(self) -> None:
         self._session: _Session | None = None
 
     @property
@@ -317,23 +307,23 @@ class AsyncPyStrandsClient(Face):
 
     async def on_connection_request(self, request: ConnectionRequestContext) -> Any:
         """Accept every WebSocket client unless overridden."""
-        return Face.on_connection_request(self, request)
+        return DefaultCallbacks.on_connection_request(self, request)
 
     async def on_new_connection(self, context: Context) -> None:
         """Log a new WebSocket client."""
-        Face.on_new_connection(self, context)
+        DefaultCallbacks.on_new_connection(self, context)
 
     async def on_message(self, message: str, context: Context) -> None:
         """Log a message."""
-        Face.on_message(self, message, context)
+        DefaultCallbacks.on_message(self, message, context)
 
     async def on_disconnect(self, context: Context) -> None:
         """Log a WebSocket client that left."""
-        Face.on_disconnect(self, context)
+        DefaultCallbacks.on_disconnect(self, context)
 
     async def on_error(self, error: str, context: Context) -> None:
         """Log an error the broker reported."""
-        Face.on_error(self, error, context)
+        DefaultCallbacks.on_error(self, error, context)
 
 
 register_face(AsyncPyStrandsClient, _adapt)

@@ -168,18 +168,7 @@ class PyStrandsClient(Face):
     _default_concurrency = 1
     _backend_class = ThreadedBackend
 
-    def __init__(
-        self,
-        host: str = "localhost",
-        port: int = 8081,
-        auto_reconnect: bool = True,
-        reconnect_delay: float = 1.0,
-        max_reconnect_delay: float = 30.0,
-        reconnect_backoff: float = 2.0,
-        **settings: Any,
-    ) -> None:
-        super().__init__(host, port, auto_reconnect, reconnect_delay, max_reconnect_delay,
-                         reconnect_backoff, **settings)
+    def _init_state(self) -> None:
         self._lock = threading.Lock()
         self._session: _Session | None = None
         self._done = threading.Event()

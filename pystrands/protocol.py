@@ -319,22 +319,17 @@ class BrokerClientFactory(ReconnectingClientFactory):
         return self.current is not None
 
     def send_room_message(self, room_id: str, message: str) -> Deferred[None]:
-        try:
-            frame = wire.room_message_frame(room_id, message)
-        except TypeError:
-            return fail()
-        return self.send_frame(frame)
+        return self._build_and_send(wire.room_message_frame, room_id, message)
 
     def send_private_message(self, client_id: str, message: str) -> Deferred[None]:
-        try:
-            frame = wire.private_message_frame(client_id, message)
-        except TypeError:
-            return fail()
-        return self.send_frame(frame)
+        return self._build_and_send(wire.private_message_frame, client_id, message)
 
     def broadcast_message(self, message: str) -> Deferred[None]:
+        return self._build_and_send(wire.broadcast_frame, message)
+
+    def _build_and_send(self, build: Any, *args: str) -> Deferred[None]:
         try:
-            frame = wire.broadcast_frame(message)
+            frame = build(*args)
         except TypeError:
             return fail()
         return self.send_frame(frame)

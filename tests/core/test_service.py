@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.application.service import MultiService
-from twisted.internet import task
 
 from pystrands import BackendService
 from tests.core.harness import FAST, Recorder, in_thread
