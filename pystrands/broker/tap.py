@@ -5,16 +5,46 @@
 
 from __future__ import annotations
 
+import socket
+
 from twisted.application.service import IService
 from twisted.logger import Logger
+from twisted.python import usage
 from twisted.python.failure import Failure
 
-from .config import Options
+from . import config
 from .service import BrokerService
 
 __all__ = ["Options", "makeService"]
 
 log = Logger()
+
+
+class Options(config.Options):
+    """The CLI's options, plus a check that the ports are free.
+
+    twistd has no way for a service to end it with a failing exit status, so
+    a taken port is found here, while parsing, where a usage error exits 1.
+    Listening later still reports a port lost in between.
+    """
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        broker = self["config"]
+        for option, port, interface in (("--ws-port", broker.ws_port, broker.ws_interface),
+                                        ("--tcp-port", broker.tcp_port, broker.tcp_interface)):
+            if port:
+                _check_free(option, port, interface)
+
+
+def _check_free(option: str, port: int, interface: str) -> None:
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted listens
+        try:
+            probe.bind((interface, port))
+        except OSError as exc:
+            raise usage.UsageError(f"{option} {port}: cannot listen: {exc.strerror}") from None
 
 
 def makeService(options: Options) -> IService:

@@ -141,12 +141,18 @@ def test_twistd_plugin_rejects_bad_options(tmp_path: pathlib.Path) -> None:
     assert "Traceback" not in result.stdout + result.stderr
 
 
-def test_twistd_plugin_stops_when_a_port_is_taken(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("option", ["--ws-port", "--tcp-port"])
+def test_twistd_plugin_refuses_a_taken_port_with_one_line_and_a_failing_exit(tmp_path: pathlib.Path,
+                                                                          option: str) -> None:
     with socket.socket() as taken:
-        taken.bind(("", 0))
+        taken.bind(("127.0.0.1", 0))
         taken.listen()
-        result = subprocess.run([str(TWISTD), "-n", "--pidfile=", "pystrands-broker", "--ws-port",
-                                 str(taken.getsockname()[1]), "--tcp-port", "0"],
+        port = taken.getsockname()[1]
+        ports = {"--ws-port": "0", "--tcp-port": "0", option: str(port)}
+        result = subprocess.run([str(TWISTD), "-n", "--pidfile=", "pystrands-broker",
+                                 *[part for pair in ports.items() for part in pair]],
                                 capture_output=True, text=True, timeout=30, cwd=tmp_path, env=env())
-    assert "PyStrands broker cannot listen" in result.stdout and "Address already in use" in result.stdout
-    assert "Traceback" not in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"{option} {port}: cannot listen: Address already in use" in output.strip().splitlines()[-1]
+    assert "Traceback" not in output
