@@ -33,6 +33,7 @@ from .context import ConnectionRequestContext, Context
 from .dispatch import KeyedDispatcher
 from .errors import NotConnectedError, ProtocolError, SendBufferFull
 from .interfaces import IBackend, IBrokerConnection
+from .lines import LineSplitter
 from .settings import BackendSettings
 
 __all__ = ["BrokerClientFactory", "BrokerProtocol", "as_backend", "context_from_wire"]
@@ -86,9 +87,7 @@ class BrokerProtocol(LineReceiver):
     factory: BrokerClientFactory
 
     def __init__(self) -> None:
-        self._partial: list[bytes] = []
-        self._partial_size = 0
-        self._discarding = False
+        self._splitter = LineSplitter(self.MAX_LENGTH, self.lineLengthExceeded)
         self._last_received = 0.0
         self._idle_call: Any = None
         self._reading_paused = False
@@ -97,7 +96,7 @@ class BrokerProtocol(LineReceiver):
 
     def connectionMade(self) -> None:
         settings = self.factory.settings
-        self.MAX_LENGTH = settings.max_line_length
+        self.MAX_LENGTH = self._splitter.max_length = settings.max_line_length
         self._last_received = self.factory.clock.seconds()
         if settings.idle_timeout:
             self._idle_call = self.factory.clock.callLater(settings.idle_timeout, self._check_idle)
@@ -137,56 +136,9 @@ class BrokerProtocol(LineReceiver):
     # -- framing ---------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        """Split ``data`` into lines in linear time, whatever the line sizes.
-
-        ``LineReceiver``'s own loop re-scans and re-copies its whole buffer
-        for each chunk and each line; with multi-MiB frames (PROTOCOL.md has
-        no size limit) that is quadratic. This keeps its contract
-        (``delimiter``, ``MAX_LENGTH``, ``lineReceived``,
-        ``lineLengthExceeded``) and touches each byte a bounded number of times.
-        """
+        """Hand each complete line to ``lineReceived``, in linear time whatever the line sizes."""
         self._last_received = self.factory.clock.seconds()
-        end = data.find(b"\n")
-        if end < 0:
-            self._extend_partial(data)
-            return
-        first = data[:end]
-        if self._partial:
-            first = b"".join(self._partial) + first
-            self._partial.clear()
-            self._partial_size = 0
-        lines = data[end + 1:].split(b"\n")
-        rest = lines.pop()
-        if self._discarding:
-            self._discarding = False
-        elif len(first) > self.MAX_LENGTH:
-            self.lineLengthExceeded(first)
-        else:
-            self._line(first)
-        max_length = self.MAX_LENGTH
-        for line in lines:
-            if len(line) > max_length:
-                self.lineLengthExceeded(line)
-            else:
-                self._line(line)
-        if rest:
-            self._extend_partial(rest)
-
-    def _extend_partial(self, data: bytes) -> None:
-        if self._discarding:
-            return
-        self._partial.append(data)
-        self._partial_size += len(data)
-        if self._partial_size > self.MAX_LENGTH:
-            self.lineLengthExceeded(b"".join(self._partial[:1])[:200])
-            self._partial.clear()
-            self._partial_size = 0
-            self._discarding = True
-
-    def _line(self, line: bytes) -> None:
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if line:
+        for line in self._splitter.feed(data):
             self.lineReceived(line)
 
     def lineLengthExceeded(self, line: bytes) -> None:

@@ -22,7 +22,7 @@ from zope.interface import implementer
 from .. import wire
 from ..errors import ProtocolError
 from .config import BrokerConfig
-from .lines import LineSplitter
+from ..lines import LineSplitter
 from .router import Broker
 
 __all__ = ["BackendFactory", "BackendProtocol"]

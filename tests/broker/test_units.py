@@ -8,7 +8,7 @@ import time
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pystrands.broker.lines import LineSplitter
+from pystrands.lines import LineSplitter
 from pystrands.broker.queue import EventQueue
 from pystrands.broker.websocket import MessageSizeGuard
 

@@ -1,7 +1,9 @@
 """Split a byte stream into newline-terminated lines in linear time, sans I/O.
 
-Written to be shared: ``pystrands.protocol.BrokerProtocol.dataReceived``
-does the same job inline; both could use this class (proposed to the lead).
+Both ends of the wire use it: the backend's ``BrokerProtocol`` and the
+embedded broker's backend connections. ``LineReceiver``'s own loop re-scans
+and re-copies its buffer for each chunk and each line, which is quadratic
+with the multi-MiB frames the protocol allows.
 """
 
 from __future__ import annotations
