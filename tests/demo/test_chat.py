@@ -14,6 +14,7 @@ from websockets.sync.client import ClientConnection, connect
 from tests.demo.support import (CHAT_STATIC, Child, Launch, OpenWs, open_when_served, receive_json, receive_until,
                                 start_broker)
 
+
 def join(open_ws: OpenWs, ws_url: str, room: str, name: str) -> ClientConnection:
     """A client in ``room`` as ``name``, past its welcome, join and member-list messages."""
     ws = open_when_served(open_ws, f"{ws_url}/{room}?name={name}")
@@ -26,10 +27,12 @@ def join(open_ws: OpenWs, ws_url: str, room: str, name: str) -> ClientConnection
 
 
 def ids(members_message: dict[str, Any]) -> list[str]:
+    """The client ids of a ``members`` message."""
     return [member["id"] for member in members_message["members"]]
 
 
 def names(members_message: dict[str, Any]) -> list[str]:
+    """The names of a ``members`` message, in its order."""
     return [member["name"] for member in members_message["members"]]
 
 

@@ -17,6 +17,7 @@ from tests.demo.support import Broker, Child, Launch, OpenWs, free_port, open_wh
 
 
 def recv(ws: ClientConnection) -> str:
+    """The next text message, within 5 seconds."""
     return ws.recv(timeout=5)
 
 
