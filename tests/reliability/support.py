@@ -1,0 +1,168 @@
+"""What the reliability tests share: brokers and backends as child processes, raw peers, bounded waits.
+
+Child processes come from the demo suite's helper (``tests.demo.support``:
+``Child``, ``start_broker``, ``free_port``) and its ``launch`` fixture, which
+stops them after each test; this module adds the backend faces of
+``tests/reliability/faces.py``, a raw TCP backend for exact frame checks,
+and the waits the fault tests need. Every wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.sync.client import ClientConnection
+
+from tests.demo.support import Broker, Child, Launch, OpenWs, free_port, open_when_served, start_broker
+from tests.reliability import faces
+from tests.support.fakebroker import BackendConnection
+
+__all__ = [
+    "Broker", "Child", "FACES", "Launch", "OpenWs", "Ticker", "admit", "chat", "count", "free_port", "freeze",
+    "kill", "next_event", "open_when_served", "raw_backend", "receive_text", "restart_broker", "rss_kib",
+    "start_broker", "start_face", "wait_until",
+]
+
+TWISTD = Path(sys.executable).parent / "twistd"
+#: The four backend faces: BackendService under twistd, PyStrandsClient, AsyncPyStrandsClient, PyStrands.
+FACES = ("twistd", "client", "async", "app")
+
+
+def start_face(launch: Launch, kind: str, tcp_port: int, *flags: str, name: str = "") -> Child:
+    """A backend face of ``faces.py`` connecting to 127.0.0.1:``tcp_port``; ``flags`` as twistd pystrands'."""
+    if kind == "twistd":
+        args = [str(TWISTD), "-n", "--pidfile=", "pystrands", "--backend", "tests.reliability.faces.TwistedFace",
+                "--broker", f"tcp:host=127.0.0.1:port={tcp_port}", "--stop-timeout", str(faces.STOP_TIMEOUT),
+                *flags]
+    else:
+        args = ["-m", "tests.reliability.faces", kind, "--port", str(tcp_port), *flags]
+    return launch(args, name=name or kind)
+
+
+def restart_broker(launch: Launch, old: Broker, *flags: str, name: str) -> Broker:
+    """A new broker on ``old``'s ports (``old`` must be gone)."""
+    return start_broker(launch, *flags, ws_port=old.ws_port, tcp_port=old.tcp_port, name=name)
+
+
+def kill(child: Child) -> None:
+    """SIGKILL ``child`` and reap it."""
+    child.process.kill()
+    child.process.wait(5.0)
+
+
+def freeze(child: Child, frozen: bool) -> None:
+    """SIGSTOP (``frozen``) or SIGCONT ``child``."""
+    child.process.send_signal(signal.SIGSTOP if frozen else signal.SIGCONT)
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0, child: Child | None = None) -> float:
+    """Poll ``predicate`` until true; the seconds it took. On timeout, fail quoting ``child``'s output."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            message = f"timed out after {timeout}s waiting for {what}"
+            raise child.fail(message) if child is not None else AssertionError(message)
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def count(child: Child, text: str) -> int:
+    """How many times ``child`` has printed ``text``."""
+    return child.output().count(text)
+
+
+def receive_text(ws: ClientConnection, wanted: Callable[[str], bool], timeout: float = 10.0) -> str:
+    """The first text message for which ``wanted`` is true, skipping others; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    skipped: list[Any] = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no wanted message within {timeout}s; skipped {skipped[-10:]}")
+        try:
+            message = ws.recv(timeout=left)
+        except TimeoutError:
+            continue
+        if isinstance(message, str) and wanted(message):
+            return message
+        skipped.append(message)
+
+
+def chat(ws: ClientConnection, text: str, timeout: float = 10.0) -> None:
+    """Send ``text`` and wait for the backend's ``echo:<text>``."""
+    ws.send(text)
+    receive_text(ws, lambda message: message == f"echo:{text}", timeout)
+
+
+class Ticker:
+    """A WebSocket client in room ``ticks`` that sends a message every ``interval`` seconds, reconnecting.
+
+    It keeps data flowing to a backend (the broker's own heartbeats come every
+    15 s), so that a small idle timeout fires only when the broker is silent.
+    """
+
+    def __init__(self, open_ws: OpenWs, url: str, interval: float = 0.2) -> None:
+        self._open_ws = open_ws
+        self._url = url
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ws = open_when_served(self._open_ws, self._url, timeout=self._interval)
+                while not self._stop.wait(self._interval):
+                    ws.send("tick")
+            except (OSError, InvalidStatus, InvalidHandshake, ConnectionClosed):
+                self._stop.wait(self._interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+
+
+def raw_backend(tcp_port: int, token: str | None = None) -> BackendConnection:
+    """A backend that is a plain socket (the test reads and writes frames), optionally authenticated."""
+    conn = BackendConnection(socket.create_connection(("127.0.0.1", tcp_port), timeout=5.0))
+    conn.sock.settimeout(None)
+    if token is not None:
+        conn.send_frame({"request_id": "auth", "action": "auth", "params": {"token": token}})
+    return conn
+
+
+def next_event(backend: BackendConnection, timeout: float = 10.0) -> dict[str, Any]:
+    """The next frame from the broker that is not a heartbeat."""
+    while True:
+        frame = backend.recv_frame(timeout)
+        if frame["action"] != "heartbeat":
+            return frame
+
+
+def admit(backend: BackendConnection, open_ws: OpenWs, url: str, client_id: str, room: str) -> ClientConnection:
+    """Open a WebSocket whose handshake ``backend`` (a raw one) accepts into ``room``."""
+    with ThreadPoolExecutor(1) as pool:
+        opening = pool.submit(open_ws, url)
+        request = next_event(backend)
+        assert request["action"] == "connection_request", request
+        backend.send_frame({"request_id": request["request_id"], "action": "response", "params": {
+            "accepted": True, "client_id": client_id, "room_id": room, "metadata": {}}})
+        client = opening.result(10.0)
+    assert next_event(backend)["action"] == "new_connection"
+    return client
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of process ``pid`` in KiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
+
