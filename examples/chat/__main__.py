@@ -17,8 +17,6 @@ import signal
 import sys
 from pathlib import Path
 
-from pystrands.logbridge import bridge_to_stdlib
-
 from .backend import ChatBackend
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -128,7 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: logging to stderr, then run until Ctrl-C."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s chat-backend %(levelname)s %(message)s")
-    bridge_to_stdlib()
     return asyncio.run(run(args.ws_port, args.tcp_port, not args.no_broker))
 
 
