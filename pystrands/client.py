@@ -153,8 +153,20 @@ class _Session:
         return self.factory.stop(timeout) if self.factory is not None else None
 
     def _stop_pool(self) -> None:
+        """Stop the pool; a handler still running past the stop timeout is not waited for.
+
+        ``ThreadPool.stop`` joins every worker, so one hung handler would hold
+        ``disconnect(timeout)`` (and the ``disconnect()`` that ``run_forever``
+        makes after it) far past its timeout. Its daemon thread is left to
+        finish alone, as the stop timeout promises.
+        """
+        hung = len(self.pool.working)
+        if hung:
+            log.warn("{count} handler(s) still running after disconnect(); left to finish alone", count=hung)
+            self.closed.set_result(None)
         self.pool.stop()
-        self.closed.set_result(None)
+        if not hung:
+            self.closed.set_result(None)
 
 
 class PyStrandsClient(Face):
