@@ -1,22 +1,26 @@
 """What the reliability tests share: brokers and backends as child processes, raw peers, bounded waits.
 
-Child processes come from the demo suite's helper (``tests.demo.support``:
-``Child``, ``start_broker``, ``free_port``) and its ``launch`` fixture, which
-stops them after each test; this module adds the backend faces of
-``tests/reliability/faces.py``, a raw TCP backend for exact frame checks,
-and the waits the fault tests need. Every wait has a timeout.
+Child processes are the demo suite's (``tests.demo.support``: ``Child``,
+``start_broker``, ``free_port``); this module adds :func:`launching`, which
+kills them all at the end (frozen ones too), the backend faces of
+``tests/reliability/faces.py``, raw TCP backends for exact frame checks, a
+ticking WebSocket client, and the waits the fault tests need. Every wait has
+a timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
+import queue
 import signal
 import socket
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import ClientConnection
@@ -26,14 +30,33 @@ from tests.reliability import faces
 from tests.support.fakebroker import BackendConnection
 
 __all__ = [
-    "Broker", "Child", "FACES", "Launch", "OpenWs", "Ticker", "admit", "chat", "count", "free_port", "freeze",
-    "kill", "next_event", "open_when_served", "raw_backend", "receive_text", "restart_broker", "rss_kib",
+    "AutoBackend", "Broker", "Child", "FACES", "Launch", "OpenWs", "Ticker", "chat", "count", "free_port",
+    "freeze", "kill", "launching", "open_when_served", "raw_backend", "receive_text", "restart_broker", "rss_kib",
     "start_broker", "start_face", "wait_until",
 ]
 
 TWISTD = Path(sys.executable).parent / "twistd"
 #: The four backend faces: BackendService under twistd, PyStrandsClient, AsyncPyStrandsClient, PyStrands.
 FACES = ("twistd", "client", "async", "app")
+
+
+@contextlib.contextmanager
+def launching(directory: Path) -> Iterator[Launch]:
+    """launch(args, name=...) -> Child, its output in ``directory``; every child is killed on exit."""
+    started: list[Child] = []
+
+    def launch(args: list[str], name: str, env: dict[str, str] | None = None) -> Child:
+        child = Child(args, directory / f"{name}.log", env)
+        started.append(child)
+        return child
+
+    try:
+        yield launch
+    finally:
+        for child in started:
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGCONT)  # a frozen child must be able to die
+                kill(child)
 
 
 def start_face(launch: Launch, kind: str, tcp_port: int, *flags: str, name: str = "") -> Child:
@@ -140,25 +163,45 @@ def raw_backend(tcp_port: int, token: str | None = None) -> BackendConnection:
     return conn
 
 
-def next_event(backend: BackendConnection, timeout: float = 10.0) -> dict[str, Any]:
-    """The next frame from the broker that is not a heartbeat."""
-    while True:
-        frame = backend.recv_frame(timeout)
-        if frame["action"] != "heartbeat":
-            return frame
+class AutoBackend:
+    """A raw backend served by a thread: it accepts every handshake, and queues every other event.
 
+    A handshake on ``/ws/<room>`` joins ``<room>`` with a fresh client id;
+    heartbeats are skipped. The test reads the events in order, exactly as
+    the broker wrote them, and may send frames of its own.
+    """
 
-def admit(backend: BackendConnection, open_ws: OpenWs, url: str, client_id: str, room: str) -> ClientConnection:
-    """Open a WebSocket whose handshake ``backend`` (a raw one) accepts into ``room``."""
-    with ThreadPoolExecutor(1) as pool:
-        opening = pool.submit(open_ws, url)
-        request = next_event(backend)
-        assert request["action"] == "connection_request", request
-        backend.send_frame({"request_id": request["request_id"], "action": "response", "params": {
-            "accepted": True, "client_id": client_id, "room_id": room, "metadata": {}}})
-        client = opening.result(10.0)
-    assert next_event(backend)["action"] == "new_connection"
-    return client
+    def __init__(self, tcp_port: int, token: str | None = None) -> None:
+        self.conn = raw_backend(tcp_port, token)
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while (line := self.conn.lines.get()) is not None:
+            frame = json.loads(line)
+            if frame["action"] == "connection_request":
+                self.send({"request_id": frame["request_id"], "action": "response", "params": {
+                    "accepted": True, "client_id": f"client-{next(self._ids)}",
+                    "room_id": frame["params"]["url"].rsplit("/", 1)[-1], "metadata": {}}})
+            elif frame["action"] != "heartbeat":
+                self.events.put(frame)
+
+    def send(self, frame: dict[str, Any]) -> None:
+        """Write one frame (from any thread)."""
+        with self._lock:
+            self.conn.send_frame(frame)
+
+    def next_event(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The next event frame from the broker (not a handshake, not a heartbeat)."""
+        try:
+            return self.events.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"the broker sent no event within {timeout}s") from None
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def rss_kib(pid: int) -> int:

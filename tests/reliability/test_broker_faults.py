@@ -14,8 +14,8 @@ import pytest
 
 from tests.reliability import faces
 from tests.reliability.support import (
-    FACES, Broker, Child, Launch, OpenWs, admit, chat, count, freeze, kill, open_when_served, raw_backend, receive_text,
-    restart_broker, start_broker, start_face, Ticker, wait_until, free_port, next_event,
+    FACES, AutoBackend, Broker, Child, Launch, OpenWs, Ticker, chat, count, free_port, freeze, kill,
+    open_when_served, receive_text, restart_broker, start_broker, start_face, wait_until,
 )
 
 MAX_DELAY = 0.5
@@ -45,8 +45,8 @@ def test_broker_killed_and_restarted_sends_made_meanwhile_are_delivered_or_refus
     freeze(face, True)
     try:
         broker = restart_broker(launch, broker, name="broker-2")
-        helper = raw_backend(broker.tcp_port)
-        listener = admit(helper, open_ws, f"{broker.ws_url}/lobby", "listener", "lobby")
+        helper = AutoBackend(broker.tcp_port)
+        listener = open_when_served(open_ws, f"{broker.ws_url}/lobby")
     finally:
         freeze(face, False)
     received = [receive_text(listener, lambda m: m.startswith("down-")) for _ in range(SEND_BUFFER)]
@@ -150,11 +150,11 @@ def queue_events_without_backend(launch: Launch, open_ws: OpenWs) -> Broker:
 def test_events_queued_without_a_backend_are_flushed_in_order_to_the_next(launch: Launch, open_ws: OpenWs) -> None:
     """The newest QUEUE_SIZE events reach the next backend, oldest first; the older ones are dropped."""
     broker = queue_events_without_backend(launch, open_ws)
-    backend = raw_backend(broker.tcp_port)
-    events = [next_event(backend) for _ in range(QUEUE_SIZE)]
+    backend = AutoBackend(broker.tcp_port)
+    events = [backend.next_event() for _ in range(QUEUE_SIZE)]
     assert [(event["action"], event["params"]["message"]) for event in events] == [
         ("new_message", f"q-{index}") for index in range(QUEUED - QUEUE_SIZE, QUEUED)]
-    backend.assert_silent(0.3)
+    assert backend.events.empty()
 
 
 @pytest.mark.xfail(strict=True, reason="the embedded broker counts queue drops (EventQueue.dropped) but neither"
@@ -162,7 +162,7 @@ def test_events_queued_without_a_backend_are_flushed_in_order_to_the_next(launch
 def test_events_dropped_from_the_queue_are_logged_with_their_count(launch: Launch, open_ws: OpenWs) -> None:
     """Drops past --queue-size are not silent: the broker's log says how many."""
     broker = queue_events_without_backend(launch, open_ws)
-    raw_backend(broker.tcp_port)
+    AutoBackend(broker.tcp_port)
     dropped = QUEUED - QUEUE_SIZE
     wait_until(lambda: re.search(rf"dropped\D{{0,40}}\b{dropped}\b|\b{dropped}\b\D{{0,40}}dropped",
                                  broker.child.output(), re.IGNORECASE) is not None,
