@@ -32,7 +32,7 @@ from tests.support.fakebroker import BackendConnection
 __all__ = [
     "AutoBackend", "Broker", "Child", "FACES", "Launch", "OpenWs", "Ticker", "chat", "count", "free_port",
     "freeze", "kill", "launching", "open_when_served", "raw_backend", "receive_text", "restart_broker", "rss_kib",
-    "start_broker", "start_face", "wait_until",
+    "start_broker", "start_face", "upgrade_request", "wait_until",
 ]
 
 TWISTD = Path(sys.executable).parent / "twistd"
@@ -200,8 +200,21 @@ class AutoBackend:
         except queue.Empty:
             raise AssertionError(f"the broker sent no event within {timeout}s") from None
 
+    def wait_for(self, wanted: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+        """The first event for which ``wanted`` is true, skipping others."""
+        deadline = time.monotonic() + timeout
+        while not wanted(event := self.next_event(max(0.0, deadline - time.monotonic()))):
+            pass
+        return event
+
     def close(self) -> None:
         self.conn.close()
+
+
+def upgrade_request(path: str) -> bytes:
+    """A well-formed WebSocket handshake request for ``path``, as raw bytes."""
+    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
 
 
 def rss_kib(pid: int) -> int:
