@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.sync.client import ClientConnection
+from websockets.sync.client import ClientConnection, connect
 
 from tests.demo.support import Broker, Child, Launch, OpenWs, free_port, open_when_served, start_broker
 from tests.reliability import faces
@@ -31,7 +31,7 @@ from tests.support.fakebroker import BackendConnection
 
 __all__ = [
     "AutoBackend", "Broker", "Child", "FACES", "Launch", "OpenWs", "Ticker", "chat", "count", "free_port",
-    "freeze", "kill", "launching", "open_when_served", "raw_backend", "receive_text", "restart_broker", "rss_kib",
+    "freeze", "kill", "launching", "open_client", "open_when_served", "raw_backend", "receive_text", "restart_broker", "rss_kib",
     "start_broker", "start_face", "upgrade_request", "wait_until",
 ]
 
@@ -117,6 +117,11 @@ def receive_text(ws: ClientConnection, wanted: Callable[[str], bool], timeout: f
         if isinstance(message, str) and wanted(message):
             return message
         skipped.append(message)
+
+
+def open_client(url: str) -> ClientConnection:
+    """A connected WebSocket client, for code without the ``open_ws`` fixture (close it yourself)."""
+    return connect(url, open_timeout=5, close_timeout=1).__enter__()  # entered, as websockets wants
 
 
 def chat(ws: ClientConnection, text: str, timeout: float = 10.0) -> None:

@@ -20,10 +20,10 @@ from typing import Any, Iterator
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import ClientConnection
 
 from tests.reliability.support import (
-    AutoBackend, Broker, Launch, count, open_when_served, raw_backend, receive_text, rss_kib, start_broker,
+    AutoBackend, Broker, Launch, count, open_client, open_when_served, raw_backend, receive_text, rss_kib, start_broker,
     upgrade_request, wait_until,
 )
 from tests.reliability.test_hostile_backend_input import json_values
@@ -32,11 +32,6 @@ from tests.support.fakebroker import BackendConnection
 FUZZ = settings(max_examples=100, deadline=None)
 MAX_MESSAGE = 4096
 pings = itertools.count()
-
-
-def open_client(url: str) -> ClientConnection:
-    """A connected WebSocket client (entered as a context manager, as websockets wants)."""
-    return connect(url, open_timeout=5, close_timeout=1).__enter__()
 
 
 def finite_json(value: Any) -> bool:
