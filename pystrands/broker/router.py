@@ -15,7 +15,6 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from .. import wire
@@ -112,23 +111,26 @@ class Broker:
         self.handshaking = 0
         self._assigned: dict[str, BackendLink] = {}
         self._pending: dict[str, _Pending] = {}
-        self._heartbeat = LoopingCall(self._beat)
-        self._heartbeat.clock = clock
+        self._heartbeat: Any = None
+        self._drops_reported = 0
 
     # -- life cycle ------------------------------------------------------
 
     def start(self) -> None:
         """Start the heartbeats."""
-        self._heartbeat.start(self.config.heartbeat_interval, now=False)
+        self._heartbeat = self.clock.callLater(self.config.heartbeat_interval, self._beat)
 
     def stop(self) -> None:
         """Stop the heartbeats and refuse the handshakes still waiting."""
-        if self._heartbeat.running:
-            self._heartbeat.stop()
+        if self._heartbeat is not None and self._heartbeat.active():
+            self._heartbeat.cancel()
+        self._heartbeat = None
         for request_id in list(self._pending):
             self._refuse(request_id, 503, "the broker is stopping")
 
     def _beat(self) -> None:
+        # callLater, not LoopingCall: LoopingCall() imports (so installs) the global reactor.
+        self._heartbeat = self.clock.callLater(self.config.heartbeat_interval, self._beat)
         for backend in list(self.backends):
             backend.send(HEARTBEAT_FRAME)
 
@@ -139,6 +141,12 @@ class Broker:
         self.backends.append(backend)
         if len(self.queue):
             log.info("Flushing {count} queued events to the new backend", count=len(self.queue))
+        dropped = self.queue.dropped - self._drops_reported
+        if dropped:
+            self._drops_reported = self.queue.dropped
+            log.warn("{dropped} events were dropped while no backend was connected (queue size {size});"
+                     " {total} since the broker started", dropped=dropped, size=self.queue.size,
+                     total=self.queue.dropped)
         for client_id, frame, final in self.queue.drain():
             self._route(client_id, frame, final)
 
@@ -274,7 +282,11 @@ class Broker:
         ``final`` marks a client's last event, after which its backend is free of it.
         """
         if not self.backends:
+            full = self.queue.dropped
             self.queue.put((client_id, frame, final))
+            if self.queue.dropped > full == self._drops_reported:
+                log.warn("No backend connected and the event queue is full (queue size {size}):"
+                         " dropping the oldest events until a backend connects", size=self.queue.size)
             return
         backend = self._assigned.get(client_id) if client_id is not None else None
         if backend is None:
