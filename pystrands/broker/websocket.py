@@ -327,9 +327,9 @@ def _handshake(request: Request) -> Handshake:
 def websocket_site(broker: Broker, static: str | None = None) -> WrappingFactory:
     """The WebSocket port's factory: ``/ws/...`` upgrades, ``static`` (if any) at ``/``, else 404."""
     if static is not None:
-        from twisted.web.static import File  # imported only when used: it warns about Twisted internals
+        from .static import StaticFolder  # imported only when used: twisted.web.static warns on import
 
-        root = File(static)
+        root = StaticFolder(static)
     else:
         root = pages.notFound()
     root.putChild(b"ws", WebSocketGate(broker))
