@@ -87,13 +87,15 @@ def test_broker_restarted_five_times_in_a_row(launch: Launch, open_ws: OpenWs) -
     broker = start_broker(launch, name="broker-0")
     start_all_faces(launch, broker.tcp_port)
     wait_until(lambda: backends_connected(broker.child) == len(FACES), "every face to connect", child=broker.child)
+    took = []
     for generation in range(1, 6):
         kill(broker.child)
         broker = restart_broker(launch, broker, name=f"broker-{generation}")
-        took = wait_until(lambda: backends_connected(broker.child) == len(FACES), "every face to reconnect",
-                          timeout=RECONNECT_BOUND + 5, child=broker.child)
-        assert took <= RECONNECT_BOUND, f"restart {generation}: {took:.2f}s"
+        took.append(wait_until(lambda: backends_connected(broker.child) == len(FACES), "every face to reconnect",
+                               timeout=RECONNECT_BOUND + 5, child=broker.child))
         chat(open_when_served(open_ws, f"{broker.ws_url}/lobby"), f"restart-{generation}")
+    print(f"\nall four faces back after each restart in: {', '.join(f'{seconds:.2f}s' for seconds in took)}")
+    assert max(took) <= RECONNECT_BOUND
 
 
 IDLE_TIMEOUT = 1.0
@@ -116,6 +118,7 @@ def test_frozen_broker_is_detected_by_the_idle_timeout_then_thawed_or_replaced(
             took = wait_until(lambda: count(face, SILENCE_SEEN) >= 1, "the idle timeout", child=face)
         finally:
             freeze(broker.child, False)
+        print(f"\n{kind}: a frozen broker detected in {took:.2f}s (idle timeout {IDLE_TIMEOUT}s)")
         assert took <= IDLE_TIMEOUT + 1.0
         chat(open_when_served(open_ws, f"{broker.ws_url}/lobby"), "thawed")
 
@@ -157,8 +160,6 @@ def test_events_queued_without_a_backend_are_flushed_in_order_to_the_next(launch
     assert backend.events.empty()
 
 
-@pytest.mark.xfail(strict=True, reason="the embedded broker counts queue drops (EventQueue.dropped) but neither"
-                                        " logs them nor reports the count: reported to the lead")
 def test_events_dropped_from_the_queue_are_logged_with_their_count(launch: Launch, open_ws: OpenWs) -> None:
     """Drops past --queue-size are not silent: the broker's log says how many."""
     broker = queue_events_without_backend(launch, open_ws)

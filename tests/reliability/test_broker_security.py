@@ -108,15 +108,18 @@ def test_a_handshake_flood_does_not_stop_established_clients(launch: Launch, ope
             sock = socket.create_connection(("127.0.0.1", broker.ws_port), timeout=5)
             sock.sendall(upgrade_request(f"/ws/flood-{index}")[:40])
             half_open.append(sock)
-        assert still_served("after-half-open") < 1.0
+        latencies = [still_served("after-half-open")]
         for index in range(RAPID):
             with socket.create_connection(("127.0.0.1", broker.ws_port), timeout=5) as sock:
                 sock.sendall(upgrade_request(f"/ws/flood-{index}"))
-        assert still_served("after-rapid") < 1.0
+        latencies.append(still_served("after-rapid"))
+        assert max(latencies) < 1.0
         open_when_served(open_ws, f"{broker.ws_url}/room")  # a newcomer still gets in
         assert broker.child.process.poll() is None
     finally:
         for sock in half_open:
             sock.close()
     growth = rss_kib(broker.child.process.pid) - before
+    print(f"\nhandshake flood: room messages took {', '.join(f'{s * 1000:.1f} ms' for s in latencies)};"
+          f" broker RSS +{growth / 1024:.1f} MiB")
     assert growth < 30 * 1024, f"the broker grew by {growth} KiB during the flood"
