@@ -131,7 +131,7 @@ def chat(ws: ClientConnection, text: str, timeout: float = 10.0) -> None:
 
 
 class Ticker:
-    """A WebSocket client in room ``ticks`` that sends a message every ``interval`` seconds, reconnecting.
+    """A WebSocket client at ``url`` that sends ``tick`` every ``interval`` seconds, reconnecting as needed.
 
     It keeps data flowing to a backend (the broker's own heartbeats come every
     15 s), so that a small idle timeout fires only when the broker is silent.
