@@ -487,14 +487,14 @@ def measure_e2e(spec: Spec, public_python: Path | None, params: Params) -> dict[
     ws_port, tcp_port = free_port(), free_port()
     broker = [sys.executable, "-m", "pystrands", "server", "--ws-port", str(ws_port), "--tcp-port", str(tcp_port)]
     result: dict[str, float] = {}
-    with process("embedded broker", broker):
+    with process("embedded broker", broker) as broker_proc:
         wait_listening(ws_port, params.timeout)
         with process(spec.label, backend_command(spec, public_python, tcp_port), spec.public):
             for clients in params.e2e_clients:
                 command = [sys.executable, str(BENCH / "loadgen.py"), "--url", f"ws://127.0.0.1:{ws_port}/ws/bench",
                            "--clients", str(clients), "--seconds", str(params.e2e_seconds),
                            "--timeout", str(params.timeout)]
-                cpu = os.times()
+                cpu, broker_cpu, start = os.times(), _cpu_seconds(broker_proc.pid), time.monotonic()
                 try:
                     done = subprocess.run(command, capture_output=True, text=True,
                                           timeout=params.timeout * 2 + params.e2e_seconds)
@@ -502,11 +502,12 @@ def measure_e2e(spec: Spec, public_python: Path | None, params: Params) -> dict[
                     raise BackendFailed(f"loadgen with {clients} clients timed out") from None
                 if done.returncode:
                     raise BackendFailed(f"loadgen with {clients} clients failed: {done.stderr.strip()[-400:]}")
+                wall, now = time.monotonic() - start, os.times()
                 figures = json.loads(done.stdout.splitlines()[-1])
-                now = os.times()
-                loadgen_cpu = now.children_user + now.children_system - cpu.children_user - cpu.children_system
                 result.update({f"{clients}:{key}": figures[key] for key in ("msgs_per_s", "p50_us", "p99_us")})
-                result[f"{clients}:loadgen_cpu"] = loadgen_cpu / (params.e2e_seconds + figures["connect_seconds"])
+                result[f"{clients}:loadgen_cpu"] = (now.children_user + now.children_system
+                                                    - cpu.children_user - cpu.children_system) / wall
+                result[f"{clients}:broker_cpu"] = (_cpu_seconds(broker_proc.pid) - broker_cpu) / wall
     return result
 
 
@@ -531,9 +532,11 @@ def bench_e2e(params: Params, public_python: Path | None) -> dict[str, Any]:
     headers = ["backend"] + [f"{c} {name}" for c in counts for name in ("msgs/s", "x pub", "p50 us", "p99 us")]
     print_table("msgs/s over all clients (median ±half the spread), ratio to public PyStrandsClient, round trip us",
                 headers, rows)
-    loadgen = {clients: max((run[f"{clients}:loadgen_cpu"] for entry in results.values()
-                             for run in entry.get("runs", [])), default=0.0) for clients in counts}
-    print("  loadgen CPU share, highest seen: " + ", ".join(f"{c} clients {v:.0%}" for c, v in loadgen.items()))
+    for side in ("loadgen", "broker"):
+        highest = {clients: max((run[f"{clients}:{side}_cpu"] for entry in results.values()
+                                 for run in entry.get("runs", [])), default=0.0) for clients in counts}
+        print(f"  {side} CPU share over a loadgen run (of one core), highest seen: "
+              + ", ".join(f"{c} clients {v:.0%}" for c, v in highest.items()))
     notes(results)
     panels = [panel("4. End to end through the embedded broker (msgs/s)", results,
                     {f"{clients} clients": f"{clients}:msgs_per_s" for clients in counts})]
@@ -565,7 +568,7 @@ def draw_chart(panels: list[dict[str, Any]], path: Path, public_python: Path | N
     if public_python is None or not _venv_has("matplotlib"):
         print(f"\nno chart: matplotlib is not in {PUBLIC_VENV.relative_to(REPO)} (run.py setup installs it)")
         return
-    data = path.with_suffix(".json")
+    data = RESULTS / f"{path.stem}-panels.json"
     data.write_text(json.dumps(panels, indent=1))
     subprocess.run([str(public_python), str(BENCH / "chart.py"), str(data), str(path)], check=True,
                    timeout=120)
