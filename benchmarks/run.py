@@ -565,7 +565,10 @@ BENCHMARKS: dict[str, Callable[[Params, Path | None], dict[str, Any]]] = {
 
 def draw_chart(panels: list[dict[str, Any]], path: Path, public_python: Path | None) -> None:
     """Render ``panels`` to a PNG with the benchmark venv's matplotlib (chart.py), if it has it."""
-    if public_python is None or not _venv_has("matplotlib"):
+    if public_python is None:
+        print(f"\nno chart: it is drawn with {PUBLIC_VENV.relative_to(REPO)}'s matplotlib, and this run has no venv")
+        return
+    if not _venv_has("matplotlib"):
         print(f"\nno chart: matplotlib is not in {PUBLIC_VENV.relative_to(REPO)} (run.py setup installs it)")
         return
     data = RESULTS / f"{path.stem}-panels.json"
