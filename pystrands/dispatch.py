@@ -112,10 +112,15 @@ class KeyedDispatcher:
         if iscoroutine(result):
             result = Deferred.fromCoroutine(result)
         if isinstance(result, Deferred):
-            result.addErrback(self._report, handler)
-            result.addBoth(lambda _: self._finished(key, size))
+            result.addBoth(self._settled, key, size, handler)
         else:
             self._finished(key, size)
+
+    def _settled(self, result: object, key: Hashable, size: int, handler: Callable[..., Any]) -> None:
+        # One callback, not an errback plus a finisher: most results arrive already fired.
+        if isinstance(result, Failure):
+            self._report(result, handler)
+        self._finished(key, size)
 
     def _report(self, failure: Failure, handler: Callable[..., Any]) -> None:
         name = getattr(handler, "__qualname__", repr(handler))
