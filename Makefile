@@ -20,5 +20,8 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+benchmarks: $(VENV)/.installed
+	$(PY) benchmarks/run.py all
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info
