@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import contextvars
+import threading
 from typing import Any, Callable, Iterator
 
 from twisted.internet.address import IPv6Address
@@ -218,6 +219,9 @@ class FaceBackend:
         self.face = face
         self.reactor: Any = None
         self._broker: IBrokerConnection | None = None
+        self._outgoing: list[tuple[bytes, concurrent.futures.Future]] = []
+        self._outgoing_lock = threading.Lock()
+        self._flush_scheduled = False
 
     @property
     def broker(self) -> IBrokerConnection | None:
@@ -253,16 +257,36 @@ class FaceBackend:
         return self.call(self.face.on_error, error, context)
 
     def send(self, frame: bytes) -> Any:
-        """Send from any thread: a concurrent Future that completes once the frame is written."""
-        broker = self._broker
-        if broker is None:
-            future: concurrent.futures.Future = concurrent.futures.Future()
+        """Send from any thread: a concurrent Future that completes once the frame is written.
+
+        Frames wait in a list that the reactor thread takes whole: a handler
+        that sends many costs one ``callFromThread``, not one per frame.
+        """
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        future.add_done_callback(_report_failed_send)
+        if self._broker is None:
             future.set_exception(NotConnectedError(
                 "not connected to the broker: call connect() or run_forever() first"))
-        else:
-            future = call_in_reactor(self.reactor, broker.send_frame, frame)
-        future.add_done_callback(_report_failed_send)
+            return future
+        with self._outgoing_lock:
+            self._outgoing.append((frame, future))
+            schedule, self._flush_scheduled = not self._flush_scheduled, True
+        if schedule:
+            try:
+                self.reactor.callFromThread(self._flush)
+            except RuntimeError as exc:  # the asyncio loop behind the reactor is closed
+                self._flush_scheduled = False
+                future.set_exception(NotConnectedError(f"not connected to the broker: {exc}"))
         return future
+
+    def _flush(self) -> None:
+        with self._outgoing_lock:
+            outgoing, self._outgoing = self._outgoing, []
+            self._flush_scheduled = False
+        for frame, future in outgoing:
+            if future.set_running_or_notify_cancel():
+                self._broker.send_frame(frame).addCallbacks(
+                    future.set_result, lambda failure, future=future: future.set_exception(failure.value))
 
 
 def backend_of(face: Face) -> FaceBackend:

@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
+import dataclasses
 import inspect
 import threading
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
 from . import wire
 from ._faces import BrokerEndpoint, Face, FaceBackend, backend_of, call_in_reactor, handling, in_handler_of, register_face
+from ._threads import HandlerThreads
 from .logbridge import bridge_to_stdlib
 from .protocol import BrokerClientFactory
 from .settings import BackendSettings, check_number
@@ -33,14 +32,10 @@ __all__ = ["PyStrandsClient"]
 
 log = Logger()
 
-#: Extra seconds, beyond a disconnect's handler timeout, allowed for closing the socket and pool.
+#: Extra seconds, beyond a disconnect's handler timeout, allowed for closing the socket and threads.
 _CLOSE_GRACE = 2.0
-
-
-class _HandlerPool(ThreadPool):
-    """A ThreadPool of daemon threads: a stuck handler must not keep the process alive."""
-
-    threadFactory = functools.partial(threading.Thread, daemon=True)
+#: Events of different clients handed to the handler threads at once.
+_EVENTS_IN_FLIGHT = 64
 
 
 def _new_reactor() -> Any:
@@ -89,10 +84,10 @@ class ThreadedBackend(FaceBackend):
 
     def __init__(self, face: Face) -> None:
         super().__init__(face)
-        self.pool: ThreadPool | None = None
+        self.threads: HandlerThreads | None = None
 
     def call(self, handler: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(self.reactor, self._pool(), self._run, handler, *args)
+        return self._threads().submit(self._run, handler, *args)
 
     def _run(self, handler: Callable[..., Any], *args: Any) -> Any:
         with handling(self.face):
@@ -101,13 +96,12 @@ class ThreadedBackend(FaceBackend):
                 result = asyncio.run(result)
             return result
 
-    def _pool(self) -> ThreadPool:
-        """The pool the face's session set, or (under twistd) one started with the reactor."""
-        if self.pool is None:
-            self.pool = _HandlerPool(0, self.face._settings().concurrency, "pystrands-handlers")
-            self.pool.start()
-            self.reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
-        return self.pool
+    def _threads(self) -> HandlerThreads:
+        """The threads the face's session set, or (under twistd) ones stopped with the reactor."""
+        if self.threads is None:
+            self.threads = HandlerThreads(self.reactor, self.face._settings().concurrency, "pystrands-handler")
+            self.reactor.addSystemEventTrigger("during", "shutdown", self.threads.stop)
+        return self.threads
 
 
 class _Session:
@@ -117,9 +111,7 @@ class _Session:
         self.backend = backend
         self.reactor = reactor
         self.settings = settings
-        self.pool = _HandlerPool(0, settings.concurrency, "pystrands-handlers")
-        self.pool.start()
-        backend.pool = self.pool
+        self.threads = backend.threads = HandlerThreads(reactor, settings.concurrency, "pystrands-handler")
         self.factory: BrokerClientFactory | None = None
         self.closed: concurrent.futures.Future | None = None
         self._lock = threading.Lock()
@@ -129,7 +121,12 @@ class _Session:
         return call_in_reactor(self.reactor, self._start, host, port, timeout)
 
     def _start(self, host: str, port: int, timeout: float) -> Deferred[bool]:
-        self.factory = BrokerClientFactory(self.backend, self.reactor, self.settings)
+        # Events in flight at once, queued for the threads in arrival order; the
+        # threads still run ``concurrency`` handlers at a time, and one client's
+        # next event waits for the previous one, so every order holds.
+        in_flight = max(_EVENTS_IN_FLIGHT, self.settings.concurrency)
+        self.factory = BrokerClientFactory(self.backend, self.reactor,
+                                           dataclasses.replace(self.settings, concurrency=in_flight))
         attempt = self.factory.next_attempt()
         self.factory.connect(BrokerEndpoint(self.reactor, host, port, timeout=timeout))
         return attempt
@@ -140,33 +137,22 @@ class _Session:
         return self.closed is None and self.factory is not None and self.factory.continueTrying
 
     def stop(self, timeout: float) -> concurrent.futures.Future:
-        """Stop the factory (handlers get ``timeout`` seconds), then the pool; idempotent."""
+        """Stop the factory (handlers get ``timeout`` seconds), then the threads; idempotent."""
         with self._lock:
             if self.closed is None:
                 self.closed = concurrent.futures.Future()
-                call_in_reactor(self.reactor, self._stop_factory, timeout).add_done_callback(
-                    lambda _: threading.Thread(target=self._stop_pool, daemon=True,
-                                               name="pystrands-pool-stop").start())
+                call_in_reactor(self.reactor, self._stop_factory, timeout).add_done_callback(self._stop_threads)
             return self.closed
 
     def _stop_factory(self, timeout: float) -> Deferred[None] | None:
         return self.factory.stop(timeout) if self.factory is not None else None
 
-    def _stop_pool(self) -> None:
-        """Stop the pool; a handler still running past the stop timeout is not waited for.
-
-        ``ThreadPool.stop`` joins every worker, so one hung handler would hold
-        ``disconnect(timeout)`` (and the ``disconnect()`` that ``run_forever``
-        makes after it) far past its timeout. Its daemon thread is left to
-        finish alone, as the stop timeout promises.
-        """
-        hung = len(self.pool.working)
+    def _stop_threads(self, _: object) -> None:
+        """Let the handler threads end; one still running past the stop timeout is not waited for."""
+        hung = self.threads.stop()
         if hung:
             log.warn("{count} handler(s) still running after disconnect(); left to finish alone", count=hung)
-            self.closed.set_result(None)
-        self.pool.stop()
-        if not hung:
-            self.closed.set_result(None)
+        self.closed.set_result(None)
 
 
 class PyStrandsClient(Face):

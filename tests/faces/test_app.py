@@ -76,7 +76,7 @@ def test_run_blocks_and_runs_every_handler_in_worker_threads(broker: FakeBroker)
         runner.join(WAIT)
     assert not runner.is_alive() and not app.connected
     names = [where for kind, where in seen if kind in ("request", "message")]
-    assert names and all(name.startswith("PoolThread-pystrands") for name in names)
+    assert names and all(name.startswith("pystrands-handler") for name in names)
     assert ("new", True) in seen and ("gone", {"via": "app"}) in seen
     assert ("error", "no backend available to handle connection request") in seen
 

@@ -89,9 +89,9 @@ def run_twistd(broker: FakeBroker, spec: str, *options: str) -> subprocess.Popen
 @pytest.mark.parametrize(
     ("spec", "options", "reply"),
     [
-        ("tests.faces.sample_backends.BlockingEcho", (), "hi:PoolThread-pystrands-handlers-0"),
+        ("tests.faces.sample_backends.BlockingEcho", (), "hi:pystrands-handler-0"),
         ("tests.faces.sample_backends.AsyncEcho", ("--reactor=asyncio",), "hi:task"),
-        ("tests.faces.sample_backends:app", (), "hi:PoolThread-pystrands-handlers-0"),
+        ("tests.faces.sample_backends:app", (), "hi:pystrands-handler-0"),
     ],
 )
 def test_twistd_runs_a_face_subclass(broker: FakeBroker, spec: str, options: tuple, reply: str) -> None:

@@ -1,0 +1,83 @@
+"""Worker threads for blocking handlers, with the hand-offs batched both ways.
+
+Twisted's ``deferToThreadPool`` costs a queue hand-off to a worker and a
+``callFromThread`` back for every call. A stream of events then pays two
+thread switches each, one event at a time. Here calls wait in one FIFO
+(first come, first served: with one thread, handlers run in arrival order,
+one at a time), and finished calls are handed back to the reactor in
+batches, with one ``callFromThread`` per batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+__all__ = ["HandlerThreads"]
+
+
+class HandlerThreads:
+    """``size`` daemon threads running calls in arrival order; results fire on ``reactor``."""
+
+    def __init__(self, reactor: Any, size: int, name: str) -> None:
+        self.reactor = reactor
+        self.running = 0
+        self._lock = threading.Condition()
+        self._calls: deque[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = deque()
+        self._finished: list[tuple[Deferred[Any], Any]] = []
+        self._delivery_scheduled = False
+        self._stopped = False
+        for number in range(size):
+            threading.Thread(target=self._work, name=f"{name}-{number}", daemon=True).start()
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Queue ``function(*args)``; a Deferred of its result, fired on the reactor thread."""
+        result: Deferred[Any] = Deferred()
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("the handler threads are stopped")
+            self._calls.append((function, args, result))
+            self._lock.notify()
+        return result
+
+    def stop(self) -> int:
+        """Drop the calls not started and let the threads end; how many calls are still running."""
+        with self._lock:
+            self._stopped = True
+            self._calls.clear()
+            self._lock.notify_all()
+            return self.running
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._calls:
+                    if self._stopped:
+                        return
+                    self._lock.wait()
+                function, args, result = self._calls.popleft()
+                self.running += 1
+            try:
+                outcome = function(*args)
+            except BaseException:
+                outcome = Failure()
+            with self._lock:
+                self.running -= 1
+                self._finished.append((result, outcome))
+                schedule, self._delivery_scheduled = not self._delivery_scheduled, True
+            if schedule:
+                self.reactor.callFromThread(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            finished, self._finished = self._finished, []
+            self._delivery_scheduled = False
+        for result, outcome in finished:
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)

@@ -1,0 +1,69 @@
+"""pystrands._threads.HandlerThreads: arrival order, results on the reactor, batched hand-backs."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import gatherResults
+
+from pystrands._threads import HandlerThreads
+
+
+class CountingReactor:
+    """The real reactor, counting the hand-backs from worker threads."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.handbacks = 0
+
+    def callFromThread(self, function: Any, *args: Any) -> None:
+        self.handbacks += 1
+        self.reactor.callFromThread(function, *args)
+
+
+@pytest.fixture
+def reactor() -> Any:
+    from twisted.internet import reactor as global_reactor
+
+    return global_reactor
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_thread_runs_calls_in_arrival_order_and_hands_back_in_batches(reactor: Any) -> None:
+    counting = CountingReactor(reactor)
+    threads = HandlerThreads(counting, 1, "test-handler")
+    gate = threading.Event()
+    ran: list[int] = []
+    fired_on: set[str] = set()
+    first = threads.submit(gate.wait, 5)
+    results = [threads.submit(lambda n=n: ran.append(n) or n * 2) for n in range(200)]
+    for result in results:
+        result.addCallback(lambda value: fired_on.add(threading.current_thread().name) or value)
+    gate.set()
+    assert await gatherResults([first, *results]) == [True, *[n * 2 for n in range(200)]]
+    assert ran == list(range(200))
+    assert fired_on == {threading.main_thread().name}, "results fire on the reactor thread"
+    assert counting.handbacks < 50, f"{counting.handbacks} hand-backs for 201 calls: not batched"
+    assert threads.stop() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_failures_reach_the_deferred_and_a_hung_call_is_reported_at_stop(reactor: Any) -> None:
+    threads = HandlerThreads(reactor, 2, "test-handler")
+
+    def boom() -> None:
+        raise ValueError("handler bug")
+
+    with pytest.raises(ValueError, match="handler bug"):
+        await threads.submit(boom)
+    hang = threading.Event()
+    threads.submit(hang.wait, 10)
+    while threads.running != 1:
+        await gatherResults([threads.submit(lambda: None)])
+    assert threads.stop() == 1, "the hung call is still running"
+    with pytest.raises(RuntimeError, match="stopped"):
+        threads.submit(lambda: None)
+    hang.set()
