@@ -39,22 +39,6 @@ RUN_FOREVER = """
 """
 
 
-def test_ctrl_c_ends_run_forever_with_exit_status_0(broker: FakeBroker) -> None:
-    process = python(RUN_FOREVER, str(broker.port))
-    try:
-        conn = broker.accept(timeout=20)
-        assert accept_client(conn)["accepted"] is True
-        conn.send_frame(event("new_message", nested_context("a", "lobby", {}), message="hi"))
-        assert conn.recv_frame(10)["params"] == {"room_id": "lobby", "message": "echo: hi"}
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=15)
-    finally:
-        process.kill()
-    assert process.returncode == 0, output
-    assert "returned; global reactor installed: False" in output and "Traceback" not in output, output
-    conn.wait_closed()
-
-
 ASYNC_RUN_FOREVER = """
     import asyncio, sys
     from tests.faces.sample_backends import AsyncEcho
@@ -64,12 +48,15 @@ ASYNC_RUN_FOREVER = """
 """
 
 
-def test_ctrl_c_ends_asyncio_run_of_run_forever_with_exit_status_0(broker: FakeBroker) -> None:
-    process = python(ASYNC_RUN_FOREVER, str(broker.port))
+@pytest.mark.parametrize(("script", "echo"), [(RUN_FOREVER, "echo: hi"), (ASYNC_RUN_FOREVER, "hi:task")],
+                         ids=["blocking", "asyncio.run"])
+def test_ctrl_c_ends_run_forever_with_exit_status_0(broker: FakeBroker, script: str, echo: str) -> None:
+    process = python(script, str(broker.port))
     try:
         conn = broker.accept(timeout=20)
+        assert accept_client(conn)["accepted"] is True
         conn.send_frame(event("new_message", nested_context("a", "lobby", {}), message="hi"))
-        assert conn.recv_frame(10)["params"] == {"room_id": "lobby", "message": "hi:task"}
+        assert conn.recv_frame(10)["params"] == {"room_id": "lobby", "message": echo}
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=15)
     finally:
