@@ -12,10 +12,9 @@ or tasks on the asyncio loop).
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import contextvars
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from twisted.internet.address import IPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -45,7 +44,7 @@ __all__ = [
     "Options",
     "backend_of",
     "call_in_reactor",
-    "handling",
+    "run_as_handler",
     "in_handler_of",
     "register_face",
 ]
@@ -59,12 +58,14 @@ _DOCUMENTED = ("auto_reconnect", "reconnect_delay", "max_reconnect_delay", "reco
 _handling: contextvars.ContextVar[object] = contextvars.ContextVar("pystrands_handling", default=None)
 
 
-@contextlib.contextmanager
-def handling(face: object) -> Iterator[None]:
-    """Mark the code inside as a handler of ``face`` (so disconnect() knows not to wait for it)."""
+def run_as_handler(face: object, function: Callable[..., Any], *args: Any) -> Any:
+    """Call ``function(*args)`` marked as a handler of ``face`` (so disconnect() knows not to wait for it).
+
+    Tasks created inside copy the mark with the context.
+    """
     token = _handling.set(face)
     try:
-        yield
+        return function(*args)
     finally:
         _handling.reset(token)
 

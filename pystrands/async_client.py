@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from . import wire
-from ._faces import BrokerEndpoint, Face, FaceBackend, backend_of, handling, in_handler_of, register_face
+from ._faces import BrokerEndpoint, Face, FaceBackend, backend_of, in_handler_of, register_face, run_as_handler
 from .backend import DefaultCallbacks
 from .context import ConnectionRequestContext, Context
 from .logbridge import bridge_to_stdlib
@@ -141,15 +141,16 @@ class AsyncioBackend(FaceBackend):
         return reactor
 
     def call(self, handler: Callable[..., Any], *args: Any) -> Any:
-        with handling(self.face):
-            result = handler(*args)
-        if inspect.isawaitable(result):
-            return Deferred.fromFuture(self.loop.create_task(self._as_handler(result)))
-        return result
+        return run_as_handler(self.face, self._start, handler, *args)
 
-    async def _as_handler(self, awaitable: Awaitable[Any]) -> Any:
-        with handling(self.face):
-            return await awaitable
+    def _start(self, handler: Callable[..., Any], *args: Any) -> Any:
+        """Call the handler; an awaitable result runs on as a task (which inherits the handler mark)."""
+        result = handler(*args)
+        if inspect.iscoroutine(result):
+            return Deferred.fromFuture(self.loop.create_task(result))
+        if inspect.isawaitable(result):
+            return Deferred.fromFuture(asyncio.ensure_future(result, loop=self.loop))
+        return result
 
     def send(self, frame: bytes) -> Any:
         """On a loop: an asyncio Future (await it, or not); from a thread without one: a concurrent one."""

@@ -22,7 +22,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from . import wire
-from ._faces import BrokerEndpoint, Face, FaceBackend, backend_of, call_in_reactor, handling, in_handler_of, register_face
+from ._faces import (BrokerEndpoint, Face, FaceBackend, backend_of, call_in_reactor, in_handler_of, register_face,
+                     run_as_handler)
 from ._threads import HandlerThreads
 from .logbridge import bridge_to_stdlib
 from .protocol import BrokerClientFactory
@@ -79,6 +80,12 @@ class _ReactorThread:
 _reactor_thread = _ReactorThread()
 
 
+def _run_to_the_end(handler: Callable[..., Any], *args: Any) -> Any:
+    """Call a handler in this worker thread; an ``async def`` one runs here to its end."""
+    result = handler(*args)
+    return asyncio.run(result) if inspect.iscoroutine(result) else result
+
+
 class ThreadedBackend(FaceBackend):
     """A blocking face as an IBackend: each handler runs in a worker thread."""
 
@@ -87,14 +94,7 @@ class ThreadedBackend(FaceBackend):
         self.threads: HandlerThreads | None = None
 
     def call(self, handler: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        return self._threads().submit(self._run, handler, *args)
-
-    def _run(self, handler: Callable[..., Any], *args: Any) -> Any:
-        with handling(self.face):
-            result = handler(*args)
-            if inspect.iscoroutine(result):  # an ``async def`` handler: run it here, to the end
-                result = asyncio.run(result)
-            return result
+        return self._threads().submit(run_as_handler, self.face, _run_to_the_end, handler, *args)
 
     def _threads(self) -> HandlerThreads:
         """The threads the face's session set, or (under twistd) ones stopped with the reactor."""
