@@ -3,35 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from websockets.sync.client import connect
 
-from tests.demo.support import Broker, Child, Launch, OpenWs, free_port, start_broker
+from tests.demo.support import Broker, Child, Launch, OpenWs, free_port, launching, start_broker
 
 
 @pytest.fixture
 def launch(tmp_path: Path) -> Iterator[Launch]:
     """launch(args, name=..., env=None) -> Child: ``python *args``, stopped after the test if still running."""
-    started: list[Child] = []
-
-    def start(args: list[str], name: str, env: dict[str, str] | None = None) -> Child:
-        child = Child(args, tmp_path / f"{name}.log", env)
-        started.append(child)
-        return child
-
-    yield start
-    for child in reversed(started):
-        if child.process.poll() is None:
-            child.process.terminate()  # lets the child stop what it started itself
-            try:
-                child.process.wait(10.0)
-            except subprocess.TimeoutExpired:
-                child.process.kill()
-                child.process.wait(5.0)
+    with launching(tmp_path, grace=10.0) as start:
+        yield start
 
 
 @pytest.fixture

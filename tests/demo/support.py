@@ -6,6 +6,7 @@ a failing wait quotes, so a broken example explains itself in the report.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection
@@ -110,6 +111,34 @@ class Broker:
 
 Launch = Callable[..., Child]
 OpenWs = Callable[[str], ClientConnection]
+
+
+@contextlib.contextmanager
+def launching(directory: Path, grace: float) -> Iterator[Launch]:
+    """launch(args, name=..., env=None) -> Child, output in ``directory``; every child stopped on exit.
+
+    A child still running gets SIGCONT (a frozen one must be able to die) and
+    SIGTERM, ``grace`` seconds to stop what it started itself, then SIGKILL.
+    """
+    started: list[Child] = []
+
+    def launch(args: list[str], name: str, env: dict[str, str] | None = None) -> Child:
+        child = Child(args, directory / f"{name}.log", env)
+        started.append(child)
+        return child
+
+    try:
+        yield launch
+    finally:
+        for child in reversed(started):
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGCONT)
+                child.process.terminate()
+                try:
+                    child.process.wait(grace)
+                except subprocess.TimeoutExpired:
+                    child.process.kill()
+                    child.process.wait(5.0)
 
 
 def start_broker(launch: Launch, *flags: str, ws_port: int = 0, tcp_port: int = 0,

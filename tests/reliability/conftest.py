@@ -16,12 +16,12 @@ __all__ = ["launch", "module_launch", "open_ws"]
 @pytest.fixture
 def launch(tmp_path: Path) -> Iterator[Launch]:
     """launch(args, name=...) -> Child: ``python *args``, killed after the test."""
-    with launching(tmp_path) as start:
+    with launching(tmp_path, grace=0.0) as start:
         yield start
 
 
 @pytest.fixture(scope="module")
 def module_launch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launch]:
     """Like ``launch``, for processes that a whole module shares."""
-    with launching(tmp_path_factory.mktemp("module")) as start:
+    with launching(tmp_path_factory.mktemp("module"), grace=0.0) as start:
         yield start

@@ -1,8 +1,7 @@
 """What the reliability tests share: brokers and backends as child processes, raw peers, bounded waits.
 
 Child processes are the demo suite's (``tests.demo.support``: ``Child``,
-``start_broker``, ``free_port``); this module adds :func:`launching`, which
-kills them all at the end (frozen ones too), the backend faces of
+``launching``, ``start_broker``, ``free_port``); this module adds the backend faces of
 ``tests/reliability/faces.py``, raw TCP backends for exact frame checks, a
 ticking WebSocket client, and the waits the fault tests need. Every wait has
 a timeout.
@@ -10,7 +9,6 @@ a timeout.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import queue
@@ -20,12 +18,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from tests.demo.support import Broker, Child, Launch, OpenWs, free_port, open_when_served, start_broker
+from tests.demo.support import Broker, Child, Launch, OpenWs, free_port, launching, open_when_served, start_broker
 from tests.reliability import faces
 from tests.support.fakebroker import BackendConnection
 
@@ -38,25 +36,6 @@ __all__ = [
 TWISTD = Path(sys.executable).parent / "twistd"
 #: The four backend faces: BackendService under twistd, PyStrandsClient, AsyncPyStrandsClient, PyStrands.
 FACES = ("twistd", "client", "async", "app")
-
-
-@contextlib.contextmanager
-def launching(directory: Path) -> Iterator[Launch]:
-    """launch(args, name=...) -> Child, its output in ``directory``; every child is killed on exit."""
-    started: list[Child] = []
-
-    def launch(args: list[str], name: str, env: dict[str, str] | None = None) -> Child:
-        child = Child(args, directory / f"{name}.log", env)
-        started.append(child)
-        return child
-
-    try:
-        yield launch
-    finally:
-        for child in started:
-            if child.process.poll() is None:
-                child.process.send_signal(signal.SIGCONT)  # a frozen child must be able to die
-                kill(child)
 
 
 def start_face(launch: Launch, kind: str, tcp_port: int, *flags: str, name: str = "") -> Child:
