@@ -14,6 +14,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from tests.support.ports import free_port
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TWISTD = pathlib.Path(sys.executable).with_name("twistd")
 
@@ -27,11 +29,6 @@ def run(*args: str, **variables: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pystrands", *args], capture_output=True, text=True,
                           timeout=30, cwd=ROOT, env=env(**variables))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

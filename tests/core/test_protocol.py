@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from typing import Any, Iterator
 
@@ -16,6 +15,7 @@ from pystrands import ConnectionRequestContext, Context
 from pystrands.errors import NotConnectedError, SendBufferFull
 from tests.core.harness import Recorder, in_thread
 from tests.support import transcript
+from tests.support.ports import free_port
 
 SEND_ACTIONS = {"response", "message_to_room", "message_to_connection", "broadcast"}
 
@@ -338,11 +338,6 @@ async def test_reconnects_after_the_broker_closes(make_harness: Any) -> None:
     name, args = await harness.backend.next_event()
     assert args[0] == "after-reconnect"
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest_twisted.ensureDeferred

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from twisted.application.service import MultiService
 from pystrands import BackendService
 from tests.core.harness import FAST, Recorder, in_thread
 from tests.support.fakebroker import FakeBroker
+from tests.support.ports import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -80,11 +80,6 @@ def test_importing_the_library_is_silent_and_leaves_the_reactor_alone() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == "" and result.stderr == ""
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_twisted_app_example_sends_to_a_room_from_a_web_request() -> None:

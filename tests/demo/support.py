@@ -21,15 +21,11 @@ from typing import Any, Callable, Iterator
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection
 
+from tests.support.ports import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 CHAT_STATIC = REPO / "examples" / "chat" / "static"
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Child:

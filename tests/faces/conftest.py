@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import copy
-import socket
 from typing import Any, Iterator
 
 import pytest
 
-from tests.support import transcript
+from tests.support import ports, transcript
 from tests.support.fakebroker import BackendConnection, FakeBroker
 
 
@@ -21,9 +20,7 @@ def broker() -> Iterator[FakeBroker]:
 @pytest.fixture
 def free_port() -> int:
     """A port on 127.0.0.1 where nothing listens (yet)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return ports.free_port()
 
 
 def recorded(action: str, index: int = 0) -> dict[str, Any]:

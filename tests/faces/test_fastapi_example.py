@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 
 from tests.faces.conftest import accept_client, event, nested_context
 from tests.support.fakebroker import FakeBroker
+from tests.support.ports import free_port
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -21,11 +21,6 @@ pytest.importorskip("uvicorn")
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_an_http_request_sends_to_a_room_and_the_backend_echoes(broker: FakeBroker) -> None:
