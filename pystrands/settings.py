@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["BackendSettings", "check_number", "check_port"]
+__all__ = ["BackendSettings", "check_integer", "check_number", "check_port"]
 
 
 def check_number(name: str, value: Any, *, minimum: float, inclusive: bool = True) -> float:
@@ -25,20 +25,19 @@ def check_number(name: str, value: Any, *, minimum: float, inclusive: bool = Tru
     return float(value)
 
 
-def _integer(name: str, value: Any, *, minimum: int) -> int:
+def check_integer(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:
+    """An int from ``minimum`` up to ``maximum`` (if given)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, not {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"{minimum}-{maximum}" if maximum is not None else f">= {minimum}"
+        raise ValueError(f"{name} must be {bound}, not {value!r}")
     return value
 
 
 def check_port(name: str, value: Any) -> int:
     """A TCP port number 1-65535."""
-    port = _integer(name, value, minimum=1)
-    if port > 65535:
-        raise ValueError(f"{name} must be 1-65535, not {port}")
-    return port
+    return check_integer(name, value, minimum=1, maximum=65535)
 
 
 @dataclass(frozen=True)
@@ -80,12 +79,12 @@ class BackendSettings:
                 f" ({self.reconnect_delay})"
             )
         check_number("reconnect_backoff", self.reconnect_backoff, minimum=1)
-        _integer("concurrency", self.concurrency, minimum=1)
+        check_integer("concurrency", self.concurrency, minimum=1)
         check_number("idle_timeout", self.idle_timeout, minimum=0)
-        _integer("max_line_length", self.max_line_length, minimum=64)
-        _integer("send_buffer_size", self.send_buffer_size, minimum=0)
-        _integer("max_pending_events", self.max_pending_events, minimum=1)
-        _integer("max_pending_bytes", self.max_pending_bytes, minimum=1)
+        check_integer("max_line_length", self.max_line_length, minimum=64)
+        check_integer("send_buffer_size", self.send_buffer_size, minimum=0)
+        check_integer("max_pending_events", self.max_pending_events, minimum=1)
+        check_integer("max_pending_bytes", self.max_pending_bytes, minimum=1)
         if self.backend_token is not None and not isinstance(self.backend_token, str):
             raise TypeError(f"backend_token must be a str, not {type(self.backend_token).__name__}")
 

@@ -8,13 +8,14 @@ variables ``PYSTRAND_WS_PORT``, ``PYSTRAND_TCP_PORT`` and
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.python import usage
+
+from ..settings import check_integer, check_number
 
 __all__ = ["BrokerConfig", "ENVIRONMENT", "Options"]
 
@@ -26,21 +27,6 @@ ENVIRONMENT = {
 }
 
 MiB = 1024 * 1024
-
-
-def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"{minimum}-{maximum}" if maximum is not None else f">= {minimum}"
-        raise ValueError(f"{name} must be {bound}, not {value}")
-
-
-def _check_seconds(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    if math.isnan(value) or math.isinf(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -79,16 +65,16 @@ class BrokerConfig:
     max_backend_buffer: int = 64 * MiB
 
     def __post_init__(self) -> None:
-        _check_int("ws_port", self.ws_port, 0, 65535)
-        _check_int("tcp_port", self.tcp_port, 0, 65535)
-        _check_int("queue_size", self.queue_size, 0)
-        _check_int("max_message_size", self.max_message_size, 1)
-        _check_int("max_clients", self.max_clients, 1)
-        _check_int("max_frame_size", self.max_frame_size, 64)
-        _check_int("max_client_buffer", self.max_client_buffer, 1)
-        _check_int("max_backend_buffer", self.max_backend_buffer, 1)
+        check_integer("ws_port", self.ws_port, minimum=0, maximum=65535)
+        check_integer("tcp_port", self.tcp_port, minimum=0, maximum=65535)
+        check_integer("queue_size", self.queue_size, minimum=0)
+        check_integer("max_message_size", self.max_message_size, minimum=1)
+        check_integer("max_clients", self.max_clients, minimum=1)
+        check_integer("max_frame_size", self.max_frame_size, minimum=64)
+        check_integer("max_client_buffer", self.max_client_buffer, minimum=1)
+        check_integer("max_backend_buffer", self.max_backend_buffer, minimum=1)
         for name in ("auth_timeout", "heartbeat_interval", "write_timeout"):
-            _check_seconds(name, getattr(self, name))
+            check_number(name, getattr(self, name), minimum=0, inclusive=False)
         for name in ("ws_interface", "tcp_interface"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"{name} must be a str, not {type(getattr(self, name)).__name__}")
