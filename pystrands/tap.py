@@ -18,6 +18,7 @@ from twisted.application.service import IService
 from twisted.internet.endpoints import clientFromString
 from twisted.python import usage
 
+from .options import parse_number, settings_error
 from .protocol import as_backend
 from .service import DEFAULT_BROKER, BackendService
 from .settings import BackendSettings, check_number
@@ -104,11 +105,7 @@ class Options(usage.Options):
             raise usage.UsageError(f"--broker {self['broker']!r} is not a client endpoint string: {exc}") from None
         values: dict[str, Any] = {}
         for option, kind in _NUMERIC_OPTIONS.items():
-            try:
-                values[option.replace("-", "_")] = kind(self[option])
-            except ValueError:
-                what = "a whole number" if kind is int else "a number"
-                raise usage.UsageError(f"--{option} {self[option]!r} is not {what}") from None
+            values[option.replace("-", "_")] = parse_number(f"--{option}", self[option], kind)
         stop_timeout = values.pop("stop_timeout")
         try:
             self["settings"] = BackendSettings(
@@ -116,8 +113,7 @@ class Options(usage.Options):
             )
             self["stop-timeout"] = check_number("stop_timeout", stop_timeout, minimum=0)
         except (TypeError, ValueError) as exc:
-            name, _, why = str(exc).partition(" ")
-            raise usage.UsageError(f"--{name.replace('_', '-')} {why}") from None
+            raise settings_error(exc, lambda option: f"--{option}") from None
         self["backend_object"] = load_backend(self["backend"])
 
 

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.python import usage
 
+from ..options import parse_number, settings_error
 from ..settings import check_integer, check_number
 
 __all__ = ["BrokerConfig", "ENVIRONMENT", "Options"]
@@ -137,8 +138,8 @@ class Options(usage.Options):
                 self[option] = self.environ[variable]
         values: dict[str, Any] = {}
         for option in _INT_OPTIONS:
-            values[option] = _parse(option, self[option], int, self.environ)
-        values["auth-timeout"] = _parse("auth-timeout", self["auth-timeout"], float, self.environ)
+            values[option] = parse_number(_source(option, self.environ), self[option], int)
+        values["auth-timeout"] = parse_number("--auth-timeout", self["auth-timeout"], float)
         try:
             self["config"] = BrokerConfig(
                 ws_port=values["ws-port"],
@@ -153,8 +154,7 @@ class Options(usage.Options):
                 static=self["static"],
             )
         except (TypeError, ValueError) as exc:
-            name, _, why = str(exc).partition(" ")
-            raise usage.UsageError(f"{_source(name.replace('_', '-'), self.environ)} {why}") from None
+            raise settings_error(exc, lambda option: _source(option, self.environ)) from None
 
 
 def _source(option: str, environ: Mapping[str, str]) -> str:
@@ -164,12 +164,3 @@ def _source(option: str, environ: Mapping[str, str]) -> str:
             return variable
     return f"--{option}"
 
-
-def _parse(option: str, value: Any, kind: type, environ: Mapping[str, str]) -> Any:
-    if isinstance(value, kind) and not isinstance(value, bool):
-        return value
-    try:
-        return kind(str(value).strip())
-    except ValueError:
-        what = "a whole number" if kind is int else "a number"
-        raise usage.UsageError(f"{_source(option, environ)} {str(value)!r} is not {what}") from None
