@@ -68,3 +68,14 @@ def accept_client(conn: BackendConnection, request_id: str = "r1", url: str = "/
     reply = conn.recv_frame()
     assert reply["action"] == "response" and reply["request_id"] == request_id, reply
     return reply["params"]
+
+
+def answer_like_the_reference(request: Any) -> bool:
+    """Judge a request as the transcript's backend did: /ws/<room>/<user>, refused for a bad X-Token."""
+    if request.headers.get("X-Token", ["ok"]) != ["ok"]:
+        return False
+    user = request.url.rsplit("/", 1)[-1]
+    request.context.client_id = "client-" + user
+    request.context.room_id = request.url.split("/")[2]
+    request.context.metadata = {"user": user}
+    return True

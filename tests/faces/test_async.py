@@ -12,7 +12,7 @@ from typing import Any, Awaitable, Callable
 import pytest
 
 from pystrands import AsyncPyStrandsClient, Context, NotConnectedError
-from tests.faces.conftest import accept_client, backend_frames, event, nested_context, recorded
+from tests.faces.conftest import accept_client, answer_like_the_reference, backend_frames, event, nested_context, recorded
 from tests.support.fakebroker import FakeBroker
 
 WAIT = 5.0
@@ -41,12 +41,7 @@ class Recorder(AsyncPyStrandsClient):
     async def on_connection_request(self, request: Any) -> bool:
         await asyncio.sleep(0)
         self.events.put_nowait(("request", request, asyncio.current_task()))
-        if request.headers.get("X-Token", ["ok"]) != ["ok"]:
-            return False
-        request.context.client_id = "client-" + request.url.rsplit("/", 1)[-1]
-        request.context.room_id = request.url.split("/")[2]
-        request.context.metadata = {"user": request.url.rsplit("/", 1)[-1]}
-        return True
+        return answer_like_the_reference(request)
 
     async def on_new_connection(self, context: Context) -> None:
         self.events.put_nowait(("new", context, asyncio.current_task()))

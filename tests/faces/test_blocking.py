@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import pytest
 
 from pystrands import Context, NotConnectedError, PyStrandsClient
-from tests.faces.conftest import accept_client, backend_frames, event, nested_context, recorded
+from tests.faces.conftest import accept_client, answer_like_the_reference, backend_frames, event, nested_context, recorded
 from tests.support.fakebroker import FakeBroker
 
 WAIT = 5.0
@@ -29,12 +29,7 @@ class Recorder(PyStrandsClient):
 
     def on_connection_request(self, request: Any) -> Any:
         self.events.put(("request", request, threading.current_thread()))
-        if request.headers.get("X-Token", ["ok"]) != ["ok"]:
-            return False
-        request.context.client_id = "client-" + request.url.rsplit("/", 1)[-1]
-        request.context.room_id = request.url.split("/")[2]
-        request.context.metadata = {"user": request.url.rsplit("/", 1)[-1]}
-        return True
+        return answer_like_the_reference(request)
 
     def on_new_connection(self, context: Context) -> None:
         self.events.put(("new", context, threading.current_thread()))
