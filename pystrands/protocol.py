@@ -86,8 +86,9 @@ class BrokerProtocol(LineReceiver):
     delimiter = b"\n"
     factory: BrokerClientFactory
 
-    def __init__(self) -> None:
-        self._splitter = LineSplitter(self.MAX_LENGTH, self.lineLengthExceeded)
+    def __init__(self, max_line_length: int) -> None:
+        self.MAX_LENGTH = max_line_length
+        self._splitter = LineSplitter(max_line_length, self.lineLengthExceeded)
         self._last_received = 0.0
         self._idle_call: Any = None
         self._reading_paused = False
@@ -96,7 +97,6 @@ class BrokerProtocol(LineReceiver):
 
     def connectionMade(self) -> None:
         settings = self.factory.settings
-        self.MAX_LENGTH = self._splitter.max_length = settings.max_line_length
         self._last_received = self.factory.clock.seconds()
         if settings.idle_timeout:
             self._idle_call = self.factory.clock.callLater(settings.idle_timeout, self._check_idle)
@@ -363,7 +363,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
         return drained.addBoth(close)
 
     def buildProtocol(self, addr: Any) -> BrokerProtocol:
-        protocol = self.protocol()
+        protocol = self.protocol(self.settings.max_line_length)
         protocol.factory = self
         return protocol
 
