@@ -282,9 +282,10 @@ class Broker:
         ``final`` marks a client's last event, after which its backend is free of it.
         """
         if not self.backends:
-            full = self.queue.dropped
+            dropped_before = self.queue.dropped
             self.queue.put((client_id, frame, final))
-            if self.queue.dropped > full == self._drops_reported:
+            first_drop_since_report = dropped_before == self._drops_reported
+            if self.queue.dropped > dropped_before and first_drop_since_report:
                 log.warn("No backend connected and the event queue is full (queue size {size}):"
                          " dropping the oldest events until a backend connects", size=self.queue.size)
             return
