@@ -24,6 +24,14 @@ log = Logger()
 _Call = tuple[Callable[..., Any], tuple[Any, ...], int]
 
 
+def _succeeded(result: Deferred[Any]) -> bool:
+    """True for a Deferred that already succeeded (as a send's has): fired, not paused, no Failure.
+
+    A fired Deferred that is not paused has run all its callbacks.
+    """
+    return result.called and not result.paused and not isinstance(result.result, (Failure, Deferred))
+
+
 class KeyedDispatcher:
     """Ordered per key, concurrent across keys, bounded by ``concurrency``.
 
@@ -44,7 +52,8 @@ class KeyedDispatcher:
         self._max_bytes = max_bytes
         self._on_busy = on_busy
         self._on_idle = on_idle
-        self._queues: dict[Hashable, deque[_Call]] = {}
+        # Per key with a call running or waiting: the calls waiting (None: none yet).
+        self._queues: dict[Hashable, deque[_Call] | None] = {}
         self._ready: deque[Hashable] = deque()
         self._running = 0
         self._pumping = False
@@ -60,13 +69,16 @@ class KeyedDispatcher:
 
     def submit(self, key: Hashable, size: int, handler: Callable[..., Any], *args: Any) -> None:
         """Run ``handler(*args)`` now if ``key`` is idle and a slot is free, else queue it."""
-        queue = self._queues.get(key)
+        queues = self._queues
         self.pending_events += 1
         self.pending_bytes += size
-        if queue is not None:
+        if key in queues:
+            queue = queues[key]
+            if queue is None:
+                queue = queues[key] = deque()
             queue.append((handler, args, size))
         elif self._running < self.concurrency and not self._ready and not self._pumping:
-            self._queues[key] = deque()
+            queues[key] = None
             self._running += 1
             self._start(key, handler, args, size)
         else:
@@ -111,7 +123,7 @@ class KeyedDispatcher:
             return
         if iscoroutine(result):
             result = Deferred.fromCoroutine(result)
-        if isinstance(result, Deferred):
+        if isinstance(result, Deferred) and not _succeeded(result):
             result.addBoth(self._settled, key, size, handler)
         else:
             self._finished(key, size)
@@ -144,4 +156,5 @@ class KeyedDispatcher:
             waiters, self._drain_waiters = self._drain_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
-        self._pump()
+        if self._ready:
+            self._pump()
