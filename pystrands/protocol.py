@@ -20,6 +20,7 @@ from inspect import iscoroutine
 from typing import Any
 
 from twisted.internet import error as ierror
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import ReconnectingClientFactory
@@ -92,6 +93,8 @@ class BrokerProtocol(LineReceiver):
         self._last_received = 0.0
         self._idle_call: Any = None
         self._reading_paused = False
+        #: Frames sent while handling the data being read, written together after it.
+        self._replies: list[bytes] | None = None
 
     # -- connection life cycle -------------------------------------------
 
@@ -136,10 +139,37 @@ class BrokerProtocol(LineReceiver):
     # -- framing ---------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        """Hand each complete line to ``lineReceived``, in linear time whatever the line sizes."""
+        """Hand each complete line to ``lineReceived``, in linear time whatever the line sizes.
+
+        Frames that handlers send meanwhile are written in one piece afterwards.
+        """
         self._last_received = self.factory.clock.seconds()
-        for line in self._splitter.feed(data):
-            self.lineReceived(line)
+        self._replies = replies = []
+        try:
+            for line in self._splitter.feed(data):
+                self.lineReceived(line)
+        finally:
+            self._replies = None
+            if replies:
+                self._write_now(b"".join(replies))
+
+    def write_frame(self, frame: bytes) -> None:
+        """Write an encoded frame: with the other replies to the data being read, or at once."""
+        if self._replies is not None:
+            self._replies.append(frame)
+        else:
+            self.transport.write(frame)
+
+    def _write_now(self, data: bytes) -> None:
+        """Write ``data`` and, on a plain socket transport, try sending it in this reactor iteration.
+
+        A transport only sends on the reactor's next turn; answering within
+        this one saves a poll per round trip. Errors are left to that turn.
+        """
+        transport = self.transport
+        transport.write(data)
+        if isinstance(transport, FileDescriptor) and not transport.disconnecting:
+            transport.doWrite()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """Skip a line longer than ``MAX_LENGTH`` up to its newline; keep the connection."""
@@ -293,7 +323,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
         no connection is coming, or SendBufferFull past the buffer bound.
         """
         if self.current is not None:
-            self.current.transport.write(frame)
+            self.current.write_frame(frame)
             return succeed(None)
         reason = self._why_no_connection_is_coming()
         if reason is not None:
