@@ -33,6 +33,7 @@ from zope.interface import implementer
 
 from .backend import DefaultCallbacks
 from .context import ConnectionRequestContext, Context
+from .dispatch import already_succeeded
 from .errors import NotConnectedError
 from .interfaces import IBackend, IBrokerConnection
 from .settings import BackendSettings, check_port
@@ -212,6 +213,23 @@ def _report_failed_send(future: concurrent.futures.Future) -> None:
         log.warn("A send to the broker failed: {why}", why=future.exception())
 
 
+def _new_send_future() -> concurrent.futures.Future:
+    """A Future for one send, whose failure is logged even if nobody looks at it."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    future.add_done_callback(_report_failed_send)
+    return future
+
+
+def _settle(future: concurrent.futures.Future, sent: Deferred[None]) -> None:
+    """Complete a running ``future`` as ``sent`` fires."""
+    sent.addCallbacks(future.set_result, lambda failure: future.set_exception(failure.value))
+
+
+#: The result of every send written at once: a done Future never changes, so one serves all.
+_WRITTEN: concurrent.futures.Future = concurrent.futures.Future()
+_WRITTEN.set_result(None)
+
+
 @implementer(IBackend)
 class FaceBackend:
     """A face as an IBackend: each callback goes to the face through :meth:`call`."""
@@ -223,6 +241,10 @@ class FaceBackend:
         self._outgoing: list[tuple[bytes, concurrent.futures.Future]] = []
         self._outgoing_lock = threading.Lock()
         self._flush_scheduled = False
+        #: The thread the reactor runs in, when known: sends from it skip the hand-over.
+        self.io_thread: int | None = None
+        #: Why sends from other threads fail at once: the reactor runs no more.
+        self._ended: str | None = None
 
     @property
     def broker(self) -> IBrokerConnection | None:
@@ -233,6 +255,16 @@ class FaceBackend:
     def broker(self, broker: IBrokerConnection) -> None:
         self.reactor = self.reactor_of(broker)
         self._broker = broker
+        self._ended = None
+
+    def reactor_ended(self, reason: str) -> None:
+        """The reactor will run no more: sends from other threads, queued or new, fail with ``reason``."""
+        with self._outgoing_lock:
+            self._ended = reason
+            outgoing, self._outgoing = self._outgoing, []
+        for _, future in outgoing:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(NotConnectedError(f"not connected to the broker: {reason}"))
 
     def reactor_of(self, broker: IBrokerConnection) -> Any:
         """The reactor that ``broker`` runs on."""
@@ -260,18 +292,32 @@ class FaceBackend:
     def send(self, frame: bytes) -> Any:
         """Send from any thread: a concurrent Future that completes once the frame is written.
 
-        Frames wait in a list that the reactor thread takes whole: a handler
-        that sends many costs one ``callFromThread``, not one per frame.
+        On the reactor's thread the frame is handed over at once. From other
+        threads frames wait in a list that the reactor thread takes whole: a
+        handler that sends many costs one ``callFromThread``, not one per frame.
         """
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        future.add_done_callback(_report_failed_send)
-        if self._broker is None:
+        broker = self._broker
+        if broker is not None and threading.get_ident() == self.io_thread:
+            sent = broker.send_frame(frame)
+            if already_succeeded(sent):
+                return _WRITTEN
+            future = _new_send_future()
+            future.set_running_or_notify_cancel()  # the frame is handed over: too late to cancel
+            _settle(future, sent)
+            return future
+        future = _new_send_future()
+        if broker is None:
             future.set_exception(NotConnectedError(
                 "not connected to the broker: call connect() or run_forever() first"))
             return future
         with self._outgoing_lock:
-            self._outgoing.append((frame, future))
-            schedule, self._flush_scheduled = not self._flush_scheduled, True
+            ended = self._ended
+            if ended is None:
+                self._outgoing.append((frame, future))
+                schedule, self._flush_scheduled = not self._flush_scheduled, True
+        if ended is not None:
+            future.set_exception(NotConnectedError(f"not connected to the broker: {ended}"))
+            return future
         if schedule:
             try:
                 self.reactor.callFromThread(self._flush)
@@ -285,9 +331,8 @@ class FaceBackend:
             outgoing, self._outgoing = self._outgoing, []
             self._flush_scheduled = False
         for frame, future in outgoing:
-            if future.set_running_or_notify_cancel():
-                self._broker.send_frame(frame).addCallbacks(
-                    future.set_result, lambda failure, future=future: future.set_exception(failure.value))
+            if future.set_running_or_notify_cancel():  # else cancelled before its turn: not sent
+                _settle(future, self._broker.send_frame(frame))
 
 
 def backend_of(face: Face) -> FaceBackend:

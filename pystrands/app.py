@@ -10,11 +10,12 @@
 
 It runs on the other two faces' machinery: ``run()`` on a
 :class:`PyStrandsClient`, ``run_async()`` on an :class:`AsyncPyStrandsClient`,
-with each registered function in place of the callback of the same name. A
-plain function runs in a worker thread, an ``async def`` one on an event loop
-(the caller's under ``run_async()``; its own, in the worker thread, under
-``run()``). An event without a registered function gets the default
-behaviour (connections are accepted).
+with each registered function in place of the callback of the same name.
+Under ``run()`` functions run where the blocking face runs handlers (its I/O
+thread, or worker threads with ``concurrency=N``), an ``async def`` one on a
+loop of its own there; under ``run_async()`` an ``async def`` function runs on
+the caller's loop and a plain one in a thread. An event without a
+registered function gets the default behaviour (connections are accepted).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class PyStrands(Options):
 
 
 def _as_it_is(handler: Callable[..., Any]) -> Callable[..., Any]:
-    """``handler`` as the blocking face wants it: it runs any function in a worker thread."""
+    """``handler`` as the blocking face wants it: it runs any function where it runs handlers."""
     return handler
 
 

@@ -1,12 +1,15 @@
 """PyStrandsClient: the blocking face, for code without an event loop (scripts, Flask, Django).
 
-I/O runs on a private Twisted reactor in a background thread that the
-library owns (one per process, shared by every client; the global reactor
-is neither installed nor needed). Handlers run in a pool of worker threads
-per connection, one at a time by default (``concurrency=N`` allows N
-WebSocket clients' handlers at once, each client's events still in order),
-so a slow handler never delays heartbeats or other I/O. Send methods may be
-called from any thread and return a ``concurrent.futures.Future``.
+Each connect() starts a private Twisted reactor in a thread of its own (the
+global reactor is neither installed nor needed), as the public client gives
+each connection a receive thread. By default (``concurrency=1``) handlers
+run on that thread, one at a time, as in pystrands 1.0.0: the shortest way
+from a frame to its handler and back, but a handler that blocks holds this
+client's I/O (sends from other threads included) until it returns.
+``concurrency=N`` (N > 1) runs handlers in N worker threads instead, N
+WebSocket clients' at once (each client's events in order), while I/O goes
+on. Send methods may be called from any thread and return a
+``concurrent.futures.Future``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import inspect
+import socket
 import threading
 from typing import Any, Callable
 
@@ -48,52 +52,60 @@ def _new_reactor() -> Any:
             from twisted.internet.pollreactor import PollReactor as Reactor
         except ImportError:
             from twisted.internet.selectreactor import SelectReactor as Reactor
-    return Reactor()
+    reactor = Reactor()
+    # Not the process's "I/O thread": an application reactor may own that title.
+    reactor._registerAsIOThread = False
+    return reactor
 
 
-class _ReactorThread:
-    """The process's private reactor, running in a daemon thread from first use on."""
+def _run_reactor(reactor: Any) -> None:
+    """Run ``reactor`` until stopped, then close what it holds (Twisted leaves that to the process's end).
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._reactor: Any = None
-        self._thread: threading.Thread | None = None
-
-    def get(self) -> Any:
-        """The running private reactor (started on the first call)."""
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                reactor = _new_reactor()
-                # Not the process's "I/O thread": an application reactor may own that title.
-                reactor._registerAsIOThread = False
-                running = threading.Event()
-                reactor.callWhenRunning(running.set)
-                thread = threading.Thread(target=reactor.run, kwargs={"installSignalHandlers": False},
-                                          name="pystrands-reactor", daemon=True)
-                thread.start()
-                if not running.wait(10.0):
-                    raise RuntimeError("the PyStrands reactor thread did not start within 10s")
-                self._reactor, self._thread = reactor, thread
-            return self._reactor
+    That is the pipe it wakes itself with, and (epoll) its poll object.
+    """
+    try:
+        reactor.run(installSignalHandlers=False)
+    finally:
+        waker = reactor.waker
+        if waker is not None:
+            reactor.removeReader(waker)
+            waker.connectionLost(None)
+            reactor.waker = None
+        close_poller = getattr(getattr(reactor, "_poller", None), "close", None)
+        if close_poller is not None:
+            close_poller()
 
 
-_reactor_thread = _ReactorThread()
+def _start_reactor_thread() -> tuple[Any, threading.Thread]:
+    """A new private reactor, running in a daemon thread of its own."""
+    reactor = _new_reactor()
+    running = threading.Event()
+    reactor.callWhenRunning(running.set)
+    thread = threading.Thread(target=_run_reactor, args=(reactor,), name="pystrands-reactor", daemon=True)
+    thread.start()
+    if not running.wait(10.0):
+        raise RuntimeError("the PyStrands reactor thread did not start within 10s")
+    return reactor, thread
 
 
 def _run_to_the_end(handler: Callable[..., Any], *args: Any) -> Any:
-    """Call a handler in this worker thread; an ``async def`` one runs here to its end."""
+    """Call a handler in this thread; an ``async def`` one runs here to its end."""
     result = handler(*args)
     return asyncio.run(result) if inspect.iscoroutine(result) else result
 
 
 class ThreadedBackend(FaceBackend):
-    """A blocking face as an IBackend: each handler runs in a worker thread."""
+    """A blocking face as an IBackend: each handler runs on the reactor thread or in a worker thread."""
 
     def __init__(self, face: Face) -> None:
         super().__init__(face)
         self.threads: HandlerThreads | None = None
+        #: Run handlers on the reactor's own thread (a session with concurrency=1 sets it).
+        self.inline = False
 
-    def call(self, handler: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    def call(self, handler: Callable[..., Any], *args: Any) -> Any:
+        if self.inline:
+            return run_as_handler(self.face, _run_to_the_end, handler, *args)
         return self._threads().submit(run_as_handler, self.face, _run_to_the_end, handler, *args)
 
     def _threads(self) -> HandlerThreads:
@@ -105,13 +117,16 @@ class ThreadedBackend(FaceBackend):
 
 
 class _Session:
-    """One connect() .. disconnect() cycle: a core factory and its handler pool."""
+    """One connect() .. disconnect() cycle: a reactor thread, a core factory, handler threads if any."""
 
-    def __init__(self, backend: ThreadedBackend, reactor: Any, settings: BackendSettings) -> None:
+    def __init__(self, backend: ThreadedBackend, settings: BackendSettings) -> None:
         self.backend = backend
-        self.reactor = reactor
         self.settings = settings
-        self.threads = backend.threads = HandlerThreads(reactor, settings.concurrency, "pystrands-handler")
+        self.inline = settings.concurrency == 1
+        self.reactor, self.thread = _start_reactor_thread()
+        self.threads = None if self.inline else HandlerThreads(self.reactor, settings.concurrency,
+                                                                "pystrands-handler")
+        backend.inline, backend.threads = self.inline, self.threads
         self.factory: BrokerClientFactory | None = None
         self.closed: concurrent.futures.Future | None = None
         self._lock = threading.Lock()
@@ -121,12 +136,14 @@ class _Session:
         return call_in_reactor(self.reactor, self._start, host, port, timeout)
 
     def _start(self, host: str, port: int, timeout: float) -> Deferred[bool]:
-        # Events in flight at once, queued for the threads in arrival order; the
-        # threads still run ``concurrency`` handlers at a time, and one client's
-        # next event waits for the previous one, so every order holds.
-        in_flight = max(_EVENTS_IN_FLIGHT, self.settings.concurrency)
-        self.factory = BrokerClientFactory(self.backend, self.reactor,
-                                           dataclasses.replace(self.settings, concurrency=in_flight))
+        settings = self.settings
+        if not self.inline:
+            # Events in flight at once, queued for the threads in arrival order; the
+            # threads still run ``concurrency`` handlers at a time, and one client's
+            # next event waits for the previous one, so every order holds.
+            settings = dataclasses.replace(settings, concurrency=max(_EVENTS_IN_FLIGHT, settings.concurrency))
+        self.backend.io_thread = threading.get_ident()
+        self.factory = BrokerClientFactory(self.backend, self.reactor, settings)
         attempt = self.factory.next_attempt()
         self.factory.connect(BrokerEndpoint(self.reactor, host, port, timeout=timeout))
         return attempt
@@ -137,21 +154,52 @@ class _Session:
         return self.closed is None and self.factory is not None and self.factory.continueTrying
 
     def stop(self, timeout: float) -> concurrent.futures.Future:
-        """Stop the factory (handlers get ``timeout`` seconds), then the threads; idempotent."""
+        """Stop the factory (handlers get ``timeout`` seconds), the threads, the reactor; idempotent."""
         with self._lock:
             if self.closed is None:
                 self.closed = concurrent.futures.Future()
                 call_in_reactor(self.reactor, self._stop_factory, timeout).add_done_callback(self._stop_threads)
             return self.closed
 
+    def wait_closed(self, timeout: float) -> None:
+        """Wait for stop() to finish; past ``timeout``, shut the socket down from this thread.
+
+        The reactor enforces the timeout itself unless a handler holds its
+        thread; then this thread does, as pystrands 1.0.0 closes its socket.
+        """
+        try:
+            self.closed.result(timeout if self.inline else timeout + _CLOSE_GRACE)
+            return
+        except concurrent.futures.TimeoutError:
+            pass
+        if self.inline:
+            self._shut_socket()
+            log.warn("A handler still runs {timeout}s after disconnect(); the connection was closed under it",
+                     timeout=timeout)
+        else:
+            log.warn("Handlers still running {timeout}s after disconnect(); left to finish alone",
+                     timeout=timeout + _CLOSE_GRACE)
+
+    def _shut_socket(self) -> None:
+        protocol = self.factory.current if self.factory is not None else None
+        sock = getattr(getattr(protocol, "transport", None), "socket", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+
     def _stop_factory(self, timeout: float) -> Deferred[None] | None:
         return self.factory.stop(timeout) if self.factory is not None else None
 
     def _stop_threads(self, _: object) -> None:
-        """Let the handler threads end; one still running past the stop timeout is not waited for."""
-        hung = self.threads.stop()
-        if hung:
-            log.warn("{count} handler(s) still running after disconnect(); left to finish alone", count=hung)
+        """Let the handler threads end (one running past the stop timeout is not waited for), then the reactor."""
+        if self.threads is not None:
+            hung = self.threads.stop()
+            if hung:
+                log.warn("{count} handler(s) still running after disconnect(); left to finish alone", count=hung)
+        self.reactor.callFromThread(self.reactor.stop)
+        self.backend.reactor_ended("the backend was stopped")
         self.closed.set_result(None)
 
 
@@ -183,9 +231,11 @@ class PyStrandsClient(Face):
             settings = self._settings()
             previous, self._session = self._session, None
             if previous is not None:
-                self._wait_closed(previous.stop(0.0), 0.0)
+                previous.stop(0.0)
+                if not in_handler_of(self):
+                    previous.wait_closed(0.0)
             self._done.clear()
-            session = self._session = _Session(backend_of(self), _reactor_thread.get(), settings)
+            session = self._session = _Session(backend_of(self), settings)
             attempt = session.start(self.host, self.port, self.connect_timeout)
         try:
             return attempt.result(self.connect_timeout + _CLOSE_GRACE)
@@ -203,17 +253,10 @@ class PyStrandsClient(Face):
         with self._lock:
             session = self._session
         if session is not None:
-            closed = session.stop(timeout)
+            session.stop(timeout)
             if not in_handler_of(self):
-                self._wait_closed(closed, timeout)
+                session.wait_closed(timeout)
         self._done.set()
-
-    def _wait_closed(self, closed: concurrent.futures.Future, timeout: float) -> None:
-        try:
-            closed.result(timeout + _CLOSE_GRACE)
-        except concurrent.futures.TimeoutError:
-            log.warn("Handlers still running {timeout}s after disconnect(); left to finish alone",
-                     timeout=timeout + _CLOSE_GRACE)
 
     def run_forever(self) -> None:
         """Connect (unless connected or reconnecting) and block until disconnect() or Ctrl-C."""

@@ -17,14 +17,14 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-__all__ = ["KeyedDispatcher"]
+__all__ = ["KeyedDispatcher", "already_succeeded"]
 
 log = Logger()
 
 _Call = tuple[Callable[..., Any], tuple[Any, ...], int]
 
 
-def _succeeded(result: Deferred[Any]) -> bool:
+def already_succeeded(result: Deferred[Any]) -> bool:
     """True for a Deferred that already succeeded (as a send's has): fired, not paused, no Failure.
 
     A fired Deferred that is not paused has run all its callbacks.
@@ -123,7 +123,7 @@ class KeyedDispatcher:
             return
         if iscoroutine(result):
             result = Deferred.fromCoroutine(result)
-        if isinstance(result, Deferred) and not _succeeded(result):
+        if isinstance(result, Deferred) and not already_succeeded(result):
             result.addBoth(self._settled, key, size, handler)
         else:
             self._finished(key, size)

@@ -113,13 +113,18 @@ class BrokerProtocol(LineReceiver):
         self._idle_call = None
         self.factory.protocol_disconnected(self, reason)
 
-    def _check_idle(self) -> None:
+    def _check_idle(self, last_look: bool = False) -> None:
         timeout = self.factory.settings.idle_timeout
         silent = self.factory.clock.seconds() - self._last_received
         if self._reading_paused or silent < timeout:
             # Paused reading means the broker's data waits in the socket: not silence.
             delay = timeout if self._reading_paused else timeout - silent
             self._idle_call = self.factory.clock.callLater(delay, self._check_idle)
+            return
+        if not last_look:
+            # A handler on the reactor thread may have held it up while data
+            # arrived: let the reactor read once more before judging.
+            self._idle_call = self.factory.clock.callLater(0, self._check_idle, True)
             return
         self._idle_call = None
         log.warn("No data from the broker for {silent:.1f}s; dropping the connection", silent=silent)
@@ -167,9 +172,13 @@ class BrokerProtocol(LineReceiver):
         this one saves a poll per round trip. Errors are left to that turn.
         """
         transport = self.transport
-        transport.write(data)
-        if isinstance(transport, FileDescriptor) and not transport.disconnecting:
-            transport.doWrite()
+        if (isinstance(transport, FileDescriptor) and not transport.disconnecting and transport.connected
+                and not transport.dataBuffer and not transport._tempDataBuffer):
+            sent = transport.writeSomeData(data)
+            if isinstance(sent, int):
+                data = data[sent:]
+        if data:
+            transport.write(data)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """Skip a line longer than ``MAX_LENGTH`` up to its newline; keep the connection."""

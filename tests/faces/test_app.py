@@ -16,9 +16,9 @@ from tests.support.fakebroker import FakeBroker
 WAIT = 5.0
 
 
-def make_app(port: int) -> tuple[PyStrands, list[tuple[str, Any]]]:
+def make_app(port: int, **settings: Any) -> tuple[PyStrands, list[tuple[str, Any]]]:
     """An app with one handler of each kind, recording where each ran."""
-    app = PyStrands("localhost", port, reconnect_delay=0.05)
+    app = PyStrands("localhost", port, reconnect_delay=0.05, **settings)
     seen: list[tuple[str, Any]] = []
 
     @app.on_connection_request
@@ -64,8 +64,11 @@ def exercise(conn: Any, seen: list[tuple[str, Any]]) -> None:
     assert conn.recv_frame()["params"]["accepted"] is False
 
 
-def test_run_blocks_and_runs_every_handler_in_worker_threads(broker: FakeBroker) -> None:
-    app, seen = make_app(broker.port)
+@pytest.mark.parametrize(("settings", "thread_name"), [({}, "pystrands-reactor"),
+                                                      ({"concurrency": 2}, "pystrands-handler")])
+def test_run_blocks_and_runs_every_handler_on_the_io_thread_or_workers(
+        broker: FakeBroker, settings: dict[str, Any], thread_name: str) -> None:
+    app, seen = make_app(broker.port, **settings)
     runner = threading.Thread(target=app.run, daemon=True)
     runner.start()
     try:
@@ -76,7 +79,7 @@ def test_run_blocks_and_runs_every_handler_in_worker_threads(broker: FakeBroker)
         runner.join(WAIT)
     assert not runner.is_alive() and not app.connected
     names = [where for kind, where in seen if kind in ("request", "message")]
-    assert names and all(name.startswith("pystrands-handler") for name in names)
+    assert names and all(name.startswith(thread_name) for name in names)
     assert ("new", True) in seen and ("gone", {"via": "app"}) in seen
     assert ("error", "no backend available to handle connection request") in seen
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import queue
 import threading
 import time
@@ -76,15 +77,15 @@ def test_the_transcript_through_every_callback(broker: FakeBroker, clients: list
     client = started(clients, Recorder(host="localhost", port=broker.port))
     assert client.connect() is True and client.connected is True
     conn = broker.accept()
-    reactor_thread = next(t for t in threading.enumerate() if t.name == "pystrands-reactor")
 
     conn.send_frame(recorded("connection_request"))
     reply = conn.recv_frame()
     assert reply == backend_frames("1.")[0] | {"params": {
         "accepted": True, "client_id": "client-alice", "room_id": "lobby", "metadata": {"user": "alice"}}}
-    kind, request, thread = client.next_event()
+    kind, request, io_thread = client.next_event()
     assert request.headers["X-Token"] == ["ok"] and request.remote_addr == "127.0.0.1:46092"
-    assert thread not in (threading.main_thread(), reactor_thread)
+    # By default handlers run on the client's own I/O thread, as pystrands 1.0.0's receive thread.
+    assert io_thread is not threading.main_thread() and io_thread.name == "pystrands-reactor"
 
     conn.send_frame(recorded("new_connection"))
     kind, context, _ = client.next_event()
@@ -95,7 +96,7 @@ def test_the_transcript_through_every_callback(broker: FakeBroker, clients: list
         conn.send_frame(recorded("new_message", index))
         kind, message, context, thread = client.next_event()
         assert context.metadata == {"user": "alice"}
-        assert thread is not reactor_thread
+        assert thread is io_thread
         assert params(conn.recv_frames(3)) == params(backend_frames(scenario))
 
     conn.send_frame(recorded("disconnected"))
@@ -186,21 +187,79 @@ def test_concurrency_runs_clients_at_once_and_keeps_each_clients_order(broker: F
         assert [m for c, m in seen if c == client_id] == ["0", "1", "2", "3"]
 
 
-def test_a_slow_handler_does_not_hold_up_io(broker: FakeBroker, clients: list) -> None:
+def test_with_worker_threads_a_slow_handler_does_not_hold_up_io(broker: FakeBroker, clients: list) -> None:
+    entered = threading.Event()
     release = threading.Event()
 
     class Stuck(PyStrandsClient):
         def on_message(self, message: str, context: Context) -> None:
+            entered.set()
             release.wait(WAIT)
 
-    client = started(clients, Stuck(port=broker.port))
+    client = started(clients, Stuck(port=broker.port, concurrency=2))
     assert client.connect()
     conn = broker.accept()
     conn.send_frame(event("new_message", nested_context("a", "r", {}), message="x"))
+    assert entered.wait(WAIT)
     conn.send_frame({"request_id": "heartbeat", "action": "heartbeat", "params": {}})
     assert client.broadcast_message("while stuck").result(WAIT) is None
     assert conn.recv_frame()["params"] == {"message": "while stuck"}
     release.set()
+
+
+def test_by_default_a_blocking_handler_holds_its_clients_io_until_it_returns(broker: FakeBroker,
+                                                                             clients: list) -> None:
+    """As in pystrands 1.0.0: one handler at a time on the I/O thread; nothing is lost meanwhile."""
+    entered = threading.Event()
+    release = threading.Event()
+
+    class Stuck(PyStrandsClient):
+        def on_message(self, message: str, context: Context) -> None:
+            entered.set()
+            release.wait(WAIT)
+            self.send_room_message(context.room_id, f"done:{message}")
+
+    client = started(clients, Stuck(port=broker.port))
+    assert client.connect()
+    conn = broker.accept()
+    conn.send_frame(event("new_message", nested_context("a", "r", {}), message="first"))
+    assert entered.wait(WAIT)
+    conn.send_frame(event("new_message", nested_context("b", "r", {}), message="second"))
+    from_outside = client.broadcast_message("from another thread")
+    conn.assert_silent(0.3)
+    assert not from_outside.done()
+    release.set()
+    received = [frame["params"] for frame in conn.recv_frames(3)]
+    assert received[0] == {"room_id": "r", "message": "done:first"}
+    assert sorted(map(str, received[1:])) == sorted(map(str, [
+        {"message": "from another thread"}, {"room_id": "r", "message": "done:second"}]))
+    assert from_outside.result(WAIT) is None
+
+
+def test_a_handler_longer_than_the_idle_timeout_does_not_drop_a_live_broker(broker: FakeBroker,
+                                                                           clients: list) -> None:
+    """Heartbeats that arrived while a handler held the I/O thread count once it is free."""
+    ran = threading.Semaphore(0)
+
+    class Sleeper(PyStrandsClient):
+        def on_message(self, message: str, context: Context) -> None:
+            if message == "sleep":
+                time.sleep(1.2)
+            ran.release()
+
+    client = started(clients, Sleeper(port=broker.port, idle_timeout=0.5))
+    assert client.connect()
+    conn = broker.accept()
+    conn.send_frame(event("new_message", nested_context("a", "r", {}), message="sleep"))
+    for _ in range(12):
+        conn.send_frame({"request_id": "heartbeat", "action": "heartbeat", "params": {}})
+        time.sleep(0.1)
+    assert ran.acquire(timeout=WAIT)
+    conn.send_frame(event("new_message", nested_context("a", "r", {}), message="after"))
+    assert ran.acquire(timeout=WAIT)
+    assert client.connected
+    with pytest.raises(AssertionError, match="no backend connected"):
+        broker.accept(timeout=0.5)  # no reconnect: the first connection was kept
 
 
 def test_sends_from_foreign_threads_all_arrive(broker: FakeBroker, clients: list) -> None:
@@ -391,6 +450,33 @@ def test_connect_disconnect_and_again(broker: FakeBroker) -> None:
         assert fresh.connect()
         broker.accept()
         fresh.disconnect()
+
+
+def test_each_connection_has_its_own_io_thread_and_leaves_nothing_behind(broker: FakeBroker) -> None:
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def io_threads() -> int:
+        return sum(thread.name == "pystrands-reactor" for thread in threading.enumerate())
+
+    client = Recorder(port=broker.port)
+    assert client.connect()
+    broker.accept()
+    client.disconnect()
+    wait_for(lambda: io_threads() == 0)
+    fds, threads = open_fds(), threading.active_count()
+    for _ in range(5):
+        first, second = Recorder(port=broker.port), Recorder(port=broker.port)
+        assert first.connect() and second.connect()
+        conns = broker.accept(), broker.accept()
+        assert io_threads() == 2
+        first.disconnect()
+        second.disconnect()
+        for conn in conns:
+            conn.close()
+    wait_for(lambda: io_threads() == 0)
+    assert threading.active_count() == threads
+    assert open_fds() <= fds, "each connection's reactor closes what it opened"
 
 
 def test_connect_when_connected_is_true_and_keeps_the_connection(broker: FakeBroker, clients: list) -> None:
