@@ -166,14 +166,17 @@ class BrokerProtocol(LineReceiver):
             self.transport.write(frame)
 
     def _write_now(self, data: bytes) -> None:
-        """Write ``data`` and, on a plain socket transport, try sending it in this reactor iteration.
+        """Send ``data`` now as far as the socket takes it; the rest goes to the transport's buffer.
 
-        A transport only sends on the reactor's next turn; answering within
-        this one saves a poll per round trip. Errors are left to that turn.
+        A transport sends only on the reactor's next turn, after registering
+        for writability and before unregistering: a poll and two epoll_ctl
+        calls per round trip. On a plain socket transport (a FileDescriptor)
+        holding nothing yet, ``writeSomeData`` sends at once; an error it
+        returns is left to the transport, which meets it again on its turn.
         """
         transport = self.transport
-        if (isinstance(transport, FileDescriptor) and not transport.disconnecting and transport.connected
-                and not transport.dataBuffer and not transport._tempDataBuffer):
+        if (isinstance(transport, FileDescriptor) and transport.connected and not transport.disconnecting
+                and not transport.dataBuffer and not getattr(transport, "_tempDataBuffer", True)):
             sent = transport.writeSomeData(data)
             if isinstance(sent, int):
                 data = data[sent:]
