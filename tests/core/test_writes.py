@@ -78,3 +78,15 @@ def test_a_reply_that_cannot_go_out_now_waits_in_the_transport() -> None:
     transport.writeSomeData = send
     transport.doWrite()  # the reactor's write turn
     assert [json.loads(line)["params"]["message"] for line in transport.sends[0].splitlines()] == ["1:a", "2:a"]
+
+
+def test_a_reply_the_socket_takes_in_part_keeps_its_order() -> None:
+    protocol, transport, _ = connected(Echo())
+    send = transport.writeSomeData
+    transport.writeSomeData = lambda data: send(bytes(data)[:10])  # the socket takes 10 bytes
+    protocol.dataReceived(new_message("a", "c1"))
+    protocol.dataReceived(new_message("b", "c1"))  # meanwhile more replies queue behind the rest
+    transport.writeSomeData = send
+    transport.doWrite()
+    sent = b"".join(transport.sends)
+    assert [json.loads(line)["params"]["message"] for line in sent.splitlines()] == ["1:a", "2:a", "1:b", "2:b"]
