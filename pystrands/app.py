@@ -116,10 +116,9 @@ class PyStrands(Options):
         else:
             future = self.client._send(frame)
         if isinstance(future, concurrent.futures.Future):
-            try:
-                return asyncio.wrap_future(future, loop=asyncio.get_running_loop())
-            except RuntimeError:
-                return future
+            loop = asyncio._get_running_loop()  # None off a loop; get_running_loop() would raise per send
+            if loop is not None:
+                return asyncio.wrap_future(future, loop=loop)
         return future
 
 
