@@ -20,6 +20,7 @@ import dataclasses
 import inspect
 import socket
 import threading
+import time
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
@@ -129,6 +130,8 @@ class _Session:
         backend.inline, backend.threads = self.inline, self.threads
         self.factory: BrokerClientFactory | None = None
         self.closed: concurrent.futures.Future | None = None
+        self._deadline = 0.0
+        self._gave_up = False
         self._lock = threading.Lock()
 
     def start(self, host: str, port: int, timeout: float) -> concurrent.futures.Future:
@@ -153,32 +156,36 @@ class _Session:
         """True while the factory keeps (re)connecting on its own."""
         return self.closed is None and self.factory is not None and self.factory.continueTrying
 
-    def stop(self, timeout: float) -> concurrent.futures.Future:
-        """Stop the factory (handlers get ``timeout`` seconds), the threads, the reactor; idempotent."""
+    def stop(self, timeout: float) -> None:
+        """Stop the factory (handlers get ``timeout`` seconds), the threads, the reactor; idempotent.
+
+        The first call's timeout holds: a later disconnect() waits no longer.
+        """
         with self._lock:
             if self.closed is None:
                 self.closed = concurrent.futures.Future()
+                # The reactor enforces the timeout itself, unless a handler holds its thread.
+                self._deadline = time.monotonic() + timeout + (0.0 if self.inline else _CLOSE_GRACE)
                 call_in_reactor(self.reactor, self._stop_factory, timeout).add_done_callback(self._stop_threads)
-            return self.closed
 
-    def wait_closed(self, timeout: float) -> None:
-        """Wait for stop() to finish; past ``timeout``, shut the socket down from this thread.
+    def wait_closed(self) -> None:
+        """Wait for stop() to finish, until its deadline; past it, give up (once, with a warning).
 
-        The reactor enforces the timeout itself unless a handler holds its
-        thread; then this thread does, as pystrands 1.0.0 closes its socket.
+        With handlers on the I/O thread, giving up shuts the socket down from
+        this thread, as pystrands 1.0.0 closes its socket under a hung handler.
         """
         try:
-            self.closed.result(timeout if self.inline else timeout + _CLOSE_GRACE)
+            self.closed.result(max(0.0, self._deadline - time.monotonic()))
             return
         except concurrent.futures.TimeoutError:
             pass
+        with self._lock:
+            first, self._gave_up = not self._gave_up, True
         if self.inline:
             self._shut_socket()
-            log.warn("A handler still runs {timeout}s after disconnect(); the connection was closed under it",
-                     timeout=timeout)
-        else:
-            log.warn("Handlers still running {timeout}s after disconnect(); left to finish alone",
-                     timeout=timeout + _CLOSE_GRACE)
+        if first:
+            log.warn("Handlers still running after disconnect()'s timeout; {what}",
+                     what="the connection was closed under them" if self.inline else "left to finish alone")
 
     def _shut_socket(self) -> None:
         protocol = self.factory.current if self.factory is not None else None
@@ -233,7 +240,7 @@ class PyStrandsClient(Face):
             if previous is not None:
                 previous.stop(0.0)
                 if not in_handler_of(self):
-                    previous.wait_closed(0.0)
+                    previous.wait_closed()
             self._done.clear()
             session = self._session = _Session(backend_of(self), settings)
             attempt = session.start(self.host, self.port, self.connect_timeout)
@@ -255,7 +262,7 @@ class PyStrandsClient(Face):
         if session is not None:
             session.stop(timeout)
             if not in_handler_of(self):
-                session.wait_closed(timeout)
+                session.wait_closed()
         self._done.set()
 
     def run_forever(self) -> None:

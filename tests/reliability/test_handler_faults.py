@@ -49,3 +49,27 @@ def test_raising_hanging_and_slow_handlers_do_not_stop_other_clients(
     took = time.monotonic() - started
     print(f"\n{kind}: stopped in {took:.2f}s with a handler hung (stop timeout {faces.STOP_TIMEOUT}s)")
     assert took <= faces.STOP_TIMEOUT + EXIT_SLACK, f"stopping took {took:.2f}s with a hung handler"
+
+
+@pytest.mark.parametrize("kind", ["client", "app"])
+def test_a_handler_hung_on_the_io_thread_still_lets_a_stop_keep_its_timeout(
+        kind: str, launch: Launch, open_ws: OpenWs) -> None:
+    """The blocking faces by default run handlers on the connection's I/O thread, as pystrands 1.0.0.
+
+    A hung handler there holds the reactor, so the reactor cannot enforce
+    the stop timeout: disconnect() shuts the socket down from its own thread.
+    """
+    broker = start_broker(launch)
+    face = start_face(launch, kind, broker.tcp_port)
+    chat(open_when_served(open_ws, f"{broker.ws_url}/before"), "before")
+    open_when_served(open_ws, f"{broker.ws_url}/hang").send("hang")
+    time.sleep(0.3)  # the handler is in: the I/O thread is held
+
+    started = time.monotonic()
+    face.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: face.process.poll() is not None, "the backend to stop with its I/O thread hung",
+               timeout=faces.STOP_TIMEOUT + 15, child=face)
+    took = time.monotonic() - started
+    print(f"\n{kind}: stopped in {took:.2f}s with the I/O thread hung (stop timeout {faces.STOP_TIMEOUT}s)")
+    assert took <= faces.STOP_TIMEOUT + EXIT_SLACK, f"stopping took {took:.2f}s with the I/O thread hung"
+    assert count(face, "closed under them") == 1, "the forced close is logged, once"
