@@ -6,6 +6,11 @@ client lives inside any asyncio application (FastAPI, aiohttp, a script
 under ``asyncio.run``). ``async def`` callbacks run as asyncio tasks on that
 loop, different WebSocket clients' at the same time (each client's events in
 order); a plain ``def`` callback runs on the loop too.
+
+A callback's task takes its first step at once, within the read that brought
+the event, and a send written at once returns a future that is already
+done: a callback that does not wait for anything else finishes there, and
+its replies go out with the others to that read.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ import inspect
 import ipaddress
 import socket
 import sys
-from typing import Any, Awaitable, Callable, Sequence
+import threading
+from collections import deque
+from types import CoroutineType
+from typing import Any, Awaitable, Callable, Coroutine, Sequence
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
@@ -126,43 +134,122 @@ def _require_asyncio_reactor() -> None:
         raise TypeError(_NEEDS_ASYNCIO_REACTOR)
 
 
+#: Python 3.12 and later start a task eagerly on request (``Task(..., eager_start=True)``).
+_EAGER_START = sys.version_info >= (3, 12)
+
+
+def _run_first_step_now(loop: asyncio.AbstractEventLoop, task: asyncio.Task) -> None:
+    """Run the first step of ``task``, just created, now rather than on the loop's next iteration.
+
+    For Python 3.10 and 3.11, which have no eager tasks. ``Task.__init__``
+    appends the Handle of its first step to ``loop._ready``, a private deque
+    of BaseEventLoop. While that Handle is still the last one there and no
+    task is running, running it here is what the loop would do later, with
+    the task current (so asyncio.timeout(), TaskGroup and current_task() work
+    in the handler). Any other loop (uvloop) or state leaves the step
+    scheduled as usual.
+    """
+    ready = getattr(loop, "_ready", None)
+    if (type(ready) is deque and ready and asyncio.current_task(loop) is None
+            and getattr(ready[-1]._callback, "__self__", None) is task and loop.is_running()):
+        step = ready.pop()
+        step._context.run(step._callback, *step._args)  # Handle._run(), minus logging what steps never raise
+
+
+def _start_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
+    """A task of ``coro`` on ``loop`` whose first step has already run, when it can run now.
+
+    A handler that finishes without waiting then finishes within the read
+    that brought its event, and its sends go out with the other replies to
+    that read. Under a task factory the factory's task starts as it decides.
+    A KeyboardInterrupt or SystemExit from the step is raised again from the
+    loop, which it stops as when the loop runs a step; the task holds it too.
+    """
+    if loop.get_task_factory() is not None:
+        return loop.create_task(coro)
+    task = asyncio.Task.__new__(asyncio.Task)  # so that the task is at hand if its first step raises
+    try:
+        if _EAGER_START:
+            task.__init__(coro, loop=loop, eager_start=True)
+        else:
+            task.__init__(coro, loop=loop)
+            _run_first_step_now(loop, task)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        loop.call_soon(_raise, exc)
+    return task
+
+
+def _raise(exc: BaseException) -> None:
+    """Raise ``exc`` (from a loop callback, where KeyboardInterrupt and SystemExit stop the loop)."""
+    raise exc
+
+
 class AsyncioBackend(FaceBackend):
     """An asyncio face as an IBackend: awaitable results become tasks on the reactor's loop."""
 
     def __init__(self, face: Face) -> None:
         super().__init__(face)
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._written: asyncio.Future[None] | None = None
 
     def reactor_of(self, broker: Any) -> Any:
         reactor = super().reactor_of(broker)
         if not isinstance(reactor, AsyncioSelectorReactor):
             raise TypeError(_NEEDS_ASYNCIO_REACTOR)
-        self.loop = reactor._asyncioEventloop  # the loop the reactor runs on (no public accessor)
+        self.loop = loop = reactor._asyncioEventloop  # the loop the reactor runs on (no public accessor)
+        # What every send written at once returns: a done future never changes, so one serves all.
+        self._written = loop.create_future()
+        self._written.set_result(None)
         return reactor
 
     def call(self, handler: Callable[..., Any], *args: Any) -> Any:
         return run_as_handler(self.face, self._start, handler, *args)
 
     def _start(self, handler: Callable[..., Any], *args: Any) -> Any:
-        """Call the handler; an awaitable result runs on as a task (which inherits the handler mark)."""
+        """Call the handler; a coroutine runs as a task (inheriting the mark), its first step at once.
+
+        A task done after that step gives its outcome at once, a value or a
+        raised exception (retrieved, so asyncio does not log it again); a
+        task still running becomes a Deferred.
+        """
         result = handler(*args)
-        if inspect.iscoroutine(result):
-            return Deferred.fromFuture(self.loop.create_task(result))
+        if result is None:
+            return None
+        if isinstance(result, CoroutineType):
+            task = _start_task(self.loop, result)
+            if not task.done():
+                return Deferred.fromFuture(task)
+            return task.result()
         if inspect.isawaitable(result):
             return Deferred.fromFuture(asyncio.ensure_future(result, loop=self.loop))
         return result
 
     def send(self, frame: bytes) -> Any:
         """On a loop: an asyncio Future (await it, or not); from a thread without one: a concurrent one."""
+        loop = self.loop
+        # BaseEventLoop's (private) record of the thread it runs in is a cheaper test than
+        # get_running_loop(), which makes a getpid() system call each time before Python 3.12.
+        if loop is not None and getattr(loop, "_thread_id", None) == threading.get_ident():
+            return self._send_on_loop(frame)
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             return super().send(frame)
-        broker = self.broker
-        if running is not self.loop or broker is None:
-            return asyncio.wrap_future(super().send(frame), loop=running)
-        future = running.create_future()
-        broker.send_frame(frame).addCallbacks(
+        if running is loop:  # a loop without that record
+            return self._send_on_loop(frame)
+        return asyncio.wrap_future(super().send(frame), loop=running)
+
+    def _send_on_loop(self, frame: bytes) -> asyncio.Future[None]:
+        """Send on the face's own loop; a frame written at once gives the shared done future.
+
+        Awaiting that does not suspend the handler, which then usually
+        finishes in its first step.
+        """
+        sent = self.broker.send_frame(frame)
+        if sent.called and sent.result is None and not sent.paused:  # succeed(None): written, no isinstance
+            return self._written
+        future = self.loop.create_future()
+        sent.addCallbacks(
             lambda _: future.done() or future.set_result(None),
             lambda failure: future.done() or future.set_exception(failure.value))
         return future
