@@ -36,6 +36,7 @@ from . import wire
 from ._faces import BrokerEndpoint, Face, FaceBackend, backend_of, in_handler_of, register_face, run_as_handler
 from .backend import DefaultCallbacks
 from .context import ConnectionRequestContext, Context
+from .dispatch import already_succeeded
 from .logbridge import bridge_to_stdlib
 from .protocol import BrokerClientFactory
 from .settings import BackendSettings, check_number
@@ -246,7 +247,7 @@ class AsyncioBackend(FaceBackend):
         finishes in its first step.
         """
         sent = self.broker.send_frame(frame)
-        if sent.called and sent.result is None and not sent.paused:  # succeed(None): written, no isinstance
+        if already_succeeded(sent):
             return self._written
         future = self.loop.create_future()
         sent.addCallbacks(
