@@ -71,9 +71,14 @@ def run_as_handler(face: object, function: Callable[..., Any], *args: Any) -> An
         _handling.reset(token)
 
 
-def in_handler_of(face: object) -> bool:
-    """True inside one of ``face``'s handlers, where waiting for handlers would wait for itself."""
-    return _handling.get() is face
+def in_handler_of(face: Face) -> bool:
+    """True inside one of ``face``'s handlers, where waiting for handlers would wait for itself.
+
+    That is a call marked by :func:`run_as_handler`, or one on the face's I/O
+    thread, where only its handlers run (the blocking face runs them there
+    unmarked, to save the mark's cost per event).
+    """
+    return _handling.get() is face or threading.get_ident() == backend_of(face).io_thread
 
 
 class Options:

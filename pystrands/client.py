@@ -92,7 +92,9 @@ def _start_reactor_thread() -> tuple[Any, threading.Thread]:
 def _run_to_the_end(handler: Callable[..., Any], *args: Any) -> Any:
     """Call a handler in this thread; an ``async def`` one runs here to its end."""
     result = handler(*args)
-    return asyncio.run(result) if inspect.iscoroutine(result) else result
+    if result is not None and inspect.iscoroutine(result):
+        return asyncio.run(result)
+    return result
 
 
 class ThreadedBackend(FaceBackend):
@@ -106,7 +108,7 @@ class ThreadedBackend(FaceBackend):
 
     def call(self, handler: Callable[..., Any], *args: Any) -> Any:
         if self.inline:
-            return run_as_handler(self.face, _run_to_the_end, handler, *args)
+            return _run_to_the_end(handler, *args)  # on the I/O thread, which in_handler_of recognises
         return self._threads().submit(run_as_handler, self.face, _run_to_the_end, handler, *args)
 
     def _threads(self) -> HandlerThreads:
