@@ -187,29 +187,8 @@ def test_concurrency_runs_clients_at_once_and_keeps_each_clients_order(broker: F
         assert [m for c, m in seen if c == client_id] == ["0", "1", "2", "3"]
 
 
-def test_with_worker_threads_a_slow_handler_does_not_hold_up_io(broker: FakeBroker, clients: list) -> None:
-    entered = threading.Event()
-    release = threading.Event()
-
-    class Stuck(PyStrandsClient):
-        def on_message(self, message: str, context: Context) -> None:
-            entered.set()
-            release.wait(WAIT)
-
-    client = started(clients, Stuck(port=broker.port, concurrency=2))
-    assert client.connect()
-    conn = broker.accept()
-    conn.send_frame(event("new_message", nested_context("a", "r", {}), message="x"))
-    assert entered.wait(WAIT)
-    conn.send_frame({"request_id": "heartbeat", "action": "heartbeat", "params": {}})
-    assert client.broadcast_message("while stuck").result(WAIT) is None
-    assert conn.recv_frame()["params"] == {"message": "while stuck"}
-    release.set()
-
-
-def test_by_default_a_blocking_handler_holds_its_clients_io_until_it_returns(broker: FakeBroker,
-                                                                             clients: list) -> None:
-    """As in pystrands 1.0.0: one handler at a time on the I/O thread; nothing is lost meanwhile."""
+def held_in_a_handler(clients: list, broker: FakeBroker, **settings: Any) -> tuple[Any, Any, threading.Event]:
+    """A connected client whose handler of the message "first" runs until the returned event is set."""
     entered = threading.Event()
     release = threading.Event()
 
@@ -219,11 +198,26 @@ def test_by_default_a_blocking_handler_holds_its_clients_io_until_it_returns(bro
             release.wait(WAIT)
             self.send_room_message(context.room_id, f"done:{message}")
 
-    client = started(clients, Stuck(port=broker.port))
+    client = started(clients, Stuck(port=broker.port, **settings))
     assert client.connect()
     conn = broker.accept()
     conn.send_frame(event("new_message", nested_context("a", "r", {}), message="first"))
     assert entered.wait(WAIT)
+    return client, conn, release
+
+
+def test_with_worker_threads_a_slow_handler_does_not_hold_up_io(broker: FakeBroker, clients: list) -> None:
+    client, conn, release = held_in_a_handler(clients, broker, concurrency=2)
+    conn.send_frame({"request_id": "heartbeat", "action": "heartbeat", "params": {}})
+    assert client.broadcast_message("while stuck").result(WAIT) is None
+    assert conn.recv_frame()["params"] == {"message": "while stuck"}
+    release.set()
+
+
+def test_by_default_a_blocking_handler_holds_its_clients_io_until_it_returns(broker: FakeBroker,
+                                                                             clients: list) -> None:
+    """As in pystrands 1.0.0: one handler at a time on the I/O thread; nothing is lost meanwhile."""
+    client, conn, release = held_in_a_handler(clients, broker)
     conn.send_frame(event("new_message", nested_context("b", "r", {}), message="second"))
     from_outside = client.broadcast_message("from another thread")
     conn.assert_silent(0.3)

@@ -14,7 +14,7 @@ import pytest
 
 from tests.reliability import faces
 from tests.reliability.support import (
-    FACES, Launch, OpenWs, chat, count, open_when_served, receive_text, start_broker, start_face, wait_until,
+    FACES, Child, Launch, OpenWs, chat, count, open_when_served, receive_text, start_broker, start_face, wait_until,
 )
 
 #: Beyond the stop timeout: closing the socket and the pool, interpreter exit.
@@ -42,13 +42,18 @@ def test_raising_hanging_and_slow_handlers_do_not_stop_other_clients(
     assert time.monotonic() - started < faces.SLOW_SECONDS, "a fast client waited for a slow one"
     receive_text(slow, lambda message: message == "echo:slow")
 
+    assert_stops_in_time(kind, face, "a handler hung")
+
+
+def assert_stops_in_time(kind: str, face: Child, what: str) -> None:
+    """SIGTERM ``face`` (a disconnect with the stop timeout) and check it exits within that timeout."""
     started = time.monotonic()
     face.process.send_signal(signal.SIGTERM)
-    wait_until(lambda: face.process.poll() is not None, "the backend to stop with a handler hung",
+    wait_until(lambda: face.process.poll() is not None, f"the backend to stop with {what}",
                timeout=faces.STOP_TIMEOUT + 15, child=face)
     took = time.monotonic() - started
-    print(f"\n{kind}: stopped in {took:.2f}s with a handler hung (stop timeout {faces.STOP_TIMEOUT}s)")
-    assert took <= faces.STOP_TIMEOUT + EXIT_SLACK, f"stopping took {took:.2f}s with a hung handler"
+    print(f"\n{kind}: stopped in {took:.2f}s with {what} (stop timeout {faces.STOP_TIMEOUT}s)")
+    assert took <= faces.STOP_TIMEOUT + EXIT_SLACK, f"stopping took {took:.2f}s with {what}"
 
 
 @pytest.mark.parametrize("kind", ["client", "app"])
@@ -65,11 +70,5 @@ def test_a_handler_hung_on_the_io_thread_still_lets_a_stop_keep_its_timeout(
     open_when_served(open_ws, f"{broker.ws_url}/hang").send("hang")
     time.sleep(0.3)  # the handler is in: the I/O thread is held
 
-    started = time.monotonic()
-    face.process.send_signal(signal.SIGTERM)
-    wait_until(lambda: face.process.poll() is not None, "the backend to stop with its I/O thread hung",
-               timeout=faces.STOP_TIMEOUT + 15, child=face)
-    took = time.monotonic() - started
-    print(f"\n{kind}: stopped in {took:.2f}s with the I/O thread hung (stop timeout {faces.STOP_TIMEOUT}s)")
-    assert took <= faces.STOP_TIMEOUT + EXIT_SLACK, f"stopping took {took:.2f}s with the I/O thread hung"
+    assert_stops_in_time(kind, face, "its I/O thread hung")
     assert count(face, "closed under them") == 1, "the forced close is logged, once"
