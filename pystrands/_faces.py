@@ -45,6 +45,7 @@ __all__ = [
     "Options",
     "backend_of",
     "call_in_reactor",
+    "new_backend_of",
     "run_as_handler",
     "in_handler_of",
     "register_face",
@@ -75,8 +76,8 @@ def in_handler_of(face: Face) -> bool:
     """True inside one of ``face``'s handlers, where waiting for handlers would wait for itself.
 
     That is a call marked by :func:`run_as_handler`, or one on the face's I/O
-    thread, where only its handlers run (the blocking face runs them there
-    unmarked, to save the mark's cost per event).
+    thread (the blocking face runs handlers there unmarked, to save the
+    mark's cost per event; nothing else there may wait for handlers either).
     """
     return _handling.get() is face or threading.get_ident() == backend_of(face).io_thread
 
@@ -303,6 +304,8 @@ class FaceBackend:
         """
         broker = self._broker
         if broker is not None and threading.get_ident() == self.io_thread:
+            if self._outgoing:  # sends from other threads came first (a handler's helper thread, say)
+                self._flush()
             sent = broker.send_frame(frame)
             if already_succeeded(sent):
                 return _WRITTEN
@@ -341,10 +344,21 @@ class FaceBackend:
 
 
 def backend_of(face: Face) -> FaceBackend:
-    """The one IBackend adapter of ``face`` (made on first use, of the face's ``_backend_class``)."""
+    """The current IBackend adapter of ``face`` (made on first use, of the face's ``_backend_class``)."""
     backend = face.__dict__.get("_pystrands_backend")
     if backend is None:
-        backend = face.__dict__["_pystrands_backend"] = type(face)._backend_class(face)
+        backend = new_backend_of(face)
+    return backend
+
+
+def new_backend_of(face: Face) -> FaceBackend:
+    """A new IBackend adapter of ``face``, from now on the one :func:`backend_of` gives.
+
+    A face that starts a reactor per connection takes one per connection, so
+    that nothing of a finished connection's (its queue of sends, its reactor,
+    events still running on it) reaches the next one.
+    """
+    backend = face.__dict__["_pystrands_backend"] = type(face)._backend_class(face)
     return backend
 
 

@@ -220,6 +220,8 @@ class AsyncioBackend(FaceBackend):
             task = _start_task(self.loop, result)
             if not task.done():
                 return Deferred.fromFuture(task)
+            if not task.cancelled() and isinstance(task.exception(), (KeyboardInterrupt, SystemExit)):
+                return None  # _start_task raises it again from the loop: not a handler failure to log too
             return task.result()
         if inspect.isawaitable(result):
             return Deferred.fromFuture(asyncio.ensure_future(result, loop=self.loop))

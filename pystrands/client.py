@@ -9,7 +9,8 @@ client's I/O (sends from other threads included) until it returns.
 ``concurrency=N`` (N > 1) runs handlers in N worker threads instead, N
 WebSocket clients' at once (each client's events in order), while I/O goes
 on. Send methods may be called from any thread and return a
-``concurrent.futures.Future``.
+``concurrent.futures.Future``; one sent from another thread completes on the
+I/O thread, so a handler there must not wait for it.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from . import wire
-from ._faces import (BrokerEndpoint, Face, FaceBackend, backend_of, call_in_reactor, in_handler_of, register_face,
-                     run_as_handler)
+from ._faces import (BrokerEndpoint, Face, FaceBackend, call_in_reactor, in_handler_of, new_backend_of,
+                     register_face, run_as_handler)
 from ._threads import HandlerThreads
 from .logbridge import bridge_to_stdlib
 from .protocol import BrokerClientFactory
@@ -105,10 +106,16 @@ class ThreadedBackend(FaceBackend):
         self.threads: HandlerThreads | None = None
         #: Run handlers on the reactor's own thread (a session with concurrency=1 sets it).
         self.inline = False
+        #: True while a handler runs on the reactor's thread.
+        self.handling = False
 
     def call(self, handler: Callable[..., Any], *args: Any) -> Any:
         if self.inline:
-            return _run_to_the_end(handler, *args)  # on the I/O thread, which in_handler_of recognises
+            self.handling = True
+            try:
+                return _run_to_the_end(handler, *args)  # on the I/O thread, which in_handler_of recognises
+            finally:
+                self.handling = False
         return self._threads().submit(run_as_handler, self.face, _run_to_the_end, handler, *args)
 
     def _threads(self) -> HandlerThreads:
@@ -122,8 +129,8 @@ class ThreadedBackend(FaceBackend):
 class _Session:
     """One connect() .. disconnect() cycle: a reactor thread, a core factory, handler threads if any."""
 
-    def __init__(self, backend: ThreadedBackend, settings: BackendSettings) -> None:
-        self.backend = backend
+    def __init__(self, face: PyStrandsClient, settings: BackendSettings) -> None:
+        self.backend = backend = new_backend_of(face)
         self.settings = settings
         self.inline = settings.concurrency == 1
         self.reactor, self.thread = _start_reactor_thread()
@@ -166,28 +173,35 @@ class _Session:
         with self._lock:
             if self.closed is None:
                 self.closed = concurrent.futures.Future()
-                # The reactor enforces the timeout itself, unless a handler holds its thread.
-                self._deadline = time.monotonic() + timeout + (0.0 if self.inline else _CLOSE_GRACE)
+                self._deadline = time.monotonic() + timeout
                 call_in_reactor(self.reactor, self._stop_factory, timeout).add_done_callback(self._stop_threads)
 
     def wait_closed(self) -> None:
-        """Wait for stop() to finish, until its deadline; past it, give up (once, with a warning).
+        """Wait for stop() to finish: up to its timeout, then the grace for closing; else give up (once).
 
-        With handlers on the I/O thread, giving up shuts the socket down from
-        this thread, as pystrands 1.0.0 closes its socket under a hung handler.
+        The reactor enforces the timeout itself unless a handler holds its
+        thread: then, at the timeout, this thread shuts the socket down, as
+        pystrands 1.0.0 closes its socket under a hung handler.
         """
-        try:
-            self.closed.result(max(0.0, self._deadline - time.monotonic()))
+        if self._closed_by(self._deadline):
             return
-        except concurrent.futures.TimeoutError:
-            pass
+        held = self.inline and self.backend.handling
+        if held:
+            self._shut_socket()
+        elif self._closed_by(self._deadline + _CLOSE_GRACE):
+            return
         with self._lock:
             first, self._gave_up = not self._gave_up, True
-        if self.inline:
-            self._shut_socket()
         if first:
             log.warn("Handlers still running after disconnect()'s timeout; {what}",
-                     what="the connection was closed under them" if self.inline else "left to finish alone")
+                     what="the connection was closed under them" if held else "left to finish alone")
+
+    def _closed_by(self, deadline: float) -> bool:
+        try:
+            self.closed.result(max(0.0, deadline - time.monotonic()))
+            return True
+        except concurrent.futures.TimeoutError:
+            return False
 
     def _shut_socket(self) -> None:
         protocol = self.factory.current if self.factory is not None else None
@@ -228,6 +242,12 @@ class PyStrandsClient(Face):
         self._session: _Session | None = None
         self._done = threading.Event()
 
+    @property
+    def connected(self) -> bool:
+        """True while a TCP connection to the broker is open, and disconnect() was not called since."""
+        session = self._session
+        return session is not None and session.closed is None and super().connected
+
     def connect(self) -> bool:
         """Connect to the broker; True once connected, False if the attempt failed or timed out.
 
@@ -244,7 +264,7 @@ class PyStrandsClient(Face):
                 if not in_handler_of(self):
                     previous.wait_closed()
             self._done.clear()
-            session = self._session = _Session(backend_of(self), settings)
+            session = self._session = _Session(self, settings)
             attempt = session.start(self.host, self.port, self.connect_timeout)
         try:
             return attempt.result(self.connect_timeout + _CLOSE_GRACE)

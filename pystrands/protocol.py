@@ -331,8 +331,10 @@ class BrokerClientFactory(ReconnectingClientFactory):
     def send_frame(self, frame: bytes) -> Deferred[None]:
         """Write an encoded frame now, or buffer it until the next connection.
 
-        Fires once handed to the transport; fails with NotConnectedError when
-        no connection is coming, or SendBufferFull past the buffer bound.
+        Fires once handed to the connection (to the transport, or to the
+        replies written after the read being handled); fails with
+        NotConnectedError when no connection is coming, or SendBufferFull
+        past the buffer bound.
         """
         if self.current is not None:
             self.current.write_frame(frame)

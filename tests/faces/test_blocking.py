@@ -223,10 +223,9 @@ def test_by_default_a_blocking_handler_holds_its_clients_io_until_it_returns(bro
     conn.assert_silent(0.3)
     assert not from_outside.done()
     release.set()
-    received = [frame["params"] for frame in conn.recv_frames(3)]
-    assert received[0] == {"room_id": "r", "message": "done:first"}
-    assert sorted(map(str, received[1:])) == sorted(map(str, [
-        {"message": "from another thread"}, {"room_id": "r", "message": "done:second"}]))
+    # In the order they were sent: the other thread's first, though it waited for the I/O thread.
+    assert [frame["params"]["message"] for frame in conn.recv_frames(3)] == [
+        "from another thread", "done:first", "done:second"]
     assert from_outside.result(WAIT) is None
 
 
@@ -479,3 +478,48 @@ def test_connect_when_connected_is_true_and_keeps_the_connection(broker: FakeBro
     broker.accept()
     with pytest.raises(AssertionError):
         broker.accept(timeout=0.3)
+
+
+def test_a_handler_thread_send_joined_before_the_handlers_own_keeps_program_order(
+        broker: FakeBroker, clients: list) -> None:
+    class Helper(PyStrandsClient):
+        def on_message(self, message: str, context: Context) -> None:
+            helper = threading.Thread(target=self.send_room_message, args=(context.room_id, "from the helper"))
+            helper.start()
+            helper.join()
+            self.send_room_message(context.room_id, "from the handler")
+
+    client = started(clients, Helper(port=broker.port))
+    assert client.connect()
+    conn = broker.accept()
+    conn.send_frame(event("new_message", nested_context("a", "r", {}), message="go"))
+    assert [frame["params"]["message"] for frame in conn.recv_frames(2)] == ["from the helper", "from the handler"]
+
+
+def test_a_new_connection_after_giving_up_on_a_hung_handler_is_not_disturbed_by_the_old_one(
+        broker: FakeBroker, clients: list) -> None:
+    client, old_conn, release = held_in_a_handler(clients, broker)
+    client.disconnect(timeout=0.2)  # gives up: the socket is shut under the handler
+    old_conn.wait_closed()
+    assert client.connect()
+    conn = broker.accept()
+    assert client.broadcast_message("on the new connection").result(WAIT) is None
+    assert conn.recv_frame()["params"] == {"message": "on the new connection"}
+    release.set()  # the old handler ends, its send goes through the client's current connection
+    assert conn.recv_frame()["params"] == {"room_id": "r", "message": "done:first"}
+    time.sleep(0.2)  # the old reactor winds down
+    assert client.connected
+    assert client.broadcast_message("still served").result(WAIT) is None
+    assert conn.recv_frame()["params"] == {"message": "still served"}
+
+
+def test_connecting_again_while_retrying_gives_up_nothing(free_port: int, caplog: pytest.LogCaptureFixture) -> None:
+    client = PyStrandsClient(port=free_port, reconnect_delay=0.05)
+    try:
+        assert client.connect() is False  # retrying in the background
+        with FakeBroker(free_port) as broker:
+            assert client.connect() is True
+            broker.accept()
+    finally:
+        client.disconnect(timeout=1.0)
+    assert not [record for record in caplog.records if "still running" in record.getMessage()]
