@@ -3,8 +3,9 @@
 Clients connect to ``ws://<broker>:8080/ws/<room>``. Each gets a private
 welcome with the number of people in the room; messages go to the room
 prefixed with the first 8 characters of the sender's id; ``/who`` answers
-privately with the room's head count. A plain function runs in a worker
-thread, an ``async def`` one on an event loop; both kinds are used below.
+privately with the room's head count. Under ``app.run()`` a plain function
+runs on the app's I/O thread, an ``async def`` one on an event loop there;
+both kinds are used below.
 
     python -m pystrands server
     python -m examples.decorators --port 8081
