@@ -78,7 +78,7 @@ def _run_reactor(reactor: Any) -> None:
             close_poller()
 
 
-def _start_reactor_thread() -> tuple[Any, threading.Thread]:
+def _start_reactor_thread() -> Any:
     """A new private reactor, running in a daemon thread of its own."""
     reactor = _new_reactor()
     running = threading.Event()
@@ -87,7 +87,7 @@ def _start_reactor_thread() -> tuple[Any, threading.Thread]:
     thread.start()
     if not running.wait(10.0):
         raise RuntimeError("the PyStrands reactor thread did not start within 10s")
-    return reactor, thread
+    return reactor
 
 
 def _run_to_the_end(handler: Callable[..., Any], *args: Any) -> Any:
@@ -133,7 +133,7 @@ class _Session:
         self.backend = backend = new_backend_of(face)
         self.settings = settings
         self.inline = settings.concurrency == 1
-        self.reactor, self.thread = _start_reactor_thread()
+        self.reactor = _start_reactor_thread()
         self.threads = None if self.inline else HandlerThreads(self.reactor, settings.concurrency,
                                                                 "pystrands-handler")
         backend.inline, backend.threads = self.inline, self.threads
