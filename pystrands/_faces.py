@@ -157,7 +157,7 @@ def call_in_reactor(reactor: Any, function: Callable[..., Any], *args: Any) -> c
     try:
         reactor.callFromThread(run)
     except RuntimeError as exc:  # the asyncio loop behind the reactor is closed
-        future.set_exception(NotConnectedError(f"not connected to the broker: {exc}"))
+        future.set_exception(_not_connected(str(exc)))
     return future
 
 
@@ -219,6 +219,17 @@ def _report_failed_send(future: concurrent.futures.Future) -> None:
         log.warn("A send to the broker failed: {why}", why=future.exception())
 
 
+def _not_connected(reason: str) -> NotConnectedError:
+    return NotConnectedError(f"not connected to the broker: {reason}")
+
+
+def _failed_send(reason: str) -> concurrent.futures.Future:
+    """The Future of a send that cannot be made, failed with ``reason``."""
+    future = _new_send_future()
+    future.set_exception(_not_connected(reason))
+    return future
+
+
 def _new_send_future() -> concurrent.futures.Future:
     """A Future for one send, whose failure is logged even if nobody looks at it."""
     future: concurrent.futures.Future = concurrent.futures.Future()
@@ -268,9 +279,10 @@ class FaceBackend:
         with self._outgoing_lock:
             self._ended = reason
             outgoing, self._outgoing = self._outgoing, []
+            self._flush_scheduled = False
         for _, future in outgoing:
             if future.set_running_or_notify_cancel():
-                future.set_exception(NotConnectedError(f"not connected to the broker: {reason}"))
+                future.set_exception(_not_connected(reason))
 
     def reactor_of(self, broker: IBrokerConnection) -> Any:
         """The reactor that ``broker`` runs on."""
@@ -296,42 +308,44 @@ class FaceBackend:
         return self.call(self.face.on_error, error, context)
 
     def send(self, frame: bytes) -> Any:
-        """Send from any thread: a concurrent Future that completes once the frame is written.
-
-        On the reactor's thread the frame is handed over at once. From other
-        threads frames wait in a list that the reactor thread takes whole: a
-        handler that sends many costs one ``callFromThread``, not one per frame.
-        """
+        """Send from any thread: a concurrent Future that completes once the frame is written."""
         broker = self._broker
-        if broker is not None and threading.get_ident() == self.io_thread:
-            if self._outgoing:  # sends from other threads came first (a handler's helper thread, say)
-                self._flush()
-            sent = broker.send_frame(frame)
-            if already_succeeded(sent):
-                return _WRITTEN
-            future = _new_send_future()
-            future.set_running_or_notify_cancel()  # the frame is handed over: too late to cancel
-            _settle(future, sent)
-            return future
-        future = _new_send_future()
         if broker is None:
-            future.set_exception(NotConnectedError(
-                "not connected to the broker: call connect() or run_forever() first"))
-            return future
+            return _failed_send("call connect() or run_forever() first")
+        if threading.get_ident() == self.io_thread:
+            return self._send_now(broker, frame)
+        return self._hand_over(frame)
+
+    def _send_now(self, broker: IBrokerConnection, frame: bytes) -> concurrent.futures.Future:
+        """On the reactor's thread: hand the frame over at once (after what other threads sent before)."""
+        if self._outgoing:  # sends from other threads came first (a handler's helper thread, say)
+            self._flush()
+        sent = broker.send_frame(frame)
+        if already_succeeded(sent):
+            return _WRITTEN
+        future = _new_send_future()
+        future.set_running_or_notify_cancel()  # the frame is handed over: too late to cancel
+        _settle(future, sent)
+        return future
+
+    def _hand_over(self, frame: bytes) -> concurrent.futures.Future:
+        """From another thread: queue the frame for the reactor thread, which takes the queue whole.
+
+        A handler that sends many costs one ``callFromThread``, not one per frame.
+        """
         with self._outgoing_lock:
             ended = self._ended
             if ended is None:
+                future = _new_send_future()
                 self._outgoing.append((frame, future))
                 schedule, self._flush_scheduled = not self._flush_scheduled, True
         if ended is not None:
-            future.set_exception(NotConnectedError(f"not connected to the broker: {ended}"))
-            return future
+            return _failed_send(ended)
         if schedule:
             try:
                 self.reactor.callFromThread(self._flush)
-            except RuntimeError as exc:  # the asyncio loop behind the reactor is closed
-                self._flush_scheduled = False
-                future.set_exception(NotConnectedError(f"not connected to the broker: {exc}"))
+            except RuntimeError as exc:  # the asyncio loop behind the reactor is closed: it runs no more
+                self.reactor_ended(str(exc))
         return future
 
     def _flush(self) -> None:
