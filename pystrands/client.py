@@ -132,11 +132,10 @@ class _Session:
     def __init__(self, face: PyStrandsClient, settings: BackendSettings) -> None:
         self.backend = backend = new_backend_of(face)
         self.settings = settings
-        self.inline = settings.concurrency == 1
         self.reactor = _start_reactor_thread()
-        self.threads = None if self.inline else HandlerThreads(self.reactor, settings.concurrency,
-                                                                "pystrands-handler")
-        backend.inline, backend.threads = self.inline, self.threads
+        backend.inline = settings.concurrency == 1
+        if not backend.inline:
+            backend.threads = HandlerThreads(self.reactor, settings.concurrency, "pystrands-handler")
         self.factory: BrokerClientFactory | None = None
         self.closed: concurrent.futures.Future | None = None
         self._deadline = 0.0
@@ -149,7 +148,7 @@ class _Session:
 
     def _start(self, host: str, port: int, timeout: float) -> Deferred[bool]:
         settings = self.settings
-        if not self.inline:
+        if not self.backend.inline:
             # Events in flight at once, queued for the threads in arrival order; the
             # threads still run ``concurrency`` handlers at a time, and one client's
             # next event waits for the previous one, so every order holds.
@@ -185,7 +184,7 @@ class _Session:
         """
         if self._closed_by(self._deadline):
             return
-        held = self.inline and self.backend.handling
+        held = self.backend.handling  # a handler holds the I/O thread (only ever so with inline handlers)
         if held:
             self._shut_socket()
         elif self._closed_by(self._deadline + _CLOSE_GRACE):
@@ -217,8 +216,8 @@ class _Session:
 
     def _stop_threads(self, _: object) -> None:
         """Let the handler threads end (one running past the stop timeout is not waited for), then the reactor."""
-        if self.threads is not None:
-            hung = self.threads.stop()
+        if self.backend.threads is not None:
+            hung = self.backend.threads.stop()
             if hung:
                 log.warn("{count} handler(s) still running after disconnect(); left to finish alone", count=hung)
         self.reactor.callFromThread(self.reactor.stop)
