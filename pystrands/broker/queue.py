@@ -16,18 +16,14 @@ class EventQueue(Generic[_Event]):
     def __init__(self, size: int) -> None:
         self.size = size
         self.dropped = 0
-        self._events: deque[_Event] = deque()
+        self._events: deque[_Event] = deque(maxlen=size)  # a full deque drops its oldest on append
 
     def __len__(self) -> int:
         return len(self._events)
 
     def put(self, event: _Event) -> None:
         """Keep ``event``; when full, the oldest event is dropped to make room."""
-        if self.size == 0:
-            self.dropped += 1
-            return
-        if len(self._events) >= self.size:
-            self._events.popleft()
+        if len(self._events) == self.size:
             self.dropped += 1
         self._events.append(event)
 
