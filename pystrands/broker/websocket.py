@@ -73,11 +73,13 @@ class MessageSizeGuard:
                 continue
             frame_start = pos if not self._header else 0
             header = self._header
-            while pos < end and len(header) < _header_length(header):
-                want = _header_length(header) - len(header)
-                header += data[pos:pos + want]
-                pos += min(want, end - pos)
-            if len(header) < _header_length(header):
+            need = _header_length(header)
+            while pos < end and len(header) < need:
+                taken = data[pos:pos + need - len(header)]
+                header += taken
+                pos += len(taken)
+                need = _header_length(header)  # the first two bytes tell how long the rest is
+            if len(header) < need:
                 break
             opcode, final, length = header[0] & 0x0F, header[0] & 0x80, header[1] & 0x7F
             if length >= 126:
@@ -170,7 +172,7 @@ class ClientConnection:
 
     def bytesMessageReceived(self, data: bytes | bytearray) -> None:
         """Binary messages reach backends as strings, as with the reference broker."""
-        self.textMessageReceived(bytes(data).decode("utf-8", "replace"))
+        self.textMessageReceived(data.decode("utf-8", "replace"))
 
     def pongReceived(self, payload: bytes) -> None:
         """Pongs carry nothing for the backend."""
