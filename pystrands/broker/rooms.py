@@ -24,6 +24,10 @@ class Rooms(Generic[_Client]):
     def __len__(self) -> int:
         return len(self._clients)
 
+    def claimed(self) -> int:
+        """Client ids in use: the connected clients and those accepted but not yet upgraded."""
+        return len(self._reserved)
+
     def reserve(self, client_id: str) -> bool:
         """Claim ``client_id`` for a handshake under way; False if it is taken."""
         if client_id in self._reserved:

@@ -108,11 +108,15 @@ class Broker:
         self.rooms: Rooms[Client] = Rooms()
         self.queue: EventQueue[tuple[str | None, bytes, bool]] = EventQueue(config.queue_size)
         self.backends: list[BackendLink] = []
-        self.handshaking = 0
         self._assigned: dict[str, BackendLink] = {}
         self._pending: dict[str, _Pending] = {}
         self._heartbeat: Any = None
         self._drops_reported = 0
+
+    @property
+    def handshaking(self) -> int:
+        """Handshakes under way: waiting for a backend's answer, or accepted and not yet upgraded."""
+        return len(self._pending) + self.rooms.claimed() - len(self.rooms)
 
     # -- life cycle ------------------------------------------------------
 
@@ -200,7 +204,7 @@ class Broker:
             self._route(None, wire.encode_frame(
                 wire.ERROR, {"error": NO_BACKEND, "context": handshake.failed_context()}), True)
             return fail(HandshakeRefused(503, "no backend is connected"))
-        if len(self.rooms) + self.handshaking >= self.config.max_clients:
+        if self.rooms.claimed() + len(self._pending) >= self.config.max_clients:
             log.warn("Refused a handshake: max_clients ({limit}) reached", limit=self.config.max_clients)
             return fail(HandshakeRefused(503, "too many clients"))
         backend = min(self.backends, key=lambda link: link.load)
@@ -210,7 +214,6 @@ class Broker:
         timeout = self.clock.callLater(self.config.auth_timeout, self._refuse, request_id, 403,
                                        "the backend did not answer in time")
         self._pending[request_id] = _Pending(answer, backend, timeout)
-        self.handshaking += 1
         backend.load += 1
         backend.send(frame)
         return answer
@@ -222,7 +225,6 @@ class Broker:
         else:
             log.warn("No answer to connection request {request_id} within {seconds}s; refused",
                      request_id=request_id, seconds=self.config.auth_timeout)
-        self.handshaking -= 1
         pending.backend.load -= 1
         pending.answer.errback(HandshakeRefused(status, reason))
 
@@ -250,7 +252,6 @@ class Broker:
 
     def abandon(self, admission: Admission) -> None:
         """An accepted handshake whose client went away before the upgrade."""
-        self.handshaking -= 1
         self.rooms.release(admission.client_id)
         self._unassign(admission.client_id)
 
@@ -258,7 +259,6 @@ class Broker:
 
     def client_connected(self, client: Client) -> None:
         admission = client.admission
-        self.handshaking -= 1
         self.rooms.add(admission.client_id, admission.room_id, client)
         self._route(admission.client_id,
                     wire.encode_frame(wire.NEW_CONNECTION, {"context": admission.context}), False)
