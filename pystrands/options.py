@@ -6,11 +6,11 @@ one-line usage error that names the option as the user wrote it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from twisted.python import usage
 
-__all__ = ["parse_number", "settings_error"]
+__all__ = ["parse_number", "parse_numbers", "settings_error"]
 
 
 def parse_number(label: str, value: Any, kind: type) -> Any:
@@ -22,6 +22,13 @@ def parse_number(label: str, value: Any, kind: type) -> Any:
     except ValueError:
         what = "a whole number" if kind is int else "a number"
         raise usage.UsageError(f"{label} {str(value)!r} is not {what}") from None
+
+
+def parse_numbers(options: Mapping[str, Any], kinds: Mapping[str, type],
+                  label: Callable[[str], str]) -> dict[str, Any]:
+    """The options named in ``kinds`` parsed, as keywords (``max-clients`` -> ``max_clients``)."""
+    return {option.replace("-", "_"): parse_number(label(option), options[option], kind)
+            for option, kind in kinds.items()}
 
 
 def settings_error(exc: Exception, label: Callable[[str], str]) -> usage.UsageError:

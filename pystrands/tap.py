@@ -12,13 +12,12 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet.endpoints import clientFromString
 from twisted.python import usage
 
-from .options import parse_number, settings_error
+from .options import parse_numbers, settings_error
 from .protocol import as_backend
 from .service import DEFAULT_BROKER, BackendService
 from .settings import BackendSettings, check_number
@@ -103,9 +102,7 @@ class Options(usage.Options):
             clientFromString(None, self["broker"])
         except (ValueError, TypeError, KeyError) as exc:
             raise usage.UsageError(f"--broker {self['broker']!r} is not a client endpoint string: {exc}") from None
-        values: dict[str, Any] = {}
-        for option, kind in _NUMERIC_OPTIONS.items():
-            values[option.replace("-", "_")] = parse_number(f"--{option}", self[option], kind)
+        values = parse_numbers(self, _NUMERIC_OPTIONS, lambda option: f"--{option}")
         stop_timeout = values.pop("stop_timeout")
         try:
             self["settings"] = BackendSettings(

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Mapping
 
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.python import usage
 
-from ..options import parse_number, settings_error
+from ..options import parse_numbers, settings_error
 from ..settings import check_integer, check_number
 
 __all__ = ["BrokerConfig", "ENVIRONMENT", "Options"]
@@ -102,7 +102,14 @@ def _endpoint(port: int, interface: str) -> str:
     return f"tcp:{port}:interface={quoteStringArgument(interface)}"
 
 
-_INT_OPTIONS = ("ws-port", "tcp-port", "queue-size", "max-message-size", "max-clients")
+_NUMERIC_OPTIONS = {
+    "ws-port": int,
+    "tcp-port": int,
+    "queue-size": int,
+    "max-message-size": int,
+    "max-clients": int,
+    "auth-timeout": float,
+}
 
 
 class Options(usage.Options):
@@ -136,25 +143,17 @@ class Options(usage.Options):
         for variable, option in ENVIRONMENT.items():
             if self.environ.get(variable, "") != "":
                 self[option] = self.environ[variable]
-        values: dict[str, Any] = {}
-        for option in _INT_OPTIONS:
-            values[option] = parse_number(_source(option, self.environ), self[option], int)
-        values["auth-timeout"] = parse_number("--auth-timeout", self["auth-timeout"], float)
+        label = lambda option: _source(option, self.environ)  # noqa: E731
         try:
             self["config"] = BrokerConfig(
-                ws_port=values["ws-port"],
-                tcp_port=values["tcp-port"],
-                queue_size=values["queue-size"],
+                **parse_numbers(self, _NUMERIC_OPTIONS, label),
                 tcp_interface=self["tcp-interface"],
                 ws_interface=self["ws-interface"] or "",
-                auth_timeout=values["auth-timeout"],
-                max_message_size=values["max-message-size"],
-                max_clients=values["max-clients"],
                 backend_token=self["backend-token"],
                 static=self["static"],
             )
         except (TypeError, ValueError) as exc:
-            raise settings_error(exc, lambda option: _source(option, self.environ)) from None
+            raise settings_error(exc, label) from None
 
 
 def _source(option: str, environ: Mapping[str, str]) -> str:
