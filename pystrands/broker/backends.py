@@ -13,7 +13,7 @@ import hmac
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -34,10 +34,10 @@ log = Logger()
 class BackendProtocol(Protocol):
     """One backend's connection; registered as its own transport's producer to see write pressure."""
 
-    def __init__(self, broker: Broker, clock: IReactorTime) -> None:
+    def __init__(self, broker: Broker) -> None:
         config: BrokerConfig = broker.config
         self.broker = broker
-        self.clock = clock
+        self.clock = broker.clock
         self.load = 0
         self._config = config
         self._splitter = LineSplitter(config.max_frame_size, self._overflow)
@@ -170,13 +170,12 @@ class BackendFactory(Factory):
 
     noisy = False
 
-    def __init__(self, broker: Broker, clock: IReactorTime) -> None:
+    def __init__(self, broker: Broker) -> None:
         self.broker = broker
-        self.clock = clock
         #: Open connections, authenticated or not.
         self.connections: set[BackendProtocol] = set()
 
     def buildProtocol(self, addr: Any) -> BackendProtocol:
-        protocol = BackendProtocol(self.broker, self.clock)
+        protocol = BackendProtocol(self.broker)
         protocol.factory = self
         return protocol

@@ -207,7 +207,7 @@ class Broker:
         if self.rooms.claimed() + len(self._pending) >= self.config.max_clients:
             log.warn("Refused a handshake: max_clients ({limit}) reached", limit=self.config.max_clients)
             return fail(HandshakeRefused(503, "too many clients"))
-        backend = min(self.backends, key=lambda link: link.load)
+        backend = self._least_loaded()
         request_id = str(uuid.uuid4())
         frame = wire.encode_frame(wire.CONNECTION_REQUEST, handshake.params(), request_id)
         answer: Deferred[Admission] = Deferred()
@@ -291,13 +291,16 @@ class Broker:
             return
         backend = self._assigned.get(client_id) if client_id is not None else None
         if backend is None:
-            backend = min(self.backends, key=lambda link: link.load)
+            backend = self._least_loaded()
             if client_id is not None and not final:
                 self._assigned[client_id] = backend
                 backend.load += 1
         elif final:
             self._unassign(client_id)
         backend.send(frame)
+
+    def _least_loaded(self) -> BackendLink:
+        return min(self.backends, key=lambda link: link.load)
 
     def _unassign(self, client_id: str) -> None:
         backend = self._assigned.pop(client_id, None)

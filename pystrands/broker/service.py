@@ -75,8 +75,8 @@ class BrokerService(Service):
             self.reactor = reactor
         super().startService()
         self.broker = Broker(self.config, reactor)
-        self.backends = BackendFactory(self.broker, reactor)
-        self.site = websocket_site(self.broker, self.config.static)
+        self.backends = BackendFactory(self.broker)
+        self.site = websocket_site(self.broker)
         listening = gatherResults([
             serverFromString(reactor, self.config.ws_endpoint).listen(self.site),
             serverFromString(reactor, self.config.backend_endpoint).listen(self.backends),

@@ -326,8 +326,9 @@ def _handshake(request: Request) -> Handshake:
     )
 
 
-def websocket_site(broker: Broker, static: str | None = None) -> WrappingFactory:
-    """The WebSocket port's factory: ``/ws/...`` upgrades, ``static`` (if any) at ``/``, else 404."""
+def websocket_site(broker: Broker) -> WrappingFactory:
+    """The WebSocket port's factory: ``/ws/...`` upgrades, the ``static`` folder (if any) at ``/``, else 404."""
+    static = broker.config.static
     if static is not None:
         from .static import StaticFolder  # imported only when used: twisted.web.static warns on import
 
