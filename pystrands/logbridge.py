@@ -40,6 +40,5 @@ def _forward(event: dict[str, Any]) -> None:
 
 
 def bridge_to_stdlib() -> None:
-    """Forward ``pystrands.*`` log events to stdlib logging; idempotent."""
-    if _forward not in globalLogPublisher._observers:
-        globalLogPublisher.addObserver(_forward)
+    """Forward ``pystrands.*`` log events to stdlib logging; idempotent (as addObserver is)."""
+    globalLogPublisher.addObserver(_forward)
