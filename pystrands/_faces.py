@@ -45,6 +45,7 @@ __all__ = [
     "Options",
     "backend_of",
     "call_in_reactor",
+    "close_waker",
     "new_backend_of",
     "run_as_handler",
     "in_handler_of",
@@ -143,6 +144,16 @@ class Face(Options, DefaultCallbacks):
     def _send(self, frame: bytes) -> Any:
         """Hand an encoded frame to the broker connection; the face's kind of future."""
         return backend_of(self).send(frame)
+
+
+def close_waker(reactor: Any) -> None:
+    """Close the pipe a private reactor wakes itself with; Twisted leaves it open until the process ends."""
+    waker = reactor.waker
+    if waker is not None:
+        reactor.removeReader(waker)
+        reactor._internalReaders.discard(waker)
+        waker.connectionLost(None)
+        reactor.waker = None
 
 
 def call_in_reactor(reactor: Any, function: Callable[..., Any], *args: Any) -> concurrent.futures.Future:

@@ -33,7 +33,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from . import wire
-from ._faces import BrokerEndpoint, Face, FaceBackend, backend_of, in_handler_of, register_face, run_as_handler
+from ._faces import (BrokerEndpoint, Face, FaceBackend, backend_of, close_waker, in_handler_of, register_face,
+                     run_as_handler)
 from .backend import DefaultCallbacks
 from .context import ConnectionRequestContext, Context
 from .dispatch import already_succeeded
@@ -312,12 +313,7 @@ class _Session:
             self.factory.current.transport.abortConnection()
         for call in reactor.getDelayedCalls():
             call.cancel()
-        waker = reactor.waker
-        if waker is not None:
-            reactor.removeReader(waker)
-            reactor._internalReaders.discard(waker)
-            waker.connectionLost(None)
-            reactor.waker = None
+        close_waker(reactor)
 
 
 class AsyncPyStrandsClient(Face):

@@ -28,7 +28,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from . import wire
-from ._faces import (BrokerEndpoint, Face, FaceBackend, call_in_reactor, in_handler_of, new_backend_of,
+from ._faces import (BrokerEndpoint, Face, FaceBackend, call_in_reactor, close_waker, in_handler_of, new_backend_of,
                      register_face, run_as_handler)
 from ._threads import HandlerThreads
 from .logbridge import bridge_to_stdlib
@@ -68,11 +68,7 @@ def _run_reactor(reactor: Any) -> None:
     try:
         reactor.run(installSignalHandlers=False)
     finally:
-        waker = reactor.waker
-        if waker is not None:
-            reactor.removeReader(waker)
-            waker.connectionLost(None)
-            reactor.waker = None
+        close_waker(reactor)
         close_poller = getattr(getattr(reactor, "_poller", None), "close", None)
         if close_poller is not None:
             close_poller()
