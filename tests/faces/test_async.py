@@ -380,33 +380,15 @@ def test_a_client_left_connected_by_a_finished_asyncio_run_connects_again(broker
 
     run(connect_only)
     assert client.connected is False  # its loop is gone
-
-    async def again() -> None:
-        assert await client.connect()
-        conn = await off(broker.accept)
-        assert (await off(accept_client, conn))["accepted"] is True
-        await client.disconnect()
-
-    run(again)
-
-
-def test_sends_after_the_loop_closed_fail_and_a_new_loop_sends_again(broker: FakeBroker) -> None:
-    client = AsyncPyStrandsClient(port=broker.port)
-
-    async def connect_only() -> None:
-        assert await client.connect()
-        await off(broker.accept)
-
-    run(connect_only)
-    for _ in range(2):  # each fails at once, none is left waiting for a loop that is gone
+    for _ in range(2):  # sends fail at once, none is left waiting for a loop that is gone
         with pytest.raises(NotConnectedError, match="closed"):
             client.broadcast_message("to a closed loop").result(5.0)
 
     async def again() -> None:
         assert await client.connect()
         conn = await off(broker.accept)
-        sent = await off(lambda: client.broadcast_message("from a thread").result(5.0))
-        assert sent is None
+        assert (await off(accept_client, conn))["accepted"] is True
+        assert await off(lambda: client.broadcast_message("from a thread").result(5.0)) is None
         assert (await off(conn.recv_frame))["params"] == {"message": "from a thread"}
         await client.disconnect()
 
