@@ -21,7 +21,7 @@ def server(args: list[str]) -> int:
     from twisted.python import usage
 
     from .broker.config import Options
-    from .broker.service import BrokerService
+    from .broker.service import BrokerService, describe, fit_file_limit
 
     options = Options()
     try:
@@ -35,13 +35,16 @@ def server(args: list[str]) -> int:
     observer = FilteringLogObserver(textFileLogObserver(sys.stderr),
                                     [LogLevelFilterPredicate(LogLevel.info)])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    fit_file_limit(options["config"])
     service = BrokerService(options["config"], reactor)
     exit_code = 0
 
     def listening(ports: tuple[int, int]) -> None:
         config = options["config"]
-        print(f"PyStrands broker: WebSocket on port {ports[0]} (/ws/...),"
-              f" backends on {config.tcp_interface or '*'}:{ports[1]}", flush=True)
+        websocket = f"port {ports[0]}" if config.ws_endpoint is None else describe(service.ws_address)
+        backends = (f"{config.tcp_interface or '*'}:{ports[1]}" if config.tcp_endpoint is None
+                    else describe(service.tcp_address))
+        print(f"PyStrands broker: WebSocket on {websocket} (/ws/...), backends on {backends}", flush=True)
         reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
 
     def cannot_listen(failure: object) -> None:

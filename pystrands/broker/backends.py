@@ -2,9 +2,12 @@
 
 Each backend connection frames lines in linear time, decodes them with
 :mod:`pystrands.wire`, checks the ``auth`` frame when the broker has a
-token, and hands the rest to the router. Writes are bounded: a backend
-whose socket stays unwritable for ``write_timeout`` seconds, or that lets
-``max_backend_buffer`` bytes pile up, is dropped.
+token, and hands the rest to the router. Writes go through an
+:class:`~pystrands.broker.outbox.Outbox`: while a backend is congested the
+router stops reading from its WebSocket clients, and once it drains they go
+on. A backend is dropped only when its socket makes no progress for
+``write_timeout`` seconds (or, as a last line of defence, when
+``max_backend_buffer`` bytes pile up).
 """
 
 from __future__ import annotations
@@ -13,16 +16,16 @@ import hmac
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from .. import wire
 from ..errors import ProtocolError
 from .config import BrokerConfig
 from ..lines import LineSplitter
+from .outbox import Outbox
 from .router import Broker
 
 __all__ = ["BackendFactory", "BackendProtocol"]
@@ -30,9 +33,8 @@ __all__ = ["BackendFactory", "BackendProtocol"]
 log = Logger()
 
 
-@implementer(IPushProducer)
 class BackendProtocol(Protocol):
-    """One backend's connection; registered as its own transport's producer to see write pressure."""
+    """One backend's connection: frames in, events out through a bounded :class:`Outbox`."""
 
     def __init__(self, broker: Broker) -> None:
         config: BrokerConfig = broker.config
@@ -45,8 +47,7 @@ class BackendProtocol(Protocol):
         self._ready = False
         self._dropped = False
         self._auth_deadline: IDelayedCall | None = None
-        self._stalled: IDelayedCall | None = None
-        self._unflushed = 0
+        self._outbox: Outbox | None = None
         #: Fires once the connection is gone.
         self.gone: Deferred[None] = Deferred()
 
@@ -58,7 +59,9 @@ class BackendProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.factory.connections.add(self)
-        self.transport.registerProducer(self, True)
+        self._outbox = Outbox(self.transport, self.clock, limit=self._config.max_backend_buffer,
+                              timeout=self._config.write_timeout, on_fault=self.drop,
+                              on_congestion=self._congestion)
         if self._authenticated:
             self._become_ready()
         else:
@@ -71,9 +74,9 @@ class BackendProtocol(Protocol):
         self.broker.backend_ready(self)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        for call in (self._auth_deadline, self._stalled):
-            if call is not None and call.active():
-                call.cancel()
+        if self._auth_deadline is not None and self._auth_deadline.active():
+            self._auth_deadline.cancel()
+        self._outbox.stop()
         self.factory.connections.discard(self)
         if self._ready:
             self._ready = False
@@ -87,11 +90,12 @@ class BackendProtocol(Protocol):
             return
         self._dropped = True
         log.warn("Dropped backend {backend}: {why}", backend=self, why=why)
+        self._outbox.stop()
         self.transport.abortConnection()
 
     def close(self) -> None:
         """Close once everything written so far has been sent."""
-        self.transport.loseConnection()
+        self._outbox.close()
 
     def abort(self) -> None:
         """Cut the connection without waiting (for a stop that took too long)."""
@@ -135,34 +139,19 @@ class BackendProtocol(Protocol):
 
     # -- writing ---------------------------------------------------------
 
+    @property
+    def congested(self) -> bool:
+        """True while this backend's socket cannot take more: its clients should wait."""
+        return self._outbox.congested
+
     def send(self, frame: bytes) -> None:
-        """Write a frame, or drop the backend if too much already waits to be written."""
-        if self._dropped:
-            return
-        if self._stalled is not None:
-            self._unflushed += len(frame)
-            if self._unflushed > self._config.max_backend_buffer:
-                self.drop(f"more than {self._config.max_backend_buffer} bytes wait to be written")
-                return
-        self.transport.write(frame)
+        """Write a frame (held while the socket is full)."""
+        if not self._dropped:
+            self._outbox.write(frame)
 
-    def pauseProducing(self) -> None:
-        """The socket's send buffer is full: start the write timeout."""
-        if self._stalled is None:
-            self._stalled = self.clock.callLater(
-                self._config.write_timeout, self.drop,
-                f"its socket was not writable for {self._config.write_timeout}s")
-
-    def resumeProducing(self) -> None:
-        """The send buffer drained: the backend keeps up again."""
-        if self._stalled is not None:
-            if self._stalled.active():
-                self._stalled.cancel()
-            self._stalled = None
-        self._unflushed = 0
-
-    def stopProducing(self) -> None:
-        """Nothing to stop: the connection is going away."""
+    def _congestion(self, congested: bool) -> None:
+        if not congested and self._ready:
+            self.broker.backend_drained(self)
 
 
 class BackendFactory(Factory):

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
-from twisted.internet.endpoints import quoteStringArgument
+from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.python import usage
 
 from ..options import parse_numbers, settings_error
-from ..settings import check_integer, check_number
+from ..settings import BackendSettings, check_integer, check_number
+from .guards import OriginPolicy
 
-__all__ = ["BrokerConfig", "ENVIRONMENT", "Options"]
+__all__ = ["BrokerConfig", "ENVIRONMENT", "MAX_MESSAGE_SIZE", "Options", "check_server_endpoint", "parse_origins"]
 
 #: Environment variable -> option it overrides.
 ENVIRONMENT = {
@@ -28,11 +29,19 @@ ENVIRONMENT = {
 }
 
 MiB = 1024 * 1024
+#: Room a ``new_message`` event needs around its message (context, keys); generous on purpose.
+EVENT_ENVELOPE = 64 * 1024
+#: The largest ``max_message_size``: its event must fit the backend library's default line limit.
+MAX_MESSAGE_SIZE = BackendSettings.max_line_length - EVENT_ENVELOPE
 
 
 @dataclass(frozen=True)
 class BrokerConfig:
-    """Everything the broker can be told; a nonsense value raises at construction."""
+    """Everything the broker can be told; a nonsense value raises at construction.
+
+    Every limit a client can run into is here, with its default; see
+    ``docs/SECURITY.md`` for what happens when each is hit.
+    """
 
     #: WebSocket port (0: any free port).
     ws_port: int = 8080
@@ -42,27 +51,53 @@ class BrokerConfig:
     tcp_port: int = 8081
     #: Interface of the backend port; loopback only unless opened on purpose.
     tcp_interface: str = "127.0.0.1"
+    #: Server endpoint string of the WebSocket side (e.g. ``ssl:8443:privateKey=k.pem``);
+    #: when set, it replaces ``ws_port`` and ``ws_interface``.
+    ws_endpoint: str | None = None
+    #: Server endpoint string of the backend side; when set, it replaces ``tcp_port`` and ``tcp_interface``.
+    tcp_endpoint: str | None = None
     #: Events kept while no backend is connected (0: none).
     queue_size: int = 1000
     #: Seconds a connection_request may wait for its response before HTTP 403.
     auth_timeout: float = 10.0
     #: Largest WebSocket message in bytes; a bigger one closes the client with 1009.
     max_message_size: int = 1 * MiB
-    #: WebSocket clients (connected or handshaking) beyond which handshakes get HTTP 503.
+    #: Frames one WebSocket message may be split into; more closes the client with 1009.
+    max_fragments: int = 1024
+    #: Open sockets on the WebSocket port (clients, handshakes, HTTP) beyond which new ones get HTTP 503.
     max_clients: int = 10_000
+    #: Open sockets from one IP address beyond which new ones get HTTP 429 (0: no limit).
+    max_clients_per_address: int = 0
+    #: Seconds a new socket has to send a complete request head (else HTTP 408);
+    #: also the time a client has to answer a close frame.
+    handshake_timeout: float = 10.0
+    #: Origins allowed to open WebSockets: patterns such as ``https://*.example.com``, ``*`` for
+    #: any, ``null`` for sandboxed pages. None: only the page's own origin (``Origin`` host and
+    #: port equal to ``Host``); a handshake without ``Origin`` (not a browser) is always allowed.
+    allowed_origins: tuple[str, ...] | None = None
+    #: Seconds between pings to each WebSocket client (0: none).
+    ping_interval: float = 25.0
+    #: Seconds a WebSocket client may send nothing (a pong counts) before it is closed with 1001 (0: never).
+    client_idle_timeout: float = 60.0
+    #: Seconds a WebSocket client's socket may stay unwritable before the client is dropped.
+    client_write_timeout: float = 10.0
+    #: Messages per second one WebSocket client may send; past it the broker stops reading
+    #: from that client for a while (0: no limit).
+    max_client_rate: float = 0.0
     #: When set, a backend's first frame must be ``auth`` with this token.
     backend_token: str | None = None
     #: A directory served at ``/`` beside ``/ws/``.
     static: str | None = None
     #: Seconds between heartbeats to each backend.
     heartbeat_interval: float = 15.0
-    #: Seconds a peer may keep its socket unwritable before it is dropped.
+    #: Seconds a backend's socket may stay unwritable (no progress at all) before it is dropped.
     write_timeout: float = 5.0
     #: Longest line accepted from a backend, in bytes; longer lines are skipped.
     max_frame_size: int = 16 * MiB
-    #: Characters queued to an unwritable WebSocket client before it is dropped.
+    #: Bytes queued to an unwritable WebSocket client before it is dropped.
     max_client_buffer: int = 8 * MiB
-    #: Bytes queued to an unwritable backend before it is dropped.
+    #: Bytes queued to an unwritable backend before it is dropped. The broker stops reading from a
+    #: backend's clients long before this, so it is only the last line of defence.
     max_backend_buffer: int = 64 * MiB
 
     def __post_init__(self) -> None:
@@ -70,15 +105,30 @@ class BrokerConfig:
         check_integer("tcp_port", self.tcp_port, minimum=0, maximum=65535)
         check_integer("queue_size", self.queue_size, minimum=0)
         check_integer("max_message_size", self.max_message_size, minimum=1)
+        if self.max_message_size > MAX_MESSAGE_SIZE:
+            raise ValueError(f"max_message_size must be <= {MAX_MESSAGE_SIZE}, not {self.max_message_size}:"
+                             " each message reaches a backend as one line, and the backend library"
+                             f" skips lines over {BackendSettings.max_line_length} bytes")
+        check_integer("max_fragments", self.max_fragments, minimum=1)
         check_integer("max_clients", self.max_clients, minimum=1)
+        check_integer("max_clients_per_address", self.max_clients_per_address, minimum=0)
         check_integer("max_frame_size", self.max_frame_size, minimum=64)
         check_integer("max_client_buffer", self.max_client_buffer, minimum=1)
         check_integer("max_backend_buffer", self.max_backend_buffer, minimum=1)
-        for name in ("auth_timeout", "heartbeat_interval", "write_timeout"):
+        for name in ("auth_timeout", "heartbeat_interval", "write_timeout", "handshake_timeout",
+                     "client_write_timeout"):
             check_number(name, getattr(self, name), minimum=0, inclusive=False)
+        for name in ("ping_interval", "client_idle_timeout", "max_client_rate"):
+            check_number(name, getattr(self, name), minimum=0)
         for name in ("ws_interface", "tcp_interface"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"{name} must be a str, not {type(getattr(self, name)).__name__}")
+        for name in ("ws_endpoint", "tcp_endpoint"):
+            value = getattr(self, name)
+            if value is not None:
+                check_server_endpoint(name, value)
+        if self.allowed_origins is not None:
+            OriginPolicy(self.allowed_origins)  # raises on a malformed pattern
         if self.backend_token is not None and (not isinstance(self.backend_token, str)
                                                or not self.backend_token):
             raise ValueError("backend_token must be a non-empty str or None")
@@ -86,14 +136,14 @@ class BrokerConfig:
             raise ValueError(f"static {self.static!r} is not a directory")
 
     @property
-    def ws_endpoint(self) -> str:
-        """Server endpoint string of the WebSocket port."""
-        return _endpoint(self.ws_port, self.ws_interface)
+    def ws_listen(self) -> str:
+        """Server endpoint string of the WebSocket side."""
+        return self.ws_endpoint or _endpoint(self.ws_port, self.ws_interface)
 
     @property
-    def backend_endpoint(self) -> str:
-        """Server endpoint string of the backend port."""
-        return _endpoint(self.tcp_port, self.tcp_interface)
+    def tcp_listen(self) -> str:
+        """Server endpoint string of the backend side."""
+        return self.tcp_endpoint or _endpoint(self.tcp_port, self.tcp_interface)
 
 
 def _endpoint(port: int, interface: str) -> str:
@@ -102,13 +152,34 @@ def _endpoint(port: int, interface: str) -> str:
     return f"tcp:{port}:interface={quoteStringArgument(interface)}"
 
 
+def check_server_endpoint(name: str, description: Any) -> str:
+    """A server endpoint string Twisted can parse (the listening itself happens at start)."""
+    if not isinstance(description, str) or not description:
+        raise TypeError(f"{name} must be a non-empty endpoint string, not {description!r}")
+    from twisted.internet.testing import MemoryReactor  # parses without touching the global reactor
+
+    try:
+        serverFromString(MemoryReactor(), description)
+    except Exception as exc:  # Twisted raises ValueError, KeyError, ImportError, ... per plugin
+        raise ValueError(f"{name} {description!r} is not a usable server endpoint: {exc}") from None
+    return description
+
+
 _NUMERIC_OPTIONS = {
     "ws-port": int,
     "tcp-port": int,
     "queue-size": int,
     "max-message-size": int,
+    "max-fragments": int,
     "max-clients": int,
+    "max-clients-per-address": int,
     "auth-timeout": float,
+    "handshake-timeout": float,
+    "ping-interval": float,
+    "client-idle-timeout": float,
+    "client-write-timeout": float,
+    "write-timeout": float,
+    "max-client-rate": float,
 }
 
 
@@ -130,7 +201,32 @@ class Options(usage.Options):
          "Seconds to wait for a backend's answer to a handshake before HTTP 403."],
         ["max-message-size", None, defaults.max_message_size,
          "Largest WebSocket message in bytes (bigger: close code 1009)."],
-        ["max-clients", None, defaults.max_clients, "Most WebSocket clients (beyond: HTTP 503)."],
+        ["max-fragments", None, defaults.max_fragments,
+         "Most frames in one WebSocket message (more: close code 1009)."],
+        ["max-clients", None, defaults.max_clients,
+         "Most open sockets on the WebSocket port, handshakes included (beyond: HTTP 503)."],
+        ["max-clients-per-address", None, defaults.max_clients_per_address,
+         "Most open sockets from one IP address (beyond: HTTP 429); 0: no limit."],
+        ["handshake-timeout", None, defaults.handshake_timeout,
+         "Seconds a socket has to send its request head (else HTTP 408) or to answer a close."],
+        ["allowed-origins", None, None,
+         "Comma-separated origins allowed to connect (https://*.example.com, * for any, null)."
+         " Default: the page's own origin, and clients that send no Origin."],
+        ["ping-interval", None, defaults.ping_interval, "Seconds between pings to WebSocket clients; 0: none."],
+        ["client-idle-timeout", None, defaults.client_idle_timeout,
+         "Seconds a WebSocket client may send nothing (pongs count) before close 1001; 0: never."],
+        ["client-write-timeout", None, defaults.client_write_timeout,
+         "Seconds a WebSocket client's socket may stay unwritable before it is dropped."],
+        ["write-timeout", None, defaults.write_timeout,
+         "Seconds a backend's socket may stay unwritable before the backend is dropped."],
+        ["max-client-rate", None, defaults.max_client_rate,
+         "Messages per second per WebSocket client; faster clients are read more slowly. 0: no limit."],
+        ["ws-endpoint", None, None,
+         "Twisted server endpoint of the WebSocket side (e.g. ssl:8443:privateKey=key.pem:certKey=cert.pem);"
+         " replaces --ws-port and --ws-interface."],
+        ["tcp-endpoint", None, None,
+         "Twisted server endpoint of the backend side (e.g. unix:/run/pystrands.sock);"
+         " replaces --tcp-port and --tcp-interface."],
         ["backend-token", None, None, "Backends must send this token in an auth frame first."],
         ["static", None, None, "Directory to serve at / beside /ws/."],
     ]
@@ -151,9 +247,19 @@ class Options(usage.Options):
                 ws_interface=self["ws-interface"] or "",
                 backend_token=self["backend-token"],
                 static=self["static"],
+                ws_endpoint=self["ws-endpoint"],
+                tcp_endpoint=self["tcp-endpoint"],
+                allowed_origins=parse_origins(self["allowed-origins"]),
             )
         except (TypeError, ValueError) as exc:
             raise settings_error(exc, label) from None
+
+
+def parse_origins(value: str | None) -> tuple[str, ...] | None:
+    """``--allowed-origins a,b`` as a tuple of patterns (None when the flag is not given)."""
+    if value is None:
+        return None
+    return tuple(pattern.strip() for pattern in value.split(","))
 
 
 def _source(option: str, environ: Mapping[str, str]) -> str:

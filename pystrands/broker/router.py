@@ -5,6 +5,10 @@ backend side (``backends.py``) call it; it calls back through the small
 :class:`Client` and :class:`BackendLink` protocols. Routing is sticky: a
 client's events all go to the backend that judged its handshake while that
 backend stays connected; new clients go to the least-loaded backend.
+
+Backpressure: a client whose backend is congested is told to wait
+(:meth:`Broker.client_message` returns False) and is woken once that
+backend drains, so a busy client slows down instead of breaking the link.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from .. import wire
+from ..settings import BackendSettings
 from .config import BrokerConfig
 from .queue import EventQueue
 from .rooms import Rooms
@@ -28,12 +33,16 @@ log = Logger()
 
 HEARTBEAT_FRAME = wire.encode_frame(wire.HEARTBEAT, {}, "heartbeat")
 NO_BACKEND = "no backend available to handle connection request"
+MESSAGE_TOO_BIG = 1009
 
 
 class BackendLink(Protocol):
     """What the router needs of a connected backend."""
 
     load: int
+
+    @property
+    def congested(self) -> bool: ...
 
     def send(self, frame: bytes) -> None: ...
 
@@ -47,7 +56,10 @@ class Client(Protocol):
 
     def send_text(self, message: str) -> None: ...
 
-    def close(self, code: int) -> None: ...
+    def close(self, code: int, reason: str = "") -> None: ...
+
+    def go_on(self) -> None:
+        """Its backend drained: read and deliver again."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +121,8 @@ class Broker:
         self.queue: EventQueue[tuple[str | None, bytes, bool]] = EventQueue(config.queue_size)
         self.backends: list[BackendLink] = []
         self._assigned: dict[str, BackendLink] = {}
+        self._waiting: dict[BackendLink, dict[str, Client]] = {}
+        self._event_limit = BackendSettings.max_line_length
         self._pending: dict[str, _Pending] = {}
         self._heartbeat: Any = None
         self._drops_reported = 0
@@ -161,8 +175,14 @@ class Broker:
         self.backends.remove(backend)
         for client_id in [cid for cid, owner in self._assigned.items() if owner is backend]:
             del self._assigned[client_id]
+        self.backend_drained(backend)  # its waiting clients go on, to another backend or the queue
         for request_id in [rid for rid, pending in self._pending.items() if pending.backend is backend]:
             self._refuse(request_id, 503, "the backend judging the handshake went away")
+
+    def backend_drained(self, backend: BackendLink) -> None:
+        """A congested backend caught up: the clients that waited for it go on."""
+        for client in self._waiting.pop(backend, {}).values():
+            client.go_on()
 
     def backend_frame(self, frame: wire.Frame, line: bytes) -> None:
         """Act on one decoded frame from a backend; anything unusable is logged and skipped."""
@@ -204,9 +224,6 @@ class Broker:
             self._route(None, wire.encode_frame(
                 wire.ERROR, {"error": NO_BACKEND, "context": handshake.failed_context()}), True)
             return fail(HandshakeRefused(503, "no backend is connected"))
-        if self.rooms.claimed() + len(self._pending) >= self.config.max_clients:
-            log.warn("Refused a handshake: max_clients ({limit}) reached", limit=self.config.max_clients)
-            return fail(HandshakeRefused(503, "too many clients"))
         backend = self._least_loaded()
         request_id = str(uuid.uuid4())
         frame = wire.encode_frame(wire.CONNECTION_REQUEST, handshake.params(), request_id)
@@ -263,21 +280,35 @@ class Broker:
         self._route(admission.client_id,
                     wire.encode_frame(wire.NEW_CONNECTION, {"context": admission.context}), False)
 
-    def client_message(self, client: Client, message: str) -> None:
+    def client_message(self, client: Client, message: str) -> bool:
+        """Route a client's message; False when the client must wait for its backend (see go_on)."""
         admission = client.admission
-        self._route(admission.client_id, wire.encode_frame(
-            wire.NEW_MESSAGE, {"message": message, "context": admission.context}), False)
+        frame = wire.encode_frame(wire.NEW_MESSAGE, {"message": message, "context": admission.context})
+        if len(frame) > self._event_limit:
+            log.warn("Closed WebSocket client {client_id!r}: its message makes an event of {size} bytes,"
+                     " over the backends' line limit ({limit})", client_id=admission.client_id,
+                     size=len(frame), limit=self._event_limit)
+            client.close(MESSAGE_TOO_BIG, "message too big")
+            return True
+        backend = self._route(admission.client_id, frame, False)
+        if backend is None or not backend.congested:
+            return True
+        self._waiting.setdefault(backend, {})[admission.client_id] = client
+        return False
 
     def client_disconnected(self, client: Client) -> None:
         admission = client.admission
         self.rooms.remove(admission.client_id, admission.room_id)
+        backend = self._assigned.get(admission.client_id)
+        if backend is not None:
+            self._waiting.get(backend, {}).pop(admission.client_id, None)
         self._route(admission.client_id,
                     wire.encode_frame(wire.DISCONNECTED, {"context": admission.context}), True)
 
     # -- routing -------------------------------------------------------------
 
-    def _route(self, client_id: str | None, frame: bytes, final: bool) -> None:
-        """Send an event to the client's backend, or queue it when there is none.
+    def _route(self, client_id: str | None, frame: bytes, final: bool) -> BackendLink | None:
+        """Send an event to the client's backend, or queue it when there is none; that backend.
 
         ``final`` marks a client's last event, after which its backend is free of it.
         """
@@ -288,7 +319,7 @@ class Broker:
             if self.queue.dropped > dropped_before and first_drop_since_report:
                 log.warn("No backend connected and the event queue is full (queue size {size}):"
                          " dropping the oldest events until a backend connects", size=self.queue.size)
-            return
+            return None
         backend = self._assigned.get(client_id) if client_id is not None else None
         if backend is None:
             backend = self._least_loaded()
@@ -298,6 +329,7 @@ class Broker:
         elif final:
             self._unassign(client_id)
         backend.send(frame)
+        return backend
 
     def _least_loaded(self) -> BackendLink:
         return min(self.backends, key=lambda link: link.load)

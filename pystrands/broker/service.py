@@ -21,9 +21,9 @@ from twisted.python.failure import Failure
 from .backends import BackendFactory
 from .config import BrokerConfig
 from .router import Broker
-from .websocket import GOING_AWAY, websocket_site
+from .websocket import GOING_AWAY, Stage, WebSocketFactory
 
-__all__ = ["BrokerService"]
+__all__ = ["BrokerService", "describe", "fit_file_limit"]
 
 log = Logger()
 
@@ -41,7 +41,7 @@ class BrokerService(Service):
         self.stop_timeout = stop_timeout
         self.broker: Broker | None = None
         self.backends: BackendFactory | None = None
-        self.site: Any = None
+        self.websockets: WebSocketFactory | None = None
         self._ports: list[IListeningPort] = []
         self._outcome: Failure | tuple[int, int] | None = None
         self._waiters: list[Deferred[tuple[int, int]]] = []
@@ -49,7 +49,10 @@ class BrokerService(Service):
     # -- addresses ---------------------------------------------------------
 
     def when_listening(self) -> Deferred[tuple[int, int]]:
-        """Fires with (WebSocket port, backend port) once both listen; fails if either cannot."""
+        """Fires with (WebSocket port, backend port) once both listen; fails if either cannot.
+
+        A side listening on something else than a port (a UNIX socket) shows as port 0.
+        """
         if isinstance(self._outcome, Failure):
             return fail(self._outcome)
         if self._outcome is not None:
@@ -76,19 +79,19 @@ class BrokerService(Service):
         super().startService()
         self.broker = Broker(self.config, reactor)
         self.backends = BackendFactory(self.broker)
-        self.site = websocket_site(self.broker)
+        self.websockets = WebSocketFactory(self.broker)
         listening = gatherResults([
-            serverFromString(reactor, self.config.ws_endpoint).listen(self.site),
-            serverFromString(reactor, self.config.backend_endpoint).listen(self.backends),
+            serverFromString(reactor, self.config.ws_listen).listen(self.websockets),
+            serverFromString(reactor, self.config.tcp_listen).listen(self.backends),
         ], consumeErrors=True)
         listening.addCallbacks(self._listening, self._cannot_listen)
 
     def _listening(self, ports: list[IListeningPort]) -> None:
         self._ports = ports
         self.broker.start()
-        log.info("PyStrands broker: WebSocket on {ws.host}:{ws.port}, backends on {tcp.host}:{tcp.port}",
-                 ws=self.ws_address, tcp=self.tcp_address)
-        self._settle((self.ws_address.port, self.tcp_address.port))
+        log.info("PyStrands broker: WebSocket on {ws}, backends on {tcp}",
+                 ws=describe(self.ws_address), tcp=describe(self.tcp_address))
+        self._settle((getattr(self.ws_address, "port", 0), getattr(self.tcp_address, "port", 0)))
 
     def _cannot_listen(self, failure: Failure) -> None:
         failure.trap(FirstError)
@@ -114,11 +117,12 @@ class BrokerService(Service):
         if broker is None:
             return
         broker.stop()
+        for connection in list(self.websockets.connections):
+            if connection.stage is not Stage.OPEN:
+                connection.transport.loseConnection()
         clients = list(broker.rooms.everyone())
-        await self._close(clients, lambda client: client.close(GOING_AWAY),
+        await self._close(clients, lambda client: client.close(GOING_AWAY, "the broker is stopping"),
                           lambda client: client.abort("the broker is stopping"))
-        for channel in list(self.site.protocols):
-            channel.loseConnection()
         backends = list(self.backends.connections)
         await self._close(backends, lambda backend: backend.close(), lambda backend: backend.abort())
 
@@ -134,3 +138,33 @@ class BrokerService(Service):
         await gone
         if deadline.active():
             deadline.cancel()
+
+
+def describe(address: IAddress) -> str:
+    """A listening address as a person reads it: ``host:port``, or a socket's path."""
+    if hasattr(address, "port"):
+        return f"{address.host}:{address.port}"  # type: ignore[attr-defined]
+    return str(getattr(address, "name", address))
+
+
+def fit_file_limit(config: BrokerConfig) -> None:
+    """Raise this process's open-file limit toward ``max_clients``; warn if it stays below.
+
+    Every WebSocket socket is a file descriptor: with the common soft limit of
+    1,024, a thousand sockets would make the broker refuse everyone, long
+    before ``max_clients``. For the command-line entry points, not the library.
+    """
+    try:
+        import resource
+    except ImportError:  # not on Unix: nothing to raise
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = config.max_clients + 256  # backends, listening ports, log files
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warn("The open-file limit ({limit}) is below --max-clients ({max_clients}) plus room for"
+                 " backends: past it, new sockets are refused by the system. Raise it (ulimit -n)"
+                 " or lower --max-clients.", limit=soft, max_clients=config.max_clients)

@@ -13,7 +13,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from . import config
-from .service import BrokerService
+from .service import BrokerService, fit_file_limit
 
 __all__ = ["Options", "makeService"]
 
@@ -31,9 +31,10 @@ class Options(config.Options):
     def postOptions(self) -> None:
         super().postOptions()
         broker = self["config"]
-        for option, port, interface in (("--ws-port", broker.ws_port, broker.ws_interface),
-                                        ("--tcp-port", broker.tcp_port, broker.tcp_interface)):
-            if port:
+        for option, port, interface, endpoint in (
+                ("--ws-port", broker.ws_port, broker.ws_interface, broker.ws_endpoint),
+                ("--tcp-port", broker.tcp_port, broker.tcp_interface, broker.tcp_endpoint)):
+            if port and endpoint is None:
                 _check_free(option, port, interface)
 
 
@@ -49,6 +50,7 @@ def _check_free(option: str, port: int, interface: str) -> None:
 
 def makeService(options: Options) -> IService:
     """The BrokerService that ``twistd pystrands-broker`` runs; it stops twistd if a port is taken."""
+    fit_file_limit(options["config"])
     service = BrokerService(options["config"])
     service.when_listening().addErrback(_cannot_listen)
     return service

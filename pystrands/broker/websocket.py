@@ -1,306 +1,458 @@
-"""The WebSocket side of the broker, on Twisted's own ``twisted.web.websocket``.
+"""The WebSocket side of the broker: a Twisted protocol driving ``websockets``' sans-I/O core.
 
-``twisted.web.websocket`` (chosen by ``benchmarks/websocket_impl.py``) gives
-binary frames and close codes (``loseConnection(code)``, so 1001 and 1009).
-It upgrades synchronously inside ``render_GET`` and has no message size
-limit; this module adds both on public Twisted APIs:
+``websockets.server.ServerProtocol`` (chosen in BENCHMARKS.md, "Choosing
+the broker's WebSocket implementation") parses and validates the handshake
+and the frames, answers pings and closes, and bounds a message's size. This
+module is the I/O around it, and the broker's rules at each stage of a
+socket's life on the WebSocket port:
 
-* Deferred handshake decision, HTTP errors before any upgrade:
-  :class:`WebSocketGate` answers ``NOT_DONE_YET``, asks a backend through
-  the router, then either writes an HTTP 403/409/503 response or hands the
-  request to a ``WebSocketResource`` for the upgrade.
-* Message size limit without buffering: the site's connections are wrapped
-  (``policies.WrappingFactory``) in :class:`GuardedChannel`, which after
-  the upgrade follows the frame headers of the client's byte stream
-  (:class:`MessageSizeGuard`) and closes with 1009 as soon as a header
-  announces a message bigger than the limit, before its payload arrives.
-* Bounded writes: each client registers as the request's push producer, so
-  it learns when its socket's send buffer is full and drops itself past
-  ``max_client_buffer`` characters queued.
+``HEAD``
+    The request head is read (at most ``MAX_HEAD`` bytes, within
+    ``handshake_timeout``); the socket holds a slot of ``max_clients`` and
+    of ``max_clients_per_address`` from its first byte.
+``HTTP``
+    Not under ``/ws/``: the head goes to the ``twisted.web`` site (the
+    static folder, or 404), which owns the socket from then on.
+``JUDGING``
+    A well-formed handshake from an allowed origin waits for a backend's
+    answer with its socket paused; bytes that came behind the head wait too.
+``OPEN``
+    Messages go to the router. Reading pauses while this client's writes
+    back up, while its backend is congested, and past ``max_client_rate``;
+    pings keep it alive, silence past ``client_idle_timeout`` closes it.
+``CLOSED``
+    Everything it held is given back, whatever stage it was in.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import enum
+import http
+import logging
+from collections import deque
+from email.utils import formatdate
+from typing import Any, Iterable
 from urllib.parse import parse_qs, unquote
 
 from twisted.internet.address import IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web import pages
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
-from twisted.web.websocket import WebSocketResource, WebSocketTransport
-from zope.interface import implementer
+from twisted.web.server import Site
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
+from .guards import AddressSlots, MessageAssembler, OriginPolicy, TokenBucket, TooManyFragments
+from .outbox import Outbox
 from .router import Admission, Broker, Handshake, HandshakeRefused
 
-__all__ = ["ClientConnection", "GuardedChannel", "MessageSizeGuard", "WebSocketGate", "websocket_site"]
+__all__ = ["ClientConnection", "MAX_HEAD", "Stage", "WebSocketFactory"]
 
 log = Logger()
 
 GOING_AWAY = 1001
+POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
+#: Largest request head (request line and headers) in bytes; a bigger one gets HTTP 431.
+MAX_HEAD = 64 * 1024
+#: websockets logs each connection at INFO through stdlib logging; the broker logs for itself.
+_QUIET = logging.getLogger("pystrands.broker.websockets")
+_QUIET.setLevel(logging.CRITICAL + 1)
+_QUIET.propagate = False
 
 
-class MessageSizeGuard:
-    """Follows a client's WebSocket frame headers to size each message, sans I/O.
+class Stage(enum.Enum):
+    """Where a socket on the WebSocket port is in its life (see the module docstring)."""
 
-    Only headers are read (2 to 14 bytes a frame); payloads are skipped by
-    count. Control frames (opcode >= 8) do not count toward a message.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.exceeded = False
-        self._header = bytearray()
-        self._payload_left = 0
-        self._message_size = 0
-
-    def accept(self, data: bytes) -> int:
-        """How many leading bytes of ``data`` stay within the limit (all, unless exceeded)."""
-        if self.exceeded:
-            return 0
-        pos, end = 0, len(data)
-        while pos < end:
-            if self._payload_left:
-                step = min(self._payload_left, end - pos)
-                self._payload_left -= step
-                pos += step
-                continue
-            frame_start = pos if not self._header else 0
-            header = self._header
-            need = _header_length(header)
-            while pos < end and len(header) < need:
-                taken = data[pos:pos + need - len(header)]
-                header += taken
-                pos += len(taken)
-                need = _header_length(header)  # the first two bytes tell how long the rest is
-            if len(header) < need:
-                break
-            opcode, final, length = header[0] & 0x0F, header[0] & 0x80, header[1] & 0x7F
-            if length >= 126:
-                length = int.from_bytes(header[2:4] if length == 126 else header[2:10], "big")
-            header.clear()
-            if opcode < 8:
-                self._message_size += length
-                if self._message_size > self.limit:
-                    self.exceeded = True
-                    return frame_start
-                if final:
-                    self._message_size = 0
-            self._payload_left = length
-        return end
+    HEAD = "head"
+    HTTP = "http"
+    JUDGING = "judging"
+    OPEN = "open"
+    CLOSED = "closed"
 
 
-def _header_length(header: bytearray) -> int:
-    """Bytes of a frame header, as far as known from its first bytes."""
-    if len(header) < 2:
-        return 2
-    length = header[1] & 0x7F
-    extended = 2 if length == 126 else 8 if length == 127 else 0
-    return 2 + extended + (4 if header[1] & 0x80 else 0)
+class ClientConnection(Protocol):
+    """One socket on the WebSocket port; once open, a ``Client`` for the router."""
 
+    factory: WebSocketFactory
+    admission: Admission
 
-class GuardedChannel(ProtocolWrapper):
-    """Wraps an HTTP connection; once upgraded, enforces the message size limit."""
-
-    _guard: MessageSizeGuard | None = None
-
-    def limit_messages(self, limit: int, on_exceeded: Any) -> None:
-        """From now on, stop passing data on and call ``on_exceeded()`` at a message over ``limit``."""
-        self._guard = MessageSizeGuard(limit)
-        self._on_exceeded = on_exceeded
-
-    def loseConnection(self) -> None:
-        """Close once written, even if the socket was paused when the close began.
-
-        After the upgrade, ``twisted.web.websocket`` closes this transport
-        directly, not through ``HTTPChannel.loseConnection``, so the channel
-        stays registered as the socket's producer; a socket that was paused
-        then never closes (Twisted resumes the producer instead). Unregister
-        it first, as ``HTTPChannel.loseConnection`` does.
-        """
-        if self._guard is not None:
-            self.transport.unregisterProducer()
-        super().loseConnection()
-
-    def dataReceived(self, data: bytes) -> None:
-        guard = self._guard
-        if guard is None:
-            self.wrappedProtocol.dataReceived(data)
-            return
-        if guard.exceeded:
-            return
-        allowed = guard.accept(data)
-        if allowed:
-            self.wrappedProtocol.dataReceived(data if allowed == len(data) else data[:allowed])
-        if guard.exceeded:
-            self._on_exceeded()
-
-
-@implementer(IPushProducer)
-class ClientConnection:
-    """One WebSocket client: a ``WebSocketProtocol`` for Twisted, a ``Client`` for the router."""
-
-    def __init__(self, broker: Broker, admission: Admission, channel: GuardedChannel) -> None:
+    def __init__(self, broker: Broker, slots: AddressSlots, origins: OriginPolicy, site: Site) -> None:
         self.broker = broker
-        self.admission = admission
-        self._channel = channel
-        self._buffer_limit = broker.config.max_client_buffer
-        self._ws: WebSocketTransport | None = None
-        self._closing = False
-        self._paused = False
-        self._unflushed = 0
-        #: Fires once the connection is gone.
+        self.clock = broker.clock
+        self.config = broker.config
+        self.stage = Stage.HEAD
+        self._slots = slots
+        self._origins = origins
+        self._site = site
+        self._address = ""
+        self._head = b""
+        self._held_input = b""
+        self._channel: Any = None
+        self._ws: ServerProtocol | None = None
+        self._outbox: Outbox | None = None
+        self._assembler = MessageAssembler(self.config.max_fragments)
+        self._rate = TokenBucket(self.config.max_client_rate, self.clock) if self.config.max_client_rate else None
+        self._events: deque[Frame] = deque()
+        self._pauses: set[str] = set()
+        self._timer: IDelayedCall | None = None
+        self._last_heard = 0.0
+        self._last_ping = 0.0
+        self._rate_wait: IDelayedCall | None = None
+        #: Fires once the socket is gone.
         self.gone: Deferred[None] = Deferred()
 
-    # -- WebSocketProtocol ---------------------------------------------------
+    def __repr__(self) -> str:
+        admission = getattr(self, "admission", None)
+        who = repr(admission.client_id) if admission is not None else self._address or "?"
+        return f"<WebSocket client {who} {self.stage.value}>"
 
-    def negotiationStarted(self, transport: WebSocketTransport) -> None:
-        self._ws = transport
+    # -- the socket ----------------------------------------------------------
 
-    def negotiationFinished(self) -> None:
-        self.broker.client_connected(self)
+    def connectionMade(self) -> None:
+        self.factory.connections.add(self)
+        self._address = str(getattr(self.transport.getPeer(), "host", "?"))
+        refusal = self._slots.take(self._address)
+        if refusal is not None:
+            self._address = ""  # no slot to give back
+            why = ("too many clients" if refusal == 503
+                   else f"more than {self.config.max_clients_per_address} connections from {self.transport.getPeer().host}")
+            log.warn("Refused a WebSocket-port connection: {why}", why=why)
+            self._answer(refusal, why)
+            return
+        self._last_heard = self.clock.seconds()
+        self._timer = self.clock.callLater(self.config.handshake_timeout, self._head_too_slow)
 
-    def textMessageReceived(self, message: str) -> None:
-        if not self.closing:
-            self.broker.client_message(self, message)
+    def dataReceived(self, data: bytes) -> None:
+        stage = self.stage
+        if stage is Stage.OPEN:
+            self._last_heard = self.clock.seconds()
+            ws = self._ws
+            ws.receive_data(data)
+            self._events.extend(ws.events_received())
+            self._deliver()
+            self._flush()
+        elif stage is Stage.HEAD:
+            self._read_head(data)
+        elif stage is Stage.HTTP:
+            self._channel.dataReceived(data)
+        elif stage is Stage.JUDGING:
+            self._hold_input(data)
 
-    def bytesMessageReceived(self, data: bytes | bytearray) -> None:
-        """Binary messages reach backends as strings, as with the reference broker."""
-        self.textMessageReceived(data.decode("utf-8", "replace"))
-
-    def pongReceived(self, payload: bytes) -> None:
-        """Pongs carry nothing for the backend."""
-
-    def connectionLost(self, reason: Failure) -> None:
-        self._closing = True
-        self.broker.client_disconnected(self)
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        stage, self.stage = self.stage, Stage.CLOSED
+        self._cancel_timers()
+        if self._outbox is not None:
+            self._outbox.stop()
+        if self._address:
+            self._slots.release(self._address)
+        self.factory.connections.discard(self)
+        if stage is Stage.HTTP:
+            self._channel.connectionLost(reason)
+        elif stage is Stage.OPEN:
+            self._deliver(everything=True)  # what was read before the end still reaches the backend
+            self.broker.client_disconnected(self)
         self.gone.callback(None)
 
-    # -- Client (for the router) ----------------------------------------------
+    # -- HEAD: the request head, then a decision ------------------------------------
+
+    def _read_head(self, data: bytes) -> None:
+        head = self._head + data
+        end = head.find(b"\r\n\r\n")
+        if end < 0 and len(head) <= MAX_HEAD:
+            self._head = head
+            return
+        if end < 0 or end + 4 > MAX_HEAD:
+            self._answer(431, "the request head is too large")
+            return
+        self._head = b""
+        self._cancel_timers()
+        head, rest = head[:end + 4], head[end + 4:]
+        request_line = head[:head.find(b"\r\n")].split(b" ")
+        if len(request_line) != 3 or not request_line[1].startswith(b"/ws/"):
+            self._hand_to_site(head + rest)
+            return
+        try:
+            self._handshake(head, rest)
+        except Exception:
+            log.failure("A WebSocket handshake from {address} failed", address=self._address)
+            if self.stage is Stage.HEAD:
+                self._answer(500, "the WebSocket could not be opened")
+
+    def _head_too_slow(self) -> None:
+        self._timer = None
+        log.info("Closed a WebSocket-port connection from {address}: no complete request head"
+                 " within {seconds}s", address=self._address, seconds=self.config.handshake_timeout)
+        self._answer(408, "the request head did not arrive in time")
+
+    def _hand_to_site(self, data: bytes) -> None:
+        """Not a WebSocket path: the web site (static files or 404) takes over this socket."""
+        self.stage = Stage.HTTP
+        self._channel = self._site.buildProtocol(self.transport.getPeer())
+        self._channel.makeConnection(self.transport)
+        self._channel.dataReceived(data)
+
+    def _handshake(self, head: bytes, rest: bytes) -> None:
+        ws = ServerProtocol(max_size=self.config.max_message_size, logger=_QUIET)
+        ws.receive_data(head)
+        request = next((event for event in ws.events_received() if isinstance(event, Request)), None)
+        problem = _malformed(head, request)
+        if problem is not None:
+            self._answer(400, problem)
+            return
+        response = ws.accept(request)
+        if response.status_code != 101:
+            version = request.headers.get_all("Sec-WebSocket-Version")
+            if version != ["13"] and response.status_code == 400:
+                self._answer(426, "this server speaks WebSocket version 13",
+                             [("Sec-WebSocket-Version", "13"), ("Upgrade", "websocket")])
+            else:
+                extra = [(name, value) for name, value in response.headers.raw_items()
+                         if name in ("Upgrade", "Allow")]
+                self._answer(response.status_code, response.body.decode(errors="replace").strip(), extra)
+            return
+        origin = _single(request, "Origin")
+        if not self._origins.allows(origin, _single(request, "Host")):
+            log.info("Refused a WebSocket handshake from {address}: origin {origin!r} is not allowed",
+                     address=self._address, origin=origin)
+            self._answer(403, "this origin is not allowed")
+            return
+        self.stage = Stage.JUDGING
+        self._ws = ws
+        self._held_input = rest
+        self.transport.pauseProducing()  # nothing more is read until a backend has answered
+        answer = self.broker.request_connection(_handshake(request, self.transport.getPeer()))
+        answer.addCallbacks(self._admitted, self._refused, (response,))
+        answer.addErrback(self._upgrade_failed)
+
+    def _hold_input(self, data: bytes) -> None:
+        self._held_input += data
+        if len(self._held_input) > MAX_HEAD + self.config.max_message_size:
+            self._held_input = b""
+            self._answer(400, "too much data before the handshake was answered")
+
+    # -- JUDGING: the backend's answer ---------------------------------------------
+
+    def _admitted(self, admission: Admission, response: Any) -> None:
+        self.admission = admission
+        if self.stage is not Stage.JUDGING:  # the client hung up while its backend judged
+            self.broker.abandon(admission)
+            return
+        try:
+            self._open(response)
+        except Exception:
+            if self.stage is Stage.OPEN:
+                self.abort("opening the WebSocket failed")
+            else:
+                self.broker.abandon(admission)
+            raise
+
+    def _open(self, response: Any) -> None:
+        ws = self._ws
+        ws.send_response(response)
+        self.transport.write(b"".join(ws.data_to_send()))
+        self.stage = Stage.OPEN
+        self._outbox = Outbox(self.transport, self.clock, limit=self.config.max_client_buffer,
+                              timeout=self.config.client_write_timeout, on_fault=self.abort,
+                              on_congestion=self._write_congestion)
+        self.broker.client_connected(self)
+        self._last_heard = self._last_ping = self.clock.seconds()
+        self._schedule_keepalive()
+        held, self._held_input = self._held_input, b""
+        self.transport.resumeProducing()
+        if held:
+            self.dataReceived(held)
+
+    def _refused(self, failure: Failure) -> None:
+        failure.trap(HandshakeRefused)
+        refusal: HandshakeRefused = failure.value
+        if self.stage is Stage.JUDGING:
+            self._answer(refusal.status, refusal.reason)
+
+    def _upgrade_failed(self, failure: Failure) -> None:
+        """Anything unexpected while upgrading: 500 if nothing was sent yet, every slot given back."""
+        log.error("Upgrading a WebSocket handshake from {address} failed: {why}",
+                  address=self._address, why=failure.getTraceback())
+        if self.stage is Stage.JUDGING:
+            self._answer(500, "the WebSocket could not be opened")
+
+    # -- OPEN: messages in, with the reasons to stop reading -----------------------
+
+    def _deliver(self, everything: bool = False) -> None:
+        """Hand complete messages to the router until one has to wait (unless ``everything``)."""
+        events = self._events
+        while events and (everything or not self._pauses & {"backend", "rate"}):
+            frame = events[0]
+            if frame.opcode not in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
+                events.popleft()
+                continue
+            if self._rate is not None and frame.fin and not everything:
+                wait = self._rate.take()
+                if wait:
+                    self._pause("rate")
+                    self._rate_wait = self.clock.callLater(wait, self._resume, "rate")
+                    return
+            events.popleft()
+            try:
+                message = self._assembler.add(frame)
+            except TooManyFragments as exc:
+                self._fail(MESSAGE_TOO_BIG, str(exc))
+                return
+            except UnicodeDecodeError:
+                self._fail(1007, "a text message that is not UTF-8")
+                return
+            if message is not None and not self.broker.client_message(self, message) and not everything:
+                self._pause("backend")
+
+    def go_on(self) -> None:
+        """The router's word: this client's backend drained."""
+        self._resume("backend")
+
+    def _write_congestion(self, congested: bool) -> None:
+        """While this client does not read what it is sent, the broker does not read what it sends."""
+        if congested:
+            self._pause("writes")
+        else:
+            self._resume("writes")
+
+    def _pause(self, reason: str) -> None:
+        if not self._pauses:
+            self.transport.pauseProducing()
+        self._pauses.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        if reason not in self._pauses or self.stage is not Stage.OPEN:
+            return
+        self._pauses.discard(reason)
+        if reason == "rate":
+            self._rate_wait = None
+        self._deliver()
+        if not self._pauses:
+            self.transport.resumeProducing()
+        self._flush()
+
+    def _fail(self, code: int, reason: str) -> None:
+        log.info("Closed {client}: {reason}", client=self, reason=reason)
+        self._events.clear()
+        self._ws.fail(code, reason)
+        self._flush()
+
+    # -- keep-alive ----------------------------------------------------------------
+
+    def _schedule_keepalive(self) -> None:
+        ping, idle = self.config.ping_interval, self.config.client_idle_timeout
+        deadlines = ([self._last_ping + ping] if ping else []) + ([self._last_heard + idle] if idle else [])
+        if deadlines:
+            delay = max(0.0, min(deadlines) - self.clock.seconds())
+            self._timer = self.clock.callLater(delay, self._keepalive)
+
+    def _keepalive(self) -> None:
+        self._timer = None
+        now, config = self.clock.seconds(), self.config
+        if self._pauses:
+            self._last_heard = now  # unread data may be waiting: silence is the broker's doing
+        if config.client_idle_timeout and now - self._last_heard >= config.client_idle_timeout:
+            log.info("Closed {client}: nothing heard for {seconds}s", client=self,
+                     seconds=config.client_idle_timeout)
+            self.close(GOING_AWAY, "idle timeout")
+            return
+        if config.ping_interval and now - self._last_ping >= config.ping_interval:
+            self._last_ping = now
+            if self._ws.state is State.OPEN:
+                self._ws.send_ping(b"")
+                self._flush()
+        self._schedule_keepalive()
+
+    # -- Client (for the router) ------------------------------------------------------
 
     @property
     def closing(self) -> bool:
         """True once either side began closing (nothing may be sent any more)."""
-        return self._closing or bool(self._channel.disconnecting)
+        return self.stage is not Stage.OPEN or self._ws.state is not State.OPEN
 
     def send_text(self, message: str) -> None:
-        """Send a text message, or drop this client if too much already waits to be written."""
+        """Send a text message (held while the socket is full; past the limit, the client is dropped)."""
+        if self.stage is Stage.OPEN and self._ws.state is State.OPEN:
+            self._ws.send_text(message.encode())
+            self._flush()
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Start the closing handshake; the client has ``handshake_timeout`` to answer."""
         if self.closing:
             return
-        if self._paused:
-            self._unflushed += len(message)
-            if self._unflushed > self._buffer_limit:
-                self.abort(f"more than {self._buffer_limit} characters wait to be written")
-                return
-        self._ws.sendTextMessage(message)
-
-    def close(self, code: int) -> None:
-        """Send a close frame with ``code`` and close once it is written."""
-        if not self.closing:
-            self._closing = True
-            self._ws.loseConnection(code)
+        self._ws.send_close(code, reason)
+        self._flush()
+        self._cancel_timers()
+        self._timer = self.clock.callLater(self.config.handshake_timeout, self.abort,
+                                           "it did not answer the close in time")
 
     def abort(self, why: str) -> None:
         """Cut the connection at once (no close frame can get through a full buffer)."""
-        log.warn("Dropped WebSocket client {client_id!r}: {why}",
-                 client_id=self.admission.client_id, why=why)
-        self._closing = True
-        self._channel.abortConnection()
-
-    def message_too_big(self) -> None:
-        log.info("Closed WebSocket client {client_id!r}: a message over {limit} bytes",
-                 client_id=self.admission.client_id, limit=self.broker.config.max_message_size)
-        self.close(MESSAGE_TOO_BIG)
-
-    # -- IPushProducer: told by the socket when its send buffer fills and drains ----
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._unflushed = 0
-
-    def stopProducing(self) -> None:
-        """Nothing to stop: the connection is going away."""
-
-
-class _Prepared:
-    """A WebSocketServerFactory that hands out one protocol built beforehand."""
-
-    def __init__(self, protocol: ClientConnection) -> None:
-        self.protocol = protocol
-
-    def buildProtocol(self, request: Request) -> ClientConnection:
-        return self.protocol
-
-
-class WebSocketGate(Resource):
-    """Every path under ``/ws/``: a handshake judged by a backend, then the upgrade."""
-
-    isLeaf = True
-
-    def __init__(self, broker: Broker) -> None:
-        super().__init__()
-        self.broker = broker
-
-    def render_GET(self, request: Request) -> bytes | int:
-        if not request.path.startswith(b"/ws/"):
-            return _error(request, 404, "not found")
-        if not _is_handshake(request):
-            return _error(request, 400, "a WebSocket handshake is expected here")
-        finished = request.notifyFinish()
-        finished.addErrback(lambda _: None)  # the client hung up; seen through finished.called
-        answer = self.broker.request_connection(_handshake(request))
-        answer.addCallbacks(self._upgrade, self._refuse, (request, finished), None, (request, finished))
-        answer.addErrback(lambda failure: log.failure("Handshake of {path} failed", failure,
-                                                      path=request.path))
-        return NOT_DONE_YET
-
-    def _upgrade(self, admission: Admission, request: Request, finished: Deferred[None]) -> None:
-        if finished.called:
-            self.broker.abandon(admission)
+        if self.stage is Stage.CLOSED:
             return
-        channel = request.channel.transport
-        client = ClientConnection(self.broker, admission, channel)
-        result = WebSocketResource(_Prepared(client)).render_GET(request)
-        if result is not NOT_DONE_YET:
-            self.broker.abandon(admission)
-            request.write(result)
-            request.finish()
-            return
-        request.registerProducer(client, True)
-        channel.limit_messages(self.broker.config.max_message_size, client.message_too_big)
+        log.warn("Dropped {client}: {why}", client=self, why=why)
+        if self._outbox is not None:
+            self._outbox.stop()
+        self.transport.abortConnection()
 
-    def _refuse(self, failure: Failure, request: Request, finished: Deferred[None]) -> None:
-        failure.trap(HandshakeRefused)
-        refusal: HandshakeRefused = failure.value
-        if not finished.called:
-            request.write(_error(request, refusal.status, refusal.reason))
-            request.finish()
+    def _flush(self) -> None:
+        """Pass what the protocol wants to send to the outbox; an empty chunk means close."""
+        for data in self._ws.data_to_send():
+            if data:
+                self._outbox.write(data)
+            else:
+                self._outbox.close()
+
+    # -- endings -------------------------------------------------------------------
+
+    def _answer(self, status: int, text: str, headers: Iterable[tuple[str, str]] = ()) -> None:
+        """An HTTP response that refuses the request, then close."""
+        self.stage = Stage.CLOSED
+        self._cancel_timers()
+        self.transport.write(http_response(status, text, headers))
+        self.transport.loseConnection()
+
+    def _cancel_timers(self) -> None:
+        for call in (self._timer, self._rate_wait):
+            if call is not None and call.active():
+                call.cancel()
+        self._timer = self._rate_wait = None
 
 
-def _error(request: Request, status: int, reason: str) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-    return reason.encode() + b"\n"
+def http_response(status: int, text: str, headers: Iterable[tuple[str, str]] = ()) -> bytes:
+    """A complete HTTP/1.1 response with a plain-text body, and ``Connection: close``."""
+    body = text.encode() + b"\n"
+    lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}",
+             f"Date: {formatdate(usegmt=True)}", "Connection: close",
+             "Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(body)}",
+             *(f"{name}: {value}" for name, value in headers)]
+    return "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body
 
 
-def _is_handshake(request: Request) -> bool:
-    """A well-formed WebSocket upgrade request (anything else gets HTTP 400, not a backend's time)."""
-    def tokens(name: bytes) -> set[bytes]:
-        value = request.getHeader(name) or b""
-        return {token.strip().lower() for token in value.split(b",")}
+def _malformed(head: bytes, request: Request | None) -> str | None:
+    """Why a handshake request is not well formed, before any backend sees it; None if it is."""
+    if request is None:
+        return "not a valid HTTP request"
+    request_line = head[:head.find(b"\r\n")]
+    if not request_line.endswith(b" HTTP/1.1"):
+        return "a WebSocket handshake needs HTTP/1.1"
+    target = request_line.split(b" ")[1]
+    if any(byte <= 0x20 or byte >= 0x7F for byte in target):
+        return "the request target has a byte that is not printable ASCII"
+    hosts = request.headers.get_all("Host")
+    if len(hosts) != 1 or not hosts[0].strip():
+        return "a request needs exactly one Host header"
+    return None
 
-    return (b"websocket" in tokens(b"upgrade") and b"upgrade" in tokens(b"connection")
-            and bool(request.getHeader(b"sec-websocket-key"))
-            and request.getHeader(b"sec-websocket-version") == b"13")
+
+def _single(request: Request, name: str) -> str | None:
+    values = request.headers.get_all(name)
+    return values[0] if len(values) == 1 else None if not values else ""
 
 
 def _canonical(name: str) -> str:
@@ -308,36 +460,43 @@ def _canonical(name: str) -> str:
     return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
 
 
-def _handshake(request: Request) -> Handshake:
+def _handshake(request: Request, address: Any) -> Handshake:
     headers: dict[str, list[str]] = {}
-    for raw_name, raw_values in request.requestHeaders.getAllRawHeaders():
-        name = _canonical(raw_name.decode("latin-1"))
+    for raw_name, value in request.headers.raw_items():
+        name = _canonical(raw_name)
         if name != "Host":
-            headers.setdefault(name, []).extend(value.decode("utf-8", "replace") for value in raw_values)
-    address = request.getClientAddress()
+            headers.setdefault(name, []).append(value)
     host, port = getattr(address, "host", "?"), getattr(address, "port", 0)
     remote_addr = f"[{host}]:{port}" if isinstance(address, IPv6Address) else f"{host}:{port}"
-    query = request.uri.partition(b"?")[2].decode("utf-8", "replace")
-    return Handshake(
-        headers=headers,
-        url=unquote(request.path.decode("utf-8", "replace")),
-        remote_addr=remote_addr,
-        query=parse_qs(query, keep_blank_values=True),
-    )
+    path, _, query = request.path.partition("?")
+    return Handshake(headers=headers, url=unquote(path), remote_addr=remote_addr,
+                     query=parse_qs(query, keep_blank_values=True))
 
 
-def websocket_site(broker: Broker) -> WrappingFactory:
-    """The WebSocket port's factory: ``/ws/...`` upgrades, the ``static`` folder (if any) at ``/``, else 404."""
-    static = broker.config.static
-    if static is not None:
-        from .static import StaticFolder  # imported only when used: twisted.web.static warns on import
+class WebSocketFactory(Factory):
+    """The WebSocket port: ``/ws/...`` upgrades, the ``static`` folder (if any) at ``/``, else 404."""
 
-        root = StaticFolder(static)
-    else:
-        root = pages.notFound()
-    root.putChild(b"ws", WebSocketGate(broker))
-    site = Site(root, reactor=broker.clock)
-    factory = WrappingFactory(site)
-    factory.protocol = GuardedChannel
-    site.noisy = factory.noisy = False
-    return factory
+    noisy = False
+
+    def __init__(self, broker: Broker) -> None:
+        config = broker.config
+        self.broker = broker
+        self.slots = AddressSlots(config.max_clients, config.max_clients_per_address)
+        self.origins = OriginPolicy(config.allowed_origins)
+        #: Every open socket of the port, whatever its stage.
+        self.connections: set[ClientConnection] = set()
+        if config.static is not None:
+            from .static import StaticFolder  # imported only when used: twisted.web.static warns on import
+
+            root: Any = StaticFolder(config.static)
+        else:
+            root = pages.notFound()
+        # Idle HTTP keep-alive sockets (static files) hold a slot: close them as idle WebSockets are.
+        self.site = Site(root, timeout=config.client_idle_timeout or config.handshake_timeout,
+                         reactor=broker.clock)
+        self.site.noisy = False
+
+    def buildProtocol(self, addr: Any) -> ClientConnection:
+        connection = ClientConnection(self.broker, self.slots, self.origins, self.site)
+        connection.factory = self
+        return connection

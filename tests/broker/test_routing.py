@@ -96,11 +96,11 @@ def test_query_string_reaches_the_backend_as_lists(broker: RunningBroker) -> Non
     assert request["params"]["query"] == {"token": ["a b"], "tag": ["1", "2"], "empty": [""]}
 
 
-def test_a_plain_get_under_ws_is_400_without_asking_a_backend(broker: RunningBroker) -> None:
+def test_a_plain_get_under_ws_is_426_without_asking_a_backend(broker: RunningBroker) -> None:
     backend = broker.backend()
     with pytest.raises(urllib.error.HTTPError) as answer:
         urllib.request.urlopen(f"http://127.0.0.1:{broker.ws_port}/ws/lobby", timeout=TIMEOUT)
-    assert answer.value.code == 400
+    assert answer.value.code == 426 and answer.value.headers["Upgrade"] == "websocket"
     backend.assert_silent(0.1)
 
 
