@@ -128,6 +128,10 @@ class BrokerConfig:
             if value is not None:
                 check_server_endpoint(name, value)
         if self.allowed_origins is not None:
+            if isinstance(self.allowed_origins, (str, bytes)) or not hasattr(self.allowed_origins, "__iter__"):
+                raise TypeError("allowed_origins must be a sequence of origin patterns or None,"
+                                f" not {type(self.allowed_origins).__name__}")
+            object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
             OriginPolicy(self.allowed_origins)  # raises on a malformed pattern
         if self.backend_token is not None and (not isinstance(self.backend_token, str)
                                                or not self.backend_token):

@@ -41,7 +41,7 @@ class Outbox:
         self._writable = True
         self._reported = False
         self._stalled: IDelayedCall | None = None
-        self._closing = False
+        self._closing = ""
         self._stopped = False
         transport.registerProducer(self, True)
 
@@ -67,9 +67,13 @@ class Outbox:
         if self._held_bytes > self.limit:
             self._fault(f"more than {self.limit} bytes wait to be written")
 
-    def close(self) -> None:
-        """Close the connection once everything held has been written."""
-        self._closing = True
+    def close(self, half: bool = False) -> None:
+        """Close once everything held has been written; ``half``: only our side, keep reading.
+
+        A WebSocket server half-closes after its close frame, so that what
+        the client still sends meets a FIN, not a reset.
+        """
+        self._closing = "half" if half else "full"
         if not self._held:
             self._lose_connection()
 
@@ -119,7 +123,11 @@ class Outbox:
     def _lose_connection(self) -> None:
         # A transport still holding a paused producer resumes it instead of closing: let go first.
         self.transport.unregisterProducer()
-        self.transport.loseConnection()
+        lose_write = getattr(self.transport, "loseWriteConnection", None)
+        if self._closing == "half" and lose_write is not None:
+            lose_write()
+        else:
+            self.transport.loseConnection()
 
     def _fault(self, why: str) -> None:
         self._stalled = None

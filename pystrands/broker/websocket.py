@@ -20,6 +20,10 @@ socket's life on the WebSocket port:
     Messages go to the router. Reading pauses while this client's writes
     back up, while its backend is congested, and past ``max_client_rate``;
     pings keep it alive, silence past ``client_idle_timeout`` closes it.
+``REFUSED``
+    An HTTP error was sent and our side half-closed; what the client still
+    sends is read and dropped until it hangs up (``REFUSAL_LINGER`` seconds
+    at most), so that it reads the answer instead of a reset.
 ``CLOSED``
     Everything it held is given back, whatever stage it was in.
 """
@@ -38,7 +42,7 @@ from twisted.internet.address import IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web import pages
 from twisted.web.server import Site
@@ -51,7 +55,7 @@ from .guards import AddressSlots, MessageAssembler, OriginPolicy, TokenBucket, T
 from .outbox import Outbox
 from .router import Admission, Broker, Handshake, HandshakeRefused
 
-__all__ = ["ClientConnection", "MAX_HEAD", "Stage", "WebSocketFactory"]
+__all__ = ["ClientConnection", "MAX_HEAD", "REFUSAL_LINGER", "Stage", "WebSocketFactory", "http_response"]
 
 log = Logger()
 
@@ -60,6 +64,8 @@ POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 #: Largest request head (request line and headers) in bytes; a bigger one gets HTTP 431.
 MAX_HEAD = 64 * 1024
+#: Seconds a refused socket may stay open for its client to read the answer and hang up.
+REFUSAL_LINGER = 2.0
 #: websockets logs each connection at INFO through stdlib logging; the broker logs for itself.
 _QUIET = logging.getLogger("pystrands.broker.websockets")
 _QUIET.setLevel(logging.CRITICAL + 1)
@@ -73,6 +79,7 @@ class Stage(enum.Enum):
     HTTP = "http"
     JUDGING = "judging"
     OPEN = "open"
+    REFUSED = "refused"
     CLOSED = "closed"
 
 
@@ -91,6 +98,7 @@ class ClientConnection(Protocol):
         self._origins = origins
         self._site = site
         self._address = ""
+        self._refusal: tuple[int, str] | None = None
         self._head = b""
         self._held_input = b""
         self._channel: Any = None
@@ -104,6 +112,7 @@ class ClientConnection(Protocol):
         self._last_heard = 0.0
         self._last_ping = 0.0
         self._rate_wait: IDelayedCall | None = None
+        self._ending = False
         #: Fires once the socket is gone.
         self.gone: Deferred[None] = Deferred()
 
@@ -116,17 +125,19 @@ class ClientConnection(Protocol):
 
     def connectionMade(self) -> None:
         self.factory.connections.add(self)
-        self._address = str(getattr(self.transport.getPeer(), "host", "?"))
-        refusal = self._slots.take(self._address)
-        if refusal is not None:
-            self._address = ""  # no slot to give back
-            why = ("too many clients" if refusal == 503
-                   else f"more than {self.config.max_clients_per_address} connections from {self.transport.getPeer().host}")
-            log.warn("Refused a WebSocket-port connection: {why}", why=why)
-            self._answer(refusal, why)
+        address = str(getattr(self.transport.getPeer(), "host", "?"))
+        status = self._slots.take(address)
+        if status is None:
+            self._address = address
+            self._timer = self.clock.callLater(self.config.handshake_timeout, self._head_too_slow)
             return
-        self._last_heard = self.clock.seconds()
-        self._timer = self.clock.callLater(self.config.handshake_timeout, self._head_too_slow)
+        # Over a limit: no slot. Answer the request (a client that is still sending it
+        # would miss an earlier answer), but wait for it no more than REFUSAL_LINGER.
+        why = ("too many clients" if status == 503
+               else f"more than {self.config.max_clients_per_address} connections from {address}")
+        log.warn("Refused a WebSocket-port connection: {why}", why=why)
+        self._refusal = (status, why)
+        self._timer = self.clock.callLater(REFUSAL_LINGER, self._answer, status, why)
 
     def dataReceived(self, data: bytes) -> None:
         stage = self.stage
@@ -172,6 +183,9 @@ class ClientConnection(Protocol):
             return
         self._head = b""
         self._cancel_timers()
+        if self._refusal is not None:
+            self._answer(*self._refusal)
+            return
         head, rest = head[:end + 4], head[end + 4:]
         request_line = head[:head.find(b"\r\n")].split(b" ")
         if len(request_line) != 3 or not request_line[1].startswith(b"/ws/"):
@@ -180,7 +194,8 @@ class ClientConnection(Protocol):
         try:
             self._handshake(head, rest)
         except Exception:
-            log.failure("A WebSocket handshake from {address} failed", address=self._address)
+            log.failure("A WebSocket handshake from {address} failed", address=self._address,
+                        level=LogLevel.error)
             if self.stage is Stage.HEAD:
                 self._answer(500, "the WebSocket could not be opened")
 
@@ -387,9 +402,7 @@ class ClientConnection(Protocol):
             return
         self._ws.send_close(code, reason)
         self._flush()
-        self._cancel_timers()
-        self._timer = self.clock.callLater(self.config.handshake_timeout, self.abort,
-                                           "it did not answer the close in time")
+        self._expect_end()
 
     def abort(self, why: str) -> None:
         """Cut the connection at once (no close frame can get through a full buffer)."""
@@ -406,16 +419,35 @@ class ClientConnection(Protocol):
             if data:
                 self._outbox.write(data)
             else:
-                self._outbox.close()
+                self._outbox.close(half=True)
+                self._expect_end()
+
+    def _expect_end(self) -> None:
+        """Closing: read on (to see the client's answer or FIN), for ``handshake_timeout`` at most."""
+        if self._ending:
+            return
+        self._ending = True
+        if self._pauses:
+            self._pauses.clear()
+            self.transport.resumeProducing()
+        self._cancel_timers()
+        self._timer = self.clock.callLater(self.config.handshake_timeout, self.abort,
+                                           "it did not finish closing in time")
 
     # -- endings -------------------------------------------------------------------
 
     def _answer(self, status: int, text: str, headers: Iterable[tuple[str, str]] = ()) -> None:
-        """An HTTP response that refuses the request, then close."""
-        self.stage = Stage.CLOSED
+        """An HTTP response that refuses the request, then a half-close (see ``Stage.REFUSED``)."""
+        self.stage = Stage.REFUSED
         self._cancel_timers()
         self.transport.write(http_response(status, text, headers))
-        self.transport.loseConnection()
+        lose_write = getattr(self.transport, "loseWriteConnection", None)
+        if lose_write is None:
+            self.transport.loseConnection()
+            return
+        self.transport.resumeProducing()
+        lose_write()
+        self._timer = self.clock.callLater(REFUSAL_LINGER, self.transport.abortConnection)
 
     def _cancel_timers(self) -> None:
         for call in (self._timer, self._rate_wait):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import time
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pystrands.lines import LineSplitter
+from pystrands.broker.config import BrokerConfig
 from pystrands.broker.queue import EventQueue
 
 
@@ -48,3 +51,33 @@ def test_queue_drops_the_oldest_and_drains_in_order() -> None:
     assert (len(queue), queue.dropped) == (3, 2)
     assert list(queue.drain()) == [2, 3, 4]
     assert len(queue) == 0
+
+
+@pytest.mark.parametrize("options, error, message", [
+    ({"max_fragments": 0}, ValueError, "max_fragments must be >= 1"),
+    ({"max_clients_per_address": -1}, ValueError, "max_clients_per_address must be >= 0"),
+    ({"max_message_size": 16 * 1024 * 1024}, ValueError, "backend library skips lines over 16777216"),
+    ({"handshake_timeout": 0}, ValueError, "handshake_timeout must be a finite number > 0"),
+    ({"client_write_timeout": float("nan")}, ValueError, "client_write_timeout must be a finite number"),
+    ({"ping_interval": -1}, ValueError, "ping_interval must be a finite number >= 0"),
+    ({"client_idle_timeout": "60"}, TypeError, "client_idle_timeout must be a number"),
+    ({"max_client_rate": True}, TypeError, "max_client_rate must be a number"),
+    ({"allowed_origins": "https://a.example"}, TypeError, "allowed_origins must be a sequence"),
+    ({"allowed_origins": 5}, TypeError, "allowed_origins must be a sequence"),
+    ({"allowed_origins": ["https://a.example", "nope"]}, ValueError, "'nope' is not an origin pattern"),
+    ({"allowed_origins": [None]}, TypeError, "allowed_origins must hold strings"),
+    ({"ws_endpoint": 8080}, TypeError, "ws_endpoint must be a non-empty endpoint string"),
+    ({"ws_endpoint": ""}, TypeError, "ws_endpoint must be a non-empty endpoint string"),
+    ({"tcp_endpoint": "carrier-pigeon:1"}, ValueError, "tcp_endpoint 'carrier-pigeon:1' is not a usable"),
+])
+def test_broker_config_refuses_bad_values_naming_the_field(options: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=re.escape(message)):
+        BrokerConfig(**options)
+
+
+def test_broker_config_endpoints_replace_ports_and_origins_become_a_tuple() -> None:
+    config = BrokerConfig(ws_endpoint="tcp:9000:interface=127.0.0.1", tcp_endpoint="unix:/tmp/ps.sock",
+                          allowed_origins=["https://*.example.com"])
+    assert (config.ws_listen, config.tcp_listen) == ("tcp:9000:interface=127.0.0.1", "unix:/tmp/ps.sock")
+    assert config.allowed_origins == ("https://*.example.com",)
+    assert BrokerConfig(ws_port=1234, tcp_port=0).ws_listen == "tcp:1234"
