@@ -47,6 +47,7 @@ from twisted.python.failure import Failure
 from twisted.web import pages
 from twisted.web.server import Site
 from websockets.frames import Frame, Opcode
+from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -99,7 +100,7 @@ class ClientConnection(Protocol):
         self._site = site
         self._address = ""
         self._refusal: tuple[int, str] | None = None
-        self._head = b""
+        self._head = bytearray()
         self._held_input = b""
         self._channel: Any = None
         self._ws: ServerProtocol | None = None
@@ -173,20 +174,21 @@ class ClientConnection(Protocol):
     # -- HEAD: the request head, then a decision ------------------------------------
 
     def _read_head(self, data: bytes) -> None:
-        head = self._head + data
-        end = head.find(b"\r\n\r\n")
+        head = self._head
+        searched = max(0, len(head) - 3)  # a head trickled in byte by byte costs linear time
+        head += data
+        end = head.find(b"\r\n\r\n", searched)
         if end < 0 and len(head) <= MAX_HEAD:
-            self._head = head
             return
         if end < 0 or end + 4 > MAX_HEAD:
             self._answer(431, "the request head is too large")
             return
-        self._head = b""
+        self._head = bytearray()
         self._cancel_timers()
         if self._refusal is not None:
             self._answer(*self._refusal)
             return
-        head, rest = head[:end + 4], head[end + 4:]
+        head, rest = bytes(head[:end + 4]), bytes(head[end + 4:])
         request_line = head[:head.find(b"\r\n")].split(b" ")
         if len(request_line) != 3 or not request_line[1].startswith(b"/ws/"):
             self._hand_to_site(head + rest)
@@ -218,7 +220,7 @@ class ClientConnection(Protocol):
         request = next((event for event in ws.events_received() if isinstance(event, Request)), None)
         problem = _malformed(head, request)
         if problem is not None:
-            self._answer(400, problem)
+            self._answer(_TOO_LONG.get(type(ws.handshake_exc), 400), problem)
             return
         response = ws.accept(request)
         if response.status_code != 101:
@@ -466,10 +468,14 @@ def http_response(status: int, text: str, headers: Iterable[tuple[str, str]] = (
     return "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body
 
 
+#: The parser's refusals that have a status of their own (else 400).
+_TOO_LONG = {RequestLineTooLong: 414, HeaderLineTooLong: 431, TooManyHeaders: 431}
+
+
 def _malformed(head: bytes, request: Request | None) -> str | None:
     """Why a handshake request is not well formed, before any backend sees it; None if it is."""
     if request is None:
-        return "not a valid HTTP request"
+        return "not a valid HTTP request (a line or the number of headers may be over the limit)"
     request_line = head[:head.find(b"\r\n")]
     if not request_line.endswith(b" HTTP/1.1"):
         return "a WebSocket handshake needs HTTP/1.1"
