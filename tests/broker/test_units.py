@@ -81,3 +81,30 @@ def test_broker_config_endpoints_replace_ports_and_origins_become_a_tuple() -> N
     assert (config.ws_listen, config.tcp_listen) == ("tcp:9000:interface=127.0.0.1", "unix:/tmp/ps.sock")
     assert config.allowed_origins == ("https://*.example.com",)
     assert BrokerConfig(ws_port=1234, tcp_port=0).ws_listen == "tcp:1234"
+
+
+@pytest.mark.parametrize("limits, max_clients, raised_to, warns", [
+    ((1024, 1_048_576), 10_000, 10_256, False),
+    ((1024, 4096), 10_000, 4096, True),  # the hard limit caps it: say so
+    ((65536, 1_048_576), 10_000, None, False),  # already enough: untouched
+])
+def test_the_open_file_limit_is_raised_toward_max_clients(
+        monkeypatch: pytest.MonkeyPatch, limits: tuple[int, int], max_clients: int,
+        raised_to: int | None, warns: bool) -> None:
+    import resource
+
+    from twisted.logger import globalLogPublisher
+
+    from pystrands.broker.service import fit_file_limit
+
+    calls: list[tuple[int, tuple[int, int]]] = []
+    monkeypatch.setattr(resource, "getrlimit", lambda which: limits)
+    monkeypatch.setattr(resource, "setrlimit", lambda which, value: calls.append((which, value)))
+    warnings: list[dict] = []
+    globalLogPublisher.addObserver(warnings.append)
+    try:
+        fit_file_limit(BrokerConfig(max_clients=max_clients))
+    finally:
+        globalLogPublisher.removeObserver(warnings.append)
+    assert calls == ([] if raised_to is None else [(resource.RLIMIT_NOFILE, (raised_to, limits[1]))])
+    assert any("open-file limit" in event.get("log_format", "") for event in warnings) is warns
