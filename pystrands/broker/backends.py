@@ -25,7 +25,7 @@ from .. import wire
 from ..errors import ProtocolError
 from .config import BrokerConfig
 from ..lines import LineSplitter
-from .outbox import Outbox
+from .outbox import Outbox, send_at_once
 from .router import Broker
 
 __all__ = ["BackendFactory", "BackendProtocol"]
@@ -59,6 +59,7 @@ class BackendProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.factory.connections.add(self)
+        send_at_once(self.transport)
         self._outbox = Outbox(self.transport, self.clock, limit=self._config.max_backend_buffer,
                               timeout=self._config.write_timeout, on_fault=self.drop,
                               on_congestion=self._congestion)

@@ -9,7 +9,7 @@ socket's life on the WebSocket port:
 ``HEAD``
     The request head is read (at most ``MAX_HEAD`` bytes, within
     ``handshake_timeout``); the socket holds a slot of ``max_clients`` and
-    of ``max_clients_per_address`` from its first byte.
+    of ``max_clients_per_address`` from the moment it connects.
 ``HTTP``
     Not under ``/ws/``: the head goes to the ``twisted.web`` site (the
     static folder, or 404), which owns the socket from then on.
@@ -53,7 +53,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from .guards import AddressSlots, MessageAssembler, OriginPolicy, TokenBucket, TooManyFragments
-from .outbox import Outbox
+from .outbox import Outbox, send_at_once
 from .router import Admission, Broker, Handshake, HandshakeRefused
 
 __all__ = ["ClientConnection", "MAX_HEAD", "REFUSAL_LINGER", "Stage", "WebSocketFactory", "http_response"]
@@ -65,6 +65,8 @@ POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 #: Largest request head (request line and headers) in bytes; a bigger one gets HTTP 431.
 MAX_HEAD = 64 * 1024
+#: Bytes of a read handed to the WebSocket parser at a time (see ``dataReceived``).
+PARSE_SLICE = 8 * 1024
 #: Seconds a refused socket may stay open for its client to read the answer and hang up.
 REFUSAL_LINGER = 2.0
 #: websockets logs each connection at INFO through stdlib logging; the broker logs for itself.
@@ -128,6 +130,7 @@ class ClientConnection(Protocol):
         self.factory.connections.add(self)
         address = str(getattr(self.transport.getPeer(), "host", "?"))
         status = self._slots.take(address)
+        send_at_once(self.transport)
         if status is None:
             self._address = address
             self._timer = self.clock.callLater(self.config.handshake_timeout, self._head_too_slow)
@@ -145,10 +148,15 @@ class ClientConnection(Protocol):
         if stage is Stage.OPEN:
             self._last_heard = self.clock.seconds()
             ws = self._ws
-            ws.receive_data(data)
-            self._events.extend(ws.events_received())
-            self._deliver()
-            self._flush()
+            # Parse a large read in slices, so that a violation (too many fragments) stops the
+            # work within one slice instead of after parsing thousands of tiny frames.
+            for start in range(0, len(data), PARSE_SLICE):
+                ws.receive_data(data[start:start + PARSE_SLICE] if len(data) > PARSE_SLICE else data)
+                self._events.extend(ws.events_received())
+                self._deliver()
+                self._flush()
+                if self._ending:
+                    break
         elif stage is Stage.HEAD:
             self._read_head(data)
         elif stage is Stage.HTTP:

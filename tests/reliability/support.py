@@ -30,7 +30,7 @@ from tests.support.fakebroker import BackendConnection
 __all__ = [
     "AutoBackend", "Broker", "Child", "FACES", "Launch", "OpenWs", "Ticker", "chat", "count", "free_port",
     "freeze", "kill", "launching", "open_client", "open_when_served", "raw_backend", "receive_text", "restart_broker", "rss_kib",
-    "start_broker", "start_face", "upgrade_request", "wait_until",
+    "start_broker", "start_broker_at", "start_face", "upgrade_request", "wait_until",
 ]
 
 TWISTD = Path(sys.executable).parent / "twistd"
@@ -206,3 +206,11 @@ def rss_kib(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
 
+
+def start_broker_at(launch: Launch, *flags: str, ws_port: int, tcp_port: int, name: str = "broker") -> Broker:
+    """``python -m pystrands server *flags`` whose flags (``--ws-endpoint``, ``--tcp-endpoint``) name the ports
+    itself; ready once both ``ws_port`` and ``tcp_port`` on 127.0.0.1 accept connections (TLS ones included)."""
+    child = launch(["-m", "pystrands", "server", *flags], name=name)
+    child.wait_for_port(ws_port)
+    child.wait_for_port(tcp_port)
+    return Broker(child, ws_port, tcp_port)
