@@ -310,8 +310,8 @@ class ClientConnection(Protocol):
 
     def _deliver(self, everything: bool = False) -> None:
         """Hand complete messages to the router until one has to wait (unless ``everything``)."""
-        events = self._events
-        while events and (everything or not self._pauses & {"backend", "rate"}):
+        events, pauses = self._events, self._pauses
+        while events and (everything or not (pauses and ("backend" in pauses or "rate" in pauses))):
             frame = events[0]
             if frame.opcode not in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
                 events.popleft()
