@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-USAGE = "usage: python -m pystrands server [--ws-port 8080] [--tcp-port 8081] [--queue-size 1000] [...]"
+USAGE = ("usage: python -m pystrands server [--ws-port 8080] [--tcp-port 8081] [--queue-size 1000] [...]\n"
+         "       python -m pystrands --version")
 
 
 def server(args: list[str]) -> int:
@@ -68,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stderr if not argv else sys.stdout)
         return 2 if not argv else 0
+    if argv[0] == "--version":
+        from ._install import version_line
+
+        print(version_line())
+        return 0
     command = COMMANDS.get(argv[0])
     if command is None:
         print(f"pystrands: unknown command {argv[0]!r} (commands: {', '.join(COMMANDS)})",

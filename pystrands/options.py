@@ -6,11 +6,28 @@ one-line usage error that names the option as the user wrote it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+import sys
+from typing import Any, Callable, Mapping, NoReturn
 
 from twisted.python import usage
 
-__all__ = ["parse_number", "parse_numbers", "settings_error"]
+from ._install import version_line
+
+__all__ = ["PackageOptions", "parse_number", "parse_numbers", "settings_error"]
+
+
+class PackageOptions(usage.Options):
+    """The base of this package's command-line options: ``--version`` prints its version.
+
+    ``usage.Options.opt_version`` prints Twisted's; ``twistd pystrands``,
+    ``twistd pystrands-broker`` and ``python -m pystrands server`` print
+    ``pystrands-twisted <version>`` instead.
+    """
+
+    def opt_version(self) -> NoReturn:
+        """Print the pystrands-twisted version and exit."""
+        print(version_line())
+        sys.exit(0)
 
 
 def parse_number(label: str, value: Any, kind: type) -> Any:

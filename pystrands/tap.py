@@ -17,7 +17,7 @@ from twisted.application.service import IService
 from twisted.internet.endpoints import clientFromString
 from twisted.python import usage
 
-from .options import parse_numbers, settings_error
+from .options import PackageOptions, parse_numbers, settings_error
 from .protocol import as_backend
 from .service import DEFAULT_BROKER, BackendService
 from .settings import BackendSettings, check_number
@@ -74,7 +74,7 @@ _NUMERIC_OPTIONS = {
 }
 
 
-class Options(usage.Options):
+class Options(PackageOptions):
     """Command-line options of ``twistd pystrands``."""
 
     synopsis = "--backend module.attr [options]"

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.python import usage
 
-from ..options import parse_numbers, settings_error
+from ..options import PackageOptions, parse_numbers, settings_error
 from ..settings import BackendSettings, check_integer, check_number
 from .guards import OriginPolicy
 
@@ -187,7 +187,7 @@ _NUMERIC_OPTIONS = {
 }
 
 
-class Options(usage.Options):
+class Options(PackageOptions):
     """Command-line options of the broker (``python -m pystrands server``, ``twistd pystrands-broker``)."""
 
     synopsis = "[options]"
