@@ -532,7 +532,7 @@ class WebSocketFactory(Factory):
         #: Every open socket of the port, whatever its stage.
         self.connections: set[ClientConnection] = set()
         if config.static is not None:
-            from .static import StaticFolder  # imported only when used: twisted.web.static warns on import
+            from .static import StaticFolder  # imported only when a folder is served
 
             root: Any = StaticFolder(config.static)
         else:
