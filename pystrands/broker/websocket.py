@@ -11,8 +11,8 @@ socket's life on the WebSocket port:
     ``handshake_timeout``); the socket holds a slot of ``max_clients`` and
     of ``max_clients_per_address`` from the moment it connects.
 ``HTTP``
-    Not under ``/ws/``: the head goes to the ``twisted.web`` site (the
-    static folder, or 404), which owns the socket from then on.
+    Not under ``/ws/``: the head goes to the ``twisted.web`` site
+    (``/pystrands.js``, the static folder, or 404), which owns the socket from then on.
 ``JUDGING``
     A well-formed handshake from an allowed origin waits for a backend's
     answer with its socket paused; bytes that came behind the head wait too.
@@ -52,6 +52,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from .client_script import PATH, ClientScript
 from .guards import AddressSlots, MessageAssembler, OriginPolicy, TokenBucket, TooManyFragments
 from .outbox import Outbox, send_at_once
 from .router import Admission, Broker, Handshake, HandshakeRefused
@@ -520,7 +521,7 @@ def _handshake(request: Request, address: Any) -> Handshake:
 
 
 class WebSocketFactory(Factory):
-    """The WebSocket port: ``/ws/...`` upgrades, the ``static`` folder (if any) at ``/``, else 404."""
+    """The WebSocket port: ``/ws/...`` upgrades, ``/pystrands.js``, the ``static`` folder (if any), else 404."""
 
     noisy = False
 
@@ -537,6 +538,7 @@ class WebSocketFactory(Factory):
             root: Any = StaticFolder(config.static)
         else:
             root = pages.notFound()
+        root.putChild(PATH, ClientScript())  # the broker's browser client wins over a static folder's file
         # Idle HTTP keep-alive sockets (static files) hold a slot: close them as idle WebSockets are.
         self.site = Site(root, timeout=config.client_idle_timeout or config.handshake_timeout,
                          reactor=broker.clock)
