@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-USAGE = ("usage: python -m pystrands server [--ws-port 8080] [--tcp-port 8081] [--queue-size 1000] [...]\n"
-         "       python -m pystrands --version")
+USAGE = ("usage: python -m pystrands server [--ws-port 8080] [--tcp-port 8081] [--queue-size 1000] [...]"
+         " | python -m pystrands --version")
 
 
 def server(args: list[str]) -> int:
