@@ -1,5 +1,8 @@
 """PyStrands on Twisted: Python backends for PyStrands real-time WebSocket brokers."""
 
+__version__ = "0.1.0"
+
+from . import _install  # noqa: F401  first: refuses a pystrands/ folder shared with another distribution
 from .app import PyStrands
 from .async_client import AsyncPyStrandsClient
 from .backend import Backend
@@ -8,8 +11,6 @@ from .context import ConnectionRequestContext, Context, JSONModel
 from .errors import NotConnectedError, ProtocolError, SendBufferFull
 from .interfaces import IBackend, IBrokerConnection
 from .service import BackendService
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AsyncPyStrandsClient",

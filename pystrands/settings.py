@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from . import _install  # noqa: F401  refuses a pystrands/ folder shared with another distribution
+
 __all__ = ["BackendSettings", "check_integer", "check_number", "check_port"]
 
 
