@@ -1,5 +1,7 @@
 """PyStrands: the decorator face, for a backend written as a few functions.
 
+For example::
+
     app = PyStrands("localhost", 8081)
 
     @app.on_message

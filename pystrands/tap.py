@@ -1,4 +1,4 @@
-"""``twistd pystrands``: run a backend object against a broker.
+"""``twistd pystrands``: run a backend object against a broker::
 
     twistd -n pystrands --backend mymodule.MyBackend --broker tcp:host=localhost:port=8081
 
