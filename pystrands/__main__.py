@@ -9,7 +9,10 @@ stderr and a non-zero exit: 2 for bad usage, 1 for a failure at run time
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from twisted.python.failure import Failure
 
 USAGE = ("usage: python -m pystrands server [--ws-port 8080] [--tcp-port 8081] [--queue-size 1000] [...]"
          " | python -m pystrands --version")
@@ -26,7 +29,7 @@ def server(args: list[str]) -> int:
 
     options = Options()
     try:
-        options.parseOptions(args)
+        options.parseOptions(args)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     except usage.UsageError as exc:
         print(f"pystrands server: {exc} (see --help)", file=sys.stderr)
         return 2
@@ -48,10 +51,10 @@ def server(args: list[str]) -> int:
         print(f"PyStrands broker: WebSocket on {websocket} (/ws/...), backends on {backends}", flush=True)
         reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
 
-    def cannot_listen(failure: object) -> None:
+    def cannot_listen(failure: Failure) -> None:
         nonlocal exit_code
         exit_code = 1
-        print(f"pystrands server: {failure.getErrorMessage()}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"pystrands server: {failure.getErrorMessage()}", file=sys.stderr)
         reactor.stop()
 
     reactor.callWhenRunning(service.startService)

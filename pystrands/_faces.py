@@ -14,9 +14,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextvars
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar, cast
 
-from twisted.internet.address import IPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectError, DNSLookupError
@@ -35,8 +35,11 @@ from .backend import DefaultCallbacks
 from .context import ConnectionRequestContext, Context
 from .dispatch import already_succeeded
 from .errors import NotConnectedError
-from .interfaces import IBackend, IBrokerConnection
+from .interfaces import IBackend
 from .settings import BackendSettings, check_port
+
+if TYPE_CHECKING:
+    from .protocol import BrokerClientFactory
 
 __all__ = [
     "BrokerEndpoint",
@@ -57,6 +60,9 @@ log = Logger()
 #: Settings with their own constructor parameter (the documented ones).
 _DOCUMENTED = ("auto_reconnect", "reconnect_delay", "max_reconnect_delay", "reconnect_backoff")
 
+#: The IBackend adapter class of a face.
+_Backend = TypeVar("_Backend", bound="FaceBackend")
+
 #: The face whose handler the current thread or task is running, if any.
 _handling: contextvars.ContextVar[object] = contextvars.ContextVar("pystrands_handling", default=None)
 
@@ -73,7 +79,7 @@ def run_as_handler(face: object, function: Callable[..., Any], *args: Any) -> An
         _handling.reset(token)
 
 
-def in_handler_of(face: Face) -> bool:
+def in_handler_of(face: Face[Any]) -> bool:
     """True inside one of ``face``'s handlers, where waiting for handlers would wait for itself.
 
     That is a call marked by :func:`run_as_handler`, or one on the face's I/O
@@ -127,11 +133,11 @@ class Options:
         return BackendSettings(**options)
 
 
-class Face(Options, DefaultCallbacks):
-    """What the blocking and asyncio faces share: state, sends, the documented default callbacks."""
+class Face(Options, DefaultCallbacks, Generic[_Backend]):
+    """What the blocking and asyncio faces share: state, the adapter, the documented default callbacks."""
 
     #: The IBackend adapter class of this face.
-    _backend_class: type[FaceBackend]
+    _backend_class: type[_Backend]
     #: Seconds a single connection attempt may take (name resolution and TCP connect).
     connect_timeout: float = 10.0
 
@@ -140,10 +146,6 @@ class Face(Options, DefaultCallbacks):
         """True while a TCP connection to the broker is open."""
         broker = backend_of(self).broker
         return broker is not None and broker.connected
-
-    def _send(self, frame: bytes) -> Any:
-        """Hand an encoded frame to the broker connection; the face's kind of future."""
-        return backend_of(self).send(frame)
 
 
 def close_waker(reactor: Any) -> None:
@@ -156,9 +158,9 @@ def close_waker(reactor: Any) -> None:
         reactor.waker = None
 
 
-def call_in_reactor(reactor: Any, function: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+def call_in_reactor(reactor: Any, function: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
     """Run ``function`` on ``reactor``'s thread from any thread; its (Deferred) result as a Future."""
-    future: concurrent.futures.Future = concurrent.futures.Future()
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
     def run() -> None:
         if future.set_running_or_notify_cancel():
@@ -177,14 +179,14 @@ class _Addresses:
     """Collects a name resolution's addresses into a Deferred."""
 
     def __init__(self) -> None:
-        self.found: list[IAddress] = []
-        self.done: Deferred[list[IAddress]] = Deferred()
+        self.found: list[IPv4Address | IPv6Address] = []
+        self.done: Deferred[list[IPv4Address | IPv6Address]] = Deferred()
 
     def resolutionBegan(self, resolution: Any) -> None:
         pass
 
     def addressResolved(self, address: IAddress) -> None:
-        self.found.append(address)
+        self.found.append(cast("IPv4Address | IPv6Address", address))  # what name resolvers give
 
     def resolutionComplete(self) -> None:
         self.done.callback(self.found)
@@ -222,10 +224,11 @@ class BrokerEndpoint:
                 return await kind(self.reactor, address.host, self.port, self.timeout).connect(factory)
             except ConnectError as exc:
                 error = exc
+        assert error is not None  # there was an address, and connecting to each failed
         raise error
 
 
-def _report_failed_send(future: concurrent.futures.Future) -> None:
+def _report_failed_send(future: concurrent.futures.Future[None]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.warn("A send to the broker failed: {why}", why=future.exception())
 
@@ -234,27 +237,27 @@ def _not_connected(reason: str) -> NotConnectedError:
     return NotConnectedError(f"not connected to the broker: {reason}")
 
 
-def _failed_send(reason: str) -> concurrent.futures.Future:
+def _failed_send(reason: str) -> concurrent.futures.Future[None]:
     """The Future of a send that cannot be made, failed with ``reason``."""
     future = _new_send_future()
     future.set_exception(_not_connected(reason))
     return future
 
 
-def _new_send_future() -> concurrent.futures.Future:
+def _new_send_future() -> concurrent.futures.Future[None]:
     """A Future for one send, whose failure is logged even if nobody looks at it."""
-    future: concurrent.futures.Future = concurrent.futures.Future()
+    future: concurrent.futures.Future[None] = concurrent.futures.Future()
     future.add_done_callback(_report_failed_send)
     return future
 
 
-def _settle(future: concurrent.futures.Future, sent: Deferred[None]) -> None:
+def _settle(future: concurrent.futures.Future[None], sent: Deferred[None]) -> None:
     """Complete a running ``future`` as ``sent`` fires."""
     sent.addCallbacks(future.set_result, lambda failure: future.set_exception(failure.value))
 
 
 #: The result of every send written at once: a done Future never changes, so one serves all.
-_WRITTEN: concurrent.futures.Future = concurrent.futures.Future()
+_WRITTEN: concurrent.futures.Future[None] = concurrent.futures.Future()
 _WRITTEN.set_result(None)
 
 
@@ -262,11 +265,11 @@ _WRITTEN.set_result(None)
 class FaceBackend:
     """A face as an IBackend: each callback goes to the face through :meth:`call`."""
 
-    def __init__(self, face: Face) -> None:
+    def __init__(self, face: Face[Any]) -> None:
         self.face = face
         self.reactor: Any = None
-        self._broker: IBrokerConnection | None = None
-        self._outgoing: list[tuple[bytes, concurrent.futures.Future]] = []
+        self._broker: BrokerClientFactory | None = None
+        self._outgoing: list[tuple[bytes, concurrent.futures.Future[None]]] = []
         self._outgoing_lock = threading.Lock()
         self._flush_scheduled = False
         #: The thread the reactor runs in, when known: sends from it skip the hand-over.
@@ -275,12 +278,12 @@ class FaceBackend:
         self._ended: str | None = None
 
     @property
-    def broker(self) -> IBrokerConnection | None:
+    def broker(self) -> BrokerClientFactory | None:
         """The connection the core set (None before the first start)."""
         return self._broker
 
     @broker.setter
-    def broker(self, broker: IBrokerConnection) -> None:
+    def broker(self, broker: BrokerClientFactory) -> None:
         self.reactor = self.reactor_of(broker)
         self._broker = broker
         self._ended = None
@@ -295,7 +298,7 @@ class FaceBackend:
             if future.set_running_or_notify_cancel():
                 future.set_exception(_not_connected(reason))
 
-    def reactor_of(self, broker: IBrokerConnection) -> Any:
+    def reactor_of(self, broker: BrokerClientFactory) -> Any:
         """The reactor that ``broker`` runs on."""
         return broker.reactor
 
@@ -318,7 +321,7 @@ class FaceBackend:
     def on_error(self, error: str, context: Context) -> Any:
         return self.call(self.face.on_error, error, context)
 
-    def send(self, frame: bytes) -> Any:
+    def send(self, frame: bytes) -> concurrent.futures.Future[None]:
         """Send from any thread: a concurrent Future that completes once the frame is written."""
         broker = self._broker
         if broker is None:
@@ -327,7 +330,7 @@ class FaceBackend:
             return self._send_now(broker, frame)
         return self._hand_over(frame)
 
-    def _send_now(self, broker: IBrokerConnection, frame: bytes) -> concurrent.futures.Future:
+    def _send_now(self, broker: BrokerClientFactory, frame: bytes) -> concurrent.futures.Future[None]:
         """On the reactor's thread: hand the frame over at once (after what other threads sent before)."""
         if self._outgoing:  # sends from other threads came first (a handler's helper thread, say)
             self._flush()
@@ -339,7 +342,7 @@ class FaceBackend:
         _settle(future, sent)
         return future
 
-    def _hand_over(self, frame: bytes) -> concurrent.futures.Future:
+    def _hand_over(self, frame: bytes) -> concurrent.futures.Future[None]:
         """From another thread: queue the frame for the reactor thread, which takes the queue whole.
 
         A handler that sends many costs one ``callFromThread``, not one per frame.
@@ -363,27 +366,30 @@ class FaceBackend:
         with self._outgoing_lock:
             outgoing, self._outgoing = self._outgoing, []
             self._flush_scheduled = False
+        broker = self._broker
+        assert broker is not None  # a send is queued only once the broker is set, and it stays set
         for frame, future in outgoing:
             if future.set_running_or_notify_cancel():  # else cancelled before its turn: not sent
-                _settle(future, self._broker.send_frame(frame))
+                _settle(future, broker.send_frame(frame))
 
 
-def backend_of(face: Face) -> FaceBackend:
+def backend_of(face: Face[_Backend]) -> _Backend:
     """The current IBackend adapter of ``face`` (made on first use, of the face's ``_backend_class``)."""
-    backend = face.__dict__.get("_pystrands_backend")
+    backend: _Backend | None = face.__dict__.get("_pystrands_backend")
     if backend is None:
         backend = new_backend_of(face)
     return backend
 
 
-def new_backend_of(face: Face) -> FaceBackend:
+def new_backend_of(face: Face[_Backend]) -> _Backend:
     """A new IBackend adapter of ``face``, from now on the one :func:`backend_of` gives.
 
     A face that starts a reactor per connection takes one per connection, so
     that nothing of a finished connection's (its queue of sends, its reactor,
     events still running on it) reaches the next one.
     """
-    backend = face.__dict__["_pystrands_backend"] = type(face)._backend_class(face)
+    backend = type(face)._backend_class(face)
+    face.__dict__["_pystrands_backend"] = backend
     return backend
 
 

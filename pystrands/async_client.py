@@ -23,13 +23,14 @@ import sys
 import threading
 from collections import deque
 from types import CoroutineType
-from typing import Any, Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Awaitable, Callable, Coroutine, Literal, Sequence, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IHostnameResolver, IHostResolution, IResolutionReceiver
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import wire
@@ -55,7 +56,7 @@ _NEEDS_ASYNCIO_REACTOR = (
 )
 
 
-def _ip_literal(host: str, port: int, family: int, kind: int) -> list[tuple] | None:
+def _ip_literal(host: str, port: int, family: int, kind: int) -> list[tuple[Any, ...]] | None:
     """getaddrinfo's answer for an IP address, without a lookup (so without a thread); else None."""
     try:
         address = ipaddress.ip_address(host)
@@ -72,7 +73,7 @@ def _ip_literal(host: str, port: int, family: int, kind: int) -> list[tuple] | N
 class _Resolution:
     """One name lookup in progress."""
 
-    def __init__(self, name: str, task: asyncio.Future) -> None:
+    def __init__(self, name: str, task: asyncio.Future[Any]) -> None:
         self.name = name
         self._task = task
 
@@ -88,7 +89,7 @@ class LoopResolver:
     the reactor is ``run()``; a reactor bound to someone else's loop never is.
     """
 
-    _FAMILIES = {
+    _FAMILIES: dict[frozenset[type[IAddress]] | None, int] = {
         None: socket.AF_UNSPEC,
         frozenset([IPv4Address]): socket.AF_INET,
         frozenset([IPv6Address]): socket.AF_INET6,
@@ -107,7 +108,8 @@ class LoopResolver:
     ) -> IHostResolution:
         family = self._FAMILIES.get(None if addressTypes is None else frozenset(addressTypes),
                                     socket.AF_UNSPEC)
-        kind = socket.SOCK_STREAM if transportSemantics == "TCP" else socket.SOCK_DGRAM
+        semantics: Literal["TCP", "UDP"] = "TCP" if transportSemantics == "TCP" else "UDP"
+        kind = socket.SOCK_STREAM if semantics == "TCP" else socket.SOCK_DGRAM
         lookup = self.loop.create_future()
         literal = _ip_literal(hostName, portNumber, family, kind)
         if literal is not None:
@@ -118,11 +120,11 @@ class LoopResolver:
         resolution = _Resolution(hostName, lookup)
         resolutionReceiver.resolutionBegan(resolution)
 
-        def done(lookup: asyncio.Future) -> None:
+        def done(lookup: asyncio.Future[Any]) -> None:
             names = [] if lookup.cancelled() or lookup.exception() is not None else lookup.result()
             for found_family, _, _, _, address in names:
                 make = IPv6Address if found_family == socket.AF_INET6 else IPv4Address
-                resolutionReceiver.addressResolved(make(transportSemantics, *address))
+                resolutionReceiver.addressResolved(make(semantics, *address))
             resolutionReceiver.resolutionComplete()
 
         lookup.add_done_callback(done)
@@ -136,11 +138,7 @@ def _require_asyncio_reactor() -> None:
         raise TypeError(_NEEDS_ASYNCIO_REACTOR)
 
 
-#: Python 3.12 and later start a task eagerly on request (``Task(..., eager_start=True)``).
-_EAGER_START = sys.version_info >= (3, 12)
-
-
-def _run_first_step_now(loop: asyncio.AbstractEventLoop, task: asyncio.Task) -> None:
+def _run_first_step_now(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
     """Run the first step of ``task``, just created, now rather than on the loop's next iteration.
 
     For Python 3.10 and 3.11, which have no eager tasks. ``Task.__init__``
@@ -158,7 +156,7 @@ def _run_first_step_now(loop: asyncio.AbstractEventLoop, task: asyncio.Task) -> 
         step._context.run(step._callback, *step._args)  # Handle._run(), minus logging what steps never raise
 
 
-def _start_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
+def _start_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
     """A task of ``coro`` on ``loop`` whose first step has already run, when it can run now.
 
     A handler that finishes without waiting then finishes within the read
@@ -171,10 +169,10 @@ def _start_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any])
         return loop.create_task(coro)
     task = asyncio.Task.__new__(asyncio.Task)  # so that the task is at hand if its first step raises
     try:
-        if _EAGER_START:
-            task.__init__(coro, loop=loop, eager_start=True)
+        if sys.version_info >= (3, 12):  # Python 3.12 and later start a task eagerly on request
+            asyncio.Task.__init__(task, coro, loop=loop, eager_start=True)
         else:
-            task.__init__(coro, loop=loop)
+            asyncio.Task.__init__(task, coro, loop=loop)
             _run_first_step_now(loop, task)
     except (KeyboardInterrupt, SystemExit) as exc:
         loop.call_soon(_raise, exc)
@@ -189,7 +187,7 @@ def _raise(exc: BaseException) -> None:
 class AsyncioBackend(FaceBackend):
     """An asyncio face as an IBackend: awaitable results become tasks on the reactor's loop."""
 
-    def __init__(self, face: Face) -> None:
+    def __init__(self, face: Face[Any]) -> None:
         super().__init__(face)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._written: asyncio.Future[None] | None = None
@@ -218,7 +216,9 @@ class AsyncioBackend(FaceBackend):
         if result is None:
             return None
         if isinstance(result, CoroutineType):
-            task = _start_task(self.loop, result)
+            loop = self.loop
+            assert loop is not None  # set with the broker, before any event
+            task = _start_task(loop, result)
             if not task.done():
                 return Deferred.fromFuture(task)
             if not task.cancelled() and isinstance(task.exception(), (KeyboardInterrupt, SystemExit)):
@@ -249,13 +249,22 @@ class AsyncioBackend(FaceBackend):
         Awaiting that does not suspend the handler, which then usually
         finishes in its first step.
         """
-        sent = self.broker.send_frame(frame)
+        broker, loop, written = self._broker, self.loop, self._written
+        assert broker is not None and loop is not None and written is not None  # all set with the broker
+        sent = broker.send_frame(frame)
         if already_succeeded(sent):
-            return self._written
-        future = self.loop.create_future()
-        sent.addCallbacks(
-            lambda _: future.done() or future.set_result(None),
-            lambda failure: future.done() or future.set_exception(failure.value))
+            return written
+        future: asyncio.Future[None] = loop.create_future()
+
+        def written_later(_: object) -> None:
+            if not future.done():
+                future.set_result(None)
+
+        def failed(failure: Failure) -> None:
+            if not future.done():
+                future.set_exception(failure.value)  # type: ignore[arg-type]  # Twisted infers value optional
+
+        sent.addCallbacks(written_later, failed)
         return future
 
 
@@ -276,9 +285,9 @@ class _Session:
         self.reactor.installNameResolver(LoopResolver(self.loop))
         self.factory = BrokerClientFactory(backend, self.reactor, settings)
         self.done = asyncio.Event()
-        self.closing: asyncio.Task | None = None
+        self.closing: asyncio.Task[None] | None = None
 
-    def start(self, host: str, port: int, timeout: float) -> asyncio.Future:
+    def start(self, host: str, port: int, timeout: float) -> asyncio.Future[bool]:
         """Start connecting; a future of the first attempt's outcome (bool)."""
         attempt = self.factory.next_attempt()
         self.factory.connect(BrokerEndpoint(self.reactor, host, port, timeout=timeout))
@@ -287,9 +296,9 @@ class _Session:
     @property
     def retrying(self) -> bool:
         """True while the factory keeps (re)connecting on its own."""
-        return self.closing is None and self.factory.continueTrying
+        return self.closing is None and bool(self.factory.continueTrying)
 
-    def stop(self, timeout: float) -> asyncio.Task:
+    def stop(self, timeout: float) -> asyncio.Task[None]:
         """Stop the factory (handlers get ``timeout`` seconds), then release the reactor; idempotent."""
         if self.closing is None:
             self.closing = self.loop.create_task(self._stop(timeout))
@@ -316,7 +325,7 @@ class _Session:
         close_waker(reactor)
 
 
-class AsyncPyStrandsClient(Face):
+class AsyncPyStrandsClient(Face[AsyncioBackend]):
     """Asyncio client: subclass it, override the ``on_*`` callbacks (``async def``), await run_forever().
 
     Parameters are the documented ones (see the class signature) plus the
@@ -375,6 +384,7 @@ class AsyncPyStrandsClient(Face):
             session = self._session
             if not self.connected and not (session is not None and session.retrying):
                 await self.connect()
+            assert self._session is not None  # connect() made one, or one was running
             await self._session.done.wait()
         except asyncio.CancelledError:
             log.info("Cancelled: disconnecting from the broker")
@@ -391,6 +401,14 @@ class AsyncPyStrandsClient(Face):
     def broadcast_message(self, message: str) -> Awaitable[None]:
         """Send ``message`` to every connected client; await it to wait until written."""
         return self._send(wire.broadcast_frame(message))
+
+    def _send(self, frame: bytes) -> Awaitable[None]:
+        """Hand an encoded frame to the broker connection.
+
+        Typed for its use on a loop, where it is an asyncio Future. From a
+        thread without a loop it is a concurrent Future (``AsyncioBackend.send``).
+        """
+        return cast("Awaitable[None]", backend_of(self).send(frame))
 
     async def on_connection_request(self, request: ConnectionRequestContext) -> Any:
         """Accept every WebSocket client unless overridden."""

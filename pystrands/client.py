@@ -28,8 +28,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from . import wire
-from ._faces import (BrokerEndpoint, Face, FaceBackend, call_in_reactor, close_waker, in_handler_of, new_backend_of,
-                     register_face, run_as_handler)
+from ._faces import (BrokerEndpoint, Face, FaceBackend, backend_of, call_in_reactor, close_waker, in_handler_of,
+                     new_backend_of, register_face, run_as_handler)
 from ._threads import HandlerThreads
 from .logbridge import bridge_to_stdlib
 from .protocol import BrokerClientFactory
@@ -47,14 +47,15 @@ _EVENTS_IN_FLIGHT = 64
 
 def _new_reactor() -> Any:
     """A fresh, uninstalled reactor of the best kind this platform has."""
+    new_reactor: Callable[[], Any]
     try:
-        from twisted.internet.epollreactor import EPollReactor as Reactor
+        from twisted.internet.epollreactor import EPollReactor as new_reactor
     except ImportError:
         try:
-            from twisted.internet.pollreactor import PollReactor as Reactor
+            from twisted.internet.pollreactor import PollReactor as new_reactor
         except ImportError:
-            from twisted.internet.selectreactor import SelectReactor as Reactor
-    reactor = Reactor()
+            from twisted.internet.selectreactor import SelectReactor as new_reactor
+    reactor = new_reactor()
     # Not the process's "I/O thread": an application reactor may own that title.
     reactor._registerAsIOThread = False
     return reactor
@@ -97,7 +98,7 @@ def _run_to_the_end(handler: Callable[..., Any], *args: Any) -> Any:
 class ThreadedBackend(FaceBackend):
     """A blocking face as an IBackend: each handler runs on the reactor thread or in a worker thread."""
 
-    def __init__(self, face: Face) -> None:
+    def __init__(self, face: Face[Any]) -> None:
         super().__init__(face)
         self.threads: HandlerThreads | None = None
         #: Run handlers on the reactor's own thread (a session with concurrency=1 sets it).
@@ -133,12 +134,12 @@ class _Session:
         if not backend.inline:
             backend.threads = HandlerThreads(self.reactor, settings.concurrency, "pystrands-handler")
         self.factory: BrokerClientFactory | None = None
-        self.closed: concurrent.futures.Future | None = None
+        self.closed: concurrent.futures.Future[None] | None = None
         self._deadline = 0.0
         self._gave_up = False
         self._lock = threading.Lock()
 
-    def start(self, host: str, port: int, timeout: float) -> concurrent.futures.Future:
+    def start(self, host: str, port: int, timeout: float) -> concurrent.futures.Future[bool]:
         """Start connecting; a Future of the first attempt's outcome (bool)."""
         return call_in_reactor(self.reactor, self._start, host, port, timeout)
 
@@ -158,7 +159,7 @@ class _Session:
     @property
     def retrying(self) -> bool:
         """True while the factory keeps (re)connecting on its own."""
-        return self.closed is None and self.factory is not None and self.factory.continueTrying
+        return self.closed is None and self.factory is not None and bool(self.factory.continueTrying)
 
     def stop(self, timeout: float) -> None:
         """Stop the factory (handlers get ``timeout`` seconds), the threads, the reactor; idempotent.
@@ -192,6 +193,7 @@ class _Session:
                      what="the connection was closed under them" if held else "left to finish alone")
 
     def _closed_by(self, deadline: float) -> bool:
+        assert self.closed is not None  # called after stop()
         try:
             self.closed.result(max(0.0, deadline - time.monotonic()))
             return True
@@ -218,10 +220,11 @@ class _Session:
                 log.warn("{count} handler(s) still running after disconnect(); left to finish alone", count=hung)
         self.reactor.callFromThread(self.reactor.stop)
         self.backend.reactor_ended("the backend was stopped")
+        assert self.closed is not None  # set by stop(), which scheduled this
         self.closed.set_result(None)
 
 
-class PyStrandsClient(Face):
+class PyStrandsClient(Face[ThreadedBackend]):
     """Blocking client: subclass it, override the ``on_*`` callbacks, call run_forever().
 
     Parameters are the documented ones (see the class signature) plus the
@@ -293,17 +296,21 @@ class PyStrandsClient(Face):
             log.info("Interrupted: disconnecting from the broker")
         self.disconnect()
 
-    def send_room_message(self, room_id: str, message: str) -> concurrent.futures.Future:
+    def send_room_message(self, room_id: str, message: str) -> concurrent.futures.Future[None]:
         """Send ``message`` to every client in ``room_id``; done once written."""
         return self._send(wire.room_message_frame(room_id, message))
 
-    def send_private_message(self, client_id: str, message: str) -> concurrent.futures.Future:
+    def send_private_message(self, client_id: str, message: str) -> concurrent.futures.Future[None]:
         """Send ``message`` to the one client ``client_id``; done once written."""
         return self._send(wire.private_message_frame(client_id, message))
 
-    def broadcast_message(self, message: str) -> concurrent.futures.Future:
+    def broadcast_message(self, message: str) -> concurrent.futures.Future[None]:
         """Send ``message`` to every connected client; done once written."""
         return self._send(wire.broadcast_frame(message))
+
+    def _send(self, frame: bytes) -> concurrent.futures.Future[None]:
+        """Hand an encoded frame to the broker connection, from any thread."""
+        return backend_of(self).send(frame)
 
 
 register_face(PyStrandsClient)

@@ -9,7 +9,7 @@ a dict by ``to_json``, so ``from_json(to_json(x))`` round-trips.
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, TypeVar, get_type_hints
+from typing import Any, ClassVar, Dict, List, TypeVar, get_type_hints
 
 __all__ = ["JSONModel", "Context", "ConnectionRequestContext"]
 
@@ -18,6 +18,9 @@ _Model = TypeVar("_Model", bound="JSONModel")
 
 class JSONModel:
     """Base class: attributes are the class annotations, filled from keywords."""
+
+    #: (fields, defaults) of the class, set by ``_schema`` on first use (underscored: not a field).
+    _schema_cache: ClassVar[tuple[dict[str, Any], dict[str, Any]]]
 
     def __init__(self, **kwargs: Any) -> None:
         fields, defaults = type(self)._schema()
@@ -82,9 +85,9 @@ class JSONModel:
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return self.to_json() == other.to_json()  # type: ignore[attr-defined]
+        return self.to_json() == other.to_json()
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable (mutable, compared by value); typeshed wants a method
 
 
 class Context(JSONModel):
@@ -92,7 +95,7 @@ class Context(JSONModel):
 
     client_id: str
     room_id: str
-    metadata: dict
+    metadata: Dict[str, Any]
 
 
 class ConnectionRequestContext(JSONModel):

@@ -112,13 +112,15 @@ class KeyedDispatcher:
         try:
             while self._ready and self._running < self.concurrency:
                 key = self._ready.popleft()
-                handler, args, size = self._queues[key].popleft()
+                queue = self._queues[key]
+                assert queue is not None  # a key is ready only with calls waiting
+                handler, args, size = queue.popleft()
                 self._running += 1
                 self._start(key, handler, args, size)
         finally:
             self._pumping = False
 
-    def _start(self, key: Hashable, handler: Callable[..., Any], args: tuple, size: int) -> None:
+    def _start(self, key: Hashable, handler: Callable[..., Any], args: tuple[Any, ...], size: int) -> None:
         try:
             result = handler(*args)
         except BaseException:

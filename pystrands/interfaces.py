@@ -7,7 +7,14 @@ zope adapter, so the core never asks which face it serves.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from .context import ConnectionRequestContext, Context
 
 __all__ = ["IBackend", "IBrokerConnection"]
 
@@ -22,7 +29,7 @@ class IBrokerConnection(Interface):
     connected = Attribute("True while a TCP connection to the broker is open.")
     reactor = Attribute("The reactor the connection runs on; call its methods from its thread only.")
 
-    def send_room_message(room_id, message):
+    def send_room_message(room_id: str, message: str) -> Deferred[None]:
         """Send ``message`` (str) to every client in ``room_id`` (str).
 
         Returns a Deferred that fires once the frame is handed to the
@@ -30,10 +37,10 @@ class IBrokerConnection(Interface):
         ``SendBufferFull``.
         """
 
-    def send_private_message(client_id, message):
+    def send_private_message(client_id: str, message: str) -> Deferred[None]:
         """Send ``message`` (str) to the client ``client_id`` (str); a Deferred as above."""
 
-    def broadcast_message(message):
+    def broadcast_message(message: str) -> Deferred[None]:
         """Send ``message`` (str) to every connected client; a Deferred as above."""
 
 
@@ -49,7 +56,7 @@ class IBackend(Interface):
         " valid across reconnects, the way Twisted sets protocol.transport."
     )
 
-    def on_connection_request(request):
+    def on_connection_request(request: ConnectionRequestContext) -> object:
         """Judge a handshake (a ConnectionRequestContext).
 
         Return True/False to accept/reject, or None to use
@@ -57,16 +64,16 @@ class IBackend(Interface):
         what the accepted client gets.
         """
 
-    def on_new_connection(context):
+    def on_new_connection(context: Context) -> object:
         """A client (Context) completed its handshake and is in its room."""
 
-    def on_message(message, context):
+    def on_message(message: str, context: Context) -> object:
         """A client (Context) sent ``message`` (str)."""
 
-    def on_disconnect(context):
+    def on_disconnect(context: Context) -> object:
         """A client (Context) closed its WebSocket."""
 
-    def on_error(error, context):
+    def on_error(error: str, context: Context) -> object:
         """The broker reports ``error`` (str); ``context`` is a Context built
         from what the frame carried (the failed request's url and address for
         the reference broker's ``no backend available`` error)."""

@@ -11,9 +11,9 @@ on import, and no stdlib handler is installed.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 
 __all__ = ["bridge_to_stdlib"]
 
@@ -41,4 +41,5 @@ def _forward(event: dict[str, Any]) -> None:
 
 def bridge_to_stdlib() -> None:
     """Forward ``pystrands.*`` log events to stdlib logging; idempotent (as addObserver is)."""
-    globalLogPublisher.addObserver(_forward)
+    # A function of one event is an ILogObserver; an interface cannot say so of a plain function.
+    globalLogPublisher.addObserver(cast(ILogObserver, _forward))

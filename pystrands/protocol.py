@@ -17,13 +17,13 @@ from __future__ import annotations
 import uuid
 from collections import deque
 from inspect import iscoroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error as ierror
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import ReconnectingClientFactory
+from twisted.internet.protocol import ReconnectingClientFactory, connectionDone
 from twisted.logger import Logger, LogLevel
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
@@ -36,6 +36,9 @@ from .errors import NotConnectedError, ProtocolError, SendBufferFull
 from .interfaces import IBackend, IBrokerConnection
 from .lines import LineSplitter
 from .settings import BackendSettings
+
+if TYPE_CHECKING:
+    from ._typing import IConnectedTransport
 
 __all__ = ["BrokerClientFactory", "BrokerProtocol", "as_backend", "context_from_wire"]
 
@@ -68,16 +71,14 @@ def context_from_wire(obj: Any) -> Context:
     metadata of a Context without ids, so nothing the broker said is lost.
     """
     context = Context.__new__(Context)  # per message: skip JSONModel's generic keyword loop
-    if not isinstance(obj, dict):
-        context.client_id = context.room_id = None
-        context.metadata = {}
-        return context
-    context.client_id = obj.get("client_id")
-    context.room_id = obj.get("room_id")
-    if "metadata" in obj:
-        context.metadata = wire.unwrap_metadata(obj["metadata"])
+    # Anything but an object carries nothing. The ids are taken as sent (str in a client's events).
+    fields: Any = obj if isinstance(obj, dict) else {}
+    context.client_id = fields.get("client_id")
+    context.room_id = fields.get("room_id")
+    if "metadata" in fields:
+        context.metadata = wire.unwrap_metadata(fields["metadata"])
     else:
-        context.metadata = {key: value for key, value in obj.items() if key not in ("client_id", "room_id")}
+        context.metadata = {key: value for key, value in fields.items() if key not in ("client_id", "room_id")}
     return context
 
 
@@ -86,6 +87,8 @@ class BrokerProtocol(LineReceiver):
 
     delimiter = b"\n"
     factory: BrokerClientFactory
+    #: Set by ``makeConnection`` before any method here runs.
+    transport: IConnectedTransport
 
     def __init__(self, max_line_length: int) -> None:
         self.MAX_LENGTH = max_line_length
@@ -107,7 +110,7 @@ class BrokerProtocol(LineReceiver):
             self.transport.write(wire.auth_frame(settings.backend_token))
         self.factory.protocol_connected(self)
 
-    def connectionLost(self, reason: Failure = ierror.ConnectionDone()) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.cancel()
         self._idle_call = None
@@ -149,7 +152,8 @@ class BrokerProtocol(LineReceiver):
         Frames that handlers send meanwhile are written in one piece afterwards.
         """
         self._last_received = self.factory.clock.seconds()
-        self._replies = replies = []
+        replies: list[bytes] = []
+        self._replies = replies
         try:
             for line in self._splitter.feed(data):
                 self.lineReceived(line)
@@ -279,8 +283,13 @@ class BrokerClientFactory(ReconnectingClientFactory):
     Use :meth:`connect` with a client endpoint, and :meth:`stop` to end.
     """
 
-    protocol = BrokerProtocol
+    # ReconnectingClientFactory is not generic: Twisted types its protocols as the bare shape.
+    protocol = BrokerProtocol  # type: ignore[assignment]
     noisy = False
+    #: Twisted's types come from its class body (None, an int); its docs say an IReactorTime and seconds.
+    clock: IReactorTime  # type: ignore[assignment]
+    maxDelay: float  # type: ignore[assignment]
+    connector: _EndpointConnector | None
 
     def __init__(self, backend: object, reactor: IReactorTime, settings: BackendSettings | None = None,
                  **options: Any) -> None:
@@ -356,7 +365,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
             return "the backend was stopped"
         if not self._started:
             return "the backend was never started"
-        if not self.continueTrying and not self.connector.connecting:
+        if not self.continueTrying and not (self.connector is not None and self.connector.connecting):
             return "the connection is lost and auto_reconnect is off"
         return None
 
@@ -382,7 +391,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
         Buffered sends fail with NotConnectedError. Fires when closed.
         """
         self._stopping = True
-        self.stopTrying()
+        self.stopTrying()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self._fail_buffer("the backend was stopped")
         self._fire_attempt_waiters(False)
         protocol = self.current
@@ -406,7 +415,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
 
         return drained.addBoth(close)
 
-    def buildProtocol(self, addr: Any) -> BrokerProtocol:
+    def buildProtocol(self, addr: Any) -> BrokerProtocol:  # type: ignore[override]  # see ``protocol``
         protocol = self.protocol(self.settings.max_line_length)
         protocol.factory = self
         return protocol
@@ -414,13 +423,13 @@ class BrokerClientFactory(ReconnectingClientFactory):
     def resetDelay(self) -> None:
         """Reset the backoff after a successful connection, keeping the retry choice."""
         keep_trying = self.continueTrying
-        super().resetDelay()
+        super().resetDelay()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self.continueTrying = keep_trying
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         if not reason.check(CancelledError):
             log.info("Connecting to the broker failed: {reason}", reason=reason.getErrorMessage())
-        super().clientConnectionFailed(connector, reason)
+        super().clientConnectionFailed(connector, reason)  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self._fire_attempt_waiters(False)
         if not self.continueTrying:
             self._fail_buffer("connecting failed and auto_reconnect is off")
@@ -455,7 +464,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
             return
         log.info("Lost the connection to the broker: {reason}", reason=reason.getErrorMessage())
         if self.continueTrying:
-            self.retry(self.connector)
+            self.retry(self.connector)  # type: ignore[no-untyped-call]  # unannotated in Twisted
         else:
             self._fail_buffer("the connection is lost and auto_reconnect is off")
 
@@ -497,10 +506,10 @@ class BrokerClientFactory(ReconnectingClientFactory):
             result = fail()
         if iscoroutine(result):
             result = Deferred.fromCoroutine(result)
-        answer = result if isinstance(result, Deferred) else succeed(result)
-        answer.addCallbacks(self._response_for, self._rejection_for,
-                            callbackArgs=(request_id, request), errbackArgs=(request_id, request))
-        return answer.addCallback(self.send_frame).addErrback(
+        answer: Deferred[object] = result if isinstance(result, Deferred) else succeed(result)
+        frame = answer.addCallbacks(self._response_for, self._rejection_for,
+                                    callbackArgs=(request_id, request), errbackArgs=(request_id, request))
+        return frame.addCallback(self.send_frame).addErrback(
             lambda failure: log.failure("Could not send the response to {request_id}", failure, LogLevel.error,
                                         request_id=request_id))
 

@@ -62,12 +62,12 @@ class BackendService(Service):
         endpoint = self.endpoint
         if isinstance(endpoint, str):
             endpoint = clientFromString(reactor, endpoint)
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self.factory = BrokerClientFactory(self.backend, reactor, self.settings)
         self.factory.connect(endpoint)
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         if self.factory is None:
             return succeed(None)
         return self.factory.stop(self.stop_timeout)
