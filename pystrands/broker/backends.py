@@ -13,11 +13,11 @@ on. A backend is dropped only when its socket makes no progress for
 from __future__ import annotations
 
 import hmac
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -28,6 +28,9 @@ from ..lines import LineSplitter
 from .outbox import Outbox, send_at_once
 from .router import Broker
 
+if TYPE_CHECKING:
+    from .._typing import IConnectedTransport
+
 __all__ = ["BackendFactory", "BackendProtocol"]
 
 log = Logger()
@@ -35,6 +38,11 @@ log = Logger()
 
 class BackendProtocol(Protocol):
     """One backend's connection: frames in, events out through a bounded :class:`Outbox`."""
+
+    factory: BackendFactory
+    #: Set by ``makeConnection``, the outbox by ``connectionMade``, before any other method here runs.
+    transport: IConnectedTransport
+    _outbox: Outbox
 
     def __init__(self, broker: Broker) -> None:
         config: BrokerConfig = broker.config
@@ -47,7 +55,6 @@ class BackendProtocol(Protocol):
         self._ready = False
         self._dropped = False
         self._auth_deadline: IDelayedCall | None = None
-        self._outbox: Outbox | None = None
         #: Fires once the connection is gone.
         self.gone: Deferred[None] = Deferred()
 
@@ -74,7 +81,7 @@ class BackendProtocol(Protocol):
         log.info("Backend connected: {backend}", backend=self)
         self.broker.backend_ready(self)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._auth_deadline is not None and self._auth_deadline.active():
             self._auth_deadline.cancel()
         self._outbox.stop()
@@ -128,6 +135,7 @@ class BackendProtocol(Protocol):
             self.broker.backend_frame(frame, line)
         elif frame.action == wire.AUTH and self._token_matches(frame.params.get("token")):
             self._authenticated = True
+            assert self._auth_deadline is not None  # set in connectionMade while not authenticated
             self._auth_deadline.cancel()
             self._become_ready()
         else:
@@ -155,7 +163,7 @@ class BackendProtocol(Protocol):
             self.broker.backend_drained(self)
 
 
-class BackendFactory(Factory):
+class BackendFactory(Factory[BackendProtocol]):
     """Builds a :class:`BackendProtocol` per backend connection."""
 
     noisy = False

@@ -187,43 +187,46 @@ _NUMERIC_OPTIONS = {
 }
 
 
+#: The defaults shown in --help (``usage.Options`` keeps its own ``defaults`` dict).
+_DEFAULTS = BrokerConfig()
+
+
 class Options(PackageOptions):
     """Command-line options of the broker (``python -m pystrands server``, ``twistd pystrands-broker``)."""
 
     synopsis = "[options]"
-    defaults = BrokerConfig()
 
     optParameters = [
-        ["ws-port", None, defaults.ws_port, "WebSocket port (env PYSTRAND_WS_PORT wins)."],
-        ["tcp-port", None, defaults.tcp_port, "Backend TCP port (env PYSTRAND_TCP_PORT wins)."],
-        ["queue-size", None, defaults.queue_size,
+        ["ws-port", None, _DEFAULTS.ws_port, "WebSocket port (env PYSTRAND_WS_PORT wins)."],
+        ["tcp-port", None, _DEFAULTS.tcp_port, "Backend TCP port (env PYSTRAND_TCP_PORT wins)."],
+        ["queue-size", None, _DEFAULTS.queue_size,
          "Events kept while no backend is connected; 0 disables (env PYSTRAND_QUEUE_SIZE wins)."],
-        ["tcp-interface", None, defaults.tcp_interface,
+        ["tcp-interface", None, _DEFAULTS.tcp_interface,
          "Interface of the backend port; 0.0.0.0 opens it to the network."],
         ["ws-interface", None, None, "Interface of the WebSocket port (default: all)."],
-        ["auth-timeout", None, defaults.auth_timeout,
+        ["auth-timeout", None, _DEFAULTS.auth_timeout,
          "Seconds to wait for a backend's answer to a handshake before HTTP 403."],
-        ["max-message-size", None, defaults.max_message_size,
+        ["max-message-size", None, _DEFAULTS.max_message_size,
          "Largest WebSocket message in bytes (bigger: close code 1009)."],
-        ["max-fragments", None, defaults.max_fragments,
+        ["max-fragments", None, _DEFAULTS.max_fragments,
          "Most frames in one WebSocket message (more: close code 1009)."],
-        ["max-clients", None, defaults.max_clients,
+        ["max-clients", None, _DEFAULTS.max_clients,
          "Most open sockets on the WebSocket port, handshakes included (beyond: HTTP 503)."],
-        ["max-clients-per-address", None, defaults.max_clients_per_address,
+        ["max-clients-per-address", None, _DEFAULTS.max_clients_per_address,
          "Most open sockets from one IP address (beyond: HTTP 429); 0: no limit."],
-        ["handshake-timeout", None, defaults.handshake_timeout,
+        ["handshake-timeout", None, _DEFAULTS.handshake_timeout,
          "Seconds a socket has to send its request head (else HTTP 408) or to answer a close."],
         ["allowed-origins", None, None,
          "Comma-separated origins allowed to connect (https://*.example.com, * for any, null)."
          " Default: the page's own origin, and clients that send no Origin."],
-        ["ping-interval", None, defaults.ping_interval, "Seconds between pings to WebSocket clients; 0: none."],
-        ["client-idle-timeout", None, defaults.client_idle_timeout,
+        ["ping-interval", None, _DEFAULTS.ping_interval, "Seconds between pings to WebSocket clients; 0: none."],
+        ["client-idle-timeout", None, _DEFAULTS.client_idle_timeout,
          "Seconds a WebSocket client may send nothing (pongs count) before close 1001; 0: never."],
-        ["client-write-timeout", None, defaults.client_write_timeout,
+        ["client-write-timeout", None, _DEFAULTS.client_write_timeout,
          "Seconds a WebSocket client's socket may stay unwritable before it is dropped."],
-        ["write-timeout", None, defaults.write_timeout,
+        ["write-timeout", None, _DEFAULTS.write_timeout,
          "Seconds a backend's socket may stay unwritable before the backend is dropped."],
-        ["max-client-rate", None, defaults.max_client_rate,
+        ["max-client-rate", None, _DEFAULTS.max_client_rate,
          "Messages per second per WebSocket client; faster clients are read more slowly. 0: no limit."],
         ["ws-endpoint", None, None,
          "Twisted server endpoint of the WebSocket side (e.g. ssl:8443:privateKey=key.pem:certKey=cert.pem);"
@@ -236,7 +239,7 @@ class Options(PackageOptions):
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self.environ = os.environ if environ is None else environ
 
     def postOptions(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Iterable
+from typing import Iterable, cast
 from urllib.parse import urlsplit
 
 from twisted.internet.interfaces import IReactorTime
@@ -178,9 +178,10 @@ class MessageAssembler:
         message that is not UTF-8.
         """
         opcode = frame.opcode
+        data = cast(bytes, frame.data)  # the parser's frames hold bytes (Frame declares any bytes-like)
         if opcode is Opcode.CONT:
             chunks = self._chunks
-            chunks.append(frame.data)
+            chunks.append(data)
             if len(chunks) > self.max_fragments:
                 chunks.clear()
                 raise TooManyFragments(f"a message in more than {self.max_fragments} frames")
@@ -189,9 +190,9 @@ class MessageAssembler:
             data = b"".join(chunks)
             chunks.clear()
         elif frame.fin:
-            return _decode(frame.data, opcode is Opcode.TEXT)
+            return _decode(data, opcode is Opcode.TEXT)
         else:
-            self._chunks.append(frame.data)
+            self._chunks.append(data)
             self._text = opcode is Opcode.TEXT
             return None
         return _decode(data, self._text)

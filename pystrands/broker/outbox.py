@@ -15,10 +15,13 @@ on every drain, they go on until the socket fills again. So:
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
 from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from .._typing import IConnectedTransport
 
 __all__ = ["Outbox", "send_at_once"]
 
@@ -39,7 +42,7 @@ def send_at_once(transport: ITransport) -> None:
 class Outbox:
     """A transport's writes, held while its socket cannot take them."""
 
-    def __init__(self, transport: ITransport, clock: IReactorTime, *, limit: int, timeout: float,
+    def __init__(self, transport: IConnectedTransport, clock: IReactorTime, *, limit: int, timeout: float,
                  on_fault: Callable[[str], None],
                  on_congestion: Callable[[bool], None] = lambda congested: None) -> None:
         self.transport = transport

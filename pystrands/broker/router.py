@@ -187,6 +187,10 @@ class Broker:
     def backend_frame(self, frame: wire.Frame, line: bytes) -> None:
         """Act on one decoded frame from a backend; anything unusable is logged and skipped."""
         action, params = frame.action, frame.params
+        # JSON values as the backend sent them, each checked by _usable before use.
+        room_id: Any
+        conn_id: Any
+        message: Any
         if action == wire.RESPONSE:
             self._answer(frame.request_id, params, line)
         elif action == wire.MESSAGE_TO_ROOM:
@@ -197,9 +201,9 @@ class Broker:
         elif action == wire.MESSAGE_TO_CONNECTION:
             conn_id, message = params.get("conn_id"), params.get("message")
             if self._usable(line, conn_id=conn_id, message=message):
-                client = self.rooms.client(conn_id)
-                if client is not None:
-                    client.send_text(message)
+                target = self.rooms.client(conn_id)
+                if target is not None:
+                    target.send_text(message)
         elif action == wire.BROADCAST:
             message = params.get("message")
             if self._usable(line, message=message):
@@ -251,6 +255,9 @@ class Broker:
             log.warn("Skipped a response to an unknown or expired request: {excerpt}",
                      excerpt=wire.excerpt(line))
             return
+        # JSON values as the backend sent them, checked by _usable before use.
+        client_id: Any
+        room_id: Any
         client_id, room_id = params.get("client_id"), params.get("room_id")
         if params.get("accepted") is not True:
             self._refuse(request_id, 403, "rejected by the backend")
@@ -326,7 +333,7 @@ class Broker:
             if client_id is not None and not final:
                 self._assigned[client_id] = backend
                 backend.load += 1
-        elif final:
+        elif final and client_id is not None:  # it is: the backend was found by it
             self._unassign(client_id)
         backend.send(frame)
         return backend

@@ -9,10 +9,10 @@ events of those clients) are sent.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, gatherResults, succeed
+from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IAddress, IListeningPort
 from twisted.logger import Logger
@@ -76,7 +76,7 @@ class BrokerService(Service):
         if reactor is None:
             from twisted.internet import reactor  # the outermost layer's choice: the global one
             self.reactor = reactor
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self.broker = Broker(self.config, reactor)
         self.backends = BackendFactory(self.broker)
         self.websockets = WebSocketFactory(self.broker)
@@ -88,6 +88,7 @@ class BrokerService(Service):
 
     def _listening(self, ports: list[IListeningPort]) -> None:
         self._ports = ports
+        assert self.broker is not None  # made by startService, which waits for this
         self.broker.start()
         log.info("PyStrands broker: WebSocket on {ws}, backends on {tcp}",
                  ws=describe(self.ws_address), tcp=describe(self.tcp_address))
@@ -95,7 +96,7 @@ class BrokerService(Service):
 
     def _cannot_listen(self, failure: Failure) -> None:
         failure.trap(FirstError)
-        self._settle(failure.value.subFailure)
+        self._settle(cast(FirstError, failure.value).subFailure)
 
     def _settle(self, outcome: Failure | tuple[int, int]) -> None:
         self._outcome = outcome
@@ -107,23 +108,23 @@ class BrokerService(Service):
                 waiter.callback(outcome)
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
         ports, self._ports = self._ports, []
-        await DeferredList([port.stopListening() for port in ports])
-        broker = self.broker
-        if broker is None:
+        await DeferredList([maybeDeferred(port.stopListening) for port in ports])
+        broker, websockets, backend_factory = self.broker, self.websockets, self.backends
+        if broker is None or websockets is None or backend_factory is None:  # never started
             return
         broker.stop()
-        for connection in list(self.websockets.connections):
+        for connection in list(websockets.connections):
             if connection.stage is not Stage.OPEN:
                 connection.transport.loseConnection()
         clients = list(broker.rooms.everyone())
         await self._close(clients, lambda client: client.close(GOING_AWAY, "the broker is stopping"),
                           lambda client: client.abort("the broker is stopping"))
-        backends = list(self.backends.connections)
+        backends = list(backend_factory.connections)
         await self._close(backends, lambda backend: backend.close(), lambda backend: backend.abort())
 
     async def _close(self, connections: Iterable[Any], close: Any, abort: Any) -> None:
@@ -143,7 +144,7 @@ class BrokerService(Service):
 def describe(address: IAddress) -> str:
     """A listening address as a person reads it: ``host:port``, or a socket's path."""
     if hasattr(address, "port"):
-        return f"{address.host}:{address.port}"  # type: ignore[attr-defined]
+        return f"{address.host}:{address.port}"  # type: ignore[attr-defined]  # IAddress declares no attributes
     return str(getattr(address, "name", address))
 
 

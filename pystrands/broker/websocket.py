@@ -35,13 +35,13 @@ import http
 import logging
 from collections import deque
 from email.utils import formatdate
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, cast
 from urllib.parse import parse_qs, unquote
 
 from twisted.internet.address import IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web import pages
@@ -56,6 +56,9 @@ from .client_script import PATH, ClientScript
 from .guards import AddressSlots, MessageAssembler, OriginPolicy, TokenBucket, TooManyFragments
 from .outbox import Outbox, send_at_once
 from .router import Admission, Broker, Handshake, HandshakeRefused
+
+if TYPE_CHECKING:
+    from .._typing import IConnectedTransport
 
 __all__ = ["ClientConnection", "MAX_HEAD", "REFUSAL_LINGER", "Stage", "WebSocketFactory", "http_response"]
 
@@ -92,6 +95,10 @@ class ClientConnection(Protocol):
 
     factory: WebSocketFactory
     admission: Admission
+    #: Set by ``makeConnection`` before any method here runs.
+    transport: IConnectedTransport
+    #: The WebSocket protocol, from the handshake on (stages JUDGING and OPEN).
+    _ws: ServerProtocol
 
     def __init__(self, broker: Broker, slots: AddressSlots, origins: OriginPolicy, site: Site) -> None:
         self.broker = broker
@@ -106,7 +113,6 @@ class ClientConnection(Protocol):
         self._head = bytearray()
         self._held_input = b""
         self._channel: Any = None
-        self._ws: ServerProtocol | None = None
         self._outbox: Outbox | None = None
         self._assembler = MessageAssembler(self.config.max_fragments)
         self._rate = TokenBucket(self.config.max_client_rate, self.clock) if self.config.max_client_rate else None
@@ -153,7 +159,7 @@ class ClientConnection(Protocol):
             # work within one slice instead of after parsing thousands of tiny frames.
             for start in range(0, len(data), PARSE_SLICE):
                 ws.receive_data(data[start:start + PARSE_SLICE] if len(data) > PARSE_SLICE else data)
-                self._events.extend(ws.events_received())
+                self._events.extend(cast("list[Frame]", ws.events_received()))  # once open, only frames
                 self._deliver()
                 self._flush()
                 if self._ending:
@@ -165,7 +171,7 @@ class ClientConnection(Protocol):
         elif stage is Stage.JUDGING:
             self._hold_input(data)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         stage, self.stage = self.stage, Stage.CLOSED
         self._cancel_timers()
         if self._outbox is not None:
@@ -197,13 +203,13 @@ class ClientConnection(Protocol):
         if self._refusal is not None:
             self._answer(*self._refusal)
             return
-        head, rest = bytes(head[:end + 4]), bytes(head[end + 4:])
-        request_line = head[:head.find(b"\r\n")].split(b" ")
+        whole, rest = bytes(head[:end + 4]), bytes(head[end + 4:])
+        request_line = whole[:whole.find(b"\r\n")].split(b" ")
         if len(request_line) != 3 or not request_line[1].startswith(b"/ws/"):
-            self._hand_to_site(head + rest)
+            self._hand_to_site(whole + rest)
             return
         try:
-            self._handshake(head, rest)
+            self._handshake(whole, rest)
         except Exception:
             log.failure("A WebSocket handshake from {address} failed", address=self._address,
                         level=LogLevel.error)
@@ -231,6 +237,7 @@ class ClientConnection(Protocol):
         if problem is not None:
             self._answer(_TOO_LONG.get(type(ws.handshake_exc), 400), problem)
             return
+        assert request is not None  # else _malformed said so
         response = ws.accept(request)
         if response.status_code != 101:
             version = request.headers.get_all("Sec-WebSocket-Version")
@@ -266,7 +273,8 @@ class ClientConnection(Protocol):
 
     def _admitted(self, admission: Admission, response: Any) -> None:
         self.admission = admission
-        if self.stage is not Stage.JUDGING:  # the client hung up while its backend judged
+        hung_up = self.stage is not Stage.JUDGING  # the client hung up while its backend judged
+        if hung_up:
             self.broker.abandon(admission)
             return
         try:
@@ -296,7 +304,7 @@ class ClientConnection(Protocol):
 
     def _refused(self, failure: Failure) -> None:
         failure.trap(HandshakeRefused)
-        refusal: HandshakeRefused = failure.value
+        refusal = cast(HandshakeRefused, failure.value)
         if self.stage is Stage.JUDGING:
             self._answer(refusal.status, refusal.reason)
 
@@ -426,11 +434,13 @@ class ClientConnection(Protocol):
 
     def _flush(self) -> None:
         """Pass what the protocol wants to send to the outbox; an empty chunk means close."""
+        outbox = self._outbox
+        assert outbox is not None  # made on opening, before anything is sent
         for data in self._ws.data_to_send():
             if data:
-                self._outbox.write(data)
+                outbox.write(data)
             else:
-                self._outbox.close(half=True)
+                outbox.close(half=True)
                 self._expect_end()
 
     def _expect_end(self) -> None:
@@ -478,7 +488,7 @@ def http_response(status: int, text: str, headers: Iterable[tuple[str, str]] = (
 
 
 #: The parser's refusals that have a status of their own (else 400).
-_TOO_LONG = {RequestLineTooLong: 414, HeaderLineTooLong: 431, TooManyHeaders: 431}
+_TOO_LONG: dict[type, int] = {RequestLineTooLong: 414, HeaderLineTooLong: 431, TooManyHeaders: 431}
 
 
 def _malformed(head: bytes, request: Request | None) -> str | None:
@@ -520,7 +530,7 @@ def _handshake(request: Request, address: Any) -> Handshake:
                      query=parse_qs(query, keep_blank_values=True))
 
 
-class WebSocketFactory(Factory):
+class WebSocketFactory(Factory[ClientConnection]):
     """The WebSocket port: ``/ws/...`` upgrades, ``/pystrands.js``, the ``static`` folder (if any), else 404."""
 
     noisy = False
