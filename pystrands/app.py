@@ -26,10 +26,10 @@ import asyncio
 import concurrent.futures
 import functools
 import inspect
-from typing import Any, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 from . import wire
-from ._faces import Options, backend_of, register_face
+from ._faces import FaceBackend, Options, backend_of, register_face
 from .async_client import AsyncPyStrandsClient
 from .client import PyStrandsClient
 from .errors import NotConnectedError
@@ -37,6 +37,7 @@ from .errors import NotConnectedError
 __all__ = ["PyStrands"]
 
 _Handler = TypeVar("_Handler", bound=Callable[..., Any])
+_Face = TypeVar("_Face", PyStrandsClient, AsyncPyStrandsClient)
 
 
 class PyStrands(Options):
@@ -78,8 +79,7 @@ class PyStrands(Options):
         """Register ``handler(error, context)``, called for an error the broker reports."""
         return self._register("on_error", handler)
 
-    def _client(self, face: type[PyStrandsClient] | type[AsyncPyStrandsClient],
-                adapt: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Any:
+    def _client(self, face: type[_Face], adapt: Callable[[Callable[..., Any]], Callable[..., Any]]) -> _Face:
         """A new ``face`` with this app's settings and handlers (each passed through ``adapt``)."""
         client = face(self.host, self.port, self.auto_reconnect, self.reconnect_delay,
                       self.max_reconnect_delay, self.reconnect_backoff, **self._settings_overrides)
@@ -112,8 +112,9 @@ class PyStrands(Options):
 
     def _send(self, frame: bytes) -> Any:
         """Through the running face; on a loop the result is always awaitable."""
+        future: concurrent.futures.Future[None] | Awaitable[None]
         if self.client is None:
-            future: concurrent.futures.Future = concurrent.futures.Future()
+            future = concurrent.futures.Future()
             future.set_exception(NotConnectedError("not connected to the broker: call run() first"))
         else:
             future = self.client._send(frame)
@@ -136,11 +137,12 @@ def _off_the_loop(handler: Callable[..., Any]) -> Callable[..., Any]:
     return functools.partial(asyncio.to_thread, handler)
 
 
-def _adapt(app: PyStrands) -> Any:
+def _adapt(app: PyStrands) -> FaceBackend:
     """The app as an IBackend (for twistd): its handlers on the blocking face's machinery."""
-    if not isinstance(app.client, PyStrandsClient):
-        app._client(PyStrandsClient, _as_it_is)
-    return backend_of(app.client)
+    client = app.client
+    if not isinstance(client, PyStrandsClient):
+        client = app._client(PyStrandsClient, _as_it_is)
+    return backend_of(client)
 
 
 register_face(PyStrands, _adapt)

@@ -74,22 +74,25 @@ _NUMERIC_OPTIONS = {
 }
 
 
+#: The defaults shown in --help (``usage.Options`` keeps its own ``defaults`` dict).
+_DEFAULTS = BackendSettings()
+
+
 class Options(PackageOptions):
     """Command-line options of ``twistd pystrands``."""
 
     synopsis = "--backend module.attr [options]"
-    defaults = BackendSettings()
 
     optParameters = [
         ["backend", "b", None, "The backend: module.attr of a class (made with no arguments) or object."],
         ["broker", None, DEFAULT_BROKER, "Client endpoint string of the broker's backend port."],
-        ["reconnect-delay", None, defaults.reconnect_delay, "Seconds before the first reconnection attempt."],
-        ["max-reconnect-delay", None, defaults.max_reconnect_delay, "Cap on the reconnection delay."],
-        ["reconnect-backoff", None, defaults.reconnect_backoff, "Growth factor of the delay (>= 1)."],
-        ["concurrency", None, defaults.concurrency, "Clients whose handlers may run at once."],
-        ["max-line-length", None, defaults.max_line_length, "Longest accepted frame, in bytes."],
-        ["idle-timeout", None, defaults.idle_timeout, "Seconds of broker silence before reconnecting (0: never)."],
-        ["send-buffer-size", None, defaults.send_buffer_size, "Sends kept while reconnecting."],
+        ["reconnect-delay", None, _DEFAULTS.reconnect_delay, "Seconds before the first reconnection attempt."],
+        ["max-reconnect-delay", None, _DEFAULTS.max_reconnect_delay, "Cap on the reconnection delay."],
+        ["reconnect-backoff", None, _DEFAULTS.reconnect_backoff, "Growth factor of the delay (>= 1)."],
+        ["concurrency", None, _DEFAULTS.concurrency, "Clients whose handlers may run at once."],
+        ["max-line-length", None, _DEFAULTS.max_line_length, "Longest accepted frame, in bytes."],
+        ["idle-timeout", None, _DEFAULTS.idle_timeout, "Seconds of broker silence before reconnecting (0: never)."],
+        ["send-buffer-size", None, _DEFAULTS.send_buffer_size, "Sends kept while reconnecting."],
         ["backend-token", None, None, "Token for a broker started with --backend-token."],
         ["stop-timeout", None, 5.0, "Seconds to let handlers finish on shutdown."],
     ]
