@@ -56,7 +56,12 @@ function fakeWebSocket() {
       if (this.readyState !== 1) throw new Error("InvalidStateError");
       this.sent.push(text);
     }
-    close(code, reason) { this.closeCalls.push([code, reason]); this.readyState = 2; }
+    close(code, reason) {
+      this.closeCalls.push([code, reason]);
+      // Node 20's WebSocket, closed while connecting, fires error at once (and never close).
+      if (this.readyState === 0 && FakeWebSocket.errorOnClose) this.fire("error");
+      this.readyState = 2;
+    }
   }
   return { FakeWebSocket, sockets };
 }
@@ -392,6 +397,30 @@ test("connectTimeout: an attempt that does not open in time is abandoned and ret
   last().open();
   clock.advance(60000);             // the timeout is off once open
   assert.equal(client.state, "open");
+});
+
+test("an error before the socket opened ends the attempt (Node 20 fires no close then); after, the close event decides", () => {
+  const { client, clock, sockets, last, of } = setup();
+  client.connect();
+  last().fire("error");
+  assert.deepEqual(of("close"), [{ code: 1006, reason: "", wasClean: false, opened: false, reconnect: true, unsent: 0 }]);
+  sockets[0].drop(1006);            // a browser's close event after the error: already accounted for
+  assert.equal(of("close").length, 1);
+  clock.advance(250);
+  last().open();
+  last().fire("error");
+  assert.equal(client.state, "open");
+  last().drop(1011, "server error", true);
+  assert.deepEqual(of("close")[1], { code: 1011, reason: "server error", wasClean: true, opened: true, reconnect: true, unsent: 0 });
+});
+
+test("a WebSocket that fires error synchronously from close() is handled once (connect timeout, Node 20)", () => {
+  const { client, clock, sockets, of } = setup({ connectTimeout: 1000 });
+  client.connect();
+  sockets[0].constructor.errorOnClose = true;
+  clock.advance(1000);
+  assert.deepEqual(of("close"), [{ code: 1006, reason: "connect timeout", wasClean: false, opened: false, reconnect: true, unsent: 0 }]);
+  assert.equal(of("reconnecting").length, 1);
 });
 
 test("a socket replaced by connect() after close() no longer speaks for the client", () => {

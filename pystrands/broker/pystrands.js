@@ -309,12 +309,19 @@ export class PyStrandsClient {
     ws.addEventListener("open", () => this.#opened(socket));
     ws.addEventListener("message", (event) => this.#received(socket, event.data));
     ws.addEventListener("close", (event) => this.#closed(socket, event.code, event.reason, event.wasClean));
+    // A handshake that failed: browsers fire error then close (1006), but Node 20's built-in
+    // WebSocket fires no close after a refused handshake, so the error ends the attempt.
+    ws.addEventListener("error", () => {
+      if (socket.opened || socket.done) return;
+      this.#closed(socket, 1006, "", false);
+      try { ws.close(); } catch (error) { /* closing anyway */ }
+    });
     if (this.#options.connectTimeout > 0) {
       socket.timer = this.#setTimer(() => {
         socket.timer = null;
         if (socket.done || socket.opened) return;
+        this.#closed(socket, 1006, "connect timeout", false);  // first: closing may fire error at once
         try { ws.close(); } catch (error) { /* closing anyway */ }
-        this.#closed(socket, 1006, "connect timeout", false);
       }, this.#options.connectTimeout);
     }
   }
