@@ -29,15 +29,15 @@ CHAT_STATIC = REPO / "examples" / "chat" / "static"
 
 
 class Child:
-    """A Python child process started from the repository root, its output kept in a file."""
+    """A Python child process started from the repository root (or ``cwd``), its output kept in a file."""
 
-    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = REPO) -> None:
         self.args = args
         self.log = log
         environment = {name: value for name, value in os.environ.items() if not name.startswith("PYSTRAND_")}
         environment.update(env or {}, PYTHONUNBUFFERED="1")
         with open(log, "ab") as output:
-            self.process = subprocess.Popen([sys.executable, *args], cwd=REPO, env=environment,
+            self.process = subprocess.Popen([sys.executable, *args], cwd=cwd, env=environment,
                                             stdout=output, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
@@ -111,15 +111,15 @@ OpenWs = Callable[[str], ClientConnection]
 
 @contextlib.contextmanager
 def launching(directory: Path, grace: float) -> Iterator[Launch]:
-    """launch(args, name=..., env=None) -> Child, output in ``directory``; every child stopped on exit.
+    """launch(args, name=..., env=None, cwd=REPO) -> Child, output in ``directory``; every child stopped on exit.
 
     A child still running gets SIGCONT (a frozen one must be able to die) and
     SIGTERM, ``grace`` seconds to stop what it started itself, then SIGKILL.
     """
     started: list[Child] = []
 
-    def launch(args: list[str], name: str, env: dict[str, str] | None = None) -> Child:
-        child = Child(args, directory / f"{name}.log", env)
+    def launch(args: list[str], name: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> Child:
+        child = Child(args, directory / f"{name}.log", env, cwd)
         started.append(child)
         return child
 
