@@ -38,7 +38,8 @@ def names(members_message: dict[str, Any]) -> list[str]:
 
 def test_serves_the_page(demo: tuple[Child, str, int]) -> None:
     _, _, port = demo
-    for path, expected in [("", b"chat.js"), ("chat.js", b"new WebSocket"), ("chat.css", b".members")]:
+    for path, expected in [("", b"chat.js"), ("chat.js", b'from "/pystrands.js"'), ("chat.css", b".members"),
+                           ("pystrands.js", b"export class PyStrandsClient")]:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=5) as response:
             assert response.status == 200
             assert expected in response.read()

@@ -1,11 +1,10 @@
-// The chat page: join a room by name, talk over /ws/<room>?name=..., reconnect when the link drops.
+// The chat page: join a room by name, talk over /ws/<room>?name=... through the browser client
+// that the broker serves at /pystrands.js (it reconnects, with backoff, when the link drops).
 // Every piece of text from the network is put in the page with textContent, never as HTML.
-"use strict";
+import { PyStrandsClient } from "/pystrands.js";
 
 const MAX_NAME = 24;
 const ROOM_PATTERN = /^[A-Za-z0-9_-]{1,40}$/;
-const FIRST_RETRY_MS = 500;
-const LAST_RETRY_MS = 15000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -13,11 +12,7 @@ const state = {
   name: "",
   room: "",
   me: null,          // our client id, from the welcome message
-  socket: null,
-  inRoom: false,     // true from Join until Leave: while true, a lost link is retried
-  failures: 0,       // connection attempts that failed since the last welcome
-  wasConnected: false,
-  retryTimer: null,
+  client: null,      // the PyStrandsClient of the room we are in, from Join until Leave
 };
 
 function setStatus(kind, text) {
@@ -77,19 +72,10 @@ function showMembers(members) {
   $("member-count").textContent = String(members.length);
 }
 
-function receive(event) {
-  let msg;
-  try {
-    msg = JSON.parse(event.data);
-  } catch (err) {
-    return;
-  }
+function receive(msg) {
   switch (msg.type) {
     case "welcome":
       state.me = msg.id;
-      if (state.wasConnected) showEvent("Reconnected.");
-      state.wasConnected = true;
-      state.failures = 0;
       break;
     case "join":
       showEvent(msg.id === state.me ? `You joined #${state.room} as ${msg.name}.` : `${msg.name} joined.`);
@@ -110,40 +96,38 @@ function receive(event) {
 }
 
 function connect() {
-  clearTimeout(state.retryTimer);
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const url = `${scheme}://${location.host}/ws/${encodeURIComponent(state.room)}?name=${encodeURIComponent(state.name)}`;
-  const socket = new WebSocket(url);
-  state.socket = socket;
-  setStatus("connecting", state.wasConnected ? "Reconnecting…" : "Connecting…");
-  socket.addEventListener("open", () => setStatus("open", "Connected"));
-  socket.addEventListener("message", receive);
-  socket.addEventListener("close", () => {
-    if (state.socket !== socket) return;
-    state.socket = null;
-    if (!state.inRoom) return;
+  const client = new PyStrandsClient({
+    room: state.room, params: { name: state.name }, reconnectDelay: 500, maxReconnectDelay: 15000,
+  });
+  state.client = client;
+  const current = (listener) => (value) => { if (state.client === client) listener(value); };
+  client.on("open", current(({ reconnected }) => {
+    setStatus("open", "Connected");
+    if (reconnected) showEvent("Reconnected.");
+  }));
+  client.on("json", current(receive));
+  client.on("close", current(({ reconnect }) => {
     if (state.me !== null) showEvent("Connection lost.", "trouble");
     state.me = null;
-    state.failures += 1;
-    const base = Math.min(LAST_RETRY_MS, FIRST_RETRY_MS * 2 ** (state.failures - 1));
-    const delay = Math.round(base * (0.75 + Math.random() * 0.5));
+    if (!reconnect) setStatus("idle", "Disconnected");
+  }));
+  client.on("reconnecting", current(({ delay }) => {
     setStatus("waiting", `Offline, retrying in ${Math.max(1, Math.round(delay / 1000))} s…`);
-    state.retryTimer = setTimeout(connect, delay);
-  });
+  }));
+  setStatus("connecting", "Connecting…");
+  client.connect();
 }
 
 function disconnect() {
-  state.inRoom = false;
-  clearTimeout(state.retryTimer);
-  if (state.socket) state.socket.close(1000);
-  state.socket = null;
+  if (state.client) state.client.close();
+  state.client = null;
   state.me = null;
   setStatus("idle", "Not connected");
 }
 
 function enterRoom(name, room) {
   disconnect();
-  Object.assign(state, { name, room, inRoom: true, failures: 0, wasConnected: false });
+  Object.assign(state, { name, room });
   localStorage.setItem("pystrands-chat-name", name);
   history.replaceState(null, "", `#${room}`);
   $("room-name").textContent = room;
@@ -184,8 +168,8 @@ function onSend(event) {
   event.preventDefault();
   const input = $("text");
   const text = input.value.trim();
-  if (!text || !state.socket || state.socket.readyState !== WebSocket.OPEN) return;
-  state.socket.send(JSON.stringify({ text }));
+  if (!text || !state.client || state.client.state !== "open") return;
+  state.client.sendJSON({ text });
   input.value = "";
   input.focus();
 }
@@ -203,7 +187,7 @@ async function onCopyLink() {
 
 function onHashChange() {
   const room = roomFromHash();
-  if (state.inRoom && room !== state.room && ROOM_PATTERN.test(room)) enterRoom(state.name, room);
+  if (state.client && room !== state.room && ROOM_PATTERN.test(room)) enterRoom(state.name, room);
 }
 
 function start() {
