@@ -16,8 +16,10 @@ its ``__init__.py`` and nothing of ours, so the error comes only with the
 first of our own modules.
 
 The check reads the ``RECORD`` of each ``*.dist-info`` folder beside the
-package (where a wheel installs it; about 1.5 ms for 90 distributions) and
-imports ``importlib.metadata`` only to describe a conflict it found.
+package (where a wheel installs it) and imports ``importlib.metadata`` only
+to describe a conflict it found: loading this module costs about 0.6 ms in a
+fresh install (13 distributions; ``import pystrands`` takes about 150 ms),
+about 2 ms beside 90 distributions.
 """
 
 from __future__ import annotations
