@@ -16,7 +16,7 @@ from pystrands import __version__  # noqa: E402
 
 project = "PyStrands on Twisted"
 author = "The PyStrands on Twisted developers"
-copyright = "2026, The PyStrands on Twisted developers"  # noqa: A001
+copyright = "2026, The PyStrands on Twisted developers"
 release = version = __version__
 
 extensions = ["myst_parser", "sphinx.ext.autodoc", "zope_interfaces"]

@@ -29,6 +29,7 @@ class ZopeInterface(SphinxDirective):
     required_arguments = 1
 
     def run(self) -> list[nodes.Node]:
+        """The nodes of the interface's reST, parsed in place of the directive."""
         module_name, _, name = self.arguments[0].rpartition(".")
         interface = getattr(importlib.import_module(module_name), name)
         lines = [f".. py:class:: {name}", f"   :module: {module_name}", ""]
@@ -48,5 +49,6 @@ class ZopeInterface(SphinxDirective):
 
 
 def setup(app: Any) -> dict[str, Any]:
+    """Register the directive (Sphinx calls this for each extension)."""
     app.add_directive("zope-interface", ZopeInterface)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
