@@ -15,7 +15,10 @@ alone in a subprocess of its own (``backends.py``), our faces with this
 interpreter, the public ones with the benchmark venv's. Each benchmark
 prints a table with the ratios to the public package measured in the same
 run and a PASS/FAIL line per target of the issue; results and a PNG chart go
-to ``benchmarks/results/`` (or ``--chart PATH``).
+to ``benchmarks/results/`` (or ``--chart PATH``). While it runs, one line on
+stderr per backend run says which benchmark, which round, which backend,
+the time so far and an estimate of the time left. ``all`` takes about 7
+minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -223,7 +226,7 @@ class Params:
 
 FULL = Params(rounds=3, frames=200_000, pings=2000,
               size_frames={100: 100_000, 64 * 1024: 1000, MIB: 64},
-              flood_frames=1_000_000, flood_timeout=180.0, timeout=120.0,
+              flood_frames=1_000_000, flood_timeout=20.0, timeout=120.0,
               e2e_clients=(10, 100, 1000), e2e_seconds=3.0)
 QUICK = Params(rounds=1, frames=2000, pings=50,
                size_frames={100: 1000, 64 * 1024: 20, MIB: 4},
@@ -287,15 +290,88 @@ def rounds_of(specs: list[Spec], public_python: Path | None, rounds: int,
             entry = results[spec.label]
             if "runs" not in entry:
                 continue
-            print(f"  round {number + 1}/{rounds}: {spec.label} ...", end=" ", flush=True)
+            started = PROGRESS.starting(spec.label, number + 1, rounds)
             try:
                 entry["runs"].append(measure(spec))
-                print("ok", flush=True)
+                PROGRESS.done(spec.label, started)
             except BackendFailed as exc:
-                print("FAILED", flush=True)
+                PROGRESS.failed(spec.label)
+                print(f"  round {number + 1}/{rounds}: {spec.label}: FAILED", flush=True)
                 entry.pop("runs")
                 entry["error"] = str(exc)
     return results
+
+
+def plan(params: Params) -> dict[str, tuple[list[Spec], int, float]]:
+    """Per benchmark: its backends in order, its rounds, and a first guess of the seconds one backend
+    run takes (a process start, then the work; the progress estimate replaces it with what it measures)."""
+    no_ceiling = [spec for spec in SPECS if spec is not CEILING]
+    sizes = sum(count * (size / 400e6 + 1 / 100_000) for size, count in params.size_frames.items())
+    return {  # the guesses: what one run took on average in a full run on 2 cores (BENCHMARKS.md)
+        "throughput": (SPECS, params.rounds, 1.0 + params.frames / 150_000 + params.pings * 1e-4),
+        "sizes": ([*no_ceiling, CEILING], params.rounds, 1.0 + sizes),
+        "memory": (no_ceiling, 1, 0.5 + params.flood_timeout),
+        "e2e": (no_ceiling, params.rounds, 1.0 + len(params.e2e_clients) * (params.e2e_seconds + 0.5)),
+    }
+
+
+def _clock(seconds: float) -> str:
+    """m:ss."""
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
+
+
+class Progress:
+    """One line on stderr per backend run: the benchmark, the round, the backend, time so far and left.
+
+    The time left is the sum over the runs still to do of what that backend
+    took in this benchmark's earlier rounds, else the mean of this
+    benchmark's runs so far, else ``plan``'s first guess.
+    """
+
+    def __init__(self, names: list[str], params: Params, public_python: Path | None) -> None:
+        self.start = time.monotonic()
+        self.names = names
+        self.current = ""
+        steps = plan(params)
+        self.guess = {name: steps[name][2] for name in names}
+        self.pending = [(name, spec.label) for name in names for _ in range(steps[name][1])
+                        for spec in steps[name][0] if spec.missing(public_python) is None]
+        self.took: dict[tuple[str, str], list[float]] = {}
+
+    def begin(self, name: str) -> None:
+        """The benchmark ``name`` starts."""
+        self.current = name
+
+    def estimate(self, name: str, label: str) -> float:
+        """Seconds one run of backend ``label`` in benchmark ``name`` is expected to take."""
+        mine = self.took.get((name, label))
+        if mine:
+            return statistics.fmean(mine)
+        seen = [seconds for (bench, _), runs in self.took.items() if bench == name for seconds in runs]
+        return statistics.fmean(seen) if seen else self.guess[name]
+
+    def starting(self, label: str, number: int, rounds: int) -> float:
+        """Print where the run is; returns the start time for ``done``."""
+        left = sum(self.estimate(name, each) for name, each in self.pending)
+        if (self.current, label) in self.pending:
+            self.pending.remove((self.current, label))
+        where = (f"{self.current} ({self.names.index(self.current) + 1} of {len(self.names)})"
+                 if self.current in self.names else self.current or "benchmark")
+        print(f"[{_clock(time.monotonic() - self.start)}] {where}, round {number} of {rounds}: {label};"
+              f" about {_clock(left)} left", file=sys.stderr, flush=True)
+        return time.monotonic()
+
+    def done(self, label: str, started: float) -> None:
+        """A run of ``label`` that started at ``started`` finished."""
+        self.took.setdefault((self.current, label), []).append(time.monotonic() - started)
+
+    def failed(self, label: str) -> None:
+        """``label`` failed: its later rounds of this benchmark will not run."""
+        self.pending = [step for step in self.pending if step != (self.current, label)]
+        print(f"[{_clock(time.monotonic() - self.start)}] {label}: FAILED", file=sys.stderr, flush=True)
+
+
+PROGRESS = Progress([], QUICK, None)
 
 
 def summary(entry: dict[str, Any], key: str) -> tuple[float, float] | None:
@@ -320,6 +396,21 @@ def print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
         print("  ".join(cells).rstrip())
 
 
+def print_spread(results: dict[str, dict[str, Any]], keys: dict[str, str]) -> None:
+    """One line per measure: how far the rounds of one backend were apart, over the table's backends.
+
+    The figure is the table's ``±``: half of (highest - lowest) / median of a
+    backend's rounds; the line gives its median and its highest over the rows.
+    """
+    for name, key in keys.items():
+        spreads = {label: value[1] * 50 for label, entry in results.items()
+                   if (value := summary(entry, key)) is not None and len(entry["runs"]) > 1}
+        if spreads:
+            worst = max(spreads, key=spreads.__getitem__)
+            print(f"  spread of the rounds, {name}: median ±{statistics.median(spreads.values()):.0f}%,"
+                  f" highest ±{spreads[worst]:.0f}% ({worst})")
+
+
 def cell(value: tuple[float, float] | None, fmt: str = "{:,.0f}") -> str:
     """A median with its spread, or a dash."""
     if value is None:
@@ -328,11 +419,22 @@ def cell(value: tuple[float, float] | None, fmt: str = "{:,.0f}") -> str:
     return fmt.format(middle) + (f" ±{spread * 50:.0f}%" if spread else "")
 
 
-def ratio(value: tuple[float, float] | None, base: tuple[float, float] | None) -> str:
-    """value / base of two medians, or a dash."""
-    if value is None or base is None or not base[0]:
+def round_ratios(entry: dict[str, Any], key: str, base: dict[str, Any], base_key: str | None = None) -> str:
+    """The median of the per-round ratios ``entry[key] / base[base_key]`` with ``±`` half their spread.
+
+    Rounds are interleaved, so round i of both backends ran minutes apart at
+    most: the spread of these ratios is the noise of the ratio itself.
+    """
+    runs, base_runs = entry.get("runs"), base.get("runs")
+    if not runs or not base_runs:
         return "-"
-    return f"{value[0] / base[0]:.2f}x"
+    values = [run[key] / other[base_key or key] for run, other in zip(runs, base_runs, strict=False)
+              if other[base_key or key]]
+    if not values:
+        return "-"
+    middle = statistics.median(values)
+    spread = (max(values) - min(values)) / middle if middle else 0.0
+    return f"{middle:.2f}x" + (f" ±{spread * 50:.0f}%" if spread else "")
 
 
 def notes(results: dict[str, dict[str, Any]]) -> None:
@@ -372,17 +474,20 @@ def bench_throughput(params: Params, public_python: Path | None) -> dict[str, An
         return {**measure_flood(run, 100, params.frames, params.timeout),
                 **measure_ping(run, params.pings, params.timeout)}
 
-    results = rounds_of(SPECS, public_python, params.rounds, on_backend(measure, public_python))
+    specs, rounds, _ = plan(params)["throughput"]
+    results = rounds_of(specs, public_python, rounds, on_backend(measure, public_python))
     rate = {label: summary(entry, "msgs_per_s") for label, entry in results.items()}
     p50 = {label: summary(entry, "p50_us") for label, entry in results.items()}
-    rows = [[label, cell(rate[label]), ratio(rate[label], rate[PUB_CLIENT.label]),
-             ratio(rate[label], rate[PUB_ASYNC.label]), cell(p50[label], "{:,.0f}"),
+    rows = [[label, cell(rate[label]), round_ratios(entry, "msgs_per_s", results[PUB_CLIENT.label]),
+             round_ratios(entry, "msgs_per_s", results[PUB_ASYNC.label]), cell(p50[label], "{:,.0f}"),
              cell(summary(entry, "p99_us"), "{:,.0f}"), cell(summary(entry, "backend_cpu"), "{:.0%}"),
              cell(summary(entry, "sim_cpu"), "{:.0%}")]
             for label, entry in results.items()]
-    print_table("msgs/s (median ±half the spread), ratios of medians, round trip in microseconds",
+    print_table("msgs/s (median ±half the spread), ratios per round (median ±half their spread),"
+                " round trip in microseconds",
                 ["backend", "msgs/s", "x pub sync", "x pub async", "p50 us", "p99 us", "backend CPU", "sim CPU"],
                 rows)
+    print_spread(results, {"msgs/s": "msgs_per_s", "p50": "p50_us"})
     notes(results)
     print("targets:")
     targets = [
@@ -412,14 +517,16 @@ def bench_sizes(params: Params, public_python: Path | None) -> dict[str, Any]:
         return {str(size): measure_flood(run, size, count, params.timeout)["mb_per_s"]
                 for size, count in params.size_frames.items()}
 
-    specs = [spec for spec in SPECS if spec is not CEILING] + [CEILING]
-    results = rounds_of(specs, public_python, params.rounds, on_backend(measure, public_python))
+    specs, rounds, _ = plan(params)["sizes"]
+    results = rounds_of(specs, public_python, rounds, on_backend(measure, public_python))
     rate = {label: [summary(entry, str(size)) for size in sizes] for label, entry in results.items()}
     rows = [[label, *(cell(value, "{:,.1f}") for value in rate[label]),
-             ratio(rate[label][-1], rate[label][-2]), ratio(rate[label][-1], rate[PUB_CLIENT.label][-1])]
-            for label in results]
-    print_table("MB/s of message payload (median ±half the spread)",
+             round_ratios(entry, str(sizes[-1]), entry, str(sizes[-2])),
+             round_ratios(entry, str(sizes[-1]), results[PUB_CLIENT.label])]
+            for label, entry in results.items()]
+    print_table("MB/s of message payload (median ±half the spread); ratios per round (median ±half their spread)",
                 ["backend", *(_size(s) for s in sizes), "1MiB / 64KiB", "1MiB x pub sync"], rows)
+    print_spread(results, {f"{_size(size)} MB/s": str(size) for size in sizes})
     notes(results)
     print("targets:")
     targets = [verdict(f"{spec.label} 1 MiB MB/s >= 0.8x its 64 KiB MB/s",
@@ -437,10 +544,10 @@ def bench_memory(params: Params, public_python: Path | None) -> dict[str, Any]:
     """Benchmark 3: peak RSS of each backend during a long flood with a 1 ms handler."""
     print(f"\n== 3. memory: {params.flood_frames:,} x 100 B frames as fast as taken, 1 ms handler,"
           f" cut at {params.flood_timeout:.0f} s per backend")
-    specs = [spec for spec in SPECS if spec is not CEILING]
+    specs, rounds, _ = plan(params)["memory"]
     measure = on_backend(lambda run: measure_memory(run, params.flood_frames, params.flood_timeout),
                          public_python, delay_ms=1.0)
-    results = rounds_of(specs, public_python, 1, measure)
+    results = rounds_of(specs, public_python, rounds, measure)
     rows = []
     for label, entry in results.items():
         run = (entry.get("runs") or [None])[0]
@@ -519,19 +626,21 @@ def bench_e2e(params: Params, public_python: Path | None) -> dict[str, Any]:
     if not (REPO / "pystrands" / "broker" / "service.py").exists():
         print("  skipped: the embedded broker (pystrands/broker/service.py) is not there yet")
         return {"results": {}, "targets": [], "panels": []}
-    specs = [spec for spec in SPECS if spec is not CEILING]
-    results = rounds_of(specs, public_python, params.rounds, lambda spec: measure_e2e(spec, public_python, params))
+    specs, rounds, _ = plan(params)["e2e"]
+    results = rounds_of(specs, public_python, rounds, lambda spec: measure_e2e(spec, public_python, params))
     rows = []
     for label, entry in results.items():
         row = [label]
         for clients in counts:
             rate = summary(entry, f"{clients}:msgs_per_s")
-            row += [cell(rate), ratio(rate, summary(results[PUB_CLIENT.label], f"{clients}:msgs_per_s")),
+            row += [cell(rate), round_ratios(entry, f"{clients}:msgs_per_s", results[PUB_CLIENT.label]),
                     cell(summary(entry, f"{clients}:p50_us")), cell(summary(entry, f"{clients}:p99_us"))]
         rows.append(row)
     headers = ["backend"] + [f"{c} {name}" for c in counts for name in ("msgs/s", "x pub", "p50 us", "p99 us")]
-    print_table("msgs/s over all clients (median ±half the spread), ratio to public PyStrandsClient, round trip us",
+    print_table("msgs/s over all clients (median ±half the spread), ratio to public PyStrandsClient per round"
+                " (median ±half their spread), round trip us",
                 headers, rows)
+    print_spread(results, {f"{clients} clients msgs/s": f"{clients}:msgs_per_s" for clients in counts})
     for side in ("loadgen", "broker"):
         highest = {clients: max((run[f"{clients}:{side}_cpu"] for entry in results.values()
                                  for run in entry.get("runs", [])), default=0.0) for clients in counts}
@@ -596,13 +705,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]};"
           f" public pystrands {'from ' + str(PUBLIC_VENV.relative_to(REPO)) if public_python else 'SKIPPED'}")
     names = list(BENCHMARKS) if args.command == "all" else [args.command]
-    outcome = {name: BENCHMARKS[name](params, public_python) for name in names}
+    global PROGRESS
+    PROGRESS = Progress(names, params, public_python)
+    outcome = {}
+    for name in names:
+        PROGRESS.begin(name)
+        outcome[name] = BENCHMARKS[name](params, public_python)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.command}{'-quick' if args.quick else ''}.json").write_text(json.dumps(outcome, indent=1))
     draw_chart([panel for name in names for panel in outcome[name]["panels"]],
                args.chart or RESULTS / f"{args.command}{'-quick' if args.quick else ''}.png", public_python)
     verdicts = [target["state"] for name in names for target in outcome[name]["targets"]]
     print(f"\ntargets: {verdicts.count('PASS')} PASS, {verdicts.count('FAIL')} FAIL, {verdicts.count('n/a')} n/a")
+    print(f"[{_clock(time.monotonic() - PROGRESS.start)}] {args.command}: done", file=sys.stderr, flush=True)
     return 0
 
 
