@@ -9,7 +9,8 @@ stderr and a non-zero exit: 2 for bad usage, 1 for a failure at run time
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from twisted.python.failure import Failure
@@ -20,8 +21,13 @@ USAGE = ("usage: python -m pystrands server [--ws-port 8080] [--tcp-port 8081] [
 
 def server(args: list[str]) -> int:
     """Run the embedded broker until interrupted."""
-    from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
-                                globalLogBeginner, textFileLogObserver)
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
     from twisted.python import usage
 
     from .broker.config import Options

@@ -14,7 +14,8 @@ from __future__ import annotations
 import concurrent.futures
 import contextvars
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -49,10 +50,10 @@ __all__ = [
     "backend_of",
     "call_in_reactor",
     "close_waker",
-    "new_backend_of",
-    "run_as_handler",
     "in_handler_of",
+    "new_backend_of",
     "register_face",
+    "run_as_handler",
 ]
 
 log = Logger()

@@ -26,7 +26,8 @@ import asyncio
 import concurrent.futures
 import functools
 import inspect
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from . import wire
 from ._faces import FaceBackend, Options, backend_of, register_face

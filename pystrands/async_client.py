@@ -22,8 +22,9 @@ import socket
 import sys
 import threading
 from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from types import CoroutineType
-from typing import Any, Awaitable, Callable, Coroutine, Literal, Sequence, cast
+from typing import Any, ClassVar, Literal, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
@@ -34,8 +35,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import wire
-from ._faces import (BrokerEndpoint, Face, FaceBackend, backend_of, close_waker, in_handler_of, register_face,
-                     run_as_handler)
+from ._faces import (
+    BrokerEndpoint,
+    Face,
+    FaceBackend,
+    backend_of,
+    close_waker,
+    in_handler_of,
+    register_face,
+    run_as_handler,
+)
 from .backend import DefaultCallbacks
 from .context import ConnectionRequestContext, Context
 from .dispatch import already_succeeded
@@ -89,7 +98,7 @@ class LoopResolver:
     the reactor is ``run()``; a reactor bound to someone else's loop never is.
     """
 
-    _FAMILIES: dict[frozenset[type[IAddress]] | None, int] = {
+    _FAMILIES: ClassVar[dict[frozenset[type[IAddress]] | None, int]] = {
         None: socket.AF_UNSPEC,
         frozenset([IPv4Address]): socket.AF_INET,
         frozenset([IPv6Address]): socket.AF_INET6,

@@ -17,19 +17,31 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import inspect
 import socket
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from . import wire
-from ._faces import (BrokerEndpoint, Face, FaceBackend, backend_of, call_in_reactor, close_waker, in_handler_of,
-                     new_backend_of, register_face, run_as_handler)
+from ._faces import (
+    BrokerEndpoint,
+    Face,
+    FaceBackend,
+    backend_of,
+    call_in_reactor,
+    close_waker,
+    in_handler_of,
+    new_backend_of,
+    register_face,
+    run_as_handler,
+)
 from ._threads import HandlerThreads
 from .logbridge import bridge_to_stdlib
 from .protocol import BrokerClientFactory
@@ -204,10 +216,8 @@ class _Session:
         protocol = self.factory.current if self.factory is not None else None
         sock = getattr(getattr(protocol, "transport", None), "socket", None)
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):  # already closed
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed
 
     def _stop_factory(self, timeout: float) -> Deferred[None] | None:
         return self.factory.stop(timeout) if self.factory is not None else None

@@ -9,9 +9,9 @@ a dict by ``to_json``, so ``from_json(to_json(x))`` round-trips.
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar, Dict, List, TypeVar, get_type_hints
+from typing import Any, ClassVar, TypeVar, get_type_hints
 
-__all__ = ["JSONModel", "Context", "ConnectionRequestContext"]
+__all__ = ["ConnectionRequestContext", "Context", "JSONModel"]
 
 _Model = TypeVar("_Model", bound="JSONModel")
 
@@ -95,7 +95,7 @@ class Context(JSONModel):
 
     client_id: str
     room_id: str
-    metadata: Dict[str, Any]
+    metadata: dict[str, Any]
 
 
 class ConnectionRequestContext(JSONModel):
@@ -106,9 +106,9 @@ class ConnectionRequestContext(JSONModel):
     and then it is an empty dict).
     """
 
-    headers: Dict[str, List[str]]
+    headers: dict[str, list[str]]
     url: str
     remote_addr: str
     context: Context
     accepted: bool
-    query: Dict[str, List[str]] = {}
+    query: dict[str, list[str]] = {}  # noqa: RUF012  # a field's default, copied into each instance

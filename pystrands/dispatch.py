@@ -10,8 +10,9 @@ from the broker when handlers fall behind.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Hashable
 from inspect import iscoroutine
-from typing import Any, Callable, Hashable
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger, LogLevel

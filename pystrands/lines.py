@@ -8,7 +8,7 @@ with the multi-MiB frames the protocol allows.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["LineSplitter"]
 

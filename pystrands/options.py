@@ -7,7 +7,8 @@ one-line usage error that names the option as the user wrote it.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Mapping, NoReturn
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn
 
 from twisted.python import usage
 

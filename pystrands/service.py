@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from .protocol import BrokerClientFactory, as_backend
 from .settings import BackendSettings, check_number
 
-__all__ = ["BackendService", "DEFAULT_BROKER"]
+__all__ = ["DEFAULT_BROKER", "BackendService"]
 
 #: Where the reference broker listens for backends by default.
 DEFAULT_BROKER = "tcp:host=localhost:port=8081"

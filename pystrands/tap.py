@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from typing import Any, ClassVar
 
 from twisted.application.service import IService
 from twisted.internet.endpoints import clientFromString
@@ -83,7 +84,7 @@ class Options(PackageOptions):
 
     synopsis = "--backend module.attr [options]"
 
-    optParameters = [
+    optParameters: ClassVar[list[list[Any]]] = [
         ["backend", "b", None, "The backend: module.attr of a class (made with no arguments) or object."],
         ["broker", None, DEFAULT_BROKER, "Client endpoint string of the broker's backend port."],
         ["reconnect-delay", None, _DEFAULTS.reconnect_delay, "Seconds before the first reconnection attempt."],
@@ -96,7 +97,7 @@ class Options(PackageOptions):
         ["backend-token", None, None, "Token for a broker started with --backend-token."],
         ["stop-timeout", None, 5.0, "Seconds to let handlers finish on shutdown."],
     ]
-    optFlags = [["no-reconnect", None, "Make one connection attempt; do not reconnect."]]
+    optFlags: ClassVar[list[list[Any]]] = [["no-reconnect", None, "Make one connection attempt; do not reconnect."]]
 
     def postOptions(self) -> None:
         if not self["backend"]:

@@ -17,6 +17,7 @@ import orjson
 from .errors import ProtocolError
 
 __all__ = [
+    "AUTH",
     "BROADCAST",
     "CONNECTION_REQUEST",
     "DISCONNECTED",
@@ -27,7 +28,6 @@ __all__ = [
     "NEW_CONNECTION",
     "NEW_MESSAGE",
     "RESPONSE",
-    "AUTH",
     "Frame",
     "ProtocolError",
     "auth_frame",

@@ -23,8 +23,8 @@ from twisted.python.failure import Failure
 
 from .. import wire
 from ..errors import ProtocolError
-from .config import BrokerConfig
 from ..lines import LineSplitter
+from .config import BrokerConfig
 from .outbox import Outbox, send_at_once
 from .router import Broker
 

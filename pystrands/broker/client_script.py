@@ -16,7 +16,7 @@ from twisted.web import http, pages
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-__all__ = ["CONTENT_TYPE", "ClientScript", "PATH", "client_script"]
+__all__ = ["CONTENT_TYPE", "PATH", "ClientScript", "client_script"]
 
 #: The path segment at the root of the WebSocket port's web site.
 PATH = b"pystrands.js"

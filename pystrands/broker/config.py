@@ -9,17 +9,17 @@ variables ``PYSTRAND_WS_PORT``, ``PYSTRAND_TCP_PORT`` and
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, ClassVar
 
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
-from twisted.python import usage
 
 from ..options import PackageOptions, parse_numbers, settings_error
 from ..settings import BackendSettings, check_integer, check_number
 from .guards import OriginPolicy
 
-__all__ = ["BrokerConfig", "ENVIRONMENT", "MAX_MESSAGE_SIZE", "Options", "check_server_endpoint", "parse_origins"]
+__all__ = ["ENVIRONMENT", "MAX_MESSAGE_SIZE", "BrokerConfig", "Options", "check_server_endpoint", "parse_origins"]
 
 #: Environment variable -> option it overrides.
 ENVIRONMENT = {
@@ -196,7 +196,7 @@ class Options(PackageOptions):
 
     synopsis = "[options]"
 
-    optParameters = [
+    optParameters: ClassVar[list[list[Any]]] = [
         ["ws-port", None, _DEFAULTS.ws_port, "WebSocket port (env PYSTRAND_WS_PORT wins)."],
         ["tcp-port", None, _DEFAULTS.tcp_port, "Backend TCP port (env PYSTRAND_TCP_PORT wins)."],
         ["queue-size", None, _DEFAULTS.queue_size,
@@ -217,8 +217,8 @@ class Options(PackageOptions):
         ["handshake-timeout", None, _DEFAULTS.handshake_timeout,
          "Seconds a socket has to send its request head (else HTTP 408) or to answer a close."],
         ["allowed-origins", None, None,
-         "Comma-separated origins allowed to connect (https://*.example.com, * for any, null)."
-         " Default: the page's own origin, and clients that send no Origin."],
+         ("Comma-separated origins allowed to connect (https://*.example.com, * for any, null)."
+          " Default: the page's own origin, and clients that send no Origin.")],
         ["ping-interval", None, _DEFAULTS.ping_interval, "Seconds between pings to WebSocket clients; 0: none."],
         ["client-idle-timeout", None, _DEFAULTS.client_idle_timeout,
          "Seconds a WebSocket client may send nothing (pongs count) before close 1001; 0: never."],
@@ -229,11 +229,11 @@ class Options(PackageOptions):
         ["max-client-rate", None, _DEFAULTS.max_client_rate,
          "Messages per second per WebSocket client; faster clients are read more slowly. 0: no limit."],
         ["ws-endpoint", None, None,
-         "Twisted server endpoint of the WebSocket side (e.g. ssl:8443:privateKey=key.pem:certKey=cert.pem);"
-         " replaces --ws-port and --ws-interface."],
+         ("Twisted server endpoint of the WebSocket side (e.g. ssl:8443:privateKey=key.pem:certKey=cert.pem);"
+          " replaces --ws-port and --ws-interface.")],
         ["tcp-endpoint", None, None,
-         "Twisted server endpoint of the backend side (e.g. unix:/run/pystrands.sock);"
-         " replaces --tcp-port and --tcp-interface."],
+         ("Twisted server endpoint of the backend side (e.g. unix:/run/pystrands.sock);"
+          " replaces --tcp-port and --tcp-interface.")],
         ["backend-token", None, None, "Backends must send this token in an auth frame first."],
         ["static", None, None, "Directory to serve at / beside /ws/."],
     ]

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Iterable, cast
+from collections.abc import Iterable
+from typing import cast
 from urllib.parse import urlsplit
 
 from twisted.internet.interfaces import IReactorTime

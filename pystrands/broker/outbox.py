@@ -15,7 +15,8 @@ on every drain, they go on until the socket fills again. So:
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
 from zope.interface import implementer

@@ -34,8 +34,9 @@ import enum
 import http
 import logging
 from collections import deque
+from collections.abc import Iterable
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any, Iterable, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs, unquote
 
 from twisted.internet.address import IPv6Address
@@ -46,8 +47,8 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web import pages
 from twisted.web.server import Site
-from websockets.frames import Frame, Opcode
 from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -60,7 +61,7 @@ from .router import Admission, Broker, Handshake, HandshakeRefused
 if TYPE_CHECKING:
     from .._typing import IConnectedTransport
 
-__all__ = ["ClientConnection", "MAX_HEAD", "REFUSAL_LINGER", "Stage", "WebSocketFactory", "http_response"]
+__all__ = ["MAX_HEAD", "REFUSAL_LINGER", "ClientConnection", "Stage", "WebSocketFactory", "http_response"]
 
 log = Logger()
 
