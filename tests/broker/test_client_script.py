@@ -5,7 +5,8 @@ from __future__ import annotations
 import pathlib
 import urllib.error
 import urllib.request
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pystrands.broker.client_script import client_script
 
