@@ -1,5 +1,6 @@
 """PyStrands on Twisted: Python backends for PyStrands real-time WebSocket brokers."""
 
+#: This release of pystrands-twisted (setup.cfg reads it from here).
 __version__ = "0.1.0"
 
 from . import _install  # noqa: F401  first: refuses a pystrands/ folder shared with another distribution

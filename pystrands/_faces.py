@@ -109,11 +109,17 @@ class Options:
         unknown = sorted(set(settings) - (BackendSettings.names() - set(_DOCUMENTED)))
         if unknown:
             raise TypeError(f"{type(self).__name__}() got an unexpected keyword argument {unknown[0]!r}")
+        #: Host name or IP address of the broker's backend port.
         self.host = host
+        #: The broker's backend port.
         self.port = port
+        #: Reconnect after a lost or failed connection.
         self.auto_reconnect = auto_reconnect
+        #: Seconds before the first reconnection attempt.
         self.reconnect_delay = reconnect_delay
+        #: Cap on the delay between attempts, in seconds.
         self.max_reconnect_delay = max_reconnect_delay
+        #: Factor by which the delay grows after each failed attempt.
         self.reconnect_backoff = reconnect_backoff
         self._settings_overrides = dict(settings)
         self._settings()

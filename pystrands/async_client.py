@@ -115,6 +115,7 @@ class LoopResolver:
         addressTypes: Sequence[type[IAddress]] | None = None,
         transportSemantics: str = "TCP",
     ) -> IHostResolution:
+        """Look ``hostName`` up with the loop's getaddrinfo (an IP literal at once, without a thread)."""
         family = self._FAMILIES.get(None if addressTypes is None else frozenset(addressTypes),
                                     socket.AF_UNSPEC)
         semantics: Literal["TCP", "UDP"] = "TCP" if transportSemantics == "TCP" else "UDP"

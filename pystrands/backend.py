@@ -50,4 +50,5 @@ class Backend(DefaultCallbacks):
     awaiting Deferreds); the next event of the same client waits for it.
     """
 
+    #: The connection to send through: set by the core before the first callback.
     broker: IBrokerConnection

@@ -93,8 +93,11 @@ class JSONModel:
 class Context(JSONModel):
     """A WebSocket client's identity, room and application metadata."""
 
+    #: The client's unique id (a UUID v4 unless the backend chose another).
     client_id: str
+    #: The room the client is in, as ``on_connection_request`` set it.
     room_id: str
+    #: What ``on_connection_request`` stored for this client (JSON values).
     metadata: dict[str, Any]
 
 
@@ -106,9 +109,15 @@ class ConnectionRequestContext(JSONModel):
     and then it is an empty dict).
     """
 
+    #: The handshake's HTTP headers, name -> values.
     headers: dict[str, list[str]]
+    #: The path the client connected to (``/ws/...``).
     url: str
+    #: The client's ``address:port``.
     remote_addr: str
+    #: The accepted client's Context: set its ``room_id`` and ``metadata`` here.
     context: Context
+    #: The answer when the callback returns no bool (default True).
     accepted: bool
+    #: The URL's query string, name -> values ({} from a broker that does not forward it).
     query: dict[str, list[str]] = {}  # noqa: RUF012  # a field's default, copied into each instance

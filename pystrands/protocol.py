@@ -102,6 +102,7 @@ class BrokerProtocol(LineReceiver):
     # -- connection life cycle -------------------------------------------
 
     def connectionMade(self) -> None:
+        """Start the idle timer, authenticate if there is a token, and tell the factory."""
         settings = self.factory.settings
         self._last_received = self.factory.clock.seconds()
         if settings.idle_timeout:
@@ -111,6 +112,7 @@ class BrokerProtocol(LineReceiver):
         self.factory.protocol_connected(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Stop the idle timer and tell the factory, which reconnects or not."""
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.cancel()
         self._idle_call = None
@@ -140,6 +142,7 @@ class BrokerProtocol(LineReceiver):
             self.transport.pauseProducing()
 
     def resume_reading(self) -> None:
+        """Read from the broker again after :meth:`pause_reading`."""
         if self._reading_paused:
             self._reading_paused = False
             self.transport.resumeProducing()
@@ -198,6 +201,7 @@ class BrokerProtocol(LineReceiver):
     # -- frames -> backend -----------------------------------------------
 
     def lineReceived(self, line: bytes) -> None:
+        """Decode one line and hand its event on; a malformed one is logged and skipped."""
         try:
             request_id, action, params = wire.decode_frame(line)
         except ProtocolError as exc:
@@ -293,13 +297,17 @@ class BrokerClientFactory(ReconnectingClientFactory):
 
     def __init__(self, backend: object, reactor: IReactorTime, settings: BackendSettings | None = None,
                  **options: Any) -> None:
+        #: How the connection behaves (reconnects, limits, token).
         self.settings = settings if settings is not None else BackendSettings(**options)
+        #: The backend events go to.
         self.backend = as_backend(backend)
+        #: The reactor the connection runs on (``clock`` for ReconnectingClientFactory).
         self.reactor = self.clock = reactor
         self.initialDelay = self.delay = self.settings.reconnect_delay
         self.maxDelay = self.settings.max_reconnect_delay
         self.factor = self.settings.reconnect_backoff
         self.continueTrying = self.settings.auto_reconnect
+        #: Runs the backend's callbacks: in order per client, concurrently across clients.
         self.dispatcher = KeyedDispatcher(
             self.settings.concurrency,
             self.settings.max_pending_events,
@@ -307,6 +315,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
             on_busy=self._pause_reading,
             on_idle=self._resume_reading,
         )
+        #: The open connection, None between connections.
         self.current: BrokerProtocol | None = None
         self._buffer: deque[tuple[bytes, Deferred[None]]] = deque()
         self._started = False
@@ -319,15 +328,19 @@ class BrokerClientFactory(ReconnectingClientFactory):
 
     @property
     def connected(self) -> bool:
+        """True while a connection to the broker is open."""
         return self.current is not None
 
     def send_room_message(self, room_id: str, message: str) -> Deferred[None]:
+        """Send ``message`` to every client in ``room_id`` (see :class:`IBrokerConnection`)."""
         return self._build_and_send(wire.room_message_frame, room_id, message)
 
     def send_private_message(self, client_id: str, message: str) -> Deferred[None]:
+        """Send ``message`` to the client ``client_id`` (see :class:`IBrokerConnection`)."""
         return self._build_and_send(wire.private_message_frame, client_id, message)
 
     def broadcast_message(self, message: str) -> Deferred[None]:
+        """Send ``message`` to every connected client (see :class:`IBrokerConnection`)."""
         return self._build_and_send(wire.broadcast_frame, message)
 
     def _build_and_send(self, build: Any, *args: str) -> Deferred[None]:
@@ -416,6 +429,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
         return drained.addBoth(close)
 
     def buildProtocol(self, addr: Any) -> BrokerProtocol:  # type: ignore[override]  # see ``protocol``
+        """A :class:`BrokerProtocol` with this factory's line limit."""
         protocol = self.protocol(self.settings.max_line_length)
         protocol.factory = self
         return protocol
@@ -427,6 +441,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
         self.continueTrying = keep_trying
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        """Log a failed attempt and retry as the settings say; without a retry, buffered sends fail."""
         if not reason.check(CancelledError):
             log.info("Connecting to the broker failed: {reason}", reason=reason.getErrorMessage())
         super().clientConnectionFailed(connector, reason)  # type: ignore[no-untyped-call]  # unannotated in Twisted

@@ -39,15 +39,21 @@ class BackendService(Service):
         stop_timeout: float = 5.0,
         **settings: Any,
     ) -> None:
+        #: The backend, as an IBackend.
         self.backend = as_backend(backend)
         if isinstance(endpoint, str):
             clientFromString(reactor, endpoint)  # a malformed string fails here, not at start
         elif not IStreamClientEndpoint.providedBy(endpoint):
             raise TypeError(f"endpoint must be an endpoint string or a client endpoint, not {endpoint!r}")
+        #: The broker's client endpoint, or its endpoint string.
         self.endpoint = endpoint
+        #: How the connection behaves (reconnects, limits, token).
         self.settings = BackendSettings(**settings)
+        #: Seconds in-flight handlers get when the service stops.
         self.stop_timeout = check_number("stop_timeout", stop_timeout, minimum=0)
+        #: The reactor given, or None for the global one.
         self.reactor = reactor
+        #: The running connection's factory (None before the service starts).
         self.factory: BrokerClientFactory | None = None
 
     @property
@@ -56,6 +62,7 @@ class BackendService(Service):
         return self.factory
 
     def startService(self) -> None:
+        """Connect to the broker (on the global reactor if none was given) and keep reconnecting."""
         reactor = self.reactor
         if reactor is None:
             from twisted.internet import reactor  # the outermost layer's choice: the global one
@@ -67,6 +74,7 @@ class BackendService(Service):
         self.factory.connect(endpoint)
 
     def stopService(self) -> Deferred[None]:
+        """Stop reconnecting, let in-flight handlers finish (up to ``stop_timeout``), then close."""
         super().stopService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         if self.factory is None:
             return succeed(None)

@@ -100,6 +100,7 @@ class Options(PackageOptions):
     optFlags: ClassVar[list[list[Any]]] = [["no-reconnect", None, "Make one connection attempt; do not reconnect."]]
 
     def postOptions(self) -> None:
+        """Check ``--broker``, parse the numbers into :class:`BackendSettings`, and load ``--backend``."""
         if not self["backend"]:
             raise usage.UsageError("--backend is required (module.attr of your backend)")
         try:

@@ -42,19 +42,30 @@ __all__ = [
 ]
 
 # Broker -> backend actions.
+#: A WebSocket handshake to judge; answered by a ``response`` frame with the same request_id.
 CONNECTION_REQUEST = "connection_request"
+#: A client completed its handshake and is in its room.
 NEW_CONNECTION = "new_connection"
+#: A client sent a message.
 NEW_MESSAGE = "new_message"
+#: A client's WebSocket closed.
 DISCONNECTED = "disconnected"
+#: The broker reports an error (e.g. no backend for a handshake).
 ERROR = "error"
+#: Sent every 15 s by the broker so that a dead link is noticed.
 HEARTBEAT = "heartbeat"
 
 # Backend -> broker actions. AUTH is this project's extension: the reference
 # broker logs and skips unknown actions, so sending it is safe everywhere.
+#: The answer to a ``connection_request``: accepted, client_id, room_id, metadata.
 RESPONSE = "response"
+#: A message for every client of a room.
 MESSAGE_TO_ROOM = "message_to_room"
+#: A message for one client (``conn_id``).
 MESSAGE_TO_CONNECTION = "message_to_connection"
+#: A message for every connected client.
 BROADCAST = "broadcast"
+#: A backend's first frame to a broker started with a backend token.
 AUTH = "auth"
 
 _NESTED_METADATA_KEYS = frozenset(("accepted", "client_id", "room_id", "metadata"))
@@ -63,8 +74,11 @@ _NESTED_METADATA_KEYS = frozenset(("accepted", "client_id", "room_id", "metadata
 class Frame(NamedTuple):
     """One decoded frame."""
 
+    #: The frame's id (a response carries its request's).
     request_id: str
+    #: What the frame is (one of the action constants).
     action: str
+    #: The action's parameters.
     params: dict[str, Any]
 
 

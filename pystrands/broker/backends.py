@@ -48,6 +48,7 @@ class BackendProtocol(Protocol):
         config: BrokerConfig = broker.config
         self.broker = broker
         self.clock = broker.clock
+        #: Clients and handshakes routed to this backend: new clients go to the least loaded.
         self.load = 0
         self._config = config
         self._splitter = LineSplitter(config.max_frame_size, self._overflow)
@@ -65,6 +66,7 @@ class BackendProtocol(Protocol):
     # -- life cycle ------------------------------------------------------
 
     def connectionMade(self) -> None:
+        """Count the connection, set up its outbox, then wait for the auth frame if a token is required."""
         self.factory.connections.add(self)
         send_at_once(self.transport)
         self._outbox = Outbox(self.transport, self.clock, limit=self._config.max_backend_buffer,
@@ -82,6 +84,7 @@ class BackendProtocol(Protocol):
         self.broker.backend_ready(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Give back what the connection held; the clients of a ready backend move on to others."""
         if self._auth_deadline is not None and self._auth_deadline.active():
             self._auth_deadline.cancel()
         self._outbox.stop()
@@ -112,6 +115,7 @@ class BackendProtocol(Protocol):
     # -- reading ---------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        """Handle each complete line, none after a drop."""
         for line in self._splitter.feed(data):
             if self._dropped:
                 return
@@ -174,6 +178,7 @@ class BackendFactory(Factory[BackendProtocol]):
         self.connections: set[BackendProtocol] = set()
 
     def buildProtocol(self, addr: Any) -> BackendProtocol:
+        """A :class:`BackendProtocol` for a new backend connection."""
         protocol = BackendProtocol(self.broker)
         protocol.factory = self
         return protocol

@@ -20,6 +20,7 @@ __all__ = ["CONTENT_TYPE", "PATH", "ClientScript", "client_script"]
 
 #: The path segment at the root of the WebSocket port's web site.
 PATH = b"pystrands.js"
+#: The script's media type, sent with ``nosniff`` so that it runs only as a script.
 CONTENT_TYPE = b"text/javascript; charset=utf-8"
 
 
@@ -37,9 +38,11 @@ class ClientScript(Resource):
         self.etag = b'"' + hashlib.sha256(self.body).hexdigest()[:32].encode("ascii") + b'"'
 
     def getChild(self, path: bytes, request: Request) -> IResource:
+        """Nothing lives below the script: 404."""
         return pages.notFound()  # /pystrands.js/anything
 
     def render_GET(self, request: Request) -> bytes:
+        """The script, or 304 when the browser's copy (its ETag) is current."""
         request.setHeader(b"content-type", CONTENT_TYPE)
         request.setHeader(b"cache-control", b"no-cache")
         request.setHeader(b"x-content-type-options", b"nosniff")

@@ -243,6 +243,7 @@ class Options(PackageOptions):
         self.environ = os.environ if environ is None else environ
 
     def postOptions(self) -> None:
+        """Apply the environment variables, then build and check ``self["config"]``, a :class:`BrokerConfig`."""
         for variable, option in ENVIRONMENT.items():
             if self.environ.get(variable, "") != "":
                 self[option] = self.environ[variable]

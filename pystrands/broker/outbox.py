@@ -103,6 +103,7 @@ class Outbox:
     # -- IPushProducer: the transport's word on its send buffer -------------------
 
     def pauseProducing(self) -> None:
+        """The socket is full: hold writes, and start the clock on its progress."""
         if self._stopped:
             return
         self._writable = False
@@ -128,6 +129,7 @@ class Outbox:
             self._report(False)
 
     def stopProducing(self) -> None:
+        """The transport is going away: forget what is held."""
         self.stop()
 
     def _report(self, congested: bool) -> None:

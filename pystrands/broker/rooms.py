@@ -56,6 +56,7 @@ class Rooms(Generic[_Client]):
                 del self._rooms[room_id]
 
     def client(self, client_id: str) -> _Client | None:
+        """The connected client with this id, or None."""
         return self._clients.get(client_id)
 
     def members(self, room_id: str) -> Iterable[_Client]:

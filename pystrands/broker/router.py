@@ -42,11 +42,14 @@ class BackendLink(Protocol):
     load: int
 
     @property
-    def congested(self) -> bool: ...
+    def congested(self) -> bool:
+        """True while the backend's socket cannot take more: its clients wait."""
 
-    def send(self, frame: bytes) -> None: ...
+    def send(self, frame: bytes) -> None:
+        """Write a frame to the backend (held while its socket is full)."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Close once everything written so far has been sent."""
 
 
 class Client(Protocol):
@@ -54,9 +57,11 @@ class Client(Protocol):
 
     admission: Admission
 
-    def send_text(self, message: str) -> None: ...
+    def send_text(self, message: str) -> None:
+        """Send a text message to the client."""
 
-    def close(self, code: int, reason: str = "") -> None: ...
+    def close(self, code: int, reason: str = "") -> None:
+        """Start closing the WebSocket with a close code and reason."""
 
     def go_on(self) -> None:
         """Its backend drained: read and deliver again."""
@@ -100,7 +105,9 @@ class HandshakeRefused(Exception):
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(f"HTTP {status}: {reason}")
+        #: The HTTP status the handshake is refused with.
         self.status = status
+        #: Why, in the response's body.
         self.reason = reason
 
 
@@ -282,6 +289,7 @@ class Broker:
     # -- WebSocket clients ---------------------------------------------------
 
     def client_connected(self, client: Client) -> None:
+        """A client's WebSocket is open: it joins its room, and its backend gets ``new_connection``."""
         admission = client.admission
         self.rooms.add(admission.client_id, admission.room_id, client)
         self._route(admission.client_id,
@@ -304,6 +312,7 @@ class Broker:
         return False
 
     def client_disconnected(self, client: Client) -> None:
+        """A client's WebSocket is gone: it leaves its room, and its backend gets ``disconnected``."""
         admission = client.admission
         self.rooms.remove(admission.client_id, admission.room_id)
         backend = self._assigned.get(admission.client_id)

@@ -37,11 +37,16 @@ class BrokerService(Service):
 
     def __init__(self, config: BrokerConfig | None = None, reactor: Any = None,
                  stop_timeout: float = 5.0, **options: Any) -> None:
+        #: What the broker was told: ports, limits, timeouts.
         self.config = config if config is not None else BrokerConfig(**options)
         self.reactor = reactor
+        #: Seconds connections get to close when the service stops, before they are cut.
         self.stop_timeout = stop_timeout
+        #: The router, once started.
         self.broker: Broker | None = None
+        #: The backend side, once started.
         self.backends: BackendFactory | None = None
+        #: The WebSocket side, once started.
         self.websockets: WebSocketFactory | None = None
         self._ports: list[IListeningPort] = []
         self._outcome: Failure | tuple[int, int] | None = None
@@ -64,15 +69,18 @@ class BrokerService(Service):
 
     @property
     def ws_address(self) -> IAddress:
+        """The address the WebSocket side listens on, once :meth:`when_listening` has fired."""
         return self._ports[0].getHost()
 
     @property
     def tcp_address(self) -> IAddress:
+        """The address the backend side listens on, once :meth:`when_listening` has fired."""
         return self._ports[1].getHost()
 
     # -- life cycle ----------------------------------------------------------
 
     def startService(self) -> None:
+        """Listen on both sides (:meth:`when_listening` tells the outcome) and start the heartbeats."""
         reactor = self.reactor
         if reactor is None:
             from twisted.internet import reactor  # the outermost layer's choice: the global one
@@ -109,6 +117,7 @@ class BrokerService(Service):
                 waiter.callback(outcome)
 
     def stopService(self) -> Deferred[None]:
+        """Stop listening, close clients with 1001, then backends once the frames for them are sent."""
         super().stopService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         return Deferred.fromCoroutine(self._stop())
 

@@ -61,13 +61,15 @@ class StaticFolder(Resource):
     """The folder ``path`` served at ``/``; children added with ``putChild`` come first."""
 
     def __init__(self, path: str) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self.root = os.path.realpath(path)
 
     def getChild(self, path: bytes, request: Request) -> Resource:
+        """What the rest of the path names under the folder."""
         return _Target(self.root, [path, *(request.postpath or [])])
 
     def render_GET(self, request: Request) -> bytes | int:  # only reached for an empty request path
+        """The folder's own index page."""
         return _Target(self.root, [b""]).render_GET(request)
 
     render_HEAD = render_GET
@@ -79,7 +81,7 @@ class _Target(Resource):
     isLeaf = True
 
     def __init__(self, root: str, segments: list[bytes]) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self.root = root
         self.segments = segments
 

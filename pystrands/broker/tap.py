@@ -29,6 +29,7 @@ class Options(config.Options):
     """
 
     def postOptions(self) -> None:
+        """Parse as the command line does, then check that the ports are free."""
         super().postOptions()
         broker = self["config"]
         for option, port, interface, endpoint in (

@@ -105,6 +105,7 @@ class ClientConnection(Protocol):
         self.broker = broker
         self.clock = broker.clock
         self.config = broker.config
+        #: Where the socket is in its life (see the module docstring).
         self.stage = Stage.HEAD
         self._slots = slots
         self._origins = origins
@@ -135,6 +136,7 @@ class ClientConnection(Protocol):
     # -- the socket ----------------------------------------------------------
 
     def connectionMade(self) -> None:
+        """Take a slot for the socket (or answer its refusal) and start the clock on its request head."""
         self.factory.connections.add(self)
         address = str(getattr(self.transport.getPeer(), "host", "?"))
         status = self._slots.take(address)
@@ -152,6 +154,7 @@ class ClientConnection(Protocol):
         self._timer = self.clock.callLater(REFUSAL_LINGER, self._answer, status, why)
 
     def dataReceived(self, data: bytes) -> None:
+        """Hand the bytes to the stage the socket is in."""
         stage = self.stage
         if stage is Stage.OPEN:
             self._last_heard = self.clock.seconds()
@@ -173,6 +176,7 @@ class ClientConnection(Protocol):
             self._hold_input(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Give back every slot and timer; an open client's last messages and its end still reach the backend."""
         stage, self.stage = self.stage, Stage.CLOSED
         self._cancel_timers()
         if self._outbox is not None:
@@ -556,6 +560,7 @@ class WebSocketFactory(Factory[ClientConnection]):
         self.site.noisy = False
 
     def buildProtocol(self, addr: Any) -> ClientConnection:
+        """A :class:`ClientConnection` for a new socket on the WebSocket port."""
         connection = ClientConnection(self.broker, self.slots, self.origins, self.site)
         connection.factory = self
         return connection
