@@ -247,7 +247,7 @@ class Options(PackageOptions):
         for variable, option in ENVIRONMENT.items():
             if self.environ.get(variable, "") != "":
                 self[option] = self.environ[variable]
-        label = lambda option: _source(option, self.environ)  # noqa: E731
+        label = lambda option: _source(option, self.environ)  # noqa: E731  # a one-line helper, used twice
         try:
             self["config"] = BrokerConfig(
                 **parse_numbers(self, _NUMERIC_OPTIONS, label),
