@@ -419,21 +419,31 @@ def cell(value: tuple[float, float] | None, fmt: str = "{:,.0f}") -> str:
     return fmt.format(middle) + (f" ±{spread * 50:.0f}%" if spread else "")
 
 
-def round_ratios(entry: dict[str, Any], key: str, base: dict[str, Any], base_key: str | None = None) -> str:
-    """The median of the per-round ratios ``entry[key] / base[base_key]`` with ``±`` half their spread.
+def round_ratio(entry: dict[str, Any], key: str, base: dict[str, Any],
+                base_key: str | None = None) -> tuple[float, float] | None:
+    """(median, spread) of the per-round ratios ``entry[key] / base[base_key]``, or None.
 
     Rounds are interleaved, so round i of both backends ran minutes apart at
-    most: the spread of these ratios is the noise of the ratio itself.
+    most: the spread of these ratios is the noise of the ratio itself. The
+    tables and the verdicts both use this median.
     """
     runs, base_runs = entry.get("runs"), base.get("runs")
     if not runs or not base_runs:
-        return "-"
+        return None
     values = [run[key] / other[base_key or key] for run, other in zip(runs, base_runs, strict=False)
               if other[base_key or key]]
     if not values:
-        return "-"
+        return None
     middle = statistics.median(values)
-    spread = (max(values) - min(values)) / middle if middle else 0.0
+    return middle, (max(values) - min(values)) / middle if middle else 0.0
+
+
+def round_ratios(entry: dict[str, Any], key: str, base: dict[str, Any], base_key: str | None = None) -> str:
+    """``round_ratio`` as a table cell: ``2.50x ±4%`` (± half the spread), or a dash."""
+    value = round_ratio(entry, key, base, base_key)
+    if value is None:
+        return "-"
+    middle, spread = value
     return f"{middle:.2f}x" + (f" ±{spread * 50:.0f}%" if spread else "")
 
 
@@ -457,9 +467,10 @@ def verdict(target: str, value: float | None, bound: float, at_most: bool = Fals
     return {"target": target, "value": value, "bound": bound, "state": state}
 
 
-def over(value: tuple[float, float] | None, base: tuple[float, float] | None) -> float | None:
-    """The ratio of two medians as a number, or None."""
-    return None if value is None or base is None or not base[0] else value[0] / base[0]
+def over(entry: dict[str, Any], key: str, base: dict[str, Any], base_key: str | None = None) -> float | None:
+    """The median of the per-round ratios (``round_ratio``) as a number, or None."""
+    value = round_ratio(entry, key, base, base_key)
+    return None if value is None else value[0]
 
 
 # -- the benchmarks -----------------------------------------------------------
@@ -491,13 +502,17 @@ def bench_throughput(params: Params, public_python: Path | None) -> dict[str, An
     notes(results)
     print("targets:")
     targets = [
-        verdict("Twisted-native msgs/s >= 3x public PyStrandsClient", over(rate[TWISTED.label], rate[PUB_CLIENT.label]), 3.0),
-        verdict("ours AsyncPyStrandsClient >= 2x public async", over(rate[ASYNC.label], rate[PUB_ASYNC.label]), 2.0),
-        verdict("ours PyStrandsClient >= 1.2x public", over(rate[CLIENT.label], rate[PUB_CLIENT.label]), 1.2),
+        verdict("Twisted-native msgs/s >= 3x public PyStrandsClient",
+                over(results[TWISTED.label], "msgs_per_s", results[PUB_CLIENT.label]), 3.0),
+        verdict("ours AsyncPyStrandsClient >= 2x public async",
+                over(results[ASYNC.label], "msgs_per_s", results[PUB_ASYNC.label]), 2.0),
+        verdict("ours PyStrandsClient >= 1.2x public",
+                over(results[CLIENT.label], "msgs_per_s", results[PUB_CLIENT.label]), 1.2),
     ]
     for spec in OURS:
         targets.append(verdict(f"{spec.label} ping-pong p50 <= public PyStrandsClient's (ratio)",
-                               over(p50[spec.label], p50[PUB_CLIENT.label]), 1.0, at_most=True))
+                               over(results[spec.label], "p50_us", results[PUB_CLIENT.label]), 1.0,
+                               at_most=True))
     ceiling = f"{rate[CEILING.label][0]:,.0f}" if rate[CEILING.label] else "-"
     panels = [
         panel(f"1. Throughput, 100 B messages (msgs/s; simulator ceiling {ceiling}, not drawn)", results,
@@ -530,7 +545,8 @@ def bench_sizes(params: Params, public_python: Path | None) -> dict[str, Any]:
     notes(results)
     print("targets:")
     targets = [verdict(f"{spec.label} 1 MiB MB/s >= 0.8x its 64 KiB MB/s",
-                       over(rate[spec.label][-1], rate[spec.label][-2]), 0.8) for spec in OURS]
+                       over(results[spec.label], str(sizes[-1]), results[spec.label], str(sizes[-2])), 0.8)
+               for spec in OURS]
     panels = [panel("2. Throughput by message size (MB/s; the simulator ceiling is in the table)", results,
                     {_size(size): str(size) for size in sizes})]
     return {"results": results, "targets": targets, "panels": panels}
