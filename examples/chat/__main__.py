@@ -61,6 +61,7 @@ class BrokerChild:
         self.exited = asyncio.ensure_future(process.wait())
         self._held: bytearray | None = bytearray()
         self._stderr = asyncio.ensure_future(self._copy_stderr())
+        self._stdout: asyncio.Future[None] | None = None
 
     @classmethod
     async def start(cls, ws_port: int, tcp_port: int) -> BrokerChild:
@@ -87,7 +88,7 @@ class BrokerChild:
             if line.startswith(LISTENING):
                 held, self._held = self._held, None
                 _write(sys.stderr, bytes(held or b""))
-                asyncio.ensure_future(_copy(stdout, sys.stdout))
+                self._stdout = asyncio.ensure_future(_copy(stdout, sys.stdout))
                 return True
 
     async def failure(self) -> str:
@@ -166,7 +167,7 @@ def new_backend(tcp_port: int) -> ChatBackend:
     return ChatBackend(host="127.0.0.1", port=tcp_port, reconnect_delay=0.5, max_reconnect_delay=5.0)
 
 
-async def connect(backend: ChatBackend, tcp_port: int, until: asyncio.Future) -> bool:
+async def connect(backend: ChatBackend, tcp_port: int, until: asyncio.Future[Any]) -> bool:
     """True once ``backend`` is connected; False if ``until`` is done or STARTUP_TIMEOUT passes first."""
     if await backend.connect():
         return True
@@ -179,7 +180,7 @@ async def connect(backend: ChatBackend, tcp_port: int, until: asyncio.Future) ->
     return True
 
 
-async def serve(backend: ChatBackend, until: asyncio.Future) -> None:
+async def serve(backend: ChatBackend, until: asyncio.Future[Any]) -> None:
     """Serve until ``until`` is done, then disconnect."""
     watcher = asyncio.ensure_future(backend.forget_members_while_offline())
     await until
@@ -187,7 +188,7 @@ async def serve(backend: ChatBackend, until: asyncio.Future) -> None:
     await backend.disconnect()
 
 
-async def run_backend_only(tcp_port: int, stopped: asyncio.Future) -> int:
+async def run_backend_only(tcp_port: int, stopped: asyncio.Future[Any]) -> int:
     """``--no-broker``: the backend alone, waiting for its broker if need be, until stopped."""
     backend = new_backend(tcp_port)
     if not await backend.connect():
