@@ -9,7 +9,7 @@ from .async_client import AsyncPyStrandsClient
 from .backend import Backend
 from .client import PyStrandsClient
 from .context import ConnectionRequestContext, Context, JSONModel
-from .errors import NotConnectedError, ProtocolError, SendBufferFull
+from .errors import BrokerRefused, NotConnectedError, NotSupportedError, ProtocolError, SendBufferFull
 from .interfaces import IBackend, IBrokerConnection
 from .service import BackendService
 
@@ -17,12 +17,14 @@ __all__ = [
     "AsyncPyStrandsClient",
     "Backend",
     "BackendService",
+    "BrokerRefused",
     "ConnectionRequestContext",
     "Context",
     "IBackend",
     "IBrokerConnection",
     "JSONModel",
     "NotConnectedError",
+    "NotSupportedError",
     "ProtocolError",
     "PyStrands",
     "PyStrandsClient",

@@ -15,7 +15,7 @@ import concurrent.futures
 import contextvars
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.components import registerAdapter
 from zope.interface import implementer
 
+from . import wire
 from .backend import DefaultCallbacks
 from .context import ConnectionRequestContext, Context
 from .dispatch import already_succeeded
@@ -47,10 +48,12 @@ __all__ = [
     "Face",
     "FaceBackend",
     "Options",
+    "Outgoing",
     "backend_of",
     "call_in_reactor",
     "close_waker",
     "in_handler_of",
+    "issue",
     "new_backend_of",
     "register_face",
     "run_as_handler",
@@ -63,6 +66,9 @@ _DOCUMENTED = ("auto_reconnect", "reconnect_delay", "max_reconnect_delay", "reco
 
 #: The IBackend adapter class of a face.
 _Backend = TypeVar("_Backend", bound="FaceBackend")
+
+#: What a face hands to the broker connection: an encoded send, or a checked extension request.
+Outgoing: TypeAlias = bytes | wire.Request
 
 #: The face whose handler the current thread or task is running, if any.
 _handling: contextvars.ContextVar[object] = contextvars.ContextVar("pystrands_handling", default=None)
@@ -244,21 +250,32 @@ def _not_connected(reason: str) -> NotConnectedError:
     return NotConnectedError(f"not connected to the broker: {reason}")
 
 
-def _failed_send(reason: str) -> concurrent.futures.Future[None]:
-    """The Future of a send that cannot be made, failed with ``reason``."""
-    future = _new_send_future()
+def _failed_send(item: Outgoing, reason: str) -> concurrent.futures.Future[Any]:
+    """The Future of a send or request that cannot be made, failed with ``reason``."""
+    future = _new_send_future(item)
     future.set_exception(_not_connected(reason))
     return future
 
 
-def _new_send_future() -> concurrent.futures.Future[None]:
-    """A Future for one send, whose failure is logged even if nobody looks at it."""
-    future: concurrent.futures.Future[None] = concurrent.futures.Future()
-    future.add_done_callback(_report_failed_send)
+def _new_send_future(item: Outgoing) -> concurrent.futures.Future[Any]:
+    """A Future for one send, whose failure is logged even if nobody looks at it.
+
+    A request's caller wants its result, and so sees its failure: not logged.
+    """
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    if isinstance(item, bytes):
+        future.add_done_callback(_report_failed_send)
     return future
 
 
-def _settle(future: concurrent.futures.Future[None], sent: Deferred[None]) -> None:
+def issue(broker: BrokerClientFactory, item: Outgoing) -> Deferred[Any]:
+    """Hand ``item`` to ``broker`` on its reactor's thread: a send's Deferred, or a request's."""
+    if isinstance(item, bytes):
+        return broker.send_frame(item)
+    return broker.request(item)
+
+
+def _settle(future: concurrent.futures.Future[Any], sent: Deferred[Any]) -> None:
     """Complete a running ``future`` as ``sent`` fires."""
     sent.addCallbacks(future.set_result, lambda failure: future.set_exception(failure.value))
 
@@ -276,7 +293,7 @@ class FaceBackend:
         self.face = face
         self.reactor: Any = None
         self._broker: BrokerClientFactory | None = None
-        self._outgoing: list[tuple[bytes, concurrent.futures.Future[None]]] = []
+        self._outgoing: list[tuple[Outgoing, concurrent.futures.Future[Any]]] = []
         self._outgoing_lock = threading.Lock()
         self._flush_scheduled = False
         #: The thread the reactor runs in, when known: sends from it skip the hand-over.
@@ -328,28 +345,32 @@ class FaceBackend:
     def on_error(self, error: str, context: Context) -> Any:
         return self.call(self.face.on_error, error, context)
 
-    def send(self, frame: bytes) -> concurrent.futures.Future[None]:
-        """Send from any thread: a concurrent Future that completes once the frame is written."""
+    def send(self, frame: Outgoing) -> concurrent.futures.Future[Any]:
+        """Send from any thread: a concurrent Future that completes once the frame is written.
+
+        ``frame`` may also be an extension request (a :class:`~pystrands.wire.Request`):
+        then the Future gives its reply's result. Both take the same path, in order.
+        """
         broker = self._broker
         if broker is None:
-            return _failed_send("call connect() or run_forever() first")
+            return _failed_send(frame, "call connect() or run_forever() first")
         if threading.get_ident() == self.io_thread:
             return self._send_now(broker, frame)
         return self._hand_over(frame)
 
-    def _send_now(self, broker: BrokerClientFactory, frame: bytes) -> concurrent.futures.Future[None]:
+    def _send_now(self, broker: BrokerClientFactory, frame: Outgoing) -> concurrent.futures.Future[Any]:
         """On the reactor's thread: hand the frame over at once (after what other threads sent before)."""
         if self._outgoing:  # sends from other threads came first (a handler's helper thread, say)
             self._flush()
-        sent = broker.send_frame(frame)
-        if already_succeeded(sent):
+        sent = issue(broker, frame)
+        if isinstance(frame, bytes) and already_succeeded(sent):
             return _WRITTEN
-        future = _new_send_future()
+        future = _new_send_future(frame)
         future.set_running_or_notify_cancel()  # the frame is handed over: too late to cancel
         _settle(future, sent)
         return future
 
-    def _hand_over(self, frame: bytes) -> concurrent.futures.Future[None]:
+    def _hand_over(self, frame: Outgoing) -> concurrent.futures.Future[Any]:
         """From another thread: queue the frame for the reactor thread, which takes the queue whole.
 
         A handler that sends many costs one ``callFromThread``, not one per frame.
@@ -357,11 +378,11 @@ class FaceBackend:
         with self._outgoing_lock:
             ended = self._ended
             if ended is None:
-                future = _new_send_future()
+                future = _new_send_future(frame)
                 self._outgoing.append((frame, future))
                 schedule, self._flush_scheduled = not self._flush_scheduled, True
         if ended is not None:
-            return _failed_send(ended)
+            return _failed_send(frame, ended)
         if schedule:
             try:
                 self.reactor.callFromThread(self._flush)
@@ -377,7 +398,7 @@ class FaceBackend:
         assert broker is not None  # a send is queued only once the broker is set, and it stays set
         for frame, future in outgoing:
             if future.set_running_or_notify_cancel():  # else cancelled before its turn: not sent
-                _settle(future, broker.send_frame(frame))
+                _settle(future, issue(broker, frame))
 
 
 def backend_of(face: Face[_Backend]) -> _Backend:

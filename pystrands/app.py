@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from . import wire
-from ._faces import FaceBackend, Options, backend_of, register_face
+from ._faces import FaceBackend, Options, Outgoing, backend_of, register_face
 from .async_client import AsyncPyStrandsClient
 from .client import PyStrandsClient
 from .errors import NotConnectedError
@@ -111,9 +111,31 @@ class PyStrands(Options):
 
     broadcast_message = broadcast
 
-    def _send(self, frame: bytes) -> Any:
+    # Extension requests, as on the running face (see PyStrandsClient and IBrokerConnection).
+
+    def room_members(self, room_id: str) -> Any:
+        """The Contexts of the clients in ``room_id`` now; a future of the list, awaitable on a loop."""
+        return self._send(wire.room_members_request(room_id))
+
+    def disconnect_client(self, client_id: str, code: int = 1000, reason: str = "") -> Any:
+        """Close ``client_id``'s WebSocket with ``code`` (1000 or 3000-4999) and ``reason``; a future of a bool."""
+        return self._send(wire.disconnect_client_request(client_id, code, reason))
+
+    def join_room(self, client_id: str, room_id: str) -> Any:
+        """Put ``client_id`` in ``room_id`` too; a future of True if the client is connected."""
+        return self._send(wire.join_room_request(client_id, room_id))
+
+    def leave_room(self, client_id: str, room_id: str) -> Any:
+        """Take ``client_id`` out of ``room_id``; a future of True if the client is connected."""
+        return self._send(wire.leave_room_request(client_id, room_id))
+
+    def set_metadata(self, client_id: str, metadata: Any) -> Any:
+        """Give ``client_id`` new ``metadata`` (JSON values) for its later events; a future of a bool."""
+        return self._send(wire.set_metadata_request(client_id, metadata))
+
+    def _send(self, frame: Outgoing) -> Any:
         """Through the running face; on a loop the result is always awaitable."""
-        future: concurrent.futures.Future[None] | Awaitable[None]
+        future: concurrent.futures.Future[Any] | Awaitable[Any]
         if self.client is None:
             future = concurrent.futures.Future()
             future.set_exception(NotConnectedError("not connected to the broker: call run() first"))

@@ -39,9 +39,11 @@ from ._faces import (
     BrokerEndpoint,
     Face,
     FaceBackend,
+    Outgoing,
     backend_of,
     close_waker,
     in_handler_of,
+    issue,
     register_face,
     run_as_handler,
 )
@@ -238,8 +240,11 @@ class AsyncioBackend(FaceBackend):
             return Deferred.fromFuture(asyncio.ensure_future(result, loop=self.loop))
         return result
 
-    def send(self, frame: bytes) -> Any:
-        """On a loop: an asyncio Future (await it, or not); from a thread without one: a concurrent one."""
+    def send(self, frame: Outgoing) -> Any:
+        """On a loop: an asyncio Future (await it, or not); from a thread without one: a concurrent one.
+
+        ``frame`` may be an extension request: the future then gives its result.
+        """
         loop = self.loop
         # BaseEventLoop's (private) record of the thread it runs in is a cheaper test than
         # get_running_loop(), which makes a getpid() system call each time before Python 3.12.
@@ -253,7 +258,7 @@ class AsyncioBackend(FaceBackend):
             return self._send_on_loop(frame)
         return asyncio.wrap_future(super().send(frame), loop=running)
 
-    def _send_on_loop(self, frame: bytes) -> asyncio.Future[None]:
+    def _send_on_loop(self, frame: Outgoing) -> asyncio.Future[Any]:
         """Send on the face's own loop; a frame written at once gives the shared done future.
 
         Awaiting that does not suspend the handler, which then usually
@@ -261,14 +266,14 @@ class AsyncioBackend(FaceBackend):
         """
         broker, loop, written = self._broker, self.loop, self._written
         assert broker is not None and loop is not None and written is not None  # all set with the broker
-        sent = broker.send_frame(frame)
-        if already_succeeded(sent):
+        sent = issue(broker, frame)
+        if isinstance(frame, bytes) and already_succeeded(sent):
             return written
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
 
-        def written_later(_: object) -> None:
+        def written_later(result: object) -> None:
             if not future.done():
-                future.set_result(None)
+                future.set_result(result)
 
         def failed(failure: Failure) -> None:
             if not future.done():
@@ -412,13 +417,45 @@ class AsyncPyStrandsClient(Face[AsyncioBackend]):
         """Send ``message`` to every connected client; await it to wait until written."""
         return self._send(wire.broadcast_frame(message))
 
-    def _send(self, frame: bytes) -> Awaitable[None]:
-        """Hand an encoded frame to the broker connection.
+    # Extension requests: the broker must announce them (else NotSupportedError); see IBrokerConnection.
+
+    def room_members(self, room_id: str) -> Awaitable[list[Context]]:
+        """The Contexts of the clients in ``room_id`` now, from the broker; await the list.
+
+        Every request below fails with :class:`~pystrands.NotSupportedError`
+        when the broker does not announce the feature,
+        :class:`~pystrands.BrokerRefused` when it refuses, ``TimeoutError``
+        after 10 s without a reply, or :class:`~pystrands.NotConnectedError`.
+        """
+        return self._send(wire.room_members_request(room_id))
+
+    def disconnect_client(self, client_id: str, code: int = 1000, reason: str = "") -> Awaitable[bool]:
+        """Close ``client_id``'s WebSocket with ``code`` and ``reason``; await True if it was connected.
+
+        ``ValueError`` here for a code other than 1000 or 3000-4999 (4000-4999
+        are the application's) or a reason over 123 bytes of UTF-8.
+        """
+        return self._send(wire.disconnect_client_request(client_id, code, reason))
+
+    def join_room(self, client_id: str, room_id: str) -> Awaitable[bool]:
+        """Put ``client_id`` in ``room_id`` too; await True if the client is connected."""
+        return self._send(wire.join_room_request(client_id, room_id))
+
+    def leave_room(self, client_id: str, room_id: str) -> Awaitable[bool]:
+        """Take ``client_id`` out of ``room_id``; await True if the client is connected."""
+        return self._send(wire.leave_room_request(client_id, room_id))
+
+    def set_metadata(self, client_id: str, metadata: Any) -> Awaitable[bool]:
+        """Give ``client_id`` new ``metadata`` (JSON values, checked here) for later events; await True if connected."""
+        return self._send(wire.set_metadata_request(client_id, metadata))
+
+    def _send(self, frame: Outgoing) -> Awaitable[Any]:
+        """Hand an encoded frame (or an extension request) to the broker connection.
 
         Typed for its use on a loop, where it is an asyncio Future. From a
         thread without a loop it is a concurrent Future (``AsyncioBackend.send``).
         """
-        return cast("Awaitable[None]", backend_of(self).send(frame))
+        return cast("Awaitable[Any]", backend_of(self).send(frame))
 
     async def on_connection_request(self, request: ConnectionRequestContext) -> Any:
         """Accept every WebSocket client unless overridden."""

@@ -34,6 +34,7 @@ from ._faces import (
     BrokerEndpoint,
     Face,
     FaceBackend,
+    Outgoing,
     backend_of,
     call_in_reactor,
     close_waker,
@@ -43,6 +44,7 @@ from ._faces import (
     run_as_handler,
 )
 from ._threads import HandlerThreads
+from .context import Context
 from .logbridge import bridge_to_stdlib
 from .protocol import BrokerClientFactory
 from .settings import BackendSettings, check_number
@@ -318,8 +320,43 @@ class PyStrandsClient(Face[ThreadedBackend]):
         """Send ``message`` to every connected client; done once written."""
         return self._send(wire.broadcast_frame(message))
 
-    def _send(self, frame: bytes) -> concurrent.futures.Future[None]:
-        """Hand an encoded frame to the broker connection, from any thread."""
+    # Extension requests: the broker must announce them (else NotSupportedError); see IBrokerConnection.
+
+    def room_members(self, room_id: str) -> concurrent.futures.Future[list[Context]]:
+        """The Contexts of the clients in ``room_id`` now, from the broker; a Future of the list.
+
+        Like every request below it may be called from any thread. The Future
+        fails with :class:`~pystrands.NotSupportedError` when the broker does
+        not announce the feature, :class:`~pystrands.BrokerRefused` when it
+        refuses, ``TimeoutError`` after 10 s without a reply, or
+        :class:`~pystrands.NotConnectedError`. A handler on the I/O thread
+        (``concurrency=1``) must not wait for it: chain a callback instead.
+        """
+        return self._send(wire.room_members_request(room_id))
+
+    def disconnect_client(self, client_id: str, code: int = 1000,
+                          reason: str = "") -> concurrent.futures.Future[bool]:
+        """Close ``client_id``'s WebSocket with ``code`` and ``reason``; a Future of True if it was connected.
+
+        ``ValueError`` here for a code other than 1000 or 3000-4999 (4000-4999
+        are the application's) or a reason over 123 bytes of UTF-8.
+        """
+        return self._send(wire.disconnect_client_request(client_id, code, reason))
+
+    def join_room(self, client_id: str, room_id: str) -> concurrent.futures.Future[bool]:
+        """Put ``client_id`` in ``room_id`` too; a Future of True if the client is connected."""
+        return self._send(wire.join_room_request(client_id, room_id))
+
+    def leave_room(self, client_id: str, room_id: str) -> concurrent.futures.Future[bool]:
+        """Take ``client_id`` out of ``room_id``; a Future of True if the client is connected."""
+        return self._send(wire.leave_room_request(client_id, room_id))
+
+    def set_metadata(self, client_id: str, metadata: Any) -> concurrent.futures.Future[bool]:
+        """Give ``client_id`` new ``metadata`` (JSON, checked here) for later events; a Future of True if connected."""
+        return self._send(wire.set_metadata_request(client_id, metadata))
+
+    def _send(self, frame: Outgoing) -> concurrent.futures.Future[Any]:
+        """Hand an encoded frame (or an extension request) to the broker connection, from any thread."""
         return backend_of(self).send(frame)
 
 

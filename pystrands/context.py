@@ -99,6 +99,27 @@ class Context(JSONModel):
     room_id: str
     #: What ``on_connection_request`` stored for this client (JSON values).
     metadata: dict[str, Any]
+    #: The rooms the broker reported, None when it sent none (not a field: ``to_json`` keeps its documented keys).
+    _rooms: list[str] | None = None
+
+    @property
+    def rooms(self) -> list[str]:
+        """The rooms the client is in now, in join order, as the event's broker reported them.
+
+        A broker without the extension (the reference one) reports none: then
+        it is ``[room_id]``, the one room such a broker knows. ``room_id``
+        keeps its meaning (the room ``on_connection_request`` chose) even
+        after the client left that room.
+        """
+        rooms: list[str] | None = getattr(self, "_rooms", None)
+        if rooms is not None:
+            return rooms
+        room_id = getattr(self, "room_id", None)
+        return [room_id] if isinstance(room_id, str) else []
+
+    @rooms.setter
+    def rooms(self, rooms: list[str]) -> None:
+        self._rooms = list(rooms)
 
 
 class ConnectionRequestContext(JSONModel):

@@ -7,7 +7,7 @@ zope adapter, so the core never asks which face it serves.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import Attribute, Interface
 
@@ -42,6 +42,32 @@ class IBrokerConnection(Interface):
 
     def broadcast_message(message: str) -> Deferred[None]:
         """Send ``message`` (str) to every connected client; a Deferred as above."""
+
+    # Extension requests (docs/PROTOCOL-EXTENSIONS.md). Each fails at once with
+    # NotSupportedError, nothing written, when the broker did not announce it in
+    # its ``hello``; with BrokerRefused when the broker answers ok=false; with
+    # TimeoutError after 10 s without a reply; with NotConnectedError when the
+    # connection is lost first or there is none (requests are not buffered).
+
+    def room_members(room_id: str) -> Deferred[list[Context]]:
+        """The Contexts (with ``rooms``) of the clients in ``room_id`` (str) now; [] for an unknown room."""
+
+    def disconnect_client(client_id: str, code: int = 1000, reason: str = "") -> Deferred[bool]:
+        """Close the client's WebSocket with ``code`` (1000 or 3000-4999) and ``reason`` (<= 123 UTF-8 bytes).
+
+        True if the client was connected (its ``on_disconnect`` follows as
+        usual), False if there is no such client. A bad code or reason is a
+        ``ValueError`` (a failed Deferred), before anything is sent.
+        """
+
+    def join_room(client_id: str, room_id: str) -> Deferred[bool]:
+        """Put the client in ``room_id`` too; True if the client is connected, False otherwise."""
+
+    def leave_room(client_id: str, room_id: str) -> Deferred[bool]:
+        """Take the client out of ``room_id``; True if the client is connected, False otherwise."""
+
+    def set_metadata(client_id: str, metadata: Any) -> Deferred[bool]:
+        """Replace the client's metadata (any JSON value) for its later events; True if connected."""
 
 
 class IBackend(Interface):

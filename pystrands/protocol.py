@@ -14,8 +14,10 @@ backend sends through (``backend.broker``).
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections import deque
+from collections.abc import Callable
 from inspect import iscoroutine
 from typing import TYPE_CHECKING, Any
 
@@ -32,17 +34,25 @@ from zope.interface import implementer
 from . import wire
 from .context import ConnectionRequestContext, Context
 from .dispatch import KeyedDispatcher
-from .errors import NotConnectedError, ProtocolError, SendBufferFull
+from .errors import BrokerRefused, NotConnectedError, NotSupportedError, ProtocolError, SendBufferFull
 from .interfaces import IBackend, IBrokerConnection
 from .lines import LineSplitter
 from .settings import BackendSettings
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
     from ._typing import IConnectedTransport
 
-__all__ = ["BrokerClientFactory", "BrokerProtocol", "as_backend", "context_from_wire"]
+__all__ = ["REQUEST_TIMEOUT", "BrokerClientFactory", "BrokerProtocol", "as_backend", "context_from_wire"]
 
 log = Logger()
+
+#: Seconds an extension request waits for its ``reply`` before failing with ``TimeoutError``.
+REQUEST_TIMEOUT = 10.0
+
+# Extension requests' ids: unique in the process, so unique on every connection.
+_request_ids = itertools.count(1)
 
 _CALLBACKS = ("on_connection_request", "on_new_connection", "on_message", "on_disconnect", "on_error")
 
@@ -75,6 +85,9 @@ def context_from_wire(obj: Any) -> Context:
     fields: Any = obj if isinstance(obj, dict) else {}
     context.client_id = fields.get("client_id")
     context.room_id = fields.get("room_id")
+    rooms = fields.get("rooms")
+    if isinstance(rooms, list):
+        context._rooms = rooms
     if "metadata" in fields:
         context.metadata = wire.unwrap_metadata(fields["metadata"])
     else:
@@ -98,6 +111,10 @@ class BrokerProtocol(LineReceiver):
         self._reading_paused = False
         #: Frames sent while handling the data being read, written together after it.
         self._replies: list[bytes] | None = None
+        #: The extension requests this broker announced in its ``hello`` (none until one comes).
+        self.features: frozenset[str] = frozenset()
+        #: Extension requests waiting for their ``reply``: request_id -> (action, Deferred, timer).
+        self._pending: dict[str, tuple[str, Deferred[Any], IDelayedCall]] = {}
 
     # -- connection life cycle -------------------------------------------
 
@@ -116,7 +133,68 @@ class BrokerProtocol(LineReceiver):
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.cancel()
         self._idle_call = None
+        self._fail_pending(NotConnectedError(
+            f"not connected to the broker: the connection was lost before the reply ({reason.getErrorMessage()})"))
         self.factory.protocol_disconnected(self, reason)
+
+    # -- extension requests ------------------------------------------------
+
+    def request(self, request: wire.Request, timeout: float) -> Deferred[Any]:
+        """Send an extension request; a Deferred of its reply's result.
+
+        Fails at once with NotSupportedError (nothing written) when this
+        broker did not announce the feature; later with BrokerRefused
+        (``ok=false``), TimeoutError after ``timeout`` seconds, or
+        NotConnectedError when the connection is lost first.
+        """
+        action = request.action
+        if action not in self.features:
+            return fail(NotSupportedError(action))
+        request_id = f"x{next(_request_ids)}"
+
+        def cancel(_: Deferred[Any]) -> None:
+            entry = self._pending.pop(request_id, None)
+            if entry is not None and entry[2].active():
+                entry[2].cancel()
+
+        answer: Deferred[Any] = Deferred(cancel)
+        timer = self.factory.clock.callLater(timeout, self._time_out, request_id, timeout)
+        self._pending[request_id] = (action, answer, timer)
+        self.write_frame(request.frame(request_id))
+        return answer
+
+    def _time_out(self, request_id: str, timeout: float) -> None:
+        entry = self._pending.pop(request_id, None)
+        if entry is not None:
+            entry[1].errback(TimeoutError(f"{entry[0]}: no reply from the broker within {timeout:g}s"))
+
+    def _fail_pending(self, error: Exception) -> None:
+        pending, self._pending = self._pending, {}
+        for _, answer, timer in pending.values():
+            if timer.active():
+                timer.cancel()
+            answer.errback(error)
+
+    def _hello_received(self, params: dict[str, Any]) -> None:
+        hello = wire.decode_hello(params)
+        self.features = hello.features
+        log.info("The broker {broker} {version} (protocol {protocol}) supports {features}",
+                 broker=hello.broker or "?", version=hello.version or "?", protocol=hello.protocol,
+                 features=", ".join(sorted(hello.features)) or "no extensions")
+
+    def _reply_received(self, request_id: str, params: dict[str, Any]) -> None:
+        reply = wire.decode_reply(params)
+        entry = self._pending.pop(request_id, None)
+        if entry is None:
+            log.warn("Skipped a reply to no pending request: {request_id!r}", request_id=request_id)
+            return
+        action, answer, timer = entry
+        if timer.active():
+            timer.cancel()
+        if reply.ok:
+            answer.callback(reply.result)
+        else:
+            answer.errback(BrokerRefused(action, reply.error))
 
     def _check_idle(self, last_look: bool = False) -> None:
         timeout = self.factory.settings.idle_timeout
@@ -210,6 +288,9 @@ class BrokerProtocol(LineReceiver):
             return
         try:
             self._frame_received(request_id, action, params, len(line))
+        except ProtocolError as exc:
+            log.warn("Skipped a malformed frame from the broker ({why}): {excerpt}",
+                     why=exc, excerpt=wire.excerpt(line))
         except Exception:
             # A backstop: no frame may cost the connection, even through a bug here.
             log.failure("Skipped a frame that could not be handled: {excerpt}", level=LogLevel.error,
@@ -220,6 +301,12 @@ class BrokerProtocol(LineReceiver):
         backend = factory.backend
         dispatch = factory.dispatcher.submit
         if action == wire.HEARTBEAT:
+            return
+        if action == wire.REPLY:
+            self._reply_received(request_id, params)
+            return
+        if action == wire.HELLO:
+            self._hello_received(params)
             return
         if action == wire.CONNECTION_REQUEST:
             dispatch(("request", request_id), size, factory.answer_connection_request, request_id, params)
@@ -245,6 +332,22 @@ class BrokerProtocol(LineReceiver):
             dispatch(key, size, backend.on_error, error, context)
         else:
             log.debug("Skipped a frame with unknown action {action!r}", action=action)
+
+
+def _members(result: Any) -> list[Context]:
+    """The Contexts of a ``room_members`` reply; ProtocolError when it is not a list."""
+    if not isinstance(result, list):
+        raise ProtocolError(f"room_members: the reply's result is not a list but {type(result).__name__}")
+    return [context_from_wire(item) for item in result]
+
+
+def _flag(result: Any) -> bool:
+    """The bool of a ``disconnect_client``/``join_room``/``leave_room``/``set_metadata`` reply."""
+    return result is True
+
+
+#: How a reply's result becomes the caller's value, by action (a bool unless listed).
+_RESULTS: dict[str, Callable[[Any], Any]] = {wire.ROOM_MEMBERS: _members}
 
 
 class _EndpointConnector:
@@ -294,6 +397,8 @@ class BrokerClientFactory(ReconnectingClientFactory):
     clock: IReactorTime  # type: ignore[assignment]
     maxDelay: float  # type: ignore[assignment]
     connector: _EndpointConnector | None
+    #: Seconds an extension request waits for its reply (on the factory's clock).
+    request_timeout: float = REQUEST_TIMEOUT
 
     def __init__(self, backend: object, reactor: IReactorTime, settings: BackendSettings | None = None,
                  **options: Any) -> None:
@@ -342,6 +447,48 @@ class BrokerClientFactory(ReconnectingClientFactory):
     def broadcast_message(self, message: str) -> Deferred[None]:
         """Send ``message`` to every connected client (see :class:`IBrokerConnection`)."""
         return self._build_and_send(wire.broadcast_frame, message)
+
+    def room_members(self, room_id: str) -> Deferred[list[Context]]:
+        """The Contexts of the clients in ``room_id`` now (see :class:`IBrokerConnection`)."""
+        return self._request(wire.room_members_request, room_id)
+
+    def disconnect_client(self, client_id: str, code: int = 1000, reason: str = "") -> Deferred[bool]:
+        """Close ``client_id``'s WebSocket with ``code`` and ``reason`` (see :class:`IBrokerConnection`)."""
+        return self._request(wire.disconnect_client_request, client_id, code, reason)
+
+    def join_room(self, client_id: str, room_id: str) -> Deferred[bool]:
+        """Put ``client_id`` in ``room_id`` too (see :class:`IBrokerConnection`)."""
+        return self._request(wire.join_room_request, client_id, room_id)
+
+    def leave_room(self, client_id: str, room_id: str) -> Deferred[bool]:
+        """Take ``client_id`` out of ``room_id`` (see :class:`IBrokerConnection`)."""
+        return self._request(wire.leave_room_request, client_id, room_id)
+
+    def set_metadata(self, client_id: str, metadata: Any) -> Deferred[bool]:
+        """Give ``client_id`` new ``metadata`` (see :class:`IBrokerConnection`)."""
+        return self._request(wire.set_metadata_request, client_id, metadata)
+
+    def _request(self, build: Callable[..., wire.Request], *args: Any) -> Deferred[Any]:
+        try:
+            request = build(*args)
+        except (TypeError, ValueError):
+            return fail()
+        return self.request(request)
+
+    def request(self, request: wire.Request) -> Deferred[Any]:
+        """Send a checked extension request; a Deferred of its result (Contexts for room_members, else a bool)."""
+        return self.send_request(request).addCallback(_RESULTS.get(request.action, _flag))
+
+    def send_request(self, request: wire.Request) -> Deferred[Any]:
+        """Send a checked extension request on the open connection; a Deferred of the reply's raw result.
+
+        Requests are not buffered across reconnects (the next broker may not
+        support them): without a connection it fails with NotConnectedError.
+        """
+        if self.current is None:
+            reason = self._why_no_connection_is_coming() or "reconnecting (requests are not buffered)"
+            return fail(NotConnectedError(f"not connected to the broker: {reason}"))
+        return self.current.request(request, self.request_timeout)
 
     def _build_and_send(self, build: Any, *args: str) -> Deferred[None]:
         try:

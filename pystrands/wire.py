@@ -21,23 +21,41 @@ __all__ = [
     "BROADCAST",
     "CONNECTION_REQUEST",
     "DISCONNECTED",
+    "DISCONNECT_CLIENT",
     "ERROR",
+    "FEATURES",
     "HEARTBEAT",
+    "HELLO",
+    "JOIN_ROOM",
+    "LEAVE_ROOM",
     "MESSAGE_TO_CONNECTION",
     "MESSAGE_TO_ROOM",
     "NEW_CONNECTION",
     "NEW_MESSAGE",
+    "REPLY",
     "RESPONSE",
+    "ROOM_MEMBERS",
+    "SET_METADATA",
     "Frame",
+    "Hello",
     "ProtocolError",
+    "Reply",
+    "Request",
     "auth_frame",
     "broadcast_frame",
     "decode_frame",
+    "decode_hello",
+    "decode_reply",
+    "disconnect_client_request",
     "encode_frame",
     "excerpt",
+    "join_room_request",
+    "leave_room_request",
     "private_message_frame",
     "response_frame",
+    "room_members_request",
     "room_message_frame",
+    "set_metadata_request",
     "unwrap_metadata",
 ]
 
@@ -54,6 +72,10 @@ DISCONNECTED = "disconnected"
 ERROR = "error"
 #: Sent every 15 s by the broker so that a dead link is noticed.
 HEARTBEAT = "heartbeat"
+#: The embedded broker's first frame to each backend: protocol version and features (extension).
+HELLO = "hello"
+#: The answer to one extension request of this backend, same request_id (extension).
+REPLY = "reply"
 
 # Backend -> broker actions. AUTH is this project's extension: the reference
 # broker logs and skips unknown actions, so sending it is safe everywhere.
@@ -67,6 +89,21 @@ MESSAGE_TO_CONNECTION = "message_to_connection"
 BROADCAST = "broadcast"
 #: A backend's first frame to a broker started with a backend token.
 AUTH = "auth"
+
+# Backend -> broker requests of the protocol extension (docs/PROTOCOL-EXTENSIONS.md).
+# Each names the feature a broker announces in ``hello`` and is answered by a ``reply``.
+#: Ask for the client contexts of a room's members.
+ROOM_MEMBERS = "room_members"
+#: Close one client's WebSocket with a code and reason.
+DISCONNECT_CLIENT = "disconnect_client"
+#: Put a client in one more room.
+JOIN_ROOM = "join_room"
+#: Take a client out of a room.
+LEAVE_ROOM = "leave_room"
+#: Replace a client's metadata.
+SET_METADATA = "set_metadata"
+#: Every extension request, in the order the spec lists them.
+FEATURES = (ROOM_MEMBERS, DISCONNECT_CLIENT, JOIN_ROOM, LEAVE_ROOM, SET_METADATA)
 
 _NESTED_METADATA_KEYS = frozenset(("accepted", "client_id", "room_id", "metadata"))
 
@@ -190,6 +227,134 @@ def auth_frame(token: str) -> bytes:
     """The first frame to a broker started with a backend token."""
     _require_str("token", token)
     return encode_frame(AUTH, {"token": token})
+
+
+class Request(NamedTuple):
+    """An extension request, checked and encoded but for its request_id (chosen per connection)."""
+
+    #: The request's action, which is also the feature the broker must announce.
+    action: str
+    #: The params object, already encoded as JSON.
+    params: bytes
+
+    def frame(self, request_id: str) -> bytes:
+        """The request's line with ``request_id``, newline included."""
+        _require_str("request_id", request_id)
+        return (b'{"request_id":' + orjson.dumps(request_id) + b',"action":' + orjson.dumps(self.action)
+                + b',"params":' + self.params + b"}\n")
+
+
+def _request(action: str, params: dict[str, Any]) -> Request:
+    try:
+        return Request(action, orjson.dumps(params))
+    except orjson.JSONEncodeError as exc:
+        raise TypeError(f"{action} params cannot be encoded as JSON: {exc}") from None
+
+
+#: The WebSocket close codes a backend may ask for: normal closure, and the registered/application ranges.
+_CLOSE_CODES = "1000 or 3000-4999"
+#: A close frame's reason fits in 123 bytes of UTF-8.
+_MAX_REASON_BYTES = 123
+
+
+def room_members_request(room_id: str) -> Request:
+    """Ask for the members of ``room_id`` (str)."""
+    _require_str("room_id", room_id)
+    return _request(ROOM_MEMBERS, {"room_id": room_id})
+
+
+def disconnect_client_request(client_id: str, code: int = 1000, reason: str = "") -> Request:
+    """Ask the broker to close ``client_id``'s WebSocket with ``code`` and ``reason``.
+
+    ``code`` must be an int, 1000 or 3000-4999 (``ValueError`` otherwise);
+    ``reason`` a str of at most 123 bytes of UTF-8.
+    """
+    _require_str("client_id", client_id)
+    if not isinstance(code, int) or isinstance(code, bool):
+        raise TypeError(f"code must be an int, not {type(code).__name__}")
+    if not (code == 1000 or 3000 <= code <= 4999):
+        raise ValueError(f"code must be {_CLOSE_CODES}, not {code}")
+    _require_str("reason", reason)
+    size = len(reason.encode("utf-8", "surrogatepass"))
+    if size > _MAX_REASON_BYTES:
+        raise ValueError(f"reason must be at most {_MAX_REASON_BYTES} bytes of UTF-8, not {size}")
+    return _request(DISCONNECT_CLIENT, {"client_id": client_id, "code": code, "reason": reason})
+
+
+def join_room_request(client_id: str, room_id: str) -> Request:
+    """Ask the broker to put ``client_id`` in ``room_id`` too."""
+    _require_str("client_id", client_id)
+    _require_str("room_id", room_id)
+    return _request(JOIN_ROOM, {"client_id": client_id, "room_id": room_id})
+
+
+def leave_room_request(client_id: str, room_id: str) -> Request:
+    """Ask the broker to take ``client_id`` out of ``room_id``."""
+    _require_str("client_id", client_id)
+    _require_str("room_id", room_id)
+    return _request(LEAVE_ROOM, {"client_id": client_id, "room_id": room_id})
+
+
+def set_metadata_request(client_id: str, metadata: Any) -> Request:
+    """Ask the broker to give ``client_id`` the new ``metadata`` (any JSON value; ``TypeError`` otherwise)."""
+    _require_str("client_id", client_id)
+    try:
+        orjson.dumps(metadata)
+    except orjson.JSONEncodeError as exc:
+        raise TypeError(f"metadata must be JSON-serialisable: {exc}") from None
+    return _request(SET_METADATA, {"client_id": client_id, "metadata": metadata})
+
+
+class Hello(NamedTuple):
+    """What a broker announces in its ``hello`` frame."""
+
+    #: The extension protocol's version (1).
+    protocol: int
+    #: The broker's name (``pystrands-twisted``), "" when not given.
+    broker: str
+    #: The broker's version, "" when not given.
+    version: str
+    #: The extension requests the broker answers.
+    features: frozenset[str]
+
+
+def decode_hello(params: dict[str, Any]) -> Hello:
+    """The announcement in a ``hello`` frame's params; :class:`ProtocolError` when malformed.
+
+    Unknown features are kept (the library ignores them); a feature that is
+    not a string makes the frame malformed.
+    """
+    protocol = params.get("protocol")
+    if not isinstance(protocol, int) or isinstance(protocol, bool):
+        raise ProtocolError("hello: 'protocol' is not an integer")
+    features = params.get("features", [])
+    if not isinstance(features, list) or not all(isinstance(name, str) for name in features):
+        raise ProtocolError("hello: 'features' is not a list of strings")
+    broker, version = params.get("broker", ""), params.get("version", "")
+    return Hello(protocol, broker if isinstance(broker, str) else "", version if isinstance(version, str) else "",
+                 frozenset(features))
+
+
+class Reply(NamedTuple):
+    """A broker's answer to one extension request."""
+
+    #: True when the broker did what was asked.
+    ok: bool
+    #: The answer's value when ``ok`` (None otherwise).
+    result: Any
+    #: Why the broker refused, when not ``ok`` ("" otherwise).
+    error: str
+
+
+def decode_reply(params: dict[str, Any]) -> Reply:
+    """The answer in a ``reply`` frame's params; :class:`ProtocolError` when ``ok`` is not a bool."""
+    ok = params.get("ok")
+    if not isinstance(ok, bool):
+        raise ProtocolError("reply: 'ok' is not a boolean")
+    if ok:
+        return Reply(True, params.get("result"), "")
+    error = params.get("error")
+    return Reply(False, None, error if isinstance(error, str) and error else "the broker refused the request")
 
 
 def unwrap_metadata(metadata: Any) -> Any:

@@ -22,11 +22,13 @@ from pystrands import (
     AsyncPyStrandsClient,
     Backend,
     BackendService,
+    BrokerRefused,
     ConnectionRequestContext,
     Context,
     IBackend,
     IBrokerConnection,
     NotConnectedError,
+    NotSupportedError,
     PyStrands,
     PyStrandsClient,
     SendBufferFull,
@@ -227,6 +229,48 @@ class SubclassedChat(Backend):
 
     async def on_message(self, message: str, context: Context) -> None:
         await self.broker.send_room_message(context.room_id, message)
+
+
+# -- Extension requests (presence, kick, rooms, metadata) on every face -------------
+
+
+class PresenceChat(PyStrandsClient):
+    """The blocking face's requests: Futures, chained from a handler on the I/O thread."""
+
+    def on_message(self, message: str, context: Context) -> None:
+        members: concurrent.futures.Future[list[Context]] = self.room_members(context.room_id)
+        members.add_done_callback(lambda done: print([m.client_id for m in done.result()]))
+        kicked: concurrent.futures.Future[bool] = self.disconnect_client(context.client_id, 4000, "bye")
+        kicked.add_done_callback(lambda done: print(done.result()))
+        self.join_room(context.client_id, "game-7")
+        self.leave_room(context.client_id, context.room_id)
+        self.set_metadata(context.client_id, {"name": "ann"})
+        rooms: list[str] = context.rooms
+        print(rooms)
+
+
+class AsyncPresenceChat(AsyncPyStrandsClient):
+    """The asyncio face's requests: awaitables."""
+
+    async def on_message(self, message: str, context: Context) -> None:
+        try:
+            members: list[Context] = await self.room_members(context.room_id)
+        except NotSupportedError:
+            members = []
+        joined: bool = await self.join_room(context.client_id, "game-7")
+        left: bool = await self.leave_room(context.client_id, "game-7")
+        updated: bool = await self.set_metadata(context.client_id, {"n": len(members)})
+        try:
+            kicked: bool = await self.disconnect_client(context.client_id, code=4001, reason="full")
+        except BrokerRefused as refused:
+            print(refused.reason)
+            kicked = False
+        print(joined, left, updated, kicked)
+
+
+def twisted_presence(broker: IBrokerConnection, context: Context) -> Deferred[list[Context]]:
+    """The Twisted-native requests: Deferreds."""
+    return broker.room_members(context.room_id)
 
 
 def backend_application(reactor: Any) -> tuple[MultiService, BackendService]:

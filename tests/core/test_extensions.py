@@ -1,0 +1,223 @@
+"""The protocol extension on the backend side (issue 14): hello, requests, replies, timeouts.
+
+Deterministic: a Clock and an in-memory transport, frames as the spec writes them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from pystrands import Backend, BrokerRefused, Context, NotConnectedError, NotSupportedError, wire
+from pystrands.protocol import BrokerClientFactory, BrokerProtocol, context_from_wire
+
+ALL = ["room_members", "disconnect_client", "join_room", "leave_room", "set_metadata"]
+HELLO = {"request_id": "hello", "action": "hello",
+         "params": {"protocol": 1, "broker": "pystrands-twisted", "version": "0.1.0", "features": ALL}}
+
+
+class Rig:
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.backend = Backend()
+        self.factory = BrokerClientFactory(self.backend, self.clock, auto_reconnect=False, idle_timeout=0)
+        self.factory._started = True
+        self.connect()
+
+    def connect(self) -> None:
+        self.transport = StringTransport()
+        self.protocol: BrokerProtocol = self.factory.buildProtocol(None)
+        self.protocol.makeConnection(self.transport)
+
+    def feed(self, frame: dict[str, Any]) -> None:
+        self.protocol.dataReceived(json.dumps(frame).encode() + b"\n")
+
+    def sent(self) -> list[dict[str, Any]]:
+        frames = [json.loads(line) for line in self.transport.value().splitlines()]
+        self.transport.clear()
+        return frames
+
+    def lose(self) -> None:
+        self.protocol.connectionLost(Failure(ConnectionLost("gone")))
+
+
+def result_of(deferred: Deferred[Any]) -> Any:
+    outcome: list[Any] = []
+    deferred.addBoth(outcome.append)
+    assert outcome, "the Deferred has not fired"
+    if isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    return outcome[0]
+
+
+def reply(request_id: str, **params: Any) -> dict[str, Any]:
+    return {"request_id": request_id, "action": "reply", "params": params}
+
+
+@pytest.fixture
+def rig() -> Rig:
+    return Rig()
+
+
+def test_no_hello_means_not_supported_and_nothing_written(rig: Rig) -> None:
+    for call in (lambda b: b.room_members("lobby"), lambda b: b.disconnect_client("c"),
+                 lambda b: b.join_room("c", "r"), lambda b: b.leave_room("c", "r"),
+                 lambda b: b.set_metadata("c", {})):
+        with pytest.raises(NotSupportedError, match="does not announce"):
+            result_of(call(rig.factory))
+    assert rig.sent() == []
+
+
+def test_hello_features_are_per_connection(rig: Rig) -> None:
+    rig.feed({**HELLO, "params": {**HELLO["params"], "features": ["room_members"]}})
+    assert rig.protocol.features == frozenset({"room_members"})
+    with pytest.raises(NotSupportedError) as info:
+        result_of(rig.factory.join_room("c", "r"))
+    assert info.value.feature == "join_room" and "join_room" in str(info.value)
+    rig.factory.room_members("lobby")
+    assert [f["action"] for f in rig.sent()] == ["room_members"]
+    rig.lose()
+    rig.factory.continueTrying = True  # a reconnect: the next broker has announced nothing yet
+    rig.factory.retry = lambda connector=None: None
+    rig.connect()
+    with pytest.raises(NotSupportedError):
+        result_of(rig.factory.room_members("lobby"))
+
+
+def test_room_members_reply_gives_contexts_with_rooms(rig: Rig) -> None:
+    rig.feed(HELLO)
+    answer = rig.factory.room_members("lobby")
+    (request,) = rig.sent()
+    assert request["action"] == "room_members" and request["params"] == {"room_id": "lobby"}
+    rig.feed(reply(request["request_id"], ok=True, result=[
+        {"client_id": "a", "room_id": "lobby", "metadata": {"name": "ann"}, "rooms": ["lobby", "game-7"]},
+        {"client_id": "b", "room_id": "hall", "metadata": {}, "rooms": ["hall", "lobby"]},
+    ]))
+    members = result_of(answer)
+    assert [m.client_id for m in members] == ["a", "b"]
+    assert members[0].rooms == ["lobby", "game-7"] and members[0].metadata == {"name": "ann"}
+    assert members[1].room_id == "hall"
+
+
+def test_bool_replies_and_unique_ids(rig: Rig) -> None:
+    rig.feed(HELLO)
+    calls = [rig.factory.disconnect_client("a", 4000, "kicked"), rig.factory.join_room("a", "r"),
+             rig.factory.leave_room("a", "r"), rig.factory.set_metadata("a", {"n": 2})]
+    frames = rig.sent()
+    assert [f["action"] for f in frames] == ["disconnect_client", "join_room", "leave_room", "set_metadata"]
+    assert frames[0]["params"] == {"client_id": "a", "code": 4000, "reason": "kicked"}
+    assert frames[3]["params"] == {"client_id": "a", "metadata": {"n": 2}}
+    assert len({f["request_id"] for f in frames}) == 4
+    # Replies in another order still reach their own request.
+    for frame, ok in reversed(list(zip(frames, [True, False, True, False], strict=True))):
+        rig.feed(reply(frame["request_id"], ok=True, result=ok))
+    assert [result_of(d) for d in calls] == [True, False, True, False]
+
+
+def test_refused_reply_carries_the_brokers_text(rig: Rig) -> None:
+    rig.feed(HELLO)
+    answer = rig.factory.set_metadata("a", 1)
+    (request,) = rig.sent()
+    rig.feed(reply(request["request_id"], ok=False, error="metadata too large"))
+    with pytest.raises(BrokerRefused, match="metadata too large") as info:
+        result_of(answer)
+    assert info.value.reason == "metadata too large" and isinstance(info.value, ValueError)
+
+
+def test_timeout_after_ten_seconds_on_the_clock(rig: Rig) -> None:
+    rig.feed(HELLO)
+    answer = rig.factory.room_members("lobby")
+    (request,) = rig.sent()
+    rig.clock.advance(9.9)
+    assert not answer.called
+    rig.clock.advance(0.2)
+    with pytest.raises(TimeoutError, match="room_members"):
+        result_of(answer)
+    rig.feed(reply(request["request_id"], ok=True, result=[]))  # late: logged and skipped
+    assert rig.protocol._pending == {}
+
+
+def test_connection_loss_fails_pending_requests(rig: Rig) -> None:
+    rig.feed(HELLO)
+    answers = [rig.factory.room_members("lobby"), rig.factory.join_room("a", "b")]
+    rig.lose()
+    for answer in answers:
+        with pytest.raises(NotConnectedError, match="lost before the reply"):
+            result_of(answer)
+    assert rig.clock.getDelayedCalls() == []
+    with pytest.raises(NotConnectedError):
+        result_of(rig.factory.room_members("lobby"))
+
+
+def test_cancel_forgets_the_request(rig: Rig) -> None:
+    rig.feed(HELLO)
+    answer = rig.factory.room_members("lobby")
+    answer.cancel()
+    answer.addErrback(lambda _: None)
+    assert rig.protocol._pending == {} and rig.clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize(("call", "error", "match"), [
+    (lambda b: b.room_members(7), TypeError, "room_id must be a str"),
+    (lambda b: b.disconnect_client(None), TypeError, "client_id must be a str"),
+    (lambda b: b.disconnect_client("a", 999), ValueError, "code must be 1000 or 3000-4999"),
+    (lambda b: b.disconnect_client("a", 5000), ValueError, "code"),
+    (lambda b: b.disconnect_client("a", "4000"), TypeError, "code must be an int"),
+    (lambda b: b.disconnect_client("a", 4000, "é" * 62), ValueError, "reason must be at most 123 bytes"),
+    (lambda b: b.disconnect_client("a", 4000, b"x"), TypeError, "reason must be a str"),
+    (lambda b: b.join_room("a", None), TypeError, "room_id"),
+    (lambda b: b.leave_room(1, "r"), TypeError, "client_id"),
+    (lambda b: b.set_metadata("a", {1j}), TypeError, "metadata must be JSON-serialisable"),
+])
+def test_argument_errors_write_nothing(rig: Rig, call: Any, error: type, match: str) -> None:
+    rig.feed(HELLO)
+    with pytest.raises(error, match=match):
+        result_of(call(rig.factory))
+    assert rig.sent() == []
+
+
+def test_reason_of_123_bytes_is_fine() -> None:
+    wire.disconnect_client_request("a", 4999, "é" * 61 + "x")
+    wire.disconnect_client_request("a", 1000)
+
+
+def test_decode_hello_and_reply() -> None:
+    hello = wire.decode_hello(HELLO["params"])
+    assert hello.protocol == 1 and hello.features == frozenset(ALL) and hello.broker == "pystrands-twisted"
+    with pytest.raises(wire.ProtocolError):
+        wire.decode_hello({"protocol": "1"})
+    with pytest.raises(wire.ProtocolError):
+        wire.decode_hello({"protocol": 1, "features": "room_members"})
+    assert wire.decode_reply({"ok": True, "result": True}) == wire.Reply(True, True, "")
+    assert wire.decode_reply({"ok": False, "error": "bad code"}).error == "bad code"
+    with pytest.raises(wire.ProtocolError):
+        wire.decode_reply({"result": 1})
+
+
+def test_request_frame_is_one_json_line() -> None:
+    line = wire.set_metadata_request("a", {"k": [1, "é"]}).frame("x1")
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert json.loads(line) == {"request_id": "x1", "action": "set_metadata",
+                                "params": {"client_id": "a", "metadata": {"k": [1, "é"]}}}
+
+
+def test_malformed_hello_is_skipped_and_connection_kept(rig: Rig) -> None:
+    rig.feed({"request_id": "hello", "action": "hello", "params": {"features": 3}})
+    assert rig.protocol.features == frozenset()
+    rig.feed(HELLO)
+    assert rig.protocol.features == frozenset(ALL)
+
+
+def test_context_rooms_default_and_wire() -> None:
+    assert Context(client_id="a", room_id="lobby", metadata={}).rooms == ["lobby"]
+    assert context_from_wire({"client_id": "a", "room_id": "lobby", "metadata": {}}).rooms == ["lobby"]
+    context = context_from_wire({"client_id": "a", "room_id": "lobby", "metadata": {}, "rooms": ["x", "y"]})
+    assert context.rooms == ["x", "y"] and context.room_id == "lobby"
+    assert context.to_json() == {"client_id": "a", "room_id": "lobby", "metadata": {}}  # documented keys
