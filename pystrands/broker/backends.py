@@ -100,6 +100,7 @@ class BackendProtocol(Protocol):
         if self._dropped:
             return
         self._dropped = True
+        self.broker.metrics.backend_drops += 1
         log.warn("Dropped backend {backend}: {why}", backend=self, why=why)
         self._outbox.stop()
         self.transport.abortConnection()
@@ -156,6 +157,11 @@ class BackendProtocol(Protocol):
     def congested(self) -> bool:
         """True while this backend's socket cannot take more: its clients should wait."""
         return self._outbox.congested
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes written to this backend that wait for its socket."""
+        return self._outbox.held_bytes
 
     def send(self, frame: bytes) -> None:
         """Write a frame (held while the socket is full)."""

@@ -99,6 +99,11 @@ class BrokerConfig:
     #: Bytes queued to an unwritable backend before it is dropped. The broker stops reading from a
     #: backend's clients long before this, so it is only the last line of defence.
     max_backend_buffer: int = 64 * MiB
+    #: Serve Prometheus metrics at ``/metrics`` on the WebSocket port (see ``metrics_endpoint``).
+    metrics: bool = False
+    #: Server endpoint string of a listener of its own for ``/metrics`` (e.g.
+    #: ``tcp:9100:interface=127.0.0.1``); when set, metrics are served there and not on the WebSocket port.
+    metrics_endpoint: str | None = None
 
     def __post_init__(self) -> None:
         check_integer("ws_port", self.ws_port, minimum=0, maximum=65535)
@@ -123,7 +128,9 @@ class BrokerConfig:
         for name in ("ws_interface", "tcp_interface"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"{name} must be a str, not {type(getattr(self, name)).__name__}")
-        for name in ("ws_endpoint", "tcp_endpoint"):
+        if not isinstance(self.metrics, bool):
+            raise TypeError(f"metrics must be a bool, not {type(self.metrics).__name__}")
+        for name in ("ws_endpoint", "tcp_endpoint", "metrics_endpoint"):
             value = getattr(self, name)
             if value is not None:
                 check_server_endpoint(name, value)
@@ -236,6 +243,13 @@ class Options(PackageOptions):
           " replaces --tcp-port and --tcp-interface.")],
         ["backend-token", None, None, "Backends must send this token in an auth frame first."],
         ["static", None, None, "Directory to serve at / beside /ws/."],
+        ["metrics-endpoint", None, None,
+         ("Twisted server endpoint of a listener of its own for /metrics (e.g. tcp:9100:interface=127.0.0.1);"
+          " the WebSocket port then does not serve /metrics.")],
+    ]
+
+    optFlags: ClassVar[list[list[Any]]] = [
+        ["metrics", None, "Serve Prometheus metrics at /metrics on the WebSocket port (counts only; see SECURITY.md)."],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -257,6 +271,8 @@ class Options(PackageOptions):
                 static=self["static"],
                 ws_endpoint=self["ws-endpoint"],
                 tcp_endpoint=self["tcp-endpoint"],
+                metrics=bool(self["metrics"]),
+                metrics_endpoint=self["metrics-endpoint"],
                 allowed_origins=parse_origins(self["allowed-origins"]),
             )
         except (TypeError, ValueError) as exc:

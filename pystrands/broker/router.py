@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from .. import wire
 from ..settings import BackendSettings
 from .config import BrokerConfig
+from .metrics import BrokerMetrics
 from .queue import EventQueue
 from .rooms import Rooms
 
@@ -133,6 +134,8 @@ class Broker:
         self._pending: dict[str, _Pending] = {}
         self._heartbeat: Any = None
         self._drops_reported = 0
+        #: Counts and the registry ``/metrics`` serves.
+        self.metrics = BrokerMetrics(self)
 
     @property
     def handshaking(self) -> int:
@@ -205,17 +208,20 @@ class Broker:
             if self._usable(line, room_id=room_id, message=message):
                 for client in self.rooms.members(room_id):
                     client.send_text(message)
+                    self.metrics.sent_room += 1
         elif action == wire.MESSAGE_TO_CONNECTION:
             conn_id, message = params.get("conn_id"), params.get("message")
             if self._usable(line, conn_id=conn_id, message=message):
                 target = self.rooms.client(conn_id)
                 if target is not None:
                     target.send_text(message)
+                    self.metrics.sent_connection += 1
         elif action == wire.BROADCAST:
             message = params.get("message")
             if self._usable(line, message=message):
                 for client in self.rooms.everyone():
                     client.send_text(message)
+                    self.metrics.sent_broadcast += 1
         elif action != wire.AUTH:
             log.info("Skipped a frame with unknown action {action!r} from a backend", action=action)
 
@@ -234,6 +240,7 @@ class Broker:
         if not self.backends:
             self._route(None, wire.encode_frame(
                 wire.ERROR, {"error": NO_BACKEND, "context": handshake.failed_context()}), True)
+            self.metrics.handshake("unavailable")
             return fail(HandshakeRefused(503, "no backend is connected"))
         backend = self._least_loaded()
         request_id = str(uuid.uuid4())
@@ -248,6 +255,7 @@ class Broker:
 
     def _refuse(self, request_id: str, status: int, reason: str) -> None:
         pending = self._pending.pop(request_id)
+        self.metrics.handshake_refused(status, timed_out=not pending.timeout.active())
         if pending.timeout.active():
             pending.timeout.cancel()
         else:
@@ -262,6 +270,7 @@ class Broker:
             log.warn("Skipped a response to an unknown or expired request: {excerpt}",
                      excerpt=wire.excerpt(line))
             return
+        self.metrics.round_trip.observe(self.clock.seconds() + self.config.auth_timeout - pending.timeout.getTime())
         # JSON values as the backend sent them, checked by _usable before use.
         client_id: Any
         room_id: Any
@@ -297,6 +306,7 @@ class Broker:
 
     def client_message(self, client: Client, message: str) -> bool:
         """Route a client's message; False when the client must wait for its backend (see go_on)."""
+        self.metrics.messages_in += 1
         admission = client.admission
         frame = wire.encode_frame(wire.NEW_MESSAGE, {"message": message, "context": admission.context})
         if len(frame) > self._event_limit:

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from .backends import BackendFactory
 from .config import BrokerConfig
+from .metrics import metrics_site
 from .router import Broker
 from .websocket import GOING_AWAY, Stage, WebSocketFactory
 
@@ -77,6 +78,11 @@ class BrokerService(Service):
         """The address the backend side listens on, once :meth:`when_listening` has fired."""
         return self._ports[1].getHost()
 
+    @property
+    def metrics_address(self) -> IAddress | None:
+        """The address of the ``metrics_endpoint`` listener once :meth:`when_listening` has fired; None without one."""
+        return self._ports[2].getHost() if len(self._ports) > 2 else None
+
     # -- life cycle ----------------------------------------------------------
 
     def startService(self) -> None:
@@ -89,10 +95,13 @@ class BrokerService(Service):
         self.broker = Broker(self.config, reactor)
         self.backends = BackendFactory(self.broker)
         self.websockets = WebSocketFactory(self.broker)
-        listening = gatherResults([
+        listeners = [
             serverFromString(reactor, self.config.ws_listen).listen(self.websockets),
             serverFromString(reactor, self.config.tcp_listen).listen(self.backends),
-        ], consumeErrors=True)
+        ]
+        if self.config.metrics_endpoint is not None:
+            listeners.append(serverFromString(reactor, self.config.metrics_endpoint).listen(metrics_site(self.broker)))
+        listening = gatherResults(listeners, consumeErrors=True)
         listening.addCallbacks(self._listening, self._cannot_listen)
 
     def _listening(self, ports: list[IListeningPort]) -> None:
@@ -101,6 +110,8 @@ class BrokerService(Service):
         self.broker.start()
         log.info("PyStrands broker: WebSocket on {ws}, backends on {tcp}",
                  ws=describe(self.ws_address), tcp=describe(self.tcp_address))
+        if self.metrics_address is not None:
+            log.info("PyStrands broker: metrics on {address}/metrics", address=describe(self.metrics_address))
         self._settle((getattr(self.ws_address, "port", 0), getattr(self.tcp_address, "port", 0)))
 
     def _cannot_listen(self, failure: Failure) -> None:

@@ -55,6 +55,7 @@ from websockets.server import ServerProtocol
 
 from .client_script import PATH, ClientScript
 from .guards import AddressSlots, MessageAssembler, OriginPolicy, TokenBucket, TooManyFragments
+from .metrics import HealthPage, MetricsPage, ReadyPage
 from .outbox import Outbox, send_at_once
 from .router import Admission, Broker, Handshake, HandshakeRefused
 
@@ -105,6 +106,7 @@ class ClientConnection(Protocol):
         self.broker = broker
         self.clock = broker.clock
         self.config = broker.config
+        self._metrics = broker.metrics
         #: Where the socket is in its life (see the module docstring).
         self.stage = Stage.HEAD
         self._slots = slots
@@ -150,6 +152,7 @@ class ClientConnection(Protocol):
         why = ("too many clients" if status == 503
                else f"more than {self.config.max_clients_per_address} connections from {address}")
         log.warn("Refused a WebSocket-port connection: {why}", why=why)
+        self._metrics.handshake("over_limit")
         self._refusal = (status, why)
         self._timer = self.clock.callLater(REFUSAL_LINGER, self._answer, status, why)
 
@@ -158,6 +161,7 @@ class ClientConnection(Protocol):
         stage = self.stage
         if stage is Stage.OPEN:
             self._last_heard = self.clock.seconds()
+            self._metrics.bytes_in += len(data)
             ws = self._ws
             # Parse a large read in slices, so that a violation (too many fragments) stops the
             # work within one slice instead of after parsing thousands of tiny frames.
@@ -201,6 +205,7 @@ class ClientConnection(Protocol):
         if end < 0 and len(head) <= MAX_HEAD:
             return
         if end < 0 or end + 4 > MAX_HEAD:
+            self._metrics.handshake("malformed")
             self._answer(431, "the request head is too large")
             return
         self._head = bytearray()
@@ -219,10 +224,12 @@ class ClientConnection(Protocol):
             log.failure("A WebSocket handshake from {address} failed", address=self._address,
                         level=LogLevel.error)
             if self.stage is Stage.HEAD:
+                self._metrics.handshake("error")
                 self._answer(500, "the WebSocket could not be opened")
 
     def _head_too_slow(self) -> None:
         self._timer = None
+        self._metrics.handshake("timeout")
         log.info("Closed a WebSocket-port connection from {address}: no complete request head"
                  " within {seconds}s", address=self._address, seconds=self.config.handshake_timeout)
         self._answer(408, "the request head did not arrive in time")
@@ -240,11 +247,13 @@ class ClientConnection(Protocol):
         request = next((event for event in ws.events_received() if isinstance(event, Request)), None)
         problem = _malformed(head, request)
         if problem is not None:
+            self._metrics.handshake("malformed")
             self._answer(_TOO_LONG.get(type(ws.handshake_exc), 400), problem)
             return
         assert request is not None  # else _malformed said so
         response = ws.accept(request)
         if response.status_code != 101:
+            self._metrics.handshake("malformed")
             version = request.headers.get_all("Sec-WebSocket-Version")
             if version != ["13"] and response.status_code == 400:
                 self._answer(426, "this server speaks WebSocket version 13",
@@ -258,6 +267,7 @@ class ClientConnection(Protocol):
         if not self._origins.allows(origin, _single(request, "Host")):
             log.info("Refused a WebSocket handshake from {address}: origin {origin!r} is not allowed",
                      address=self._address, origin=origin)
+            self._metrics.handshake("origin")
             self._answer(403, "this origin is not allowed")
             return
         self.stage = Stage.JUDGING
@@ -296,8 +306,10 @@ class ClientConnection(Protocol):
         ws.send_response(response)
         self.transport.write(b"".join(ws.data_to_send()))
         self.stage = Stage.OPEN
+        self._metrics.handshake("accepted")
+        self._metrics.clients_opened += 1
         self._outbox = Outbox(self.transport, self.clock, limit=self.config.max_client_buffer,
-                              timeout=self.config.client_write_timeout, on_fault=self.abort,
+                              timeout=self.config.client_write_timeout, on_fault=self._write_fault,
                               on_congestion=self._write_congestion)
         self.broker.client_connected(self)
         self._last_heard = self._last_ping = self.clock.seconds()
@@ -318,6 +330,7 @@ class ClientConnection(Protocol):
         log.error("Upgrading a WebSocket handshake from {address} failed: {why}",
                   address=self._address, why=failure.getTraceback())
         if self.stage is Stage.JUDGING:
+            self._metrics.handshake("error")
             self._answer(500, "the WebSocket could not be opened")
 
     # -- OPEN: messages in, with the reasons to stop reading -----------------------
@@ -437,12 +450,18 @@ class ClientConnection(Protocol):
             self._outbox.stop()
         self.transport.abortConnection()
 
+    def _write_fault(self, why: str) -> None:
+        """Its socket would not take what it is sent: drop the client, and count it."""
+        self._metrics.client_write_drops += 1
+        self.abort(why)
+
     def _flush(self) -> None:
         """Pass what the protocol wants to send to the outbox; an empty chunk means close."""
         outbox = self._outbox
         assert outbox is not None  # made on opening, before anything is sent
         for data in self._ws.data_to_send():
             if data:
+                self._metrics.bytes_out += len(data)
                 outbox.write(data)
             else:
                 outbox.close(half=True)
@@ -536,7 +555,8 @@ def _handshake(request: Request, address: Any) -> Handshake:
 
 
 class WebSocketFactory(Factory[ClientConnection]):
-    """The WebSocket port: ``/ws/...`` upgrades, ``/pystrands.js``, the ``static`` folder (if any), else 404."""
+    """The WebSocket port: ``/ws/...`` upgrades, ``/pystrands.js``, ``/healthz``, ``/readyz``, ``/metrics``
+    (with ``metrics`` and no ``metrics_endpoint``), the ``static`` folder (if any), else 404."""
 
     noisy = False
 
@@ -554,6 +574,10 @@ class WebSocketFactory(Factory[ClientConnection]):
         else:
             root = pages.notFound()
         root.putChild(PATH, ClientScript())  # the broker's browser client wins over a static folder's file
+        root.putChild(b"healthz", HealthPage())
+        root.putChild(b"readyz", ReadyPage(broker))
+        if config.metrics and config.metrics_endpoint is None:  # else on a listener of its own
+            root.putChild(b"metrics", MetricsPage(broker.metrics))
         # Idle HTTP keep-alive sockets (static files) hold a slot: close them as idle WebSockets are.
         self.site = Site(root, timeout=config.client_idle_timeout or config.handshake_timeout,
                          reactor=broker.clock)

@@ -1,0 +1,211 @@
+"""The broker's /metrics, /healthz and /readyz, scraped over HTTP from a real broker."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.task import Clock
+from websockets.exceptions import InvalidStatus
+
+from pystrands.broker import BrokerConfig
+from pystrands.broker.config import Options
+from pystrands.broker.router import Broker
+from tests.broker.conftest import TIMEOUT, RunningBroker, respond
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def get(port: int, path: str) -> tuple[int, str, str]:
+    """(status, content type, body) of a GET on 127.0.0.1:port."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=TIMEOUT) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+def scrape(port: int) -> Samples:
+    """Every sample of /metrics, parsed by prometheus_client's own parser."""
+    status, content_type, body = get(port, "/metrics")
+    assert status == 200, body
+    assert content_type.startswith("text/plain; version=")
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(body) for sample in family.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[("pystrands_broker_" + name, tuple(sorted(labels.items())))]
+
+
+def raw_request(port: int, head: bytes) -> bytes:
+    """Send a request head on a raw socket; the status line of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(head)
+        return sock.recv(65536).split(b"\r\n", 1)[0]
+
+
+def test_counts_after_known_traffic(start_broker: Callable[..., RunningBroker]) -> None:
+    broker = start_broker(metrics=True, queue_size=0)
+    assert get(broker.ws_port, "/readyz")[0] == 503
+    with pytest.raises(InvalidStatus) as refused:  # no backend: 503, and the error event is dropped
+        broker.open("/ws/early").result(TIMEOUT)
+    assert refused.value.response.status_code == 503
+
+    backend = broker.backend()
+    assert get(broker.ws_port, "/readyz")[:3:2] == (200, "ready\n")
+    alice = broker.accept(backend, "/ws/a", "alice")
+    bob = broker.accept(backend, "/ws/b", "bob")
+    alice.send("one")
+    alice.send("two")
+    bob.send("three")
+    assert [frame["action"] for frame in backend.recv_frames(3)] == ["new_message"] * 3
+    backend.send_frame({"request_id": "r", "action": "message_to_room",
+                        "params": {"room_id": "lobby", "message": "hi all"}})
+    assert alice.recv(TIMEOUT) == "hi all" and bob.recv(TIMEOUT) == "hi all"
+
+    future = broker.open("/ws/c")  # refused by the backend
+    backend.send_frame(respond(backend.recv_frame(), "carol", "lobby", {}, accepted=False))
+    with pytest.raises(InvalidStatus):
+        future.result(TIMEOUT)
+    assert raw_request(broker.ws_port, b"GET /ws/d HTTP/1.0\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 400")
+
+    second = broker.backend()
+    assert value(scrape(broker.ws_port), "backends") == 2
+    second.close()
+    broker.thread.wait_for(lambda: len(broker.broker.backends) == 1, "the second backend to go")
+
+    samples = scrape(broker.ws_port)
+    assert value(samples, "clients") == 2
+    assert value(samples, "clients_opened_total") == 2
+    assert value(samples, "handshakes_total", outcome="accepted") == 2
+    assert value(samples, "handshakes_total", outcome="rejected") == 1
+    assert value(samples, "handshakes_total", outcome="unavailable") == 1
+    assert value(samples, "handshakes_total", outcome="malformed") == 1
+    assert value(samples, "handshakes_total", outcome="timeout") == 0
+    assert value(samples, "messages_received_total", kind="text") == 3
+    assert value(samples, "messages_sent_total", kind="room") == 2
+    assert value(samples, "messages_sent_total", kind="connection") == 0
+    assert value(samples, "received_bytes_total") >= len("onetwothree") + 3 * 6  # masked frame headers
+    assert value(samples, "sent_bytes_total") >= 2 * len("hi all")
+    assert value(samples, "backends") == 1
+    assert value(samples, "queued_events") == 0
+    assert value(samples, "dropped_total", reason="queue_overflow") == 1
+    assert value(samples, "dropped_total", reason="client_write") == 0
+    assert value(samples, "connection_request_seconds_count") == 3  # two accepted, one rejected
+    assert 0 < value(samples, "connection_request_seconds_sum") < 3 * TIMEOUT
+    in_flight = [key for key in samples if key[0] == "pystrands_broker_backend_in_flight_requests"]
+    assert len(in_flight) == 1 and samples[in_flight[0]] == 0  # the gone backend's series went with it
+    assert value(samples, "backend_load", backend=dict(in_flight[0][1])["backend"]) == 2
+
+    alice.close()
+    broker.thread.wait_for(lambda: len(broker.broker.rooms) == 1, "alice to leave")
+    assert value(scrape(broker.ws_port), "clients") == 1
+
+
+def test_in_flight_requests_and_timeouts(start_broker: Callable[..., RunningBroker]) -> None:
+    broker = start_broker(metrics=True, auth_timeout=0.5)
+    backend = broker.backend()
+    future = broker.open("/ws/slow")
+    backend.recv_frame()  # the connection_request, never answered
+    samples = scrape(broker.ws_port)
+    assert [v for (name, _), v in samples.items() if name.endswith("backend_in_flight_requests")] == [1]
+    with pytest.raises(InvalidStatus):
+        future.result(TIMEOUT)
+    samples = scrape(broker.ws_port)
+    assert value(samples, "handshakes_total", outcome="timeout") == 1
+    assert value(samples, "connection_request_seconds_count") == 0
+
+
+def sockets(broker: RunningBroker) -> set[Any]:
+    """The open sockets of the broker's WebSocket port (call in the reactor thread)."""
+    factory = broker.service.websockets
+    assert factory is not None
+    return factory.connections
+
+
+def test_origin_and_over_limit_outcomes(start_broker: Callable[..., RunningBroker]) -> None:
+    broker = start_broker(metrics_endpoint="tcp:0:interface=127.0.0.1", max_clients_per_address=1)
+    address: Any = broker.service.metrics_address
+    port = address.port
+    broker.backend()
+    with socket.create_connection(("127.0.0.1", broker.ws_port), timeout=TIMEOUT):  # takes the one slot
+        broker.thread.wait_for(lambda: len(sockets(broker)) == 1, "the socket")
+        assert raw_request(broker.ws_port, b"GET /ws/x HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 429")
+    broker.thread.wait_for(lambda: not sockets(broker), "the sockets to close")
+    head = (b"GET /ws/x HTTP/1.1\r\nHost: b.example\r\nOrigin: https://evil.example\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    assert raw_request(broker.ws_port, head).startswith(b"HTTP/1.1 403")
+    samples = scrape(port)
+    assert value(samples, "handshakes_total", outcome="over_limit") == 1
+    assert value(samples, "handshakes_total", outcome="origin") == 1
+
+
+def test_separate_metrics_listener(start_broker: Callable[..., RunningBroker]) -> None:
+    broker = start_broker(metrics_endpoint="tcp:0:interface=127.0.0.1")
+    address: Any = broker.service.metrics_address
+    assert address is not None and address.host == "127.0.0.1"
+    port = address.port
+    assert value(scrape(port), "clients") == 0
+    assert get(broker.ws_port, "/metrics")[0] == 404  # not on the WebSocket port then
+    assert get(port, "/healthz")[:3:2] == (200, "ok\n")
+    assert get(port, "/readyz")[0] == 503
+    assert get(port, "/other")[0] == 404
+    assert get(broker.ws_port, "/healthz")[:3:2] == (200, "ok\n")
+
+
+def test_without_metrics_only_health_and_readiness(broker: RunningBroker) -> None:
+    assert broker.service.metrics_address is None
+    assert get(broker.ws_port, "/metrics")[0] == 404
+    status, content_type, body = get(broker.ws_port, "/healthz")
+    assert (status, body) == (200, "ok\n") and content_type.startswith("text/plain")
+    assert get(broker.ws_port, "/readyz")[:3:2] == (503, "no backend is connected\n")
+    broker.backend()
+    assert get(broker.ws_port, "/readyz")[:3:2] == (200, "ready\n")
+
+
+def test_several_brokers_in_one_process_keep_their_own_registries() -> None:
+    first, second = Broker(BrokerConfig(), Clock()), Broker(BrokerConfig(), Clock())
+    first.metrics.messages_in += 5
+    assert b"pystrands_broker_messages_received_total{kind=\"text\"} 5.0" in first.metrics.scrape()
+    assert b"pystrands_broker_messages_received_total{kind=\"text\"} 0.0" in second.metrics.scrape()
+
+
+@pytest.mark.parametrize("options, error, message", [
+    ({"metrics": "yes"}, TypeError, "metrics must be a bool, not str"),
+    ({"metrics_endpoint": ""}, TypeError, "metrics_endpoint must be a non-empty endpoint string"),
+    ({"metrics_endpoint": "bogus:1"}, ValueError, "metrics_endpoint 'bogus:1' is not a usable server endpoint"),
+])
+def test_bad_config_values(options: dict[str, Any], error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        BrokerConfig(**options)
+
+
+def test_command_line_flags() -> None:
+    options = Options(environ={})
+    options.parseOptions(  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        ["--metrics", "--metrics-endpoint", "tcp:9100:interface=127.0.0.1"])
+    config = options["config"]
+    assert config.metrics is True and config.metrics_endpoint == "tcp:9100:interface=127.0.0.1"
+    options = Options(environ={})
+    options.parseOptions([])  # type: ignore[no-untyped-call]  # unannotated in Twisted
+    assert options["config"].metrics is False and options["config"].metrics_endpoint is None
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--metrics-endpoint", "tcp:notaport"], "--metrics-endpoint 'tcp:notaport' is not a usable server endpoint"),
+    (["--metrics=yes"], "option --metrics must not have an argument"),
+])
+def test_bad_command_line_values_are_one_line(args: list[str], message: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "pystrands", "server", *args], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
