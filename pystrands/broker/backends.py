@@ -137,7 +137,7 @@ class BackendProtocol(Protocol):
                 self.drop(f"its first frame is not a frame ({exc})")
             return
         if self._authenticated:
-            self.broker.backend_frame(frame, line)
+            self.broker.backend_frame(frame, line, self)
         elif frame.action == wire.AUTH and self._token_matches(frame.params.get("token")):
             self._authenticated = True
             assert self._auth_deadline is not None  # set in connectionMade while not authenticated

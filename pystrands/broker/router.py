@@ -14,6 +14,7 @@ backend drains, so a busy client slows down instead of breaking the link.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,10 +24,11 @@ from twisted.logger import Logger
 
 from .. import wire
 from ..settings import BackendSettings
+from . import extensions
 from .config import BrokerConfig
 from .metrics import BrokerMetrics
 from .queue import EventQueue
-from .rooms import Rooms
+from .rooms import Membership, Rooms
 
 __all__ = ["Admission", "BackendLink", "Broker", "Client", "Handshake", "HandshakeRefused"]
 
@@ -89,16 +91,21 @@ class Handshake:
 
 @dataclass
 class Admission:
-    """A handshake the backend accepted: who the client is and where it goes."""
+    """A handshake the backend accepted: who the client is and where it goes.
+
+    ``context`` is the client's context in its events, built once and kept
+    up to date by the router when the client's rooms or metadata change.
+    """
 
     client_id: str
+    #: The client's first room (the backend's choice in its ``response``), even after it left it.
     room_id: str
     metadata: Any
     context: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
         self.context = {"client_id": self.client_id, "room_id": self.room_id,
-                        "metadata": self.metadata}
+                        "metadata": self.metadata, "rooms": [self.room_id]}
 
 
 class HandshakeRefused(Exception):
@@ -125,7 +132,8 @@ class Broker:
     def __init__(self, config: BrokerConfig, clock: IReactorTime) -> None:
         self.config = config
         self.clock = clock
-        self.rooms: Rooms[Client] = Rooms()
+        #: The one place that holds membership (see :mod:`.rooms`).
+        self.rooms: Membership[Client] = Rooms()
         self.queue: EventQueue[tuple[str | None, bytes, bool]] = EventQueue(config.queue_size)
         self.backends: list[BackendLink] = []
         self._assigned: dict[str, BackendLink] = {}
@@ -165,8 +173,9 @@ class Broker:
     # -- backends ----------------------------------------------------------
 
     def backend_ready(self, backend: BackendLink) -> None:
-        """A backend may now receive frames: give it the queued events first."""
+        """A backend may now receive frames: greet it with ``hello``, then give it the queued events."""
         self.backends.append(backend)
+        backend.send(extensions.HELLO_FRAME)
         if len(self.queue):
             log.info("Flushing {count} queued events to the new backend", count=len(self.queue))
         dropped = self.queue.dropped - self._drops_reported
@@ -194,8 +203,11 @@ class Broker:
         for client in self._waiting.pop(backend, {}).values():
             client.go_on()
 
-    def backend_frame(self, frame: wire.Frame, line: bytes) -> None:
-        """Act on one decoded frame from a backend; anything unusable is logged and skipped."""
+    def backend_frame(self, frame: wire.Frame, line: bytes, backend: BackendLink) -> None:
+        """Act on one decoded frame from ``backend``; anything unusable is logged and skipped.
+
+        Extension requests are answered to ``backend`` with one ``reply`` each.
+        """
         action, params = frame.action, frame.params
         # JSON values as the backend sent them, each checked by _usable before use.
         room_id: Any
@@ -222,6 +234,8 @@ class Broker:
                 for client in self.rooms.everyone():
                     client.send_text(message)
                     self.metrics.sent_broadcast += 1
+        elif action in _EXTENSIONS:
+            self._extension(backend, frame, line)
         elif action != wire.AUTH:
             log.info("Skipped a frame with unknown action {action!r} from a backend", action=action)
 
@@ -232,6 +246,59 @@ class Broker:
             log.warn("Skipped a backend frame whose {names} must be a string: {excerpt}",
                      names=", ".join(wrong), excerpt=wire.excerpt(line))
         return not wrong
+
+    # -- extension requests (docs/PROTOCOL-EXTENSIONS.md) ----------------------
+
+    def _extension(self, backend: BackendLink, frame: wire.Frame, line: bytes) -> None:
+        """Carry out one extension request and reply to it: ok with a result, or not ok with why."""
+        try:
+            result = _EXTENSIONS[frame.action](self, frame.params)
+        except extensions.BadParams as exc:
+            log.warn("Refused a backend's {action} request ({why}): {excerpt}", action=frame.action,
+                     why=str(exc), excerpt=wire.excerpt(line))
+            backend.send(extensions.refusal_frame(frame.request_id, str(exc)))
+            return
+        except Exception:
+            log.failure("A backend's {action} request failed: {excerpt}", action=frame.action,
+                        excerpt=wire.excerpt(line))
+            backend.send(extensions.refusal_frame(frame.request_id, "the broker failed to carry it out"))
+            return
+        backend.send(extensions.reply_frame(frame.request_id, result))
+
+    def _room_members(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        room_id = extensions.room_params(params)
+        return [client.admission.context for client in self.rooms.members(room_id)]
+
+    def _disconnect_client(self, params: dict[str, Any]) -> bool:
+        client_id, code, reason = extensions.close_params(params)
+        client = self.rooms.client(client_id)
+        if client is None:
+            return False
+        client.close(code, reason)
+        return True
+
+    def _join_room(self, params: dict[str, Any]) -> bool:
+        client_id, room_id = extensions.membership_params(params)
+        return self._new_rooms(client_id, self.rooms.join(client_id, room_id))
+
+    def _leave_room(self, params: dict[str, Any]) -> bool:
+        client_id, room_id = extensions.membership_params(params)
+        return self._new_rooms(client_id, self.rooms.leave(client_id, room_id))
+
+    def _new_rooms(self, client_id: str, rooms: list[str] | None) -> bool:
+        client = self.rooms.client(client_id) if rooms is not None else None
+        if client is None:
+            return False
+        client.admission.context["rooms"] = rooms
+        return True
+
+    def _set_metadata(self, params: dict[str, Any]) -> bool:
+        client_id, metadata = extensions.metadata_params(params)
+        client = self.rooms.client(client_id)
+        if client is None:
+            return False
+        client.admission.metadata = client.admission.context["metadata"] = metadata
+        return True
 
     # -- handshakes ----------------------------------------------------------
 
@@ -322,9 +389,12 @@ class Broker:
         return False
 
     def client_disconnected(self, client: Client) -> None:
-        """A client's WebSocket is gone: it leaves its room, and its backend gets ``disconnected``."""
+        """A client's WebSocket is gone: it leaves its rooms, and its backend gets ``disconnected``.
+
+        That event's context lists the rooms the client was in when it went.
+        """
         admission = client.admission
-        self.rooms.remove(admission.client_id, admission.room_id)
+        self.rooms.remove(admission.client_id)
         backend = self._assigned.get(admission.client_id)
         if backend is not None:
             self._waiting.get(backend, {}).pop(admission.client_id, None)
@@ -364,3 +434,13 @@ class Broker:
         backend = self._assigned.pop(client_id, None)
         if backend is not None:
             backend.load -= 1
+
+
+#: The extension requests the router answers, by action (each announced in ``hello``).
+_EXTENSIONS: dict[str, Callable[[Broker, dict[str, Any]], Any]] = {
+    extensions.ROOM_MEMBERS: Broker._room_members,
+    extensions.DISCONNECT_CLIENT: Broker._disconnect_client,
+    extensions.JOIN_ROOM: Broker._join_room,
+    extensions.LEAVE_ROOM: Broker._leave_room,
+    extensions.SET_METADATA: Broker._set_metadata,
+}

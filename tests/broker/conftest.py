@@ -82,8 +82,11 @@ class RunningBroker:
     def url(self, path: str) -> str:
         return f"ws://127.0.0.1:{self.ws_port}{path}"
 
-    def backend(self, token: str | None = None, ready: bool = True) -> BackendConnection:
-        """A raw TCP backend (optionally sending an auth frame first), registered with the broker."""
+    def backend(self, token: str | None = None, ready: bool = True, hello: bool = True) -> BackendConnection:
+        """A raw TCP backend (optionally sending an auth frame first), registered with the broker.
+
+        Once it is ready, its ``hello`` frame is read and checked (unless ``hello`` is False).
+        """
         before = self.thread.call(lambda: len(self.broker.backends))
         sock = socket.create_connection(("127.0.0.1", self.tcp_port), timeout=TIMEOUT)
         sock.settimeout(None)
@@ -93,6 +96,9 @@ class RunningBroker:
             conn.send_frame({"request_id": "auth-1", "action": "auth", "params": {"token": token}})
         if ready:
             self.thread.wait_for(lambda: len(self.broker.backends) > before, "the backend to register")
+            if hello:
+                greeting = conn.recv_frame()
+                assert greeting["action"] == "hello", greeting
         return conn
 
     def open(self, path: str, **kwargs: Any) -> Future[ClientConnection]:

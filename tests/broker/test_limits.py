@@ -86,10 +86,12 @@ def slow_backend(broker: RunningBroker) -> tuple[socket.socket, Any]:
     sock.connect(("127.0.0.1", broker.tcp_port))
     broker.thread.wait_for(lambda: len(broker.broker.backends) == 1, "the backend to register")
     opening = broker.open("/ws/lobby/a")
-    line = b""
-    while not line.endswith(b"\n"):
-        line += sock.recv(1)
-    request = json.loads(line)
+    request = {"action": "hello"}
+    while request["action"] == "hello":  # the broker's greeting comes first
+        line = b""
+        while not line.endswith(b"\n"):
+            line += sock.recv(1)
+        request = json.loads(line)
     sock.sendall(json.dumps(respond(request, "a", "lobby", {})).encode() + b"\n")
     return sock, opening.result(TIMEOUT)
 

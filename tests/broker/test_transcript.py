@@ -39,7 +39,15 @@ def shape(frame: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def assert_like(received: dict[str, Any], reference: dict[str, Any]) -> None:
-    """Same shape as the reference frame; a client context's metadata is the plain object."""
+    """Same shape as the reference frame; a client context's metadata is the plain object.
+
+    Deliberate extension: a client context also lists the client's ``rooms`` (docs/PROTOCOL-EXTENSIONS.md).
+    """
+    received_context = received["params"].get("context")
+    if isinstance(received_context, dict) and "client_id" in received_context:
+        assert received_context["rooms"] == [received_context["room_id"]]
+        received = dict(received, params=dict(received["params"], context={
+            key: value for key, value in received_context.items() if key != "rooms"}))
     assert shape(received) == shape(reference)
     assert isinstance(received["request_id"], str) and received["request_id"]
     context = reference["params"].get("context")
@@ -94,7 +102,7 @@ def test_1_accepted_connection(broker: RunningBroker) -> None:
     new_connection = backend.recv_frame()
     assert_like(new_connection, new_connection_ref)
     assert new_connection["params"]["context"] == {
-        "client_id": "client-alice", "room_id": "lobby", "metadata": {"user": "alice"}}
+        "client_id": "client-alice", "room_id": "lobby", "metadata": {"user": "alice"}, "rooms": ["lobby"]}
 
 
 @pytest.mark.parametrize("number, payload", [(2, "hello"), (3, b"bin")])

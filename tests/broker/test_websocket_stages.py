@@ -201,6 +201,8 @@ class Harness:
         self.broker = Broker(self.config, self.clock)
         self.backend = FakeBackend()
         self.broker.backend_ready(self.backend)
+        assert self.backend.actions() == ["hello"]  # the greeting comes first; the tests read what follows
+        self.backend.frames.clear()
         self.factory = WebSocketFactory(self.broker)
         self._ports = itertools.count(40000)
 
@@ -223,7 +225,7 @@ class Harness:
         """The backend answers the latest connection_request."""
         request = self.backend.decoded(wire.CONNECTION_REQUEST)[-1]
         line = wire.response_frame(request["request_id"], accepted, client_id, room_id, metadata)
-        self.broker.backend_frame(wire.decode_frame(line), line)
+        self.broker.backend_frame(wire.decode_frame(line), line, self.backend)
 
     def open(self, client_id: str = "alice", behind: bytes = b"", host: str = "192.0.2.10") -> Socket:
         """A socket through the handshake, accepted by the backend: OPEN."""

@@ -151,7 +151,7 @@ class AutoBackend:
     """A raw backend served by a thread: it accepts every handshake, and queues every other event.
 
     A handshake on ``/ws/<room>`` joins ``<room>`` with a fresh client id;
-    heartbeats are skipped. The test reads the events in order, exactly as
+    heartbeats and the broker's ``hello`` are skipped. The test reads the events in order, exactly as
     the broker wrote them, and may send frames of its own.
     """
 
@@ -169,7 +169,7 @@ class AutoBackend:
                 self.send({"request_id": frame["request_id"], "action": "response", "params": {
                     "accepted": True, "client_id": f"client-{next(self._ids)}",
                     "room_id": frame["params"]["url"].rsplit("/", 1)[-1], "metadata": {}}})
-            elif frame["action"] != "heartbeat":
+            elif frame["action"] not in ("heartbeat", "hello"):
                 self.events.put(frame)
 
     def send(self, frame: dict[str, Any]) -> None:
