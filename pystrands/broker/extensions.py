@@ -34,20 +34,21 @@ __all__ = [
     "room_params",
 ]
 
+# The action names are the library's (pystrands.wire), so both sides spell them alike.
 #: Broker -> backend: the first frame to each ready backend, announcing the features.
-HELLO = "hello"
+HELLO = wire.HELLO
 #: Broker -> backend: the answer to one extension request, with the request's id.
-REPLY = "reply"
+REPLY = wire.REPLY
 #: Backend -> broker: the contexts of a room's clients.
-ROOM_MEMBERS = "room_members"
+ROOM_MEMBERS = wire.ROOM_MEMBERS
 #: Backend -> broker: close a client's WebSocket with a code and reason.
-DISCONNECT_CLIENT = "disconnect_client"
+DISCONNECT_CLIENT = wire.DISCONNECT_CLIENT
 #: Backend -> broker: put a client in one more room.
-JOIN_ROOM = "join_room"
+JOIN_ROOM = wire.JOIN_ROOM
 #: Backend -> broker: take a client out of a room.
-LEAVE_ROOM = "leave_room"
+LEAVE_ROOM = wire.LEAVE_ROOM
 #: Backend -> broker: replace a client's metadata for its later events.
-SET_METADATA = "set_metadata"
+SET_METADATA = wire.SET_METADATA
 
 #: The version of the extension protocol in ``hello``.
 PROTOCOL_VERSION = 1

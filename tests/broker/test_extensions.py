@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import itertools
+import queue
+import time
 from typing import Any
 
 import pytest
@@ -18,7 +20,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
 import pystrands
+from pystrands import ConnectionRequestContext, Context, NotSupportedError, PyStrandsClient
 from pystrands.broker import extensions
+from pystrands.broker.rooms import Rooms
 from tests.support.fakebroker import BackendConnection
 
 from .conftest import TIMEOUT, RunningBroker
@@ -313,8 +317,6 @@ def test_the_extension_frames_are_those_of_the_module() -> None:
 
 
 def test_rooms_keeps_membership_in_join_order_and_drops_empty_rooms() -> None:
-    from pystrands.broker.rooms import Rooms
-
     rooms: Rooms[str] = Rooms()
     assert rooms.reserve("a") and not rooms.reserve("a")
     rooms.add("a", "lobby", "client-a")
@@ -328,3 +330,60 @@ def test_rooms_keeps_membership_in_join_order_and_drops_empty_rooms() -> None:
     rooms.remove("a")
     assert (len(rooms), rooms.claimed(), rooms.rooms_of("a"), list(rooms.members("x"))) == (0, 0, [], [])
     assert rooms._rooms == {} and rooms._joined == {}
+
+
+def test_the_librarys_blocking_face_against_the_embedded_broker(broker: RunningBroker) -> None:
+    """The library's calls and the broker's replies agree: each request end to end, contexts with rooms."""
+    seen: queue.Queue[tuple[str, Context]] = queue.Queue()
+
+    class Backend(PyStrandsClient):
+        def on_connection_request(self, request: ConnectionRequestContext) -> bool:
+            request.context.client_id = request.url.rsplit("/", 1)[-1]
+            request.context.room_id = "lobby"
+            request.context.metadata = {"n": 1}
+            return True
+
+        def on_message(self, message: str, context: Context) -> None:
+            seen.put((message, context))
+
+        def on_disconnect(self, context: Context) -> None:
+            seen.put(("gone", context))
+
+    def said(client: ClientConnection, text: str) -> Context:
+        client.send(text)
+        message, context = seen.get(timeout=TIMEOUT)
+        assert message == text
+        return context
+
+    backend = Backend(host="127.0.0.1", port=broker.tcp_port, auto_reconnect=False)
+    assert backend.connect()
+    try:
+        broker.thread.wait_for(lambda: len(broker.broker.backends) == 1, "the library's backend")
+        client = broker.open("/ws/lobby/a").result(TIMEOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while True:  # the hello is read by now, or very soon
+            try:
+                assert backend.join_room("a", "game").result(TIMEOUT) is True
+                break
+            except NotSupportedError:
+                assert time.monotonic() < deadline, "the library never saw the broker's hello"
+                time.sleep(0.01)
+        [member] = backend.room_members("game").result(TIMEOUT)
+        assert (member.client_id, member.room_id, member.metadata, member.rooms) == (
+            "a", "lobby", {"n": 1}, ["lobby", "game"])
+        context = said(client, "one")
+        assert (context.room_id, context.rooms) == ("lobby", ["lobby", "game"])
+        assert backend.set_metadata("a", {"n": 2}).result(TIMEOUT) is True
+        assert backend.leave_room("a", "lobby").result(TIMEOUT) is True
+        context = said(client, "two")
+        assert (context.metadata, context.rooms) == ({"n": 2}, ["game"])
+        assert backend.join_room("ghost", "game").result(TIMEOUT) is False
+        assert backend.disconnect_client("a", 4000, "bye").result(TIMEOUT) is True
+        with pytest.raises(ConnectionClosed) as closed:
+            client.recv(timeout=TIMEOUT)
+        assert closed.value.rcvd is not None and (closed.value.rcvd.code, closed.value.rcvd.reason) == (4000, "bye")
+        message, context = seen.get(timeout=TIMEOUT)
+        assert (message, context.client_id, context.rooms) == ("gone", "a", ["game"])
+        assert backend.room_members("game").result(TIMEOUT) == []
+    finally:
+        backend.disconnect(timeout=2)

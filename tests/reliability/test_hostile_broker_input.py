@@ -90,8 +90,11 @@ def offend(evil: list[BackendConnection], port: int, data: bytes) -> BackendConn
     return evil[0]
 
 
-BACKEND_ACTIONS = st.sampled_from(["response", "message_to_room", "message_to_connection", "broadcast", "auth"])
-BACKEND_FIELDS = st.sampled_from(["accepted", "client_id", "room_id", "metadata", "message", "conn_id", "token"])
+BACKEND_ACTIONS = st.sampled_from(["response", "message_to_room", "message_to_connection", "broadcast", "auth",
+                                   # the protocol extensions (docs/PROTOCOL-EXTENSIONS.md): each gets a reply
+                                   "room_members", "disconnect_client", "join_room", "leave_room", "set_metadata"])
+BACKEND_FIELDS = st.sampled_from(["accepted", "client_id", "room_id", "metadata", "message", "conn_id", "token",
+                                  "code", "reason"])
 
 
 @FUZZ
