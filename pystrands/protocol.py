@@ -37,6 +37,7 @@ from .dispatch import KeyedDispatcher
 from .errors import BrokerRefused, NotConnectedError, NotSupportedError, ProtocolError, SendBufferFull
 from .interfaces import IBackend, IBrokerConnection
 from .lines import LineSplitter
+from .metrics import backend_metrics
 from .settings import BackendSettings
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ class BrokerProtocol(LineReceiver):
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.cancel()
         self._idle_call = None
-        self._fail_pending(NotConnectedError(
+        self.fail_pending(NotConnectedError(
             f"not connected to the broker: the connection was lost before the reply ({reason.getErrorMessage()})"))
         self.factory.protocol_disconnected(self, reason)
 
@@ -168,7 +169,8 @@ class BrokerProtocol(LineReceiver):
         if entry is not None:
             entry[1].errback(TimeoutError(f"{entry[0]}: no reply from the broker within {timeout:g}s"))
 
-    def _fail_pending(self, error: Exception) -> None:
+    def fail_pending(self, error: Exception) -> None:
+        """Fail every request still waiting for its reply with ``error``."""
         pending, self._pending = self._pending, {}
         for _, answer, timer in pending.values():
             if timer.active():
@@ -299,7 +301,8 @@ class BrokerProtocol(LineReceiver):
     def _frame_received(self, request_id: str, action: str, params: dict[str, Any], size: int) -> None:
         factory = self.factory
         backend = factory.backend
-        dispatch = factory.dispatcher.submit
+        dispatch = factory.dispatcher.submit if factory.metrics is None else factory.metrics.counting(
+            factory.dispatcher.submit, action)
         if action == wire.HEARTBEAT:
             return
         if action == wire.REPLY:
@@ -423,6 +426,8 @@ class BrokerClientFactory(ReconnectingClientFactory):
         #: The open connection, None between connections.
         self.current: BrokerProtocol | None = None
         self._buffer: deque[tuple[bytes, Deferred[None]]] = deque()
+        #: Counts into ``settings.metrics_registry`` (see :mod:`pystrands.metrics`); None without one.
+        self.metrics = backend_metrics(self.settings.metrics_registry)
         self._started = False
         self._stopping = False
         self._attempt_waiters: list[Deferred[bool]] = []
@@ -485,7 +490,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
         Requests are not buffered across reconnects (the next broker may not
         support them): without a connection it fails with NotConnectedError.
         """
-        if self.current is None:
+        if self.current is None or self._stopping:
             reason = self._why_no_connection_is_coming() or "reconnecting (requests are not buffered)"
             return fail(NotConnectedError(f"not connected to the broker: {reason}"))
         return self.current.request(request, self.request_timeout)
@@ -518,6 +523,8 @@ class BrokerClientFactory(ReconnectingClientFactory):
             ))
         waiter: Deferred[None] = Deferred()
         self._buffer.append((frame, waiter))
+        if self.metrics is not None:
+            self.metrics.buffered_sends.inc()
         return waiter
 
     def _why_no_connection_is_coming(self) -> str | None:
@@ -557,6 +564,8 @@ class BrokerClientFactory(ReconnectingClientFactory):
         protocol = self.current
         if protocol is not None:
             protocol.pause_reading()
+            # No reply can be read any more: a handler waiting for one would wait out the timeout.
+            protocol.fail_pending(NotConnectedError("not connected to the broker: the backend was stopped"))
         drained = self.dispatcher.drained()
         timer = self.clock.callLater(timeout, drained.cancel)
 
@@ -602,6 +611,8 @@ class BrokerClientFactory(ReconnectingClientFactory):
             protocol.transport.loseConnection()
             return
         self.current = protocol
+        if self.metrics is not None:
+            self.metrics.connected(self)
         self.resetDelay()
         log.info("Connected to the broker at {peer}", peer=protocol.transport.getPeer())
         if self.dispatcher.busy:

@@ -69,6 +69,9 @@ class BackendSettings:
     max_pending_bytes: int = 64 * 1024 * 1024
     #: Token sent in an ``auth`` frame first, for a broker run with --backend-token.
     backend_token: str | None = None
+    #: A ``prometheus_client.CollectorRegistry`` the connection counts its metrics into (see
+    #: :mod:`pystrands.metrics`); None (the default) counts nothing.
+    metrics_registry: Any = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.auto_reconnect, bool):
@@ -89,6 +92,10 @@ class BackendSettings:
         check_integer("max_pending_bytes", self.max_pending_bytes, minimum=1)
         if self.backend_token is not None and not isinstance(self.backend_token, str):
             raise TypeError(f"backend_token must be a str, not {type(self.backend_token).__name__}")
+        if self.metrics_registry is not None:
+            from .metrics import check_registry  # imports prometheus_client only when asked to count
+
+            check_registry(self.metrics_registry)
 
     @classmethod
     def names(cls) -> frozenset[str]:

@@ -209,3 +209,72 @@ def test_bad_command_line_values_are_one_line(args: list[str], message: str) -> 
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+# -- the backend library's own metrics -----------------------------------------------
+
+
+def library_samples(registry: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client import generate_latest
+
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(generate_latest(registry).decode())
+            for sample in family.samples}
+
+
+def test_library_metrics_count_events_through_a_real_backend(start_broker: Callable[..., RunningBroker]) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from pystrands import BackendService
+    from tests.broker.test_end_to_end import TwistedChat, play_chat
+
+    broker = start_broker()
+    registry = CollectorRegistry()
+    chat = TwistedChat()
+    service = BackendService(chat, f"tcp:host=127.0.0.1:port={broker.tcp_port}", reactor=broker.thread.reactor,
+                             metrics_registry=registry, reconnect_delay=0.2)
+    broker.thread.call(service.startService)
+    try:
+        broker.thread.wait_for(lambda: len(broker.broker.backends) == 1, "the Twisted backend")
+        play_chat(broker)
+        samples = library_samples(registry)
+
+        def events(kind: str) -> float:
+            return samples[("pystrands_backend_events_total", (("kind", kind),))]
+
+        assert events("connection_request") == 4  # alice, bob, carol, and mallory refused
+        assert events("new_connection") == 3
+        assert events("new_message") == 5
+        assert events("disconnected") >= 1  # bob; the others may be on their way
+        assert samples[("pystrands_backend_handler_seconds_count", (("kind", "new_message"),))] == 5
+        assert samples[("pystrands_backend_reconnects_total", ())] == 0
+        assert samples[("pystrands_backend_buffered_sends_total", ())] == 0
+
+        factory: Any = chat.broker
+        backends: Any = broker.service.backends
+        broker.thread.call(lambda: [link.abort() for link in backends.connections])
+        broker.thread.wait_for(lambda: factory.current is None, "the backend to notice")
+        broker.thread.call(factory.send_room_message, "r1", "buffered")  # fires once flushed after the reconnect
+        samples = library_samples(registry)
+        assert samples[("pystrands_backend_reconnects_total", ())] == 1
+        assert samples[("pystrands_backend_buffered_sends_total", ())] == 1
+    finally:
+        broker.thread.call(service.stopService)
+
+
+def test_library_metrics_are_off_by_default_and_checked() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from pystrands import Backend
+    from pystrands.protocol import BrokerClientFactory
+    from pystrands.settings import BackendSettings
+
+    assert BrokerClientFactory(Backend(), Clock()).metrics is None
+    assert BackendSettings(metrics_registry=CollectorRegistry()).metrics_registry is not None
+    with pytest.raises(TypeError, match=r"metrics_registry must be a prometheus_client\.CollectorRegistry"
+                                        r" or None, not str"):
+        BackendSettings(metrics_registry="yes")
+    registry = CollectorRegistry()  # two connections may share a registry
+    first = BrokerClientFactory(Backend(), Clock(), metrics_registry=registry)
+    second = BrokerClientFactory(Backend(), Clock(), metrics_registry=registry)
+    assert first.metrics is second.metrics is not None
