@@ -221,3 +221,14 @@ def test_context_rooms_default_and_wire() -> None:
     context = context_from_wire({"client_id": "a", "room_id": "lobby", "metadata": {}, "rooms": ["x", "y"]})
     assert context.rooms == ["x", "y"] and context.room_id == "lobby"
     assert context.to_json() == {"client_id": "a", "room_id": "lobby", "metadata": {}}  # documented keys
+
+
+def test_stop_fails_pending_and_new_requests_at_once(rig: Rig) -> None:
+    """Stopping pauses reading, so no reply could come: waiting handlers must not wait out the timeout."""
+    rig.feed(HELLO)
+    answer = rig.factory.room_members("lobby")
+    rig.factory.stop()
+    with pytest.raises(NotConnectedError, match="stopped"):
+        result_of(answer)
+    with pytest.raises(NotConnectedError, match="stopped"):
+        result_of(rig.factory.join_room("a", "b"))
