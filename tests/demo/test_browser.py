@@ -99,3 +99,55 @@ def test_the_page_reconnects_after_a_broker_restart(browser: Browser, launch: La
     page.fill("#text", "back again")
     page.press("#text", "Enter")
     expect(page.locator("#messages .message .text").last).to_have_text("back again")
+
+
+def test_two_backends_share_the_member_list_and_the_first_member_kicks(
+        browser: Browser, launch: Launch, tmp_path: Path) -> None:
+    """Members come from the broker (room_members), so each page lists everyone whichever backend serves it.
+
+    Only the room's first member may /kick; the kicked page says why and stays closed (code 4000).
+    /join puts a member in a second room, whose messages then reach it too.
+    """
+    broker = start_broker(launch, "--static", str(CHAT_STATIC))
+    for name in ("backend-1", "backend-2"):
+        backend = launch(["-m", "examples.chat", "--no-broker", "--tcp-port", str(broker.tcp_port)], name=name)
+        backend.wait_for_output("Chat backend running")
+    names = ["Ada", "Barbara", "Grace", "Linus"]
+    pages = {}
+    for name in names:
+        pages[name] = open_chat(browser, f"{broker.http_url}#garden", name)
+    for page in pages.values():
+        expect(page.locator("#member-list .member-name")).to_have_text(names)
+        expect(page.locator("#member-count")).to_have_text("4")
+
+    grace, ada, linus = pages["Grace"], pages["Ada"], pages["Linus"]
+    grace.fill("#text", "/kick Ada")
+    grace.press("#text", "Enter")
+    expect(grace.locator("#messages .event.notice").last).to_have_text(
+        "Only the room's first member (Ada) may kick.")
+
+    ada.fill("#text", "/kick Linus")
+    ada.press("#text", "Enter")
+    expect(linus.locator("#messages .event.kicked")).to_have_text(
+        "You were removed from the room: Kicked from #garden by Ada")
+    expect(linus.locator("#status")).to_have_attribute("data-state", "idle")
+    expect(linus.locator("#status-text")).to_have_text("Kicked")
+    for name in ("Ada", "Barbara", "Grace"):
+        expect(pages[name].locator("#member-list .member-name")).to_have_text(["Ada", "Barbara", "Grace"])
+    expect(grace.locator("#messages .event", has_text="Linus was kicked by Ada.")).to_have_count(1)
+    linus.wait_for_timeout(1500)  # longer than the page's reconnect delay: it must stay closed
+    expect(linus.locator("#status")).to_have_attribute("data-state", "idle")
+    linus.screenshot(path=str(tmp_path / "chat-kicked.png"))
+
+    kitchen = open_chat(browser, f"{broker.http_url}#kitchen", "Margaret")
+    grace.fill("#text", "/join kitchen")
+    grace.press("#text", "Enter")
+    expect(grace.locator("#messages .event.notice").last).to_have_text(
+        "You joined #kitchen too: its messages appear here.")
+    expect(kitchen.locator("#member-list .member-name")).to_have_text(["Grace", "Margaret"])
+    kitchen.fill("#text", "soup is ready")
+    kitchen.press("#text", "Enter")
+    heard = grace.locator("#messages .message").last
+    expect(heard.locator(".text")).to_have_text("soup is ready")
+    expect(heard.locator(".room-tag")).to_have_text("#kitchen")
+    expect(grace.locator("#member-list .member-name")).to_have_text(["Ada", "Barbara", "Grace"])

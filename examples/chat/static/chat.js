@@ -1,10 +1,11 @@
 // The chat page: join a room by name, talk over /ws/<room>?name=... through the browser client
 // that the broker serves at /pystrands.js (it reconnects, with backoff, when the link drops).
 // Every piece of text from the network is put in the page with textContent, never as HTML.
-import { PyStrandsClient } from "/pystrands.js";
+import { DEFAULT_OPTIONS, PyStrandsClient } from "/pystrands.js";
 
 const MAX_NAME = 24;
 const ROOM_PATTERN = /^[A-Za-z0-9_-]{1,40}$/;
+const KICKED = 4000;  // the close code of a /kick: the page stays closed and says why
 
 const $ = (id) => document.getElementById(id);
 
@@ -54,6 +55,7 @@ function showMessage(msg) {
   sender.style.color = colorFor(msg.name);
   const when = new Date(msg.time * 1000);
   meta.append(sender, el("span", "time", when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
+  if (elsewhere(msg)) meta.append(el("span", "room-tag", `#${msg.room}`));
   item.append(meta, el("div", "text", msg.text));
   append(item);
 }
@@ -72,19 +74,32 @@ function showMembers(members) {
   $("member-count").textContent = String(members.length);
 }
 
+// Messages of a room joined with /join carry its name; the member list shown is the page's room's.
+function elsewhere(msg) {
+  return typeof msg.room === "string" && msg.room !== state.room;
+}
+
+function where(msg) {
+  return elsewhere(msg) ? ` #${msg.room}` : "";
+}
+
 function receive(msg) {
   switch (msg.type) {
     case "welcome":
       state.me = msg.id;
       break;
     case "join":
-      showEvent(msg.id === state.me ? `You joined #${state.room} as ${msg.name}.` : `${msg.name} joined.`);
+      if (msg.id === state.me && !elsewhere(msg)) showEvent(`You joined #${state.room} as ${msg.name}.`);
+      else if (msg.id !== state.me) showEvent(`${msg.name} joined${where(msg)}.`);
       break;
     case "leave":
-      showEvent(`${msg.name} left.`);
+      showEvent(`${msg.name} left${where(msg)}.`);
+      break;
+    case "kick":
+      showEvent(`${msg.name} was kicked by ${msg.by}${where(msg)}.`, "notice");
       break;
     case "members":
-      showMembers(msg.members);
+      if (!elsewhere(msg)) showMembers(msg.members);
       break;
     case "message":
       showMessage(msg);
@@ -98,6 +113,7 @@ function receive(msg) {
 function connect() {
   const client = new PyStrandsClient({
     room: state.room, params: { name: state.name }, reconnectDelay: 500, maxReconnectDelay: 15000,
+    noReconnectCodes: [...DEFAULT_OPTIONS.noReconnectCodes, KICKED],
   });
   state.client = client;
   const current = (listener) => (value) => { if (state.client === client) listener(value); };
@@ -106,7 +122,13 @@ function connect() {
     if (reconnected) showEvent("Reconnected.");
   }));
   client.on("json", current(receive));
-  client.on("close", current(({ reconnect }) => {
+  client.on("close", current(({ code, reason, reconnect }) => {
+    if (code === KICKED) {
+      showEvent(`You were removed from the room: ${reason || "kicked"}`, "trouble kicked");
+      state.me = null;
+      setStatus("idle", "Kicked");
+      return;
+    }
     if (state.me !== null) showEvent("Connection lost.", "trouble");
     state.me = null;
     if (!reconnect) setStatus("idle", "Disconnected");
