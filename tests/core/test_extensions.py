@@ -232,3 +232,18 @@ def test_stop_fails_pending_and_new_requests_at_once(rig: Rig) -> None:
         result_of(answer)
     with pytest.raises(NotConnectedError, match="stopped"):
         result_of(rig.factory.join_room("a", "b"))
+
+
+def test_malformed_replies(rig: Rig) -> None:
+    """A reply without a bool ``ok`` is skipped (the request keeps waiting); a room_members result
+    that is not a list fails the call with ProtocolError; a reply to no request is skipped."""
+    rig.feed(HELLO)
+    answer = rig.factory.room_members("lobby")
+    (request,) = rig.sent()
+    rig.feed(reply(request["request_id"], ok="yes", result=[]))
+    assert not answer.called
+    rig.feed(reply("no-such-request", ok=True, result=True))
+    rig.feed(reply(request["request_id"], ok=True, result={"client_id": "a"}))
+    with pytest.raises(wire.ProtocolError, match="not a list"):
+        result_of(answer)
+    assert rig.protocol._pending == {} and rig.transport.connected
