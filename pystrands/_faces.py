@@ -49,6 +49,7 @@ __all__ = [
     "FaceBackend",
     "Options",
     "Outgoing",
+    "ReplyFuture",
     "backend_of",
     "call_in_reactor",
     "close_waker",
@@ -257,14 +258,44 @@ def _failed_send(item: Outgoing, reason: str) -> concurrent.futures.Future[Any]:
     return future
 
 
-def _new_send_future(item: Outgoing) -> concurrent.futures.Future[Any]:
+class ReplyFuture(concurrent.futures.Future[Any]):
+    """The Future of an extension request: waiting for it on the I/O thread raises instead of hanging.
+
+    The reply is read on that thread, so a handler there that waited would
+    wait for itself (and the request's timeout, also on that thread, would
+    never fire).
+    """
+
+    def __init__(self, io_thread: int | None) -> None:
+        super().__init__()
+        self._io_thread = io_thread
+
+    def _check_thread(self) -> None:
+        if not self.done() and self._io_thread is not None and threading.get_ident() == self._io_thread:
+            raise RuntimeError(
+                "waiting for a request's reply on the I/O thread would wait forever (the reply is read"
+                " there): use add_done_callback, or handlers in worker threads (concurrency=N)")
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The reply's result, as ``Future.result``; RuntimeError on the I/O thread before it came."""
+        self._check_thread()
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The request's exception, as ``Future.exception``; RuntimeError on the I/O thread before it came."""
+        self._check_thread()
+        return super().exception(timeout)
+
+
+def _new_send_future(item: Outgoing, io_thread: int | None = None) -> concurrent.futures.Future[Any]:
     """A Future for one send, whose failure is logged even if nobody looks at it.
 
     A request's caller wants its result, and so sees its failure: not logged.
     """
+    if not isinstance(item, bytes):
+        return ReplyFuture(io_thread)
     future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-    if isinstance(item, bytes):
-        future.add_done_callback(_report_failed_send)
+    future.add_done_callback(_report_failed_send)
     return future
 
 
@@ -365,7 +396,7 @@ class FaceBackend:
         sent = issue(broker, frame)
         if isinstance(frame, bytes) and already_succeeded(sent):
             return _WRITTEN
-        future = _new_send_future(frame)
+        future = _new_send_future(frame, self.io_thread)
         future.set_running_or_notify_cancel()  # the frame is handed over: too late to cancel
         _settle(future, sent)
         return future
@@ -378,7 +409,7 @@ class FaceBackend:
         with self._outgoing_lock:
             ended = self._ended
             if ended is None:
-                future = _new_send_future(frame)
+                future = _new_send_future(frame, self.io_thread)
                 self._outgoing.append((frame, future))
                 schedule, self._flush_scheduled = not self._flush_scheduled, True
         if ended is not None:

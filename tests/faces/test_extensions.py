@@ -113,11 +113,16 @@ def test_blocking_face(broker: FakeBroker, settings: dict[str, Any]) -> None:
 def test_blocking_face_from_a_handler_on_the_io_thread(broker: FakeBroker) -> None:
     """A handler on the I/O thread chains a callback on the Future (it must not wait for it)."""
     got: concurrent.futures.Future[list[str]] = concurrent.futures.Future()
+    waited: list[str] = []
 
     class Client(PyStrandsClient):
         def on_message(self, message: str, context: Context) -> None:
-            self.room_members(context.room_id).add_done_callback(
-                lambda f: got.set_result([m.client_id for m in f.result()]))
+            members = self.room_members(context.room_id)
+            try:
+                members.result(1.0)  # would wait for itself: refused at once
+            except RuntimeError as exc:
+                waited.append(str(exc))
+            members.add_done_callback(lambda f: got.set_result([m.client_id for m in f.result()]))
 
     client = Client(port=broker.port, auto_reconnect=False)
     assert client.connect()
@@ -131,6 +136,7 @@ def test_blocking_face_from_a_handler_on_the_io_thread(broker: FakeBroker) -> No
         conn.send_frame({"request_id": frame["request_id"], "action": "reply",
                          "params": {"ok": True, "result": [MEMBER]}})
         assert got.result(WAIT) == ["a"]
+        assert len(waited) == 1 and "I/O thread" in waited[0]
     finally:
         client.disconnect()
 
