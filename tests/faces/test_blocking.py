@@ -468,7 +468,7 @@ def test_each_connection_has_its_own_io_thread_and_leaves_nothing_behind(broker:
         for conn in conns:
             conn.close()
     wait_for(lambda: io_threads() == 0)
-    assert threading.active_count() == threads
+    assert threading.active_count() <= threads, "a connection left a thread behind"
     assert open_fds() <= fds, "each connection's reactor closes what it opened"
 
 
