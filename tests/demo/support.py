@@ -139,13 +139,16 @@ def launching(directory: Path, grace: float) -> Iterator[Launch]:
 
 def start_broker(launch: Launch, *flags: str, ws_port: int = 0, tcp_port: int = 0,
                  name: str = "broker") -> Broker:
-    """``python -m pystrands server`` on free ports (or the given ones), once both ports are open."""
+    """``python -m pystrands server`` on free ports (or the given ones), once it says both ports listen.
+
+    Its own line, not a probe: a probe of the backend port would be a backend for a moment, one
+    that the broker greets and may route a handshake to.
+    """
     ws_port = ws_port or free_port()
     tcp_port = tcp_port or free_port()
     child = launch(["-m", "pystrands", "server", "--ws-port", str(ws_port), "--tcp-port", str(tcp_port), *flags],
                    name=name)
-    child.wait_for_port(ws_port)
-    child.wait_for_port(tcp_port)
+    child.wait_for_output("PyStrands broker: WebSocket on")
     return Broker(child, ws_port, tcp_port)
 
 
