@@ -139,16 +139,18 @@ def launching(directory: Path, grace: float) -> Iterator[Launch]:
 
 def start_broker(launch: Launch, *flags: str, ws_port: int = 0, tcp_port: int = 0,
                  name: str = "broker") -> Broker:
-    """``python -m pystrands server`` on free ports (or the given ones), once it says both ports listen.
+    """``python -m pystrands server`` on free ports (or the given ones), once both ports listen.
 
-    Its own line, not a probe: a probe of the backend port would be a backend for a moment, one
-    that the broker greets and may route a handshake to.
+    The backend port is not probed (a probe would be a backend for a moment, one that the broker
+    greets and may route a handshake to): the broker's own line says it listens. The WebSocket
+    port is probed too, since a restarted broker of the same name appends to the same log.
     """
     ws_port = ws_port or free_port()
     tcp_port = tcp_port or free_port()
     child = launch(["-m", "pystrands", "server", "--ws-port", str(ws_port), "--tcp-port", str(tcp_port), *flags],
                    name=name)
-    child.wait_for_output("PyStrands broker: WebSocket on")
+    child.wait_for_port(ws_port)
+    child.wait_for_output(f":{tcp_port}")  # "... backends on 127.0.0.1:<tcp_port>"
     return Broker(child, ws_port, tcp_port)
 
 
