@@ -9,7 +9,6 @@ methods return).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Generic, Protocol, TypeVar
 
 __all__ = ["Membership", "Rooms"]
@@ -54,10 +53,10 @@ class Membership(Protocol[_Client]):
     def client(self, client_id: str) -> _Client | None:
         """The connected client with this id, or None."""
 
-    def members(self, room_id: str) -> Iterable[_Client]:
+    def members(self, room_id: str) -> list[_Client]:
         """The clients of a room, each once (a copy: sending may remove clients)."""
 
-    def everyone(self) -> Iterable[_Client]:
+    def everyone(self) -> list[_Client]:
         """Every connected client, each once (a copy)."""
 
 
@@ -138,10 +137,10 @@ class Rooms(Generic[_Client]):
         """The connected client with this id, or None."""
         return self._clients.get(client_id)
 
-    def members(self, room_id: str) -> Iterable[_Client]:
+    def members(self, room_id: str) -> list[_Client]:
         """The clients of a room, each once (a copy: sending may remove clients)."""
         return list(self._rooms.get(room_id, {}).values())
 
-    def everyone(self) -> Iterable[_Client]:
+    def everyone(self) -> list[_Client]:
         """Every connected client, each once (a copy)."""
         return list(self._clients.values())

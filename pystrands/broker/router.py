@@ -218,9 +218,10 @@ class Broker:
         elif action == wire.MESSAGE_TO_ROOM:
             room_id, message = params.get("room_id"), params.get("message")
             if self._usable(line, room_id=room_id, message=message):
-                for client in self.rooms.members(room_id):
+                members = self.rooms.members(room_id)
+                for client in members:
                     client.send_text(message)
-                    self.metrics.sent_room += 1
+                self.metrics.sent_room += len(members)
         elif action == wire.MESSAGE_TO_CONNECTION:
             conn_id, message = params.get("conn_id"), params.get("message")
             if self._usable(line, conn_id=conn_id, message=message):
@@ -231,9 +232,10 @@ class Broker:
         elif action == wire.BROADCAST:
             message = params.get("message")
             if self._usable(line, message=message):
-                for client in self.rooms.everyone():
+                everyone = self.rooms.everyone()
+                for client in everyone:
                     client.send_text(message)
-                    self.metrics.sent_broadcast += 1
+                self.metrics.sent_broadcast += len(everyone)
         elif action in _EXTENSIONS:
             self._extension(backend, frame, line)
         elif action != wire.AUTH:
@@ -263,7 +265,13 @@ class Broker:
                         excerpt=wire.excerpt(line))
             backend.send(extensions.refusal_frame(frame.request_id, "the broker failed to carry it out"))
             return
-        backend.send(extensions.reply_frame(frame.request_id, result))
+        reply = extensions.reply_frame(frame.request_id, result)
+        if len(reply) > self._event_limit:  # the library would skip it, and the request time out
+            why = f"the reply would be {len(reply)} bytes, over the backends' line limit"
+            log.warn("Refused a backend's {action} request ({why}): {excerpt}", action=frame.action,
+                     why=why, excerpt=wire.excerpt(line))
+            reply = extensions.refusal_frame(frame.request_id, why)
+        backend.send(reply)
 
     def _room_members(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         room_id = extensions.room_params(params)

@@ -125,6 +125,18 @@ def test_room_members_lists_the_contexts_of_a_room(broker: RunningBroker) -> Non
     assert result(backend, "room_members", {"room_id": "nowhere"}) == []
 
 
+def test_a_reply_over_the_backends_line_limit_is_a_refusal(broker: RunningBroker) -> None:
+    """A reply the library would skip as too long is refused instead: the request does not time out."""
+    backend = broker.backend()
+    broker.accept(backend, "/ws/lobby/a", "a", metadata={"user": "x" * 400})
+    full = extensions.reply_frame("q", result(backend, "room_members", {"room_id": "lobby"}))
+    broker.thread.call(lambda: setattr(broker.broker, "_event_limit", len(full) - 10))
+    reply = ask(backend, "room_members", {"room_id": "lobby"})
+    assert reply["ok"] is False and "over the backends' line limit" in reply["error"], reply
+    assert reply["error"].startswith("the reply would be "), reply
+    assert result(backend, "room_members", {"room_id": "nowhere"}) == []  # small replies still go
+
+
 def test_disconnect_client_closes_with_the_code_and_reason_then_disconnected(broker: RunningBroker) -> None:
     backend = broker.backend()
     client = broker.accept(backend, "/ws/lobby/a", "a")
