@@ -28,6 +28,7 @@ __all__ = [
     "HELLO",
     "JOIN_ROOM",
     "LEAVE_ROOM",
+    "MAX_REASON_BYTES",
     "MESSAGE_TO_CONNECTION",
     "MESSAGE_TO_ROOM",
     "NEW_CONNECTION",
@@ -43,6 +44,7 @@ __all__ = [
     "Request",
     "auth_frame",
     "broadcast_frame",
+    "check_close",
     "decode_frame",
     "decode_hello",
     "decode_reply",
@@ -244,17 +246,32 @@ class Request(NamedTuple):
                 + b',"params":' + self.params + b"}\n")
 
 
-def _request(action: str, params: dict[str, Any]) -> Request:
+def _request(action: str, params: dict[str, Any], unencodable: str = "") -> Request:
+    """The request; TypeError (starting with ``unencodable`` when given) if params are not JSON."""
     try:
         return Request(action, orjson.dumps(params))
     except orjson.JSONEncodeError as exc:
-        raise TypeError(f"{action} params cannot be encoded as JSON: {exc}") from None
+        raise TypeError(f"{unencodable or action + ' params cannot be encoded as JSON'}: {exc}") from None
 
 
-#: The WebSocket close codes a backend may ask for: normal closure, and the registered/application ranges.
-_CLOSE_CODES = "1000 or 3000-4999"
-#: A close frame's reason fits in 123 bytes of UTF-8.
-_MAX_REASON_BYTES = 123
+#: A close frame's reason fits in 123 bytes of UTF-8 (its payload holds 125, the code takes 2).
+MAX_REASON_BYTES = 123
+
+
+def check_close(code: int, reason: str) -> None:
+    """The rules of a close a backend may ask for, shared by the library and the broker.
+
+    ``code`` (an int) must be 1000 or 3000-4999: normal closure, or the
+    registered and application ranges (1001-2999 are the WebSocket
+    protocol's own); ``reason`` (a str) at most :data:`MAX_REASON_BYTES`
+    bytes of UTF-8. ``ValueError`` naming the rule broken otherwise.
+    """
+    if not (code == 1000 or 3000 <= code <= 4999):
+        raise ValueError(f"code must be 1000 or 3000-4999 (a close code a server may send), not {code}")
+    size = len(reason.encode("utf-8", "surrogatepass"))
+    if size > MAX_REASON_BYTES:
+        raise ValueError(f"reason must be at most {MAX_REASON_BYTES} bytes of UTF-8"
+                         f" (what a close frame holds), not {size}")
 
 
 def room_members_request(room_id: str) -> Request:
@@ -272,12 +289,8 @@ def disconnect_client_request(client_id: str, code: int = 1000, reason: str = ""
     _require_str("client_id", client_id)
     if not isinstance(code, int) or isinstance(code, bool):
         raise TypeError(f"code must be an int, not {type(code).__name__}")
-    if not (code == 1000 or 3000 <= code <= 4999):
-        raise ValueError(f"code must be {_CLOSE_CODES}, not {code}")
     _require_str("reason", reason)
-    size = len(reason.encode("utf-8", "surrogatepass"))
-    if size > _MAX_REASON_BYTES:
-        raise ValueError(f"reason must be at most {_MAX_REASON_BYTES} bytes of UTF-8, not {size}")
+    check_close(code, reason)
     return _request(DISCONNECT_CLIENT, {"client_id": client_id, "code": code, "reason": reason})
 
 
@@ -297,12 +310,9 @@ def leave_room_request(client_id: str, room_id: str) -> Request:
 
 def set_metadata_request(client_id: str, metadata: Any) -> Request:
     """Ask the broker to give ``client_id`` the new ``metadata`` (any JSON value; ``TypeError`` otherwise)."""
-    _require_str("client_id", client_id)
-    try:
-        orjson.dumps(metadata)
-    except orjson.JSONEncodeError as exc:
-        raise TypeError(f"metadata must be JSON-serialisable: {exc}") from None
-    return _request(SET_METADATA, {"client_id": client_id, "metadata": metadata})
+    _require_str("client_id", client_id)  # then only the metadata can fail to encode
+    return _request(SET_METADATA, {"client_id": client_id, "metadata": metadata},
+                    "metadata must be JSON-serialisable")
 
 
 class Hello(NamedTuple):

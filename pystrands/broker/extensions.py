@@ -52,10 +52,10 @@ SET_METADATA = wire.SET_METADATA
 
 #: The version of the extension protocol in ``hello``.
 PROTOCOL_VERSION = 1
-#: The extension requests this broker answers, as announced in ``hello``.
-FEATURES = (ROOM_MEMBERS, DISCONNECT_CLIENT, JOIN_ROOM, LEAVE_ROOM, SET_METADATA)
+#: The extension requests this broker answers, as announced in ``hello``: all of the library's.
+FEATURES = wire.FEATURES
 #: A close reason must fit a close frame's 125-byte payload with its 2-byte code.
-MAX_REASON_BYTES = 123
+MAX_REASON_BYTES = wire.MAX_REASON_BYTES
 
 #: The ``hello`` frame, the same for every backend.
 HELLO_FRAME = wire.encode_frame(HELLO, {"protocol": PROTOCOL_VERSION, "broker": "pystrands-twisted",
@@ -117,10 +117,9 @@ def close_params(params: dict[str, Any]) -> tuple[str, int, str]:
     code = params["code"]
     if type(code) is not int:
         raise BadParams(f"'code' must be an integer, not {_json_type(code)}")
-    if code != 1000 and not 3000 <= code <= 4999:
-        raise BadParams(f"'code' {code} is not a close code a server may send (1000 or 3000-4999)")
     reason = _string(params, "reason")
-    size = len(reason.encode())
-    if size > MAX_REASON_BYTES:
-        raise BadParams(f"'reason' is {size} bytes of UTF-8, over the {MAX_REASON_BYTES} a close frame holds")
+    try:
+        wire.check_close(code, reason)  # the library's own rules
+    except ValueError as exc:
+        raise BadParams(str(exc)) from None
     return client_id, code, reason

@@ -240,14 +240,14 @@ BAD = [
     ("set_metadata", {"client_id": "a"}, "'metadata' is missing"),
     ("set_metadata", {"client_id": True, "metadata": {}}, "'client_id' must be a string, not a boolean"),
     ("disconnect_client", {"client_id": "a", "reason": ""}, "'code' is missing"),
-    ("disconnect_client", {"client_id": "a", "code": 1001, "reason": ""}, "(1000 or 3000-4999)"),
-    ("disconnect_client", {"client_id": "a", "code": 2999, "reason": ""}, "(1000 or 3000-4999)"),
-    ("disconnect_client", {"client_id": "a", "code": 5000, "reason": ""}, "(1000 or 3000-4999)"),
+    ("disconnect_client", {"client_id": "a", "code": 1001, "reason": ""}, "code must be 1000 or 3000-4999"),
+    ("disconnect_client", {"client_id": "a", "code": 2999, "reason": ""}, "code must be 1000 or 3000-4999"),
+    ("disconnect_client", {"client_id": "a", "code": 5000, "reason": ""}, "code must be 1000 or 3000-4999"),
     ("disconnect_client", {"client_id": "a", "code": 4000.0, "reason": ""}, "'code' must be an integer"),
     ("disconnect_client", {"client_id": "a", "code": True, "reason": ""}, "'code' must be an integer"),
     ("disconnect_client", {"client_id": "a", "code": "4000", "reason": ""}, "'code' must be an integer"),
     ("disconnect_client", {"client_id": "a", "code": 4000}, "'reason' is missing"),
-    ("disconnect_client", {"client_id": "a", "code": 4000, "reason": "é" * 62}, "124 bytes of UTF-8"),
+    ("disconnect_client", {"client_id": "a", "code": 4000, "reason": "é" * 62}, "at most 123 bytes of UTF-8 (what a close frame holds), not 124"),
 ]
 
 

@@ -129,3 +129,37 @@ def test_unwrap_metadata_nested_plain_and_missing() -> None:
 def test_excerpt_is_short_and_printable() -> None:
     assert len(wire.excerpt(b"x" * 10_000)) < 140
     assert wire.excerpt(b"\xff\x00abc").startswith("'")
+
+
+@pytest.mark.parametrize(("code", "reason", "match"), [
+    (1000, "", None), (3000, "", None), (4999, "x" * 123, None), (4000, "é" * 61 + "x", None),
+    (999, "", "code must be 1000 or 3000-4999"), (1001, "", "not 1001"), (2999, "", "code"), (5000, "", "code"),
+    (4000, "é" * 62, "reason must be at most 123 bytes of UTF-8 .*not 124"),
+])
+def test_one_close_rule_for_the_library_and_the_broker(code: int, reason: str, match: str | None) -> None:
+    from pystrands.broker import extensions
+
+    params = {"client_id": "a", "code": code, "reason": reason}
+    if match is None:
+        wire.check_close(code, reason)
+        wire.disconnect_client_request("a", code, reason)
+        assert extensions.close_params(params) == ("a", code, reason)
+        return
+    with pytest.raises(ValueError, match=match) as library:
+        wire.disconnect_client_request("a", code, reason)
+    with pytest.raises(extensions.BadParams) as broker:
+        extensions.close_params(params)
+    assert str(broker.value) == str(library.value)
+
+
+def test_set_metadata_request_names_the_metadata_it_cannot_encode() -> None:
+    with pytest.raises(TypeError, match="^metadata must be JSON-serialisable: "):
+        wire.set_metadata_request("a", {"when": object()})
+    assert wire.set_metadata_request("a", None).params == b'{"client_id":"a","metadata":null}'
+
+
+
+def test_the_broker_announces_the_librarys_features() -> None:
+    from pystrands.broker import extensions
+
+    assert extensions.FEATURES is wire.FEATURES
