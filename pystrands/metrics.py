@@ -26,6 +26,7 @@ Metric names (all prefixed ``pystrands_backend_``):
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable
@@ -45,6 +46,9 @@ HANDLER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 _Submit = Callable[..., None]
 
 _SHARED: weakref.WeakKeyDictionary[Any, BackendMetrics] = weakref.WeakKeyDictionary()
+# Clients on their own reactor threads may share a registry: one of them creates its metrics,
+# or prometheus_client would refuse the second set as duplicated timeseries.
+_SHARED_LOCK = threading.Lock()
 
 
 def check_registry(registry: Any) -> Any:
@@ -63,10 +67,11 @@ def backend_metrics(registry: Any) -> BackendMetrics | None:
     """The :class:`BackendMetrics` counting into ``registry`` (one per registry), or None without one."""
     if registry is None:
         return None
-    metrics = _SHARED.get(registry)
-    if metrics is None:
-        metrics = _SHARED[registry] = BackendMetrics(registry)
-    return metrics
+    with _SHARED_LOCK:
+        metrics = _SHARED.get(registry)
+        if metrics is None:
+            metrics = _SHARED[registry] = BackendMetrics(registry)
+        return metrics
 
 
 class BackendMetrics:
@@ -90,6 +95,8 @@ class BackendMetrics:
         self.buffered_sends = Counter("pystrands_backend_buffered_sends",
                                       "Sends buffered while the connection was down.", registry=registry)
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: The last counting submit made per kind, handed out again for the same submit.
+        self._counted: dict[str, _Counted] = {}
 
     def connected(self, factory: Any) -> None:
         """A connection of ``factory`` is made: after its first, a reconnect."""
@@ -99,16 +106,41 @@ class BackendMetrics:
             self._connections.add(factory)
 
     def counting(self, submit: _Submit, kind: str) -> _Submit:
-        """``submit`` (the dispatcher's) that counts the event and times its handler."""
+        """``submit`` (the dispatcher's) that counts the event and times its handler.
+
+        ``submit`` itself for a frame that is not an event (a heartbeat, a
+        reply, ``hello``); for an event, the same wrapper each time for the
+        same ``submit`` and kind, nothing built per frame.
+        """
+        counted = self._counted.get(kind)
+        if counted is not None and counted.submit == submit:
+            return counted
         events, seconds = self._events.get(kind), self._seconds.get(kind)
         if events is None or seconds is None:
             return submit
-
-        def counted(key: Hashable, size: int, handler: Callable[..., Any], *args: Any) -> None:
-            events.inc()
-            submit(key, size, _timed(handler, seconds.observe), *args)
-
+        # A plain replace: connections on other reactor threads that share these metrics at worst build their own.
+        counted = self._counted[kind] = _Counted(submit, events.inc, seconds.observe)
         return counted
+
+
+class _Counted:
+    """A dispatcher's submit for one kind of event: counts each event and times its handler."""
+
+    __slots__ = ("_count", "_last", "_observe", "submit")
+
+    def __init__(self, submit: _Submit, count: Callable[[], None], observe: Callable[[float], None]) -> None:
+        self.submit = submit
+        self._count = count
+        self._observe = observe
+        #: (handler, its timed wrapper): handlers are the backend's bound methods, the same each event.
+        self._last: tuple[Callable[..., Any] | None, Callable[..., Any]] = (None, submit)
+
+    def __call__(self, key: Hashable, size: int, handler: Callable[..., Any], *args: Any) -> None:
+        self._count()
+        last = self._last  # one read: another thread may replace it, never half of it
+        if last[0] != handler:
+            last = self._last = (handler, _timed(handler, self._observe))
+        self.submit(key, size, last[1], *args)
 
 
 def _timed(handler: Callable[..., Any], observe: Callable[[float], None]) -> Callable[..., Any]:
@@ -121,16 +153,21 @@ def _timed(handler: Callable[..., Any], observe: Callable[[float], None]) -> Cal
         except BaseException:
             observe(time.perf_counter() - start)
             raise
+        if result is None:
+            observe(time.perf_counter() - start)
+            return None
         if iscoroutine(result):
             result = Deferred.fromCoroutine(result)
         if isinstance(result, Deferred):
-            def done(outcome: object) -> object:
-                observe(time.perf_counter() - start)
-                return outcome
-
-            return result.addBoth(done)
+            return result.addBoth(_observed, observe, start)
         observe(time.perf_counter() - start)
         return result
 
     timed.__qualname__ = getattr(handler, "__qualname__", repr(handler))  # the dispatcher's logs name it
     return timed
+
+
+def _observed(outcome: object, observe: Callable[[float], None], start: float) -> object:
+    """A Deferred's callback: observe the seconds since ``start``, pass the outcome on."""
+    observe(time.perf_counter() - start)
+    return outcome

@@ -278,3 +278,67 @@ def test_library_metrics_are_off_by_default_and_checked() -> None:
     first = BrokerClientFactory(Backend(), Clock(), metrics_registry=registry)
     second = BrokerClientFactory(Backend(), Clock(), metrics_registry=registry)
     assert first.metrics is second.metrics is not None
+
+
+def test_library_metrics_of_a_shared_registry_are_made_once_across_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocking clients on their own reactor threads may share a registry: no duplicated timeseries."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prometheus_client import CollectorRegistry
+
+    from pystrands import metrics
+
+    class Slow(metrics.BackendMetrics):
+        def __init__(self, registry: Any) -> None:
+            time.sleep(0.05)  # widens the window between the look-up and the registration
+            super().__init__(registry)
+
+    monkeypatch.setattr(metrics, "BackendMetrics", Slow)
+    registry = CollectorRegistry()
+    start = threading.Barrier(4)
+
+    def make() -> Any:
+        start.wait(TIMEOUT)
+        return metrics.backend_metrics(registry)
+
+    with ThreadPoolExecutor(4) as pool:
+        made = [future.result(TIMEOUT) for future in [pool.submit(make) for _ in range(4)]]
+    assert all(each is made[0] for each in made)
+
+
+def test_library_metrics_build_nothing_per_frame() -> None:
+    """The counting submit is made once per kind, its timed handler once per handler; other frames pass."""
+    from prometheus_client import CollectorRegistry
+
+    from pystrands.metrics import backend_metrics
+
+    class Dispatcher:
+        def __init__(self) -> None:
+            self.calls: list[tuple[Any, ...]] = []
+
+        def submit(self, key: Any, size: int, handler: Callable[..., Any], *args: Any) -> None:
+            self.calls.append((key, size, handler, handler(*args)))
+
+    class Handlers:
+        def on_message(self, message: str) -> str:
+            return message.upper()
+
+    registry = CollectorRegistry()
+    counting = backend_metrics(registry)
+    assert counting is not None
+    dispatcher, handlers = Dispatcher(), Handlers()
+    for kind in ("heartbeat", "reply", "hello"):
+        assert counting.counting(dispatcher.submit, kind) == dispatcher.submit
+    first = counting.counting(dispatcher.submit, "new_message")
+    assert counting.counting(dispatcher.submit, "new_message") is first
+    first("a", 1, handlers.on_message, "hi")
+    first("b", 2, handlers.on_message, "ho")
+    (_, _, one, said), (_, _, two, again) = dispatcher.calls
+    assert (said, again) == ("HI", "HO") and one is two and one.__qualname__.endswith("Handlers.on_message")
+    other = Dispatcher()
+    assert counting.counting(other.submit, "new_message") is not first  # its own dispatcher
+    samples = library_samples(registry)
+    assert samples[("pystrands_backend_events_total", (("kind", "new_message"),))] == 2
+    assert samples[("pystrands_backend_handler_seconds_count", (("kind", "new_message"),))] == 2
