@@ -264,11 +264,32 @@ class ReplyFuture(concurrent.futures.Future[Any]):
     The reply is read on that thread, so a handler there that waited would
     wait for itself (and the request's timeout, also on that thread, would
     never fire).
+
+    A request made and forgotten (``client.join_room(...)`` with the Future
+    dropped) that fails is logged as a warning once the Future is let go,
+    like a failed send: unless its ``result()`` or ``exception()`` was asked
+    for or a done callback added, which see the failure themselves.
     """
 
-    def __init__(self, io_thread: int | None) -> None:
+    def __init__(self, io_thread: int | None, action: str = "") -> None:
         super().__init__()
         self._io_thread = io_thread
+        self._action = action
+        #: True once the outcome was asked for: its failure is then the caller's, not logged.
+        self._retrieved = False
+
+    def add_done_callback(self, fn: Callable[[concurrent.futures.Future[Any]], object]) -> None:
+        """As ``Future.add_done_callback``; the callback sees a failure, so it is not logged."""
+        self._retrieved = True
+        super().add_done_callback(fn)
+
+    def __del__(self) -> None:
+        if self._retrieved or not self.done() or self.cancelled():
+            return
+        error = concurrent.futures.Future.exception(self, 0)
+        if error is not None:
+            log.warn("A {action} request to the broker failed and nobody asked for its result: {why}",
+                     action=self._action or "broker", why=error)
 
     def _check_thread(self) -> None:
         if not self.done() and self._io_thread is not None and threading.get_ident() == self._io_thread:
@@ -278,11 +299,13 @@ class ReplyFuture(concurrent.futures.Future[Any]):
 
     def result(self, timeout: float | None = None) -> Any:
         """The reply's result, as ``Future.result``; RuntimeError on the I/O thread before it came."""
+        self._retrieved = True
         self._check_thread()
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The request's exception, as ``Future.exception``; RuntimeError on the I/O thread before it came."""
+        self._retrieved = True
         self._check_thread()
         return super().exception(timeout)
 
@@ -290,10 +313,10 @@ class ReplyFuture(concurrent.futures.Future[Any]):
 def _new_send_future(item: Outgoing, io_thread: int | None = None) -> concurrent.futures.Future[Any]:
     """A Future for one send, whose failure is logged even if nobody looks at it.
 
-    A request's caller wants its result, and so sees its failure: not logged.
+    A request's failure is logged only if nobody asks for its result (see :class:`ReplyFuture`).
     """
     if not isinstance(item, bytes):
-        return ReplyFuture(io_thread)
+        return ReplyFuture(io_thread, item.action)
     future: concurrent.futures.Future[Any] = concurrent.futures.Future()
     future.add_done_callback(_report_failed_send)
     return future

@@ -261,3 +261,22 @@ def test_not_supported_without_hello(broker: FakeBroker, face: str) -> None:
         (face_object if face == "blocking" else face_object.client).disconnect()
         if runner is not None:
             runner.join(WAIT)
+
+
+def test_a_forgotten_request_that_fails_is_logged_once_let_go(caplog: pytest.LogCaptureFixture) -> None:
+    """Like a failed send: unless its outcome was asked for (result, exception, a done callback)."""
+    import gc
+    import logging
+
+    client = PyStrandsClient(host="127.0.0.1", port=1)  # never connected: every request fails at once
+    with caplog.at_level(logging.WARNING):
+        client.join_room("a", "game")  # made and forgotten
+        waited = client.leave_room("a", "game")
+        assert isinstance(waited.exception(), NotConnectedError)
+        called = client.set_metadata("a", {})
+        called.add_done_callback(lambda _: None)
+        del waited, called
+        gc.collect()
+    forgotten = [r.getMessage() for r in caplog.records if "nobody asked for its result" in r.getMessage()]
+    assert len(forgotten) == 1 and forgotten[0].startswith("A join_room request to the broker failed"), forgotten
+    assert "not connected to the broker" in forgotten[0]
