@@ -52,6 +52,9 @@ log = Logger()
 #: Seconds an extension request waits for its ``reply`` before failing with ``TimeoutError``.
 REQUEST_TIMEOUT = 10.0
 
+#: Seconds from a connection during which requests wait for the broker's first frame (its ``hello``).
+HELLO_WAIT = 2.0
+
 # Extension requests' ids: unique in the process, so unique on every connection.
 _request_ids = itertools.count(1)
 
@@ -114,15 +117,24 @@ class BrokerProtocol(LineReceiver):
         self._replies: list[bytes] | None = None
         #: The extension requests this broker announced in its ``hello`` (none until one comes).
         self.features: frozenset[str] = frozenset()
+        #: False until the broker's first frame: its ``hello`` says the features, any other frame none.
+        self._features_known = False
+        self._connected_at = 0.0
+        #: Requests made before the first frame, sent or failed by it (or by the HELLO_WAIT deadline).
+        self._held: list[tuple[wire.Request, float, Deferred[Any]]] = []
+        self._hello_timer: IDelayedCall | None = None
         #: Extension requests waiting for their ``reply``: request_id -> (action, Deferred, timer).
         self._pending: dict[str, tuple[str, Deferred[Any], IDelayedCall]] = {}
+        #: Backpressure asked to pause reading while requests waited (replies must stay readable).
+        self._pause_wanted = False
+        self._lost = False
 
     # -- connection life cycle -------------------------------------------
 
     def connectionMade(self) -> None:
         """Start the idle timer, authenticate if there is a token, and tell the factory."""
         settings = self.factory.settings
-        self._last_received = self.factory.clock.seconds()
+        self._last_received = self._connected_at = self.factory.clock.seconds()
         if settings.idle_timeout:
             self._idle_call = self.factory.clock.callLater(settings.idle_timeout, self._check_idle)
         if settings.backend_token is not None:
@@ -130,13 +142,20 @@ class BrokerProtocol(LineReceiver):
         self.factory.protocol_connected(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        """Stop the idle timer and tell the factory, which reconnects or not."""
+        """Stop the idle timer, tell the factory (which reconnects or not), then fail waiting requests.
+
+        The factory learns first, so what an errback sends is buffered for
+        the next connection (or refused) instead of written to this one.
+        """
+        self._lost = True
+        self._pause_wanted = False
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.cancel()
         self._idle_call = None
-        self.fail_pending(NotConnectedError(
-            f"not connected to the broker: the connection was lost before the reply ({reason.getErrorMessage()})"))
         self.factory.protocol_disconnected(self, reason)
+        why = reason.getErrorMessage()
+        self.fail_pending(lambda: NotConnectedError(
+            f"not connected to the broker: the connection was lost before the reply ({why})"))
 
     # -- extension requests ------------------------------------------------
 
@@ -146,46 +165,108 @@ class BrokerProtocol(LineReceiver):
         Fails at once with NotSupportedError (nothing written) when this
         broker did not announce the feature; later with BrokerRefused
         (``ok=false``), TimeoutError after ``timeout`` seconds, or
-        NotConnectedError when the connection is lost first.
+        NotConnectedError when the connection is lost first (at once on a
+        lost connection).
+
+        On a connection where no frame has arrived yet, the request waits
+        for the first one (at most HELLO_WAIT seconds from the connection):
+        a ``hello`` decides with its features, any other frame or the
+        deadline fails it with NotSupportedError, nothing written.
         """
-        action = request.action
-        if action not in self.features:
-            return fail(NotSupportedError(action))
-        request_id = f"x{next(_request_ids)}"
-
-        def cancel(_: Deferred[Any]) -> None:
-            entry = self._pending.pop(request_id, None)
-            if entry is not None and entry[2].active():
-                entry[2].cancel()
-
-        answer: Deferred[Any] = Deferred(cancel)
-        timer = self.factory.clock.callLater(timeout, self._time_out, request_id, timeout)
-        self._pending[request_id] = (action, answer, timer)
-        self.write_frame(request.frame(request_id))
+        if self._lost:
+            return fail(NotConnectedError("not connected to the broker: the connection is lost"))
+        answer: Deferred[Any] = Deferred(self._forget)
+        if self._features_known:
+            self._send(request, timeout, answer)
+        else:
+            clock = self.factory.clock
+            deadline = self._connected_at + HELLO_WAIT
+            if clock.seconds() >= deadline:
+                return fail(_no_hello(request.action))
+            self._held.append((request, timeout, answer))
+            if self._hello_timer is None:
+                self._hello_timer = clock.callLater(deadline - clock.seconds(), self._hello_missed)
+        if not answer.called:  # it waits (not refused at once): its reply must stay readable
+            self._keep_reading()
         return answer
+
+    def _send(self, request: wire.Request, timeout: float, answer: Deferred[Any]) -> None:
+        """Write ``request`` and wait for its reply in ``answer``, or fail it when not announced."""
+        if request.action not in self.features:
+            answer.errback(NotSupportedError(request.action))
+            return
+        request_id = f"x{next(_request_ids)}"
+        timer = self.factory.clock.callLater(timeout, self._time_out, request_id, timeout)
+        self._pending[request_id] = (request.action, answer, timer)
+        self.write_frame(request.frame(request_id))
+
+    def _forget(self, answer: Deferred[Any]) -> None:
+        """A cancelled request: drop it, held or pending, with its timer."""
+        self._held = [entry for entry in self._held if entry[2] is not answer]
+        if not self._held:
+            self._cancel_hello_timer()
+        for request_id, (_, waiting, timer) in list(self._pending.items()):
+            if waiting is answer:
+                del self._pending[request_id]
+                if timer.active():
+                    timer.cancel()
+        self._settled()
 
     def _time_out(self, request_id: str, timeout: float) -> None:
         entry = self._pending.pop(request_id, None)
         if entry is not None:
             entry[1].errback(TimeoutError(f"{entry[0]}: no reply from the broker within {timeout:g}s"))
+        self._settled()
 
-    def fail_pending(self, error: Exception) -> None:
-        """Fail every request still waiting for its reply with ``error``."""
+    def fail_pending(self, error: Callable[[], Exception]) -> None:
+        """Fail every request still waiting (for its reply or the ``hello``), each with its own ``error()``."""
+        self._cancel_hello_timer()
+        held, self._held = self._held, []
         pending, self._pending = self._pending, {}
+        for _, _, answer in held:
+            answer.errback(error())
         for _, answer, timer in pending.values():
             if timer.active():
                 timer.cancel()
-            answer.errback(error)
+            answer.errback(error())
+        self._settled()
+
+    def _cancel_hello_timer(self) -> None:
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
+        self._hello_timer = None
+
+    def _hello_missed(self) -> None:
+        """HELLO_WAIT passed without a frame: the held requests fail."""
+        self._hello_timer = None
+        held, self._held = self._held, []
+        for request, _, answer in held:
+            answer.errback(_no_hello(request.action))
+        self._settled()
+
+    def _features_settled(self) -> None:
+        """The first frame came: send the held requests this broker announced, fail the others."""
+        self._features_known = True
+        self._cancel_hello_timer()
+        held, self._held = self._held, []
+        for request, timeout, answer in held:
+            self._send(request, timeout, answer)
+        self._settled()
 
     def _hello_received(self, params: dict[str, Any]) -> None:
-        hello = wire.decode_hello(params)
+        try:
+            hello = wire.decode_hello(params)
+        except ProtocolError:
+            if not self._features_known:
+                self._features_settled()  # a first frame all the same, announcing nothing
+            raise
         self.features = hello.features
         log.info("The broker {broker} {version} (protocol {protocol}) supports {features}",
                  broker=hello.broker or "?", version=hello.version or "?", protocol=hello.protocol,
                  features=", ".join(sorted(hello.features)) or "no extensions")
+        self._features_settled()
 
     def _reply_received(self, request_id: str, params: dict[str, Any]) -> None:
-        reply = wire.decode_reply(params)
         entry = self._pending.pop(request_id, None)
         if entry is None:
             log.warn("Skipped a reply to no pending request: {request_id!r}", request_id=request_id)
@@ -193,10 +274,17 @@ class BrokerProtocol(LineReceiver):
         action, answer, timer = entry
         if timer.active():
             timer.cancel()
+        try:
+            reply = wire.decode_reply(params)
+        except ProtocolError as exc:
+            answer.errback(exc)
+            self._settled()
+            raise
         if reply.ok:
             answer.callback(reply.result)
         else:
             answer.errback(BrokerRefused(action, reply.error))
+        self._settled()
 
     def _check_idle(self, last_look: bool = False) -> None:
         timeout = self.factory.settings.idle_timeout
@@ -216,16 +304,41 @@ class BrokerProtocol(LineReceiver):
         self.transport.abortConnection()
 
     def pause_reading(self) -> None:
-        """Stop reading from the broker until :meth:`resume_reading`."""
+        """Stop reading from the broker until :meth:`resume_reading`.
+
+        While requests wait for a reply (or the ``hello``) reading goes on,
+        or they would wait out their timeout: the pause is remembered and
+        made once none waits, if the dispatcher is still busy then. The
+        request timeout bounds what is read meanwhile.
+        """
+        if self._lost:
+            return
+        if self._pending or self._held:
+            self._pause_wanted = True
+            return
         if not self._reading_paused:
             self._reading_paused = True
             self.transport.pauseProducing()
 
     def resume_reading(self) -> None:
         """Read from the broker again after :meth:`pause_reading`."""
+        self._pause_wanted = False
         if self._reading_paused:
             self._reading_paused = False
             self.transport.resumeProducing()
+
+    def _keep_reading(self) -> None:
+        """A request waits: read on (its reply must come through), pausing again once none waits."""
+        if self._reading_paused and not self.factory._stopping:
+            self.resume_reading()
+            self._pause_wanted = True
+
+    def _settled(self) -> None:
+        """A request stopped waiting: make a pause asked for meanwhile, once none waits."""
+        if self._pause_wanted and not self._pending and not self._held:
+            self._pause_wanted = False
+            if self.factory.dispatcher.busy and self.factory.current is self:
+                self.pause_reading()
 
     # -- framing ---------------------------------------------------------
 
@@ -304,6 +417,8 @@ class BrokerProtocol(LineReceiver):
         dispatch = factory.dispatcher.submit if factory.metrics is None else factory.metrics.counting(
             factory.dispatcher.submit, action)
         if action == wire.HEARTBEAT:
+            if not self._features_known:
+                self._features_settled()
             return
         if action == wire.REPLY:
             self._reply_received(request_id, params)
@@ -311,6 +426,8 @@ class BrokerProtocol(LineReceiver):
         if action == wire.HELLO:
             self._hello_received(params)
             return
+        if not self._features_known:
+            self._features_settled()  # the first frame is no hello: the broker announces nothing
         if action == wire.CONNECTION_REQUEST:
             dispatch(("request", request_id), size, factory.answer_connection_request, request_id, params)
             return
@@ -335,6 +452,15 @@ class BrokerProtocol(LineReceiver):
             dispatch(key, size, backend.on_error, error, context)
         else:
             log.debug("Skipped a frame with unknown action {action!r}", action=action)
+
+
+def _no_hello(feature: str) -> NotSupportedError:
+    """NotSupportedError for a request that waited HELLO_WAIT seconds for a ``hello`` in vain."""
+    error = NotSupportedError(feature)
+    message = (f"{feature}: the broker does not announce this feature: no hello arrived on this"
+               f" connection within {HELLO_WAIT:g}s of connecting")
+    error.args = (message,)
+    return error
 
 
 def _members(result: Any) -> list[Context]:
@@ -563,9 +689,9 @@ class BrokerClientFactory(ReconnectingClientFactory):
         self._fire_attempt_waiters(False)
         protocol = self.current
         if protocol is not None:
+            # No reply will be read any more: a handler waiting for one would wait out the timeout.
+            protocol.fail_pending(lambda: NotConnectedError("not connected to the broker: the backend was stopped"))
             protocol.pause_reading()
-            # No reply can be read any more: a handler waiting for one would wait out the timeout.
-            protocol.fail_pending(NotConnectedError("not connected to the broker: the backend was stopped"))
         drained = self.dispatcher.drained()
         timer = self.clock.callLater(timeout, drained.cancel)
 

@@ -23,11 +23,15 @@ HELLO = {"request_id": "hello", "action": "hello",
          "params": {"protocol": 1, "broker": "pystrands-twisted", "version": "0.1.0", "features": ALL}}
 
 
+HEARTBEAT = {"request_id": "hb", "action": "heartbeat", "params": {}}
+
+
 class Rig:
-    def __init__(self) -> None:
+    def __init__(self, backend: Backend | None = None, **options: Any) -> None:
         self.clock = Clock()
-        self.backend = Backend()
-        self.factory = BrokerClientFactory(self.backend, self.clock, auto_reconnect=False, idle_timeout=0)
+        self.backend = backend if backend is not None else Backend()
+        self.factory = BrokerClientFactory(self.backend, self.clock, auto_reconnect=False, idle_timeout=0,
+                                           **options)
         self.factory._started = True
         self.connect()
 
@@ -67,6 +71,7 @@ def rig() -> Rig:
 
 
 def test_no_hello_means_not_supported_and_nothing_written(rig: Rig) -> None:
+    rig.feed(HEARTBEAT)  # the reference broker's first frame is no hello
     for call in (lambda b: b.room_members("lobby"), lambda b: b.disconnect_client("c"),
                  lambda b: b.join_room("c", "r"), lambda b: b.leave_room("c", "r"),
                  lambda b: b.set_metadata("c", {})):
@@ -87,6 +92,7 @@ def test_hello_features_are_per_connection(rig: Rig) -> None:
     rig.factory.continueTrying = True  # a reconnect: the next broker has announced nothing yet
     rig.factory.retry = lambda connector=None: None
     rig.connect()
+    rig.feed(HEARTBEAT)
     with pytest.raises(NotSupportedError):
         result_of(rig.factory.room_members("lobby"))
 
@@ -235,15 +241,194 @@ def test_stop_fails_pending_and_new_requests_at_once(rig: Rig) -> None:
 
 
 def test_malformed_replies(rig: Rig) -> None:
-    """A reply without a bool ``ok`` is skipped (the request keeps waiting); a room_members result
-    that is not a list fails the call with ProtocolError; a reply to no request is skipped."""
+    """A reply without a bool ``ok`` fails its request with ProtocolError at once (timer cancelled); a
+    room_members result that is not a list fails the call with ProtocolError; a reply to no request is skipped."""
     rig.feed(HELLO)
+    bad = rig.factory.join_room("a", "b")
+    (request,) = rig.sent()
+    rig.feed(reply(request["request_id"], ok="yes", result=True))
+    with pytest.raises(wire.ProtocolError):
+        result_of(bad)
+    assert rig.protocol._pending == {} and rig.clock.getDelayedCalls() == []
     answer = rig.factory.room_members("lobby")
     (request,) = rig.sent()
-    rig.feed(reply(request["request_id"], ok="yes", result=[]))
-    assert not answer.called
     rig.feed(reply("no-such-request", ok=True, result=True))
     rig.feed(reply(request["request_id"], ok=True, result={"client_id": "a"}))
     with pytest.raises(wire.ProtocolError, match="not a list"):
         result_of(answer)
     assert rig.protocol._pending == {} and rig.transport.connected
+
+
+# -- requests before the hello (the first frame decides) ----------------------------------------
+
+
+def test_requests_right_after_connect_wait_for_the_hello(rig: Rig) -> None:
+    first, second = rig.factory.room_members("lobby"), rig.factory.join_room("a", "b")
+    assert not first.called and not second.called and rig.sent() == []
+    rig.clock.advance(1.9)
+    rig.feed({**HELLO, "params": {**HELLO["params"], "features": ["room_members"]}})
+    (request,) = rig.sent()  # the announced one is sent, the other fails, nothing written for it
+    assert request["action"] == "room_members"
+    with pytest.raises(NotSupportedError, match="join_room: the broker does not announce"):
+        result_of(second)
+    rig.feed(reply(request["request_id"], ok=True, result=[]))
+    assert result_of(first) == []
+    assert rig.clock.getDelayedCalls() == []
+
+
+def test_another_first_frame_fails_held_requests(rig: Rig) -> None:
+    answer = rig.factory.room_members("lobby")
+    rig.feed(HEARTBEAT)
+    with pytest.raises(NotSupportedError, match="does not announce") as info:
+        result_of(answer)
+    assert info.value.feature == "room_members"
+    assert rig.sent() == [] and rig.clock.getDelayedCalls() == []
+
+
+def test_no_frame_within_two_seconds_fails_held_requests(rig: Rig) -> None:
+    rig.clock.advance(0.5)
+    answer = rig.factory.disconnect_client("a")
+    rig.clock.advance(1.4)
+    assert not answer.called
+    rig.clock.advance(0.1)  # 2 s from the connection, not from the call
+    with pytest.raises(NotSupportedError, match="no hello arrived on this connection") as info:
+        result_of(answer)
+    assert info.value.feature == "disconnect_client"
+    with pytest.raises(NotSupportedError, match="no hello arrived on this connection"):
+        result_of(rig.factory.room_members("lobby"))  # past the deadline: at once
+    assert rig.sent() == [] and rig.clock.getDelayedCalls() == []
+
+
+def test_cancelling_a_held_request_forgets_it(rig: Rig) -> None:
+    answer = rig.factory.room_members("lobby")
+    answer.cancel()
+    answer.addErrback(lambda _: None)
+    assert rig.protocol._held == [] and rig.clock.getDelayedCalls() == []
+    rig.feed(HELLO)
+    assert rig.sent() == []
+
+
+def test_connection_loss_fails_held_requests(rig: Rig) -> None:
+    answer = rig.factory.room_members("lobby")
+    rig.lose()
+    with pytest.raises(NotConnectedError, match="lost before the reply"):
+        result_of(answer)
+    assert rig.clock.getDelayedCalls() == []
+
+
+# -- failing pending requests ---------------------------------------------------------------
+
+
+def test_each_failed_request_gets_its_own_exception(rig: Rig) -> None:
+    rig.feed(HELLO)
+    answers: list[Deferred[Any]] = [rig.factory.room_members("lobby"), rig.factory.join_room("a", "b")]
+    rig.lose()
+    errors: list[BaseException] = []
+    for answer in answers:
+        answer.addErrback(lambda failure: errors.append(failure.value))
+    assert len(errors) == 2 and errors[0] is not errors[1]
+    assert all(isinstance(error, NotConnectedError) for error in errors)
+
+
+def test_loss_tells_the_factory_before_failing_requests(rig: Rig) -> None:
+    """An errback that sends is buffered for the reconnect; one that asks again gets NotConnectedError."""
+    rig.factory.continueTrying = True
+    rig.factory.retry = lambda connector=None: None
+    rig.feed(HELLO)
+    rig.sent()
+    outcomes: list[Any] = []
+
+    def again(_: Failure) -> None:
+        outcomes.append(rig.factory.send_room_message("lobby", "bye"))
+        outcomes.append(rig.factory.room_members("lobby"))
+        outcomes.append(rig.protocol.request(wire.room_members_request("lobby"), 10.0))
+
+    rig.factory.room_members("lobby").addErrback(again)
+    rig.sent()
+    rig.lose()
+    buffered, asked, direct = outcomes
+    assert not buffered.called and len(rig.factory._buffer) == 1 and rig.transport.value() == b""
+    with pytest.raises(NotConnectedError):
+        result_of(asked)
+    with pytest.raises(NotConnectedError):
+        result_of(direct)
+    assert rig.clock.getDelayedCalls() == []
+
+
+# -- backpressure never hides a reply ---------------------------------------------------------
+
+
+def message(client_id: str, text: str = "hi") -> dict[str, Any]:
+    return {"request_id": f"m-{client_id}", "action": "new_message",
+            "params": {"message": text, "context": {"client_id": client_id, "room_id": "lobby", "metadata": {}}}}
+
+
+class Waiting(Backend):
+    """Client ``a`` asks for the room's members and waits; the others hold their slot until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.members: list[Any] = []
+        self.held: list[Deferred[None]] = []
+
+    def on_message(self, message: str, context: Context) -> Deferred[Any]:
+        if context.client_id == "a":
+            return self.broker.room_members("lobby").addCallback(self.members.append)
+        held: Deferred[None] = Deferred()
+        self.held.append(held)
+        return held
+
+
+def test_replies_are_read_while_handlers_fall_behind() -> None:
+    backend = Waiting()
+    rig = Rig(backend, concurrency=1, max_pending_events=2)
+    rig.feed(HELLO)
+    rig.feed(message("a"))
+    (request,) = rig.sent()
+    for client in "bcd":
+        rig.feed(message(client))
+    assert rig.factory.dispatcher.busy
+    assert rig.transport.producerState == "producing"  # a request waits: its reply must be readable
+    rig.feed(reply(request["request_id"], ok=True, result=[]))
+    assert backend.members == [[]]
+    # No request waits now and the dispatcher is still busy: the pause asked for is made.
+    assert rig.factory.dispatcher.busy and rig.transport.producerState == "paused"
+    for held in list(backend.held):
+        held.callback(None)
+    for held in list(backend.held):
+        if not held.called:
+            held.callback(None)
+    assert rig.transport.producerState == "producing" and not rig.protocol._pause_wanted
+
+
+def test_a_request_made_while_paused_resumes_reading(rig: Rig) -> None:
+    rig.feed(HELLO)
+    rig.protocol.pause_reading()
+    assert rig.transport.producerState == "paused"
+    answer = rig.factory.room_members("lobby")
+    assert rig.transport.producerState == "producing"
+    (request,) = rig.sent()
+    rig.feed(reply(request["request_id"], ok=True, result=[]))
+    assert result_of(answer) == []
+    # The dispatcher is idle by now: the remembered pause is dropped, reading goes on.
+    assert rig.transport.producerState == "producing" and not rig.protocol._pause_wanted
+
+
+def test_timeout_applies_the_remembered_pause() -> None:
+    rig = Rig(Waiting(), concurrency=1, max_pending_events=2)
+    rig.feed(HELLO)
+    rig.feed(message("a"))
+    rig.sent()
+    for client in "bcd":
+        rig.feed(message(client))
+    assert rig.transport.producerState == "producing"
+    rig.clock.advance(10)  # no reply: memory stays bounded by the request timeout
+    assert rig.transport.producerState == "paused"
+
+
+def test_a_refused_request_leaves_a_pause_alone(rig: Rig) -> None:
+    rig.feed({**HELLO, "params": {**HELLO["params"], "features": []}})
+    rig.protocol.pause_reading()
+    with pytest.raises(NotSupportedError):
+        result_of(rig.factory.room_members("lobby"))
+    assert rig.transport.producerState == "paused" and not rig.protocol._pause_wanted
