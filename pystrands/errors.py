@@ -24,9 +24,9 @@ class NotSupportedError(Exception):
     The reference Go broker announces none.
     """
 
-    def __init__(self, feature: str) -> None:
-        super().__init__(f"{feature}: the broker does not announce this feature"
-                         " (it sent no hello listing it; the reference broker supports none of the extensions)")
+    def __init__(self, feature: str, why: str = "it sent no hello listing it; the reference broker"
+                                                 " supports none of the extensions") -> None:
+        super().__init__(f"{feature}: the broker does not announce this feature ({why})")
         #: The request the broker does not support.
         self.feature = feature
 

@@ -456,11 +456,7 @@ class BrokerProtocol(LineReceiver):
 
 def _no_hello(feature: str) -> NotSupportedError:
     """NotSupportedError for a request that waited HELLO_WAIT seconds for a ``hello`` in vain."""
-    error = NotSupportedError(feature)
-    message = (f"{feature}: the broker does not announce this feature: no hello arrived on this"
-               f" connection within {HELLO_WAIT:g}s of connecting")
-    error.args = (message,)
-    return error
+    return NotSupportedError(feature, f"no hello arrived on this connection within {HELLO_WAIT:g}s of connecting")
 
 
 def _members(result: Any) -> list[Context]:
