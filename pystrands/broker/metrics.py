@@ -63,20 +63,20 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from twisted.web import pages
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 if TYPE_CHECKING:
     from .router import Broker
 
-__all__ = ["PREFIX", "BrokerMetrics", "HealthPage", "MetricsPage", "ReadyPage", "metrics_site"]
+__all__ = ["PREFIX", "BrokerMetrics", "MetricsPage", "StatusPage", "add_status_pages", "metrics_site"]
 
 #: The prefix of every broker metric name.
 PREFIX = "pystrands_broker_"
@@ -219,46 +219,41 @@ class MetricsPage(Resource):
         return self._metrics.scrape()
 
 
-class HealthPage(Resource):
-    """``/healthz``: 200 ``ok`` while the broker runs (it answers, so it runs)."""
+class StatusPage(Resource):
+    """A plain-text health answer: ``check()`` gives the status and the text, asked at each request."""
 
     isLeaf = True
 
-    def __init__(self) -> None:
+    def __init__(self, check: Callable[[], tuple[int, bytes]]) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        self._check = check
 
     def render_GET(self, request: Request) -> bytes:
-        """``ok``."""
+        """The status and text of ``check()``, never cached."""
+        status, text = self._check()
+        request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-store")
-        return b"ok\n"
+        return text
 
 
-class ReadyPage(Resource):
-    """``/readyz``: 200 while at least one backend is connected, else 503."""
+def add_status_pages(root: IResource, broker: Broker, metrics: bool) -> None:
+    """Put ``/healthz``, ``/readyz`` and (if ``metrics``) ``/metrics`` under ``root``.
 
-    isLeaf = True
-
-    def __init__(self, broker: Broker) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
-        self._broker = broker
-
-    def render_GET(self, request: Request) -> bytes:
-        """``ready``, or 503 ``no backend is connected``."""
-        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        request.setHeader(b"Cache-Control", b"no-store")
-        if self._broker.backends:
-            return b"ready\n"
-        request.setResponseCode(503)
-        return b"no backend is connected\n"
+    ``/healthz``: 200 ``ok`` while the broker runs (it answers, so it runs);
+    ``/readyz``: 200 while at least one backend is connected, else 503.
+    """
+    root.putChild(b"healthz", StatusPage(lambda: (200, b"ok\n")))
+    root.putChild(b"readyz", StatusPage(
+        lambda: (200, b"ready\n") if broker.backends else (503, b"no backend is connected\n")))
+    if metrics:
+        root.putChild(b"metrics", MetricsPage(broker.metrics))
 
 
 def metrics_site(broker: Broker) -> Site:
     """The site of a ``metrics_endpoint`` listener: ``/metrics``, ``/healthz``, ``/readyz``, else 404."""
     root = pages.notFound()
-    root.putChild(b"metrics", MetricsPage(broker.metrics))
-    root.putChild(b"healthz", HealthPage())
-    root.putChild(b"readyz", ReadyPage(broker))
+    add_status_pages(root, broker, metrics=True)
     site = Site(root, timeout=broker.config.handshake_timeout, reactor=broker.clock)
     site.noisy = False
     return site

@@ -55,7 +55,7 @@ from websockets.server import ServerProtocol
 
 from .client_script import PATH, ClientScript
 from .guards import AddressSlots, MessageAssembler, OriginPolicy, TokenBucket, TooManyFragments
-from .metrics import HealthPage, MetricsPage, ReadyPage
+from .metrics import add_status_pages
 from .outbox import Outbox, send_at_once
 from .router import Admission, Broker, Handshake, HandshakeRefused
 
@@ -574,10 +574,8 @@ class WebSocketFactory(Factory[ClientConnection]):
         else:
             root = pages.notFound()
         root.putChild(PATH, ClientScript())  # the broker's browser client wins over a static folder's file
-        root.putChild(b"healthz", HealthPage())
-        root.putChild(b"readyz", ReadyPage(broker))
-        if config.metrics and config.metrics_endpoint is None:  # else on a listener of its own
-            root.putChild(b"metrics", MetricsPage(broker.metrics))
+        # /metrics here unless it has a listener of its own
+        add_status_pages(root, broker, metrics=config.metrics and config.metrics_endpoint is None)
         # Idle HTTP keep-alive sockets (static files) hold a slot: close them as idle WebSockets are.
         self.site = Site(root, timeout=config.client_idle_timeout or config.handshake_timeout,
                          reactor=broker.clock)
