@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -141,13 +142,22 @@ def test_blocking_face_from_a_handler_on_the_io_thread(broker: FakeBroker) -> No
         client.disconnect()
 
 
+@contextlib.asynccontextmanager
+async def greeted_async_client(broker: FakeBroker) -> AsyncIterator[tuple[AsyncPyStrandsClient, BackendConnection]]:
+    """An AsyncPyStrandsClient connected to ``broker``, its hello sent; disconnected afterwards."""
+    client = AsyncPyStrandsClient(port=broker.port, auto_reconnect=False)
+    assert await client.connect()
+    try:
+        conn = await off(broker.accept)
+        await off(greet, conn)
+        yield client, conn
+    finally:
+        await client.disconnect()
+
+
 def test_async_face(broker: FakeBroker) -> None:
     async def body() -> None:
-        client = AsyncPyStrandsClient(port=broker.port, auto_reconnect=False)
-        assert await client.connect()
-        try:
-            conn = await off(broker.accept)
-            await off(greet, conn)
+        async with greeted_async_client(broker) as (client, conn):
             awaitables = [getattr(client, name)(*args) for name, args, _, _ in CALLS]
             answering = asyncio.ensure_future(off(answer_requests, conn))
             results = await asyncio.gather(*awaitables)
@@ -155,24 +165,16 @@ def test_async_face(broker: FakeBroker) -> None:
             check_results(list(results))
             with pytest.raises(ValueError, match="reason"):
                 client.disconnect_client("a", 4000, "x" * 124)
-        finally:
-            await client.disconnect()
 
     run(body)
 
 
 def test_async_face_from_another_thread(broker: FakeBroker) -> None:
     async def body() -> None:
-        client = AsyncPyStrandsClient(port=broker.port, auto_reconnect=False)
-        assert await client.connect()
-        try:
-            conn = await off(broker.accept)
-            await off(greet, conn)
+        async with greeted_async_client(broker) as (client, conn):
             futures = await off(blocking_calls, client)  # a thread without a loop: concurrent Futures
             await off(answer_requests, conn)
             check_results([await asyncio.wrap_future(f) for f in futures])
-        finally:
-            await client.disconnect()
 
     run(body)
 
