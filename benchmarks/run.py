@@ -7,7 +7,8 @@ Run with the dev venv's Python, one command per benchmark:
     python benchmarks/run.py sizes        # 2: MB/s at 100 B, 64 KiB and 1 MiB messages
     python benchmarks/run.py memory       # 3: peak RSS during a 1,000,000-frame flood, 1 ms handler
     python benchmarks/run.py e2e          # 4: WebSocket clients -> embedded broker -> backend
-    python benchmarks/run.py all          # all four, one chart
+    python benchmarks/run.py broker       # 5: the broker end to end on wsload.py, beside its ceiling
+    python benchmarks/run.py all          # all five, one chart
     add --quick for the seconds-long smoke form CI runs.
 
 This process is the broker simulator (``broker_sim``); every backend runs
@@ -37,6 +38,7 @@ from pathlib import Path
 import socket
 from typing import Any, Callable, Iterator
 
+import broker_bench
 import broker_sim
 
 BENCH = Path(__file__).resolve().parent
@@ -222,6 +224,7 @@ class Params:
     timeout: float
     e2e_clients: tuple[int, ...]
     e2e_seconds: float
+    quick: bool = False
 
 
 FULL = Params(rounds=3, frames=200_000, pings=2000,
@@ -231,7 +234,7 @@ FULL = Params(rounds=3, frames=200_000, pings=2000,
 QUICK = Params(rounds=1, frames=2000, pings=50,
                size_frames={100: 1000, 64 * 1024: 20, MIB: 4},
                flood_frames=2000, flood_timeout=10.0, timeout=20.0,
-               e2e_clients=(10, 50), e2e_seconds=0.5)
+               e2e_clients=(10, 50), e2e_seconds=0.5, quick=True)
 CLIENTS = 100  # simulated WebSocket clients the frames of a flood cycle through
 WARMUP = 500
 
@@ -312,6 +315,7 @@ def plan(params: Params) -> dict[str, tuple[list[Spec], int, float]]:
         "sizes": ([*no_ceiling, CEILING], params.rounds, 1.0 + sizes),
         "memory": (no_ceiling, 1, 0.5 + params.flood_timeout),
         "e2e": (no_ceiling, params.rounds, 1.0 + len(params.e2e_clients) * (params.e2e_seconds + 0.5)),
+        "broker": ([], params.rounds, 0.0),  # broker_bench reports its own progress
     }
 
 
@@ -680,11 +684,20 @@ def _size(size: int) -> str:
     return f"{size // MIB} MiB" if size >= MIB else f"{size // 1024} KiB" if size >= 1024 else f"{size} B"
 
 
+def bench_broker(params: Params, public_python: Path | None) -> dict[str, Any]:
+    """Benchmark 5: the embedded broker end to end under wsload.py, beside the harness ceiling (broker_bench.py)."""
+    def progress(where: str) -> None:
+        print(f"[{_clock(time.monotonic() - PROGRESS.start)}] {where}", file=sys.stderr, flush=True)
+
+    return broker_bench.bench_broker(params.quick, params.rounds, progress)
+
+
 BENCHMARKS: dict[str, Callable[[Params, Path | None], dict[str, Any]]] = {
     "throughput": bench_throughput,
     "sizes": bench_sizes,
     "memory": bench_memory,
     "e2e": bench_e2e,
+    "broker": bench_broker,
 }
 
 

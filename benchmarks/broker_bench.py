@@ -1,0 +1,310 @@
+"""The embedded broker end to end, loaded by ``wsload.py``, beside the harness's own ceiling (issue 16).
+
+``run.py broker`` calls :func:`bench_broker`. Each round starts, for each
+server, fresh processes: the embedded broker (``python -m pystrands server``,
+what a user runs) with the Twisted-native backend of ``backends.py`` (echo;
+for the room scenario the room backend below), and ``wsload.py serve`` (the
+ceiling: a do-nothing WebSocket server on the load generator's frame code).
+The same load, from ``wsload.py``'s worker processes, goes to both; rounds
+are interleaved. Broker CPU per delivered message is its process's user +
+system time over the measured window (``/proc``, 10 ms ticks) divided by the
+messages the clients received in that window.
+
+Also runnable alone for profiling (``profile`` command): the broker in this
+process under cProfile, switched on only for the measured window (so the
+handshakes are left out), then a per-function table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import wsload
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One load: its table label, wsload's scenario, and the number of clients."""
+
+    label: str
+    kind: str
+    clients: int
+
+    @property
+    def backend(self) -> str:
+        """The backend kind behind the broker for this load."""
+        return "room" if self.kind == "room" else "twisted"
+
+
+FULL_SCENARIOS = [Scenario("echo, 10 clients", "echo", 10), Scenario("echo, 100 clients", "echo", 100),
+                  Scenario("echo, 1,000 clients", "echo", 1000),
+                  Scenario("room, 100 clients in 10 rooms", "room", 100),
+                  Scenario("flood, 100 clients x 32 in flight", "flood", 100)]
+QUICK_SCENARIOS = [Scenario("echo, 10 clients", "echo", 10), Scenario("room, 20 clients in 10 rooms", "room", 20),
+                   Scenario("flood, 10 clients x 32 in flight", "flood", 10)]
+SERVERS = ("broker", "ceiling")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_listening(port: int, timeout: float = 20.0) -> None:
+    """Return once 127.0.0.1:``port`` accepts connections."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+
+
+def wait_ready(port: int, timeout: float = 20.0) -> None:
+    """Return once the broker on ``port`` has a backend (its ``/readyz`` answers 200)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
+                return
+        except OSError:  # refused, or 503 (an HTTPError) while no backend is connected
+            time.sleep(0.05)
+    raise RuntimeError(f"no backend connected to the broker on port {port} after {timeout}s")
+
+
+@contextmanager
+def spawned(command: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``command`` with this repository on the path; always kill it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(command, stdout=log, stderr=log, env=env, cwd=tempfile.gettempdir())
+    try:
+        yield proc
+    except Exception as exc:
+        log.seek(0)
+        tail = log.read().decode(errors="replace").strip().splitlines()[-6:]
+        raise RuntimeError(f"{' '.join(command[1:3])}: {exc}" + "".join(f"\n    | {line}" for line in tail)) from None
+    finally:
+        proc.kill()
+        proc.wait()
+        log.close()
+
+
+def backend_command(kind: str, port: int) -> list[str]:
+    """The Twisted-native echo backend of backends.py, or the room backend below."""
+    if kind == "room":
+        return [sys.executable, __file__, "room-backend", "--port", str(port)]
+    return [sys.executable, str(BENCH / "backends.py"), kind, "--port", str(port)]
+
+
+@contextmanager
+def server(name: str, backend: str, broker: list[str] | None = None) -> Iterator[tuple[str, dict[str, int]]]:
+    """The server under test listening: its WebSocket URL, and the pids whose CPU to read."""
+    ws_port = free_port()
+    if name == "ceiling":
+        with spawned([sys.executable, str(BENCH / "wsload.py"), "serve", "--port", str(ws_port)]) as proc:
+            wait_listening(ws_port)
+            yield f"ws://127.0.0.1:{ws_port}/ws/bench", {"server": proc.pid}
+        return
+    tcp_port = free_port()
+    command = broker or [sys.executable, "-m", "pystrands", "server"]
+    with spawned([*command, "--ws-port", str(ws_port), "--tcp-port", str(tcp_port)]) as proc:
+        wait_listening(ws_port)
+        with spawned(backend_command(backend, tcp_port)) as back:
+            wait_ready(ws_port)
+            yield f"ws://127.0.0.1:{ws_port}/ws/bench", {"server": proc.pid, "backend": back.pid}
+
+
+def measure(name: str, scenarios: list[Scenario], seconds: float) -> dict[str, dict[str, float]]:
+    """Each scenario against a fresh ``name`` server (one per backend kind): label -> figures."""
+    results: dict[str, dict[str, float]] = {}
+    for backend in sorted({scenario.backend for scenario in scenarios}):
+        with server(name, backend) as (url, pids):
+            for scenario in scenarios:
+                if scenario.backend == backend:
+                    results[scenario.label] = wsload.load(url, scenario.kind, scenario.clients, seconds,
+                                                          watch=pids)
+    return results
+
+
+def summary(values: list[float]) -> tuple[float, float]:
+    """(median, spread): spread is (max - min) / median."""
+    middle = statistics.median(values)
+    return middle, (max(values) - min(values)) / middle if middle else 0.0
+
+
+def cell(values: list[float], fmt: str = "{:,.0f}") -> str:
+    """A median with ± half the spread of the rounds."""
+    if not values:
+        return "-"
+    middle, spread = summary(values)
+    return fmt.format(middle) + (f" ±{spread * 50:.0f}%" if spread and len(values) > 1 else "")
+
+
+def bench_broker(quick: bool, rounds: int, progress: Any = None) -> dict[str, Any]:
+    """Run every scenario against the broker and the ceiling, ``rounds`` times interleaved; print the table."""
+    scenarios = QUICK_SCENARIOS if quick else FULL_SCENARIOS
+    seconds = 0.5 if quick else 3.0
+    print(f"\n== broker: wsload.py ({os.cpu_count()} cores; 2 load processes, raw frames) -> embedded broker"
+          f" -> Twisted-native backend, beside the ceiling (wsload.py serve); 100 B messages, {seconds:g} s"
+          f" per scenario; {rounds} round(s)")
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {name: {s.label: [] for s in scenarios} for name in SERVERS}
+    for number in range(rounds):
+        for name in SERVERS:
+            if progress is not None:
+                progress(f"broker, round {number + 1} of {rounds}: {name}")
+            for label, figures in measure(name, scenarios, seconds).items():
+                runs[name][label].append(figures)
+
+    def column(name: str, label: str, key: str) -> list[float]:
+        return [run[key] for run in runs[name][label]]
+
+    headers = ["scenario", "msgs/s", "p50 us", "p99 us", "broker CPU", "us/msg", "backend CPU", "load CPU",
+               "ceiling msgs/s", "ceiling us/msg", "load CPU", "x ceiling"]
+    rows = []
+    for scenario in scenarios:
+        label = scenario.label
+        ratios = [b["msgs_per_s"] / c["msgs_per_s"] for b, c in zip(runs["broker"][label], runs["ceiling"][label],
+                                                                    strict=True)]
+        rows.append([label, cell(column("broker", label, "msgs_per_s")), cell(column("broker", label, "p50_us")),
+                     cell(column("broker", label, "p99_us")),
+                     cell(column("broker", label, "server_cpu"), "{:.0%}"),
+                     cell(column("broker", label, "server_us_per_msg"), "{:.1f}"),
+                     cell(column("broker", label, "backend_cpu"), "{:.0%}"),
+                     cell(column("broker", label, "load_cpu"), "{:.0%}"),
+                     cell(column("ceiling", label, "msgs_per_s")),
+                     cell(column("ceiling", label, "server_us_per_msg"), "{:.1f}"),
+                     cell(column("ceiling", label, "load_cpu"), "{:.0%}"),
+                     cell(ratios, "{:.2f}x")])
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
+    print("\ndelivered msgs/s, round trip us, CPU in % of one core over the window (load: its 2 processes),"
+          " us/msg: server CPU per delivered message; median ±half the spread of the rounds")
+    for row in [headers, *rows]:
+        print("  ".join([str(row[0]).ljust(widths[0])] + [str(c).rjust(w) for c, w in zip(row[1:], widths[1:],
+                                                                                            strict=True)]))
+    panels = [{"title": "Broker end to end vs the harness ceiling (delivered msgs/s)",
+               "groups": [s.label for s in scenarios],
+               "series": {name: [summary(column(name, s.label, "msgs_per_s"))[0] for s in scenarios]
+                          for name in SERVERS}},
+              {"title": "Server CPU per delivered message (us)",
+               "groups": [s.label for s in scenarios],
+               "series": {name: [summary(column(name, s.label, "server_us_per_msg"))[0] for s in scenarios]
+                          for name in SERVERS}}]
+    return {"results": runs, "targets": [], "panels": panels}
+
+
+# -- the room backend and the profiled broker -----------------------------------------
+
+
+def run_room_backend(port: int) -> None:
+    """Twisted-native: each client joins the room its URL names (``?room=``); a message goes to its room."""
+    from twisted.internet import reactor
+
+    from pystrands import Backend, BackendService
+
+    class Rooms(Backend):
+        def on_connection_request(self, request: Any) -> bool:
+            request.context.room_id = request.query["room"][0]
+            return True
+
+        def on_message(self, message: str, context: Any) -> object:
+            return self.broker.send_room_message(context.room_id, message)
+
+    BackendService(Rooms(), f"tcp:host=127.0.0.1:port={port}", reactor=reactor).startService()
+    reactor.run()  # type: ignore[attr-defined]
+
+
+def run_profiled_broker(ws_port: int, tcp_port: int, out: Path) -> None:
+    """The broker in this process; SIGUSR1 starts cProfile, SIGUSR2 stops it, writes ``out`` and exits."""
+    from twisted.internet import reactor
+
+    from pystrands.broker.config import BrokerConfig
+    from pystrands.broker.service import BrokerService, fit_file_limit
+
+    config = BrokerConfig(ws_port=ws_port, tcp_port=tcp_port)
+    fit_file_limit(config)
+    profiler = cProfile.Profile()
+
+    def stop(*_: Any) -> None:
+        profiler.disable()
+        profiler.dump_stats(out)
+        reactor.callFromThread(reactor.stop)  # type: ignore[attr-defined]
+
+    signal.signal(signal.SIGUSR1, lambda *_: profiler.enable())
+    signal.signal(signal.SIGUSR2, stop)
+    BrokerService(config, reactor=reactor).startService()
+    reactor.run()  # type: ignore[attr-defined]
+
+
+def profile(kind: str, clients: int, seconds: float, out: Path, top: int) -> None:
+    """Profile the broker over the measured window of one scenario; print the top functions by own time."""
+    ws_port, tcp_port = free_port(), free_port()
+    command = [sys.executable, __file__, "profiled-broker", "--ws-port", str(ws_port), "--tcp-port", str(tcp_port),
+               "--out", str(out)]
+    backend = "room" if kind == "room" else "twisted"
+    with spawned(command) as broker:
+        wait_listening(ws_port)
+        with spawned(backend_command(backend, tcp_port)):
+            wait_ready(ws_port)
+            figures = wsload.load(f"ws://127.0.0.1:{ws_port}/ws/bench", kind, clients, seconds,
+                                  watch={"server": broker.pid},
+                                  at_start=lambda: os.kill(broker.pid, signal.SIGUSR1),
+                                  at_end=lambda: os.kill(broker.pid, signal.SIGUSR2))
+            broker.wait(30)
+    print(f"{figures['delivered']:,} messages delivered in the window ({figures['msgs_per_s']:,.0f}/s under the"
+          f" profiler); broker {figures['server_us_per_msg']:.1f} us CPU per message")
+    stats = pstats.Stats(str(out))
+    stats.sort_stats("tottime").print_stats(top)
+
+
+def main() -> None:
+    """``room-backend``, ``profiled-broker`` (processes of the benchmark) or ``profile``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["room-backend", "profiled-broker", "profile"])
+    parser.add_argument("--port", type=int, default=0, help="room-backend: the broker's backend port")
+    parser.add_argument("--ws-port", type=int, default=0)
+    parser.add_argument("--tcp-port", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "broker.prof")
+    parser.add_argument("--scenario", choices=wsload.SCENARIOS, default="echo")
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--top", type=int, default=40)
+    args = parser.parse_args()
+    if args.command == "room-backend":
+        run_room_backend(args.port)
+    elif args.command == "profiled-broker":
+        run_profiled_broker(args.ws_port, args.tcp_port, args.out)
+    else:
+        profile(args.scenario, args.clients, args.seconds, args.out, args.top)
+
+
+if __name__ == "__main__":
+    main()
