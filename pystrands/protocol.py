@@ -6,10 +6,11 @@ factory's :class:`~pystrands.dispatch.KeyedDispatcher` (in order per
 WebSocket client, concurrent across clients); when handlers fall behind it
 stops reading from the socket.
 
-:class:`BrokerClientFactory` outlives connections: it owns the reconnect
-policy (``ReconnectingClientFactory``), the dispatcher, and the buffer of
-sends made while no connection is up. It is the ``IBrokerConnection`` a
-backend sends through (``backend.broker``).
+:class:`BrokerClientFactory` outlives connections: it walks the life
+cycle of :mod:`pystrands.lifecycle` (its ``state``), retries as a
+:class:`~pystrands.retry.RetryPolicy` says, and owns the dispatcher and
+the buffer of sends made while no connection is up. It is the
+``IBrokerConnection`` a backend sends through (``backend.broker``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from collections.abc import Callable
 from inspect import iscoroutine
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import error as ierror
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
@@ -36,9 +36,12 @@ from .context import ConnectionRequestContext, Context
 from .dispatch import KeyedDispatcher
 from .errors import BrokerRefused, NotConnectedError, NotSupportedError, ProtocolError, SendBufferFull
 from .interfaces import IBackend, IBrokerConnection
+from .lifecycle import ConnectionMachine, ConnectionState, Event
 from .lines import LineSplitter
 from .metrics import backend_metrics
-from .settings import BackendSettings
+from .ratelimit import ThrottledWarning
+from .retry import RetryPolicy, worth_a_warning
+from .settings import BackendSettings, check_number
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -57,6 +60,9 @@ HELLO_WAIT = 2.0
 
 # Extension requests' ids: unique in the process, so unique on every connection.
 _request_ids = itertools.count(1)
+
+#: The broker's events that carry a ``context`` object (a client's, or for ``error`` the failed request's).
+_CONTEXT_EVENTS = frozenset({wire.NEW_MESSAGE, wire.NEW_CONNECTION, wire.DISCONNECTED, wire.ERROR})
 
 _CALLBACKS = ("on_connection_request", "on_new_connection", "on_message", "on_disconnect", "on_error")
 
@@ -329,7 +335,7 @@ class BrokerProtocol(LineReceiver):
 
     def _keep_reading(self) -> None:
         """A request waits: read on (its reply must come through), pausing again once none waits."""
-        if self._reading_paused and not self.factory._stopping:
+        if self._reading_paused and self.factory.state is not ConnectionState.STOPPING:
             self.resume_reading()
             self._pause_wanted = True
 
@@ -431,7 +437,15 @@ class BrokerProtocol(LineReceiver):
         if action == wire.CONNECTION_REQUEST:
             dispatch(("request", request_id), size, factory.answer_connection_request, request_id, params)
             return
-        context = context_from_wire(params.get("context"))
+        if action not in _CONTEXT_EVENTS:
+            log.debug("Skipped a frame with unknown action {action!r}", action=action)
+            return
+        raw_context = params.get("context")
+        if type(raw_context) is not dict:
+            # The reference broker always sends one: without it, a handler would answer nobody.
+            factory.skipped_without_context(action=action, type=type(raw_context).__name__)
+            return
+        context = context_from_wire(raw_context)
         # One client's events run in order; without a usable id, the frame stands alone.
         key = context.client_id if type(context.client_id) is str else ("frame", request_id)
         if action == wire.NEW_MESSAGE:
@@ -445,13 +459,11 @@ class BrokerProtocol(LineReceiver):
             dispatch(key, size, backend.on_new_connection, context)
         elif action == wire.DISCONNECTED:
             dispatch(key, size, backend.on_disconnect, context)
-        elif action == wire.ERROR:
+        else:
             error = params.get("error")
             if not isinstance(error, str):
                 error = "" if error is None else str(error)
             dispatch(key, size, backend.on_error, error, context)
-        else:
-            log.debug("Skipped a frame with unknown action {action!r}", action=action)
 
 
 def _no_hello(feature: str) -> NotSupportedError:
@@ -475,37 +487,15 @@ def _flag(result: Any) -> bool:
 _RESULTS: dict[str, Callable[[Any], Any]] = {wire.ROOM_MEMBERS: _members}
 
 
-class _EndpointConnector:
-    """Lets ``ReconnectingClientFactory`` (written for connectors) retry over an endpoint."""
+def _describe(endpoint: IStreamClientEndpoint) -> str:
+    """``host:port`` from an endpoint's public ``host`` and ``port``, else its repr."""
+    host, port = getattr(endpoint, "host", None), getattr(endpoint, "port", None)
+    if isinstance(host, str) and isinstance(port, int):
+        return f"{host}:{port}"
+    return repr(endpoint)
 
-    def __init__(self, endpoint: IStreamClientEndpoint, factory: BrokerClientFactory) -> None:
-        self.endpoint = endpoint
-        self.factory = factory
-        self._attempt: Deferred[Any] | None = None
 
-    def connect(self) -> None:
-        self._attempt = attempt = self.endpoint.connect(self.factory)
-        attempt.addCallbacks(self._connected, self._failed)
-
-    def _connected(self, protocol: BrokerProtocol) -> None:
-        self._attempt = None
-
-    def _failed(self, reason: Failure) -> None:
-        self._attempt = None
-        self.factory.clientConnectionFailed(self, reason)
-
-    @property
-    def connecting(self) -> bool:
-        """True while an attempt is under way."""
-        return self._attempt is not None
-
-    def stopConnecting(self) -> None:
-        if self._attempt is None:
-            raise ierror.NotConnectingError()
-        self._attempt.cancel()
-
-    def getDestination(self) -> IStreamClientEndpoint:
-        return self.endpoint
+_ACTIVE = frozenset({ConnectionState.CONNECTING, ConnectionState.CONNECTED, ConnectionState.WAITING_TO_RETRY})
 
 
 @implementer(IBrokerConnection)
@@ -513,6 +503,11 @@ class BrokerClientFactory(ReconnectingClientFactory):
     """Connects a backend to a broker and keeps it connected; see the module docstring.
 
     Use :meth:`connect` with a client endpoint, and :meth:`stop` to end.
+    Its life cycle is :mod:`pystrands.lifecycle`'s machine (``state``);
+    when to retry is a :class:`~pystrands.retry.RetryPolicy` built, at
+    :meth:`connect`, from ``ReconnectingClientFactory``'s attributes
+    (``initialDelay``, ``maxDelay``, ``factor``, ``jitter``,
+    ``maxRetries``, ``continueTrying``), which the settings fill in.
     """
 
     # ReconnectingClientFactory is not generic: Twisted types its protocols as the bare shape.
@@ -521,7 +516,6 @@ class BrokerClientFactory(ReconnectingClientFactory):
     #: Twisted's types come from its class body (None, an int); its docs say an IReactorTime and seconds.
     clock: IReactorTime  # type: ignore[assignment]
     maxDelay: float  # type: ignore[assignment]
-    connector: _EndpointConnector | None
     #: Seconds an extension request waits for its reply (on the factory's clock).
     request_timeout: float = REQUEST_TIMEOUT
 
@@ -547,21 +541,58 @@ class BrokerClientFactory(ReconnectingClientFactory):
         )
         #: The open connection, None between connections.
         self.current: BrokerProtocol | None = None
-        self._buffer: deque[tuple[bytes, Deferred[None]]] = deque()
+        #: What logs call the broker (see :meth:`connect`).
+        self.destination = "the broker"
         #: Counts into ``settings.metrics_registry`` (see :mod:`pystrands.metrics`); None without one.
         self.metrics = backend_metrics(self.settings.metrics_registry)
-        self._started = False
-        self._stopping = False
+        self._machine = ConnectionMachine()
+        self._policy = RetryPolicy()
+        self._endpoint: IStreamClientEndpoint | None = None
+        self._attempt: Deferred[Any] | None = None
+        self._retry_call: IDelayedCall | None = None
+        self._buffer: deque[tuple[bytes, Deferred[None]]] = deque()
         self._attempt_waiters: list[Deferred[bool]] = []
-        self._closed_waiter: Deferred[None] | None = None
+        self._stop_waiters: list[Deferred[None]] = []
+        self._draining: Deferred[None] | None = None
+        #: Why no connection is coming once stopped (set on giving up, and by stop()).
+        self._ended_because = "the backend was stopped"
+        #: Frames without a context object: skipped, the warning throttled (a broker could flood them).
+        self.skipped_without_context = ThrottledWarning(
+            log, reactor, "Skipped a {action} frame without a context object ({type});"
+                          " {held_back} more skipped since the last warning")
         self.backend.broker = self
 
-    # -- IBrokerConnection -----------------------------------------------
+    # -- state -------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        """Where the connection stands (see :class:`~pystrands.lifecycle.ConnectionState`)."""
+        return self._machine.state
 
     @property
     def connected(self) -> bool:
         """True while a connection to the broker is open."""
         return self.current is not None
+
+    @property
+    def retrying(self) -> bool:
+        """True while the factory keeps (re)connecting on its own: started, not stopped, retries on."""
+        return bool(self.continueTrying) and self._machine.state in _ACTIVE
+
+    @property
+    def no_connection_reason(self) -> str | None:
+        """None while a connection is open or coming; otherwise why not (the text sends fail with)."""
+        state = self._machine.state
+        if self.current is not None or state in _ACTIVE:
+            return None
+        if state is ConnectionState.NEVER_STARTED:
+            return "the backend was never started"
+        return self._ended_because
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.destination} {self._machine.state}>"
+
+    # -- IBrokerConnection -----------------------------------------------
 
     def send_room_message(self, room_id: str, message: str) -> Deferred[None]:
         """Send ``message`` to every client in ``room_id`` (see :class:`IBrokerConnection`)."""
@@ -610,12 +641,18 @@ class BrokerClientFactory(ReconnectingClientFactory):
         """Send a checked extension request on the open connection; a Deferred of the reply's raw result.
 
         Requests are not buffered across reconnects (the next broker may not
-        support them): without a connection it fails with NotConnectedError.
+        support them): without a connection, or while stopping, it fails
+        with NotConnectedError.
         """
-        if self.current is None or self._stopping:
-            reason = self._why_no_connection_is_coming() or "reconnecting (requests are not buffered)"
+        if not isinstance(request, wire.Request):
+            return fail(TypeError(f"request must be a pystrands.wire.Request, not {type(request).__name__}"))
+        current, state = self.current, self._machine.state
+        if current is None or state is ConnectionState.STOPPING:
+            reason = self._ended_because if state is ConnectionState.STOPPING else self.no_connection_reason
+            if reason is None:
+                reason = f"{state} (requests are not buffered)"
             return fail(NotConnectedError(f"not connected to the broker: {reason}"))
-        return self.current.request(request, self.request_timeout)
+        return current.request(request, self.request_timeout)
 
     def _build_and_send(self, build: Any, *args: str) -> Deferred[None]:
         try:
@@ -630,12 +667,14 @@ class BrokerClientFactory(ReconnectingClientFactory):
         Fires once handed to the connection (to the transport, or to the
         replies written after the read being handled); fails with
         NotConnectedError when no connection is coming, or SendBufferFull
-        past the buffer bound.
+        past the buffer bound. While stopping, handlers still finishing
+        send on the open connection.
         """
-        if self.current is not None:
-            self.current.write_frame(frame)
+        current = self.current
+        if current is not None:
+            current.write_frame(frame)
             return succeed(None)
-        reason = self._why_no_connection_is_coming()
+        reason = self.no_connection_reason
         if reason is not None:
             return fail(NotConnectedError(f"not connected to the broker: {reason}"))
         if len(self._buffer) >= self.settings.send_buffer_size:
@@ -649,94 +688,140 @@ class BrokerClientFactory(ReconnectingClientFactory):
             self.metrics.buffered_sends.inc()
         return waiter
 
-    def _why_no_connection_is_coming(self) -> str | None:
-        if self._stopping:
-            return "the backend was stopped"
-        if not self._started:
-            return "the backend was never started"
-        if not self.continueTrying and not (self.connector is not None and self.connector.connecting):
-            return "the connection is lost and auto_reconnect is off"
-        return None
+    # -- life cycle: public calls ------------------------------------------
 
-    # -- life cycle --------------------------------------------------------
+    def connect(self, endpoint: IStreamClientEndpoint, description: str | None = None) -> None:
+        """Start connecting through ``endpoint``, retrying as the settings say.
 
-    def connect(self, endpoint: IStreamClientEndpoint) -> None:
-        """Start connecting through ``endpoint``, retrying as the settings say."""
-        if self._started:
-            raise RuntimeError("this factory was already started; create a new one")
-        self._started = True
-        self.connector = _EndpointConnector(endpoint, self)
-        self.connector.connect()
+        ``description`` names the broker in logs (e.g. ``localhost:8081``);
+        without one, the endpoint's ``host`` and ``port``, else its repr.
+        Once only: a second call raises RuntimeError.
+        """
+        if not IStreamClientEndpoint.providedBy(endpoint):
+            raise TypeError(f"endpoint must provide IStreamClientEndpoint, not {endpoint!r}")
+        if description is not None and not isinstance(description, str):
+            raise TypeError(f"description must be a str, not {type(description).__name__}")
+        if self._machine.state is not ConnectionState.NEVER_STARTED:
+            raise RuntimeError(f"this factory was already started (it is {self._machine.state}); create a new one")
+        self._endpoint = endpoint
+        self.destination = description if description is not None else _describe(endpoint)
+        self._policy = RetryPolicy(self.initialDelay, self.maxDelay, self.factor, self.jitter,
+                                   retry=True, max_retries=self.maxRetries)
+        self._machine.handle(Event.CONNECT)
+        self._start_attempt()
 
     def next_attempt(self) -> Deferred[bool]:
-        """Fires True on the next successful connection, False on the next failed attempt."""
-        waiter: Deferred[bool] = Deferred()
+        """Fires True on the next connection, False on the next failed attempt or on stop.
+
+        After stop() (or once the factory gave up), False at once: no attempt is coming.
+        """
+        if self.no_connection_reason is not None and self._machine.state is not ConnectionState.NEVER_STARTED:
+            return succeed(False)
+        waiter: Deferred[bool] = Deferred(self._attempt_waiters.remove)
         self._attempt_waiters.append(waiter)
         return waiter
 
     def stop(self, timeout: float = 5.0) -> Deferred[None]:
         """Stop reconnecting, let queued handlers finish (up to ``timeout``), then close.
 
-        Buffered sends fail with NotConnectedError. Fires when closed.
+        Buffered sends, waiting requests and an attempt under way fail or are
+        cancelled at once. Every call's Deferred fires once stopped; while a
+        stop is under way, a later call waits for it (the first timeout holds).
         """
-        self._stopping = True
-        self.stopTrying()  # type: ignore[no-untyped-call]  # unannotated in Twisted
-        self._fail_buffer("the backend was stopped")
-        self._fire_attempt_waiters(False)
-        protocol = self.current
-        if protocol is not None:
-            # No reply will be read any more: a handler waiting for one would wait out the timeout.
-            protocol.fail_pending(lambda: NotConnectedError("not connected to the broker: the backend was stopped"))
-            protocol.pause_reading()
-        drained = self.dispatcher.drained()
-        timer = self.clock.callLater(timeout, drained.cancel)
+        timeout = check_number("timeout", timeout, minimum=0)
+        waiter: Deferred[None] = Deferred(self._stop_waiters.remove)
+        self._stop_waiters.append(waiter)
+        if self._machine.state is not ConnectionState.STOPPING:
+            self._machine.handle(Event.STOP)
+            self._begin_stop(timeout)
+        return waiter
 
-        def close(result: object) -> Deferred[None] | None:
-            if timer.active():
-                timer.cancel()
-            if isinstance(result, Failure) and result.check(CancelledError):
-                log.warn("Stopping: handlers still running after {timeout}s; closing anyway",
-                         timeout=timeout)
-            if self.current is None:
-                return None
-            closed: Deferred[None] = Deferred()
-            self._closed_waiter = closed
-            self.current.transport.loseConnection()
-            return closed
+    def stopTrying(self) -> None:
+        """Reconnect no more (``ReconnectingClientFactory``'s call): a retry waiting is dropped, giving up.
 
-        return drained.addBoth(close)
+        The connection or attempt under way goes on; once it ends, nothing follows.
+        """
+        self.continueTrying = False
+        if self._machine.state is ConnectionState.WAITING_TO_RETRY:
+            self._cancel_retry()
+            self._give_up("reconnecting was stopped (stopTrying)")
 
     def buildProtocol(self, addr: Any) -> BrokerProtocol:  # type: ignore[override]  # see ``protocol``
-        """A :class:`BrokerProtocol` with this factory's line limit."""
+        """A :class:`BrokerProtocol` with this factory's line limit; only once :meth:`connect` was called."""
+        if self._machine.state is ConnectionState.NEVER_STARTED:
+            raise RuntimeError("connect this factory with factory.connect(endpoint), which drives its"
+                               " reconnects, not by handing it to a reactor or endpoint directly")
         protocol = self.protocol(self.settings.max_line_length)
         protocol.factory = self
         return protocol
 
-    def resetDelay(self) -> None:
-        """Reset the backoff after a successful connection, keeping the retry choice."""
-        keep_trying = self.continueTrying
-        super().resetDelay()  # type: ignore[no-untyped-call]  # unannotated in Twisted
-        self.continueTrying = keep_trying
+    # -- life cycle: what moves the machine --------------------------------
 
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        """Log a failed attempt and retry as the settings say; without a retry, buffered sends fail."""
-        if not reason.check(CancelledError):
-            log.info("Connecting to the broker failed: {reason}", reason=reason.getErrorMessage())
-        super().clientConnectionFailed(connector, reason)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+    def _start_attempt(self) -> None:
+        assert self._endpoint is not None  # connect() set it before the machine left NEVER_STARTED
+        try:
+            attempt = self._endpoint.connect(self)
+        except Exception:
+            attempt = fail()
+        self._attempt = attempt
+        attempt.addCallbacks(self._attempt_ended, self._attempt_failed)
+
+    def _attempt_ended(self, protocol: object) -> None:
+        self._attempt = None
+
+    def _attempt_failed(self, reason: Failure) -> None:
+        self._attempt = None
+        if self._machine.state is ConnectionState.STOPPING:
+            self._machine.handle(Event.ATTEMPT_FAILED)
+            self._fire_attempt_waiters(False)
+            return
+        self.retries += 1
+        delay = self._policy.delay(self.retries) if self.continueTrying else None
+        loud = worth_a_warning(self.retries)
+        log.emit(LogLevel.warn if loud or delay is None else LogLevel.debug,
+                 "Connecting to the broker at {destination} failed ({reason}); {next}",
+                 destination=self.destination, reason=reason.getErrorMessage(), failures=self.retries,
+                 next=self._next_step(delay))
+        if delay is None:
+            self._give_up("connecting failed and auto_reconnect is off" if not self.settings.auto_reconnect
+                          else f"connecting failed {self.retries} times in a row")
+        else:
+            self._machine.handle(Event.ATTEMPT_FAILED)
+            self._wait_to_retry(delay)
         self._fire_attempt_waiters(False)
-        if not self.continueTrying:
-            self._fail_buffer("connecting failed and auto_reconnect is off")
+
+    def _next_step(self, delay: float | None) -> str:
+        if delay is None:
+            return "not retrying (auto_reconnect is off)" if not self.settings.auto_reconnect else "giving up"
+        failures = f"{self.retries} failures in a row, " if self.retries > 1 else ""
+        return f"{failures}retrying in {delay:.1f}s"
+
+    def _wait_to_retry(self, delay: float) -> None:
+        self.delay = delay
+        self._retry_call = self.clock.callLater(delay, self._retry_due)
+
+    def _retry_due(self) -> None:
+        self._retry_call = None
+        self._machine.handle(Event.RETRY_DUE)
+        self._start_attempt()
+
+    def _cancel_retry(self) -> None:
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None
 
     def protocol_connected(self, protocol: BrokerProtocol) -> None:
-        """Called by a protocol once connected: flush the buffer, start serving."""
-        if self._stopping:
+        """Called by a protocol once connected: flush the buffer, start serving (or close it when stopping)."""
+        if self._machine.handle(Event.ATTEMPT_SUCCEEDED) is not ConnectionState.CONNECTED:
             protocol.transport.loseConnection()
             return
         self.current = protocol
         if self.metrics is not None:
             self.metrics.connected(self)
-        self.resetDelay()
-        log.info("Connected to the broker at {peer}", peer=protocol.transport.getPeer())
+        log.info("Connected to the broker at {destination}{after}", destination=self.destination,
+                 after=f" after {self.retries} failed attempts" if self.retries else "")
+        self.retries = 0
+        self.delay = self.initialDelay
         if self.dispatcher.busy:
             protocol.pause_reading()
         while self._buffer:
@@ -746,22 +831,71 @@ class BrokerClientFactory(ReconnectingClientFactory):
         self._fire_attempt_waiters(True)
 
     def protocol_disconnected(self, protocol: BrokerProtocol, reason: Failure) -> None:
-        """Called by a protocol once its connection is gone: retry, or give up."""
+        """Called by a protocol once its connection is gone: retry, give up, or finish a stop."""
         if protocol is not self.current:
             return
         self.current = None
-        closed = self._closed_waiter
-        if closed is not None:
-            self._closed_waiter = None
-            closed.callback(None)
+        if self._machine.state is ConnectionState.STOPPING:
+            self._machine.handle(Event.CONNECTION_LOST)
+            if self._draining is None:  # handlers are done: this is the close the stop asked for
+                self._machine.handle(Event.CLOSED)
+                self._stopped()
             return
-        if self._stopping:
-            return
-        log.info("Lost the connection to the broker: {reason}", reason=reason.getErrorMessage())
-        if self.continueTrying:
-            self.retry(self.connector)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        self.retries = 1
+        delay = self._policy.delay(self.retries) if self.continueTrying else None
+        log.warn("Lost the connection to the broker at {destination} ({reason}); {next}",
+                 destination=self.destination, reason=reason.getErrorMessage(),
+                 next=self._next_step(delay))
+        if delay is None:
+            self._give_up("the connection is lost and auto_reconnect is off" if not self.settings.auto_reconnect
+                          else "the connection is lost and reconnecting was stopped")
         else:
-            self._fail_buffer("the connection is lost and auto_reconnect is off")
+            self._machine.handle(Event.CONNECTION_LOST)
+            self._wait_to_retry(delay)
+
+    def _give_up(self, why: str) -> None:
+        self._machine.handle(Event.GIVE_UP)
+        self._ended_because = why
+        self.continueTrying = False
+        self._stopped()
+
+    def _begin_stop(self, timeout: float) -> None:
+        """Entered STOPPING: nothing new starts; handlers get ``timeout`` seconds, then the connection closes."""
+        self._ended_because = "the backend was stopped"
+        self.continueTrying = False
+        self._cancel_retry()
+        if self._attempt is not None:
+            self._attempt.cancel()
+        self._fail_buffer("the backend was stopped")
+        self._fire_attempt_waiters(False)
+        protocol = self.current
+        if protocol is not None:
+            # No reply will be read any more: a handler waiting for one would wait out the timeout.
+            protocol.fail_pending(lambda: NotConnectedError("not connected to the broker: the backend was stopped"))
+            protocol.pause_reading()
+        self._draining = drained = self.dispatcher.drained()
+        timer = self.clock.callLater(timeout, drained.cancel)
+        drained.addBoth(self._drained, timer, timeout)
+
+    def _drained(self, result: object, timer: IDelayedCall, timeout: float) -> None:
+        self._draining = None
+        if timer.active():
+            timer.cancel()
+        if isinstance(result, Failure) and result.check(CancelledError):
+            log.warn("Stopping: handlers still running after {timeout}s; closing anyway", timeout=timeout)
+        if self.current is not None:
+            self.current.transport.loseConnection()  # protocol_disconnected completes the stop
+            return
+        self._machine.handle(Event.CLOSED)
+        self._stopped()
+
+    def _stopped(self) -> None:
+        """Entered STOPPED: nothing more is coming; every waiter learns it."""
+        self._fail_buffer(self._ended_because)
+        self._fire_attempt_waiters(False)
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def _fail_buffer(self, reason: str) -> None:
         while self._buffer:
@@ -780,7 +914,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
             self.current.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self.current is not None and not self._stopping:
+        if self.current is not None and self._machine.state is not ConnectionState.STOPPING:
             self.current.resume_reading()
 
     def answer_connection_request(self, request_id: str, params: dict[str, Any]) -> Deferred[None]:

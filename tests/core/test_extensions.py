@@ -6,17 +6,18 @@ Deterministic: a Clock and an in-memory transport, frames as the spec writes the
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionLost
-from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from pystrands import Backend, BrokerRefused, Context, NotConnectedError, NotSupportedError, wire
-from pystrands.protocol import BrokerClientFactory, BrokerProtocol, context_from_wire
+from pystrands.lifecycle import ConnectionState
+from pystrands.protocol import context_from_wire
+from tests.support.driver import Driver
 
 ALL = ["room_members", "disconnect_client", "join_room", "leave_room", "set_metadata"]
 HELLO = {"request_id": "hello", "action": "hello",
@@ -26,30 +27,25 @@ HELLO = {"request_id": "hello", "action": "hello",
 HEARTBEAT = {"request_id": "hb", "action": "heartbeat", "params": {}}
 
 
-class Rig:
+class Rig(Driver):
+    """A Driver connected once, without reconnects or idle checks unless told otherwise."""
+
     def __init__(self, backend: Backend | None = None, **options: Any) -> None:
-        self.clock = Clock()
-        self.backend = backend if backend is not None else Backend()
-        self.factory = BrokerClientFactory(self.backend, self.clock, auto_reconnect=False, idle_timeout=0,
-                                           **options)
-        self.factory._started = True
-        self.connect()
+        super().__init__(backend if backend is not None else Backend(),
+                         **{"auto_reconnect": False, "idle_timeout": 0, **options})
+        self.connect().succeed()
 
-    def connect(self) -> None:
-        self.transport = StringTransport()
-        self.protocol: BrokerProtocol = self.factory.buildProtocol(None)
-        self.protocol.makeConnection(self.transport)
 
-    def feed(self, frame: dict[str, Any]) -> None:
-        self.protocol.dataReceived(json.dumps(frame).encode() + b"\n")
+def skipped_replies(logged: list[dict[str, Any]]) -> list[str]:
+    return [event["request_id"] for event in logged if "reply to no pending request" in event.get("log_format", "")]
 
-    def sent(self) -> list[dict[str, Any]]:
-        frames = [json.loads(line) for line in self.transport.value().splitlines()]
-        self.transport.clear()
-        return frames
 
-    def lose(self) -> None:
-        self.protocol.connectionLost(Failure(ConnectionLost("gone")))
+@pytest.fixture
+def logged() -> Iterator[list[dict[str, Any]]]:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
 
 
 def result_of(deferred: Deferred[Any]) -> Any:
@@ -80,7 +76,8 @@ def test_no_hello_means_not_supported_and_nothing_written(rig: Rig) -> None:
     assert rig.sent() == []
 
 
-def test_hello_features_are_per_connection(rig: Rig) -> None:
+def test_hello_features_are_per_connection() -> None:
+    rig = Rig(auto_reconnect=True, reconnect_delay=1.0, max_reconnect_delay=1.0)
     rig.feed({**HELLO, "params": {**HELLO["params"], "features": ["room_members"]}})
     assert rig.protocol.features == frozenset({"room_members"})
     with pytest.raises(NotSupportedError) as info:
@@ -89,9 +86,8 @@ def test_hello_features_are_per_connection(rig: Rig) -> None:
     rig.factory.room_members("lobby")
     assert [f["action"] for f in rig.sent()] == ["room_members"]
     rig.lose()
-    rig.factory.continueTrying = True  # a reconnect: the next broker has announced nothing yet
-    rig.factory.retry = lambda connector=None: None
-    rig.connect()
+    rig.clock.advance(rig.factory.settings.reconnect_delay)
+    rig.succeed()  # a reconnect: the next broker has announced nothing yet
     rig.feed(HEARTBEAT)
     with pytest.raises(NotSupportedError):
         result_of(rig.factory.room_members("lobby"))
@@ -137,7 +133,7 @@ def test_refused_reply_carries_the_brokers_text(rig: Rig) -> None:
     assert info.value.reason == "metadata too large" and isinstance(info.value, ValueError)
 
 
-def test_timeout_after_ten_seconds_on_the_clock(rig: Rig) -> None:
+def test_timeout_after_ten_seconds_on_the_clock(rig: Rig, logged: list[dict[str, Any]]) -> None:
     rig.feed(HELLO)
     answer = rig.factory.room_members("lobby")
     (request,) = rig.sent()
@@ -147,7 +143,7 @@ def test_timeout_after_ten_seconds_on_the_clock(rig: Rig) -> None:
     with pytest.raises(TimeoutError, match="room_members"):
         result_of(answer)
     rig.feed(reply(request["request_id"], ok=True, result=[]))  # late: logged and skipped
-    assert rig.protocol._pending == {}
+    assert skipped_replies(logged) == [request["request_id"]]
 
 
 def test_connection_loss_fails_pending_requests(rig: Rig) -> None:
@@ -162,12 +158,15 @@ def test_connection_loss_fails_pending_requests(rig: Rig) -> None:
         result_of(rig.factory.room_members("lobby"))
 
 
-def test_cancel_forgets_the_request(rig: Rig) -> None:
+def test_cancel_forgets_the_request(rig: Rig, logged: list[dict[str, Any]]) -> None:
     rig.feed(HELLO)
     answer = rig.factory.room_members("lobby")
+    (request,) = rig.sent()
     answer.cancel()
     answer.addErrback(lambda _: None)
-    assert rig.protocol._pending == {} and rig.clock.getDelayedCalls() == []
+    assert rig.clock.getDelayedCalls() == []
+    rig.feed(reply(request["request_id"], ok=True, result=[]))
+    assert skipped_replies(logged) == [request["request_id"]]
 
 
 @pytest.mark.parametrize(("call", "error", "match"), [
@@ -249,14 +248,14 @@ def test_malformed_replies(rig: Rig) -> None:
     rig.feed(reply(request["request_id"], ok="yes", result=True))
     with pytest.raises(wire.ProtocolError):
         result_of(bad)
-    assert rig.protocol._pending == {} and rig.clock.getDelayedCalls() == []
+    assert rig.clock.getDelayedCalls() == []
     answer = rig.factory.room_members("lobby")
     (request,) = rig.sent()
     rig.feed(reply("no-such-request", ok=True, result=True))
     rig.feed(reply(request["request_id"], ok=True, result={"client_id": "a"}))
     with pytest.raises(wire.ProtocolError, match="not a list"):
         result_of(answer)
-    assert rig.protocol._pending == {} and rig.transport.connected
+    assert rig.clock.getDelayedCalls() == [] and rig.factory.connected
 
 
 # -- requests before the hello (the first frame decides) ----------------------------------------
@@ -303,7 +302,7 @@ def test_cancelling_a_held_request_forgets_it(rig: Rig) -> None:
     answer = rig.factory.room_members("lobby")
     answer.cancel()
     answer.addErrback(lambda _: None)
-    assert rig.protocol._held == [] and rig.clock.getDelayedCalls() == []
+    assert rig.clock.getDelayedCalls() == []
     rig.feed(HELLO)
     assert rig.sent() == []
 
@@ -330,29 +329,33 @@ def test_each_failed_request_gets_its_own_exception(rig: Rig) -> None:
     assert all(isinstance(error, NotConnectedError) for error in errors)
 
 
-def test_loss_tells_the_factory_before_failing_requests(rig: Rig) -> None:
+def test_loss_tells_the_factory_before_failing_requests() -> None:
     """An errback that sends is buffered for the reconnect; one that asks again gets NotConnectedError."""
-    rig.factory.continueTrying = True
-    rig.factory.retry = lambda connector=None: None
+    rig = Rig(auto_reconnect=True, reconnect_delay=1.0, max_reconnect_delay=1.0)
     rig.feed(HELLO)
     rig.sent()
     outcomes: list[Any] = []
+    lost = rig.protocol
 
     def again(_: Failure) -> None:
         outcomes.append(rig.factory.send_room_message("lobby", "bye"))
         outcomes.append(rig.factory.room_members("lobby"))
-        outcomes.append(rig.protocol.request(wire.room_members_request("lobby"), 10.0))
+        outcomes.append(lost.request(wire.room_members_request("lobby"), 10.0))
 
     rig.factory.room_members("lobby").addErrback(again)
     rig.sent()
     rig.lose()
     buffered, asked, direct = outcomes
-    assert not buffered.called and len(rig.factory._buffer) == 1 and rig.transport.value() == b""
+    assert not buffered.called and rig.transport.value() == b""
     with pytest.raises(NotConnectedError):
         result_of(asked)
     with pytest.raises(NotConnectedError):
         result_of(direct)
-    assert rig.clock.getDelayedCalls() == []
+    assert rig.factory.state is ConnectionState.WAITING_TO_RETRY and len(rig.clock.getDelayedCalls()) == 1
+    rig.clock.advance(1.0)
+    rig.succeed()
+    assert result_of(buffered) is None
+    assert [frame["params"]["message"] for frame in rig.sent()] == ["bye"]
 
 
 # -- backpressure never hides a reply ---------------------------------------------------------
@@ -398,7 +401,7 @@ def test_replies_are_read_while_handlers_fall_behind() -> None:
     for held in list(backend.held):
         if not held.called:
             held.callback(None)
-    assert rig.transport.producerState == "producing" and not rig.protocol._pause_wanted
+    assert rig.transport.producerState == "producing"
 
 
 def test_a_request_made_while_paused_resumes_reading(rig: Rig) -> None:
@@ -411,7 +414,7 @@ def test_a_request_made_while_paused_resumes_reading(rig: Rig) -> None:
     rig.feed(reply(request["request_id"], ok=True, result=[]))
     assert result_of(answer) == []
     # The dispatcher is idle by now: the remembered pause is dropped, reading goes on.
-    assert rig.transport.producerState == "producing" and not rig.protocol._pause_wanted
+    assert rig.transport.producerState == "producing"
 
 
 def test_timeout_applies_the_remembered_pause() -> None:
@@ -431,4 +434,4 @@ def test_a_refused_request_leaves_a_pause_alone(rig: Rig) -> None:
     rig.protocol.pause_reading()
     with pytest.raises(NotSupportedError):
         result_of(rig.factory.room_members("lobby"))
-    assert rig.transport.producerState == "paused" and not rig.protocol._pause_wanted
+    assert rig.transport.producerState == "paused"

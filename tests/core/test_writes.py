@@ -12,8 +12,8 @@ from twisted.internet.testing import MemoryReactorClock
 
 from pystrands import Backend
 from pystrands.protocol import BrokerClientFactory
-from pystrands.settings import BackendSettings
 from tests.support import transcript
+from tests.support.driver import Driver
 
 
 class SocketLike(FileDescriptor):
@@ -39,12 +39,10 @@ class Echo(Backend):
 
 
 def connected(backend: Backend) -> tuple[Any, SocketLike, BrokerClientFactory]:
-    reactor = MemoryReactorClock()
-    factory = BrokerClientFactory(backend, reactor, BackendSettings())
-    protocol = factory.buildProtocol(None)
-    transport = SocketLike(reactor)
-    protocol.makeConnection(transport)
-    return protocol, transport, factory
+    driver = Driver(backend).connect()
+    transport = SocketLike(MemoryReactorClock())
+    driver.succeed(transport)
+    return driver.protocol, transport, driver.factory
 
 
 def new_message(text: str, client_id: str) -> bytes:
