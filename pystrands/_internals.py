@@ -162,4 +162,3 @@ def write_buffer_empty(transport: FileDescriptor) -> bool:
     ``transport.write``, which is always correct, one reactor turn later.
     """
     return not transport.dataBuffer and not getattr(transport, "_tempDataBuffer", True)
-
