@@ -46,7 +46,7 @@ class Event(enum.Enum):
     ATTEMPT_SUCCEEDED = "an attempt connected"
     ATTEMPT_FAILED = "an attempt failed; the policy retries"
     CONNECTION_LOST = "the connection was lost; the policy retries"
-    GIVE_UP = "an attempt failed or the connection was lost; the policy does not retry"
+    GIVE_UP = "an attempt failed or the connection was lost, and the policy does not retry (or stopTrying())"
     RETRY_DUE = "the retry delay is over"
     STOP = "stop() called"
     CLOSED = "the stop is complete: handlers done or timed out, connection closed"
@@ -70,6 +70,7 @@ TRANSITIONS: Mapping[tuple[ConnectionState, Event], ConnectionState] = MappingPr
     (_S.CONNECTED, _E.STOP): _S.STOPPING,  # lets handlers finish, then closes
 
     (_S.WAITING_TO_RETRY, _E.RETRY_DUE): _S.CONNECTING,
+    (_S.WAITING_TO_RETRY, _E.GIVE_UP): _S.STOPPED,  # stopTrying(): the timer is cancelled
     (_S.WAITING_TO_RETRY, _E.STOP): _S.STOPPING,  # cancels the timer
 
     # Stopping absorbs what ends meanwhile; a second stop() only waits for the first.

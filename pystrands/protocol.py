@@ -48,7 +48,8 @@ if TYPE_CHECKING:
 
     from ._typing import IConnectedTransport
 
-__all__ = ["REQUEST_TIMEOUT", "BrokerClientFactory", "BrokerProtocol", "as_backend", "context_from_wire"]
+__all__ = ["REQUEST_TIMEOUT", "BrokerClientFactory", "BrokerProtocol", "ConnectionState", "as_backend",
+           "context_from_wire"]
 
 log = Logger()
 
@@ -487,6 +488,12 @@ def _flag(result: Any) -> bool:
 _RESULTS: dict[str, Callable[[Any], Any]] = {wire.ROOM_MEMBERS: _members}
 
 
+def _result_of(result: Any, request: wire.Request) -> Any:
+    """The caller's value of ``request``'s reply ``result``."""
+    convert: Callable[[Any], Any] = _RESULTS.get(request.action, _flag)
+    return convert(result)
+
+
 def _describe(endpoint: IStreamClientEndpoint) -> str:
     """``host:port`` from an endpoint's public ``host`` and ``port``, else its repr."""
     host, port = getattr(endpoint, "host", None), getattr(endpoint, "port", None)
@@ -635,7 +642,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
 
     def request(self, request: wire.Request) -> Deferred[Any]:
         """Send a checked extension request; a Deferred of its result (Contexts for room_members, else a bool)."""
-        return self.send_request(request).addCallback(_RESULTS.get(request.action, _flag))
+        return self.send_request(request).addCallback(_result_of, request)
 
     def send_request(self, request: wire.Request) -> Deferred[Any]:
         """Send a checked extension request on the open connection; a Deferred of the reply's raw result.

@@ -66,12 +66,12 @@ class BackendService(Service):
         reactor = self.reactor
         if reactor is None:
             from twisted.internet import reactor  # the outermost layer's choice: the global one
-        endpoint = self.endpoint
+        endpoint, description = self.endpoint, None
         if isinstance(endpoint, str):
-            endpoint = clientFromString(reactor, endpoint)
+            endpoint, description = clientFromString(reactor, endpoint), endpoint
         super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self.factory = BrokerClientFactory(self.backend, reactor, self.settings)
-        self.factory.connect(endpoint)
+        self.factory.connect(endpoint, description)
 
     def stopService(self) -> Deferred[None]:
         """Stop reconnecting, let in-flight handlers finish (up to ``stop_timeout``), then close."""

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import task
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from websockets.sync.client import connect
 
-from pystrands import Backend, Context, NotSupportedError
+from pystrands import Backend, Context
 from pystrands.protocol import BrokerClientFactory
 from tests.core.harness import in_thread
 from tests.demo.support import Broker, launching, start_broker
 
 
 class Judge(Backend):
+    def __init__(self) -> None:
+        super().__init__()
+        #: Fires with the first client's context: by then the broker's hello has come (its first frame).
+        self.joined: Deferred[Context] = Deferred()
+
+    def on_new_connection(self, context: Context) -> None:
+        if not self.joined.called:
+            self.joined.callback(context)
+
     def on_connection_request(self, request: Any) -> bool:
         request.context.client_id = request.query["id"][0]
         request.context.room_id = "lobby"
@@ -41,13 +49,8 @@ async def test_deferreds_against_the_embedded_broker(broker: Broker, reactor: An
     assert await attempt
     ws = await in_thread(lambda: connect(f"{broker.ws_url}/lobby?id=a", open_timeout=5).__enter__())
     try:
-        members: list[Context] = []
-        for _ in range(100):  # the hello and the new connection arrive on their own time
-            with contextlib.suppress(NotSupportedError):
-                members = await backend.broker.room_members("lobby")
-            if members:
-                break
-            await task.deferLater(reactor, 0.05)
+        await backend.joined.addTimeout(10, reactor)
+        members = await backend.broker.room_members("lobby")
         assert [(m.client_id, m.rooms) for m in members] == [("a", ["lobby"])]
         assert await backend.broker.join_room("a", "game") is True
         assert await backend.broker.set_metadata("a", {"n": 1}) is True

@@ -14,7 +14,6 @@ def test_pystrands_events_reach_stdlib_logging(caplog: pytest.LogCaptureFixture)
     bridge_to_stdlib()
     bridge_to_stdlib()
     try:
-        assert globalLogPublisher._observers.count(_forward) == 1
         with caplog.at_level(logging.DEBUG):
             Logger(namespace="pystrands.protocol").warn("lost {what}", what="the broker")
             Logger(namespace="someone.else").warn("not ours")
@@ -23,7 +22,7 @@ def test_pystrands_events_reach_stdlib_logging(caplog: pytest.LogCaptureFixture)
             except ValueError:
                 Logger(namespace="pystrands.dispatch").failure("handler failed", level=LogLevel.error)
         records = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
-        assert ("pystrands.protocol", logging.WARNING, "lost the broker") in records
+        assert records.count(("pystrands.protocol", logging.WARNING, "lost the broker")) == 1, "bridged once"
         assert not any(name == "someone.else" for name, _, _ in records)
         [failed] = [r for r in caplog.records if r.name == "pystrands.dispatch"]
         assert failed.levelno == logging.ERROR and failed.exc_info[0] is ValueError

@@ -1,18 +1,22 @@
-"""BrokerProtocol and BrokerClientFactory against a fake broker on real TCP sockets."""
+"""BrokerProtocol and BrokerClientFactory against a fake broker on real TCP sockets.
+
+What is logic (life cycle, retries, order, backpressure, idleness) is tested
+deterministically in test_lifecycle.py and test_events.py; here, that the
+real thing works over TCP.
+"""
 
 from __future__ import annotations
 
-import json
-import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import task
 from twisted.internet.defer import Deferred, gatherResults
 
 from pystrands import ConnectionRequestContext, Context
-from pystrands.errors import NotConnectedError, SendBufferFull
+from pystrands.errors import NotConnectedError
+from pystrands.lifecycle import ConnectionState
 from tests.core.harness import Recorder, in_thread
 from tests.support import transcript
 from tests.support.ports import free_port
@@ -164,23 +168,6 @@ async def test_malformed_frames_are_skipped_and_the_connection_stays(make_harnes
 
 
 @pytest_twisted.ensureDeferred
-async def test_oversized_lines_are_discarded_up_to_their_newline(make_harness: Any, reactor: Any) -> None:
-    harness = make_harness(max_line_length=1024)
-    conn = await harness.start()
-    big = json.dumps(message("x" * 5000)).encode()
-    conn.send_raw(big + b"\n")
-    conn.send_frame(message("after-one-chunk"))
-    for piece in range(0, len(big), 700):
-        conn.send_raw(big[piece:piece + 700])
-        await task.deferLater(reactor, 0.01, lambda: None)
-    conn.send_raw(b"\n")
-    conn.send_frame(message("after-pieces"))
-    texts = [(await harness.backend.next_event())[1][0] for _ in range(2)]
-    assert texts == ["after-one-chunk", "after-pieces"]
-    assert harness.factory.connected
-
-
-@pytest_twisted.ensureDeferred
 async def test_multi_mebibyte_frame_under_the_limit_arrives_whole(make_harness: Any) -> None:
     harness = make_harness()
     conn = await harness.start()
@@ -251,83 +238,6 @@ async def test_events_flow_while_an_answer_is_pending(make_harness: Any) -> None
     assert reply["request_id"] == "slow" and reply["params"]["accepted"] is True
 
 
-class Gate(Recorder):
-    """on_message returns a Deferred the test fires; records starts."""
-
-    def __init__(self, reactor: Any) -> None:
-        super().__init__(reactor)
-        self.started: list[str] = []
-        self.gates: dict[str, Deferred[None]] = {}
-
-    def on_message(self, message: str, context: Context) -> Deferred[None]:
-        self.started.append(message)
-        gate = self.gates[message] = Deferred()
-        super().on_message(message, context)
-        return gate
-
-
-@pytest.mark.parametrize("concurrency", [1, 8])
-@pytest_twisted.ensureDeferred
-async def test_order_per_client_and_concurrency_across_clients(make_harness: Any, reactor: Any,
-                                                               concurrency: int) -> None:
-    backend = Gate(reactor)
-    harness = make_harness(backend, concurrency=concurrency)
-    conn = await harness.start()
-    for text, client in [("a1", "A"), ("a2", "A"), ("b1", "B"), ("a3", "A")]:
-        conn.send_frame(message(text, client))
-    await backend.next_event()
-    await task.deferLater(reactor, 0.2, lambda: None)
-    assert backend.started == (["a1", "b1"] if concurrency > 1 else ["a1"])
-    backend.gates["a1"].callback(None)
-    await backend.next_event()
-    if concurrency == 1:
-        assert backend.started == ["a1", "b1"]
-        backend.gates["b1"].callback(None)
-        await backend.next_event()
-    else:
-        await backend.next_event()
-    assert backend.started == ["a1", "b1", "a2"]
-    backend.gates["a2"].callback(None)
-    await backend.next_event()
-    assert backend.started == ["a1", "b1", "a2", "a3"]
-
-
-@pytest_twisted.ensureDeferred
-async def test_slow_handlers_pause_reading_and_bound_memory(make_harness: Any, reactor: Any) -> None:
-    class Slow(Recorder):
-        def __init__(self, reactor: Any) -> None:
-            super().__init__(reactor)
-            self.handled: list[int] = []
-            self.most_pending = 0
-            self.saw_paused = False
-
-        def on_message(self, message: str, context: Context) -> Deferred[None]:
-            factory = harness.factory
-            self.most_pending = max(self.most_pending, factory.dispatcher.pending_events)
-            self.saw_paused = self.saw_paused or factory.current._reading_paused
-            self.handled.append(int(message))
-            return task.deferLater(reactor, 0.0005, lambda: None)
-
-    backend = Slow(reactor)
-    harness = make_harness(backend, max_pending_events=8)
-    conn = await harness.start()
-    total = 3000
-    lines = b"".join(json.dumps(message(str(n), f"c{n % 3}")).encode() + b"\n" for n in range(total))
-    sending = in_thread(conn.send_raw, lines)
-    deadline = time.monotonic() + 30
-    while len(backend.handled) < total and time.monotonic() < deadline:
-        await task.deferLater(reactor, 0.05, lambda: None)
-    await sending
-    assert len(backend.handled) == total
-    for client in range(3):
-        mine = [n for n in backend.handled if n % 3 == client]
-        assert mine == sorted(mine), "per-client order kept"
-    assert backend.saw_paused, "reading paused while handlers were behind"
-    lines_per_read = 65536 // (len(lines) // total) + 1
-    assert backend.most_pending <= 8 + lines_per_read, backend.most_pending
-    assert not harness.factory.current._reading_paused, "reading resumed once caught up"
-
-
 @pytest_twisted.ensureDeferred
 async def test_reconnects_after_the_broker_closes(make_harness: Any) -> None:
     harness = make_harness()
@@ -337,7 +247,6 @@ async def test_reconnects_after_the_broker_closes(make_harness: Any) -> None:
     again.send_frame(message("after-reconnect"))
     name, args = await harness.backend.next_event()
     assert args[0] == "after-reconnect"
-
 
 
 @pytest_twisted.ensureDeferred
@@ -354,7 +263,7 @@ async def test_backend_started_before_the_broker_connects_when_it_appears(reacto
     attempt = factory.next_attempt()
     factory.connect(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=2))
     assert await attempt is False
-    await task.deferLater(reactor, 0.3, lambda: None)
+    assert factory.state is ConnectionState.WAITING_TO_RETRY
     with FakeBroker(port) as broker:
         conn = await in_thread(broker.accept, 5)
         conn.send_frame(message("late-broker"))
@@ -372,49 +281,9 @@ async def test_no_reconnect_means_one_attempt(reactor: Any) -> None:
     attempt = factory.next_attempt()
     factory.connect(TCP4ClientEndpoint(reactor, "127.0.0.1", free_port(), timeout=2))
     assert await attempt is False
-    assert factory._callID is None, "no retry scheduled"
+    assert factory.state is ConnectionState.STOPPED and not factory.retrying, "no retry scheduled"
     with pytest.raises(NotConnectedError, match="auto_reconnect is off"):
         await factory.broadcast_message("x")
-
-
-@pytest_twisted.ensureDeferred
-async def test_idle_broker_is_dropped_and_heartbeats_keep_it(make_harness: Any, reactor: Any) -> None:
-    harness = make_harness(idle_timeout=0.3)
-    conn = await harness.start()
-    for _ in range(6):
-        conn.send_frame({"request_id": "heartbeat", "action": "heartbeat", "params": {}})
-        await task.deferLater(reactor, 0.1, lambda: None)
-    assert not conn.closed.is_set(), "heartbeats keep the connection"
-    await in_thread(conn.wait_closed, 3)
-    again = await in_thread(harness.broker.accept, 5)
-    assert again is not conn
-
-
-async def wait_until(reactor: Any, predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await task.deferLater(reactor, 0.01, lambda: None)
-
-
-@pytest_twisted.ensureDeferred
-async def test_sends_while_reconnecting_are_buffered_then_bounded(make_harness: Any, reactor: Any) -> None:
-    harness = make_harness(send_buffer_size=3, reconnect_delay=0.3, max_reconnect_delay=0.3)
-    factory = harness.factory
-    conn = await harness.start()
-    conn.close()
-    await wait_until(reactor, lambda: not factory.connected)
-    sent = [factory.send_room_message("lobby", f"buffered-{n}") for n in range(3)]
-    with pytest.raises(SendBufferFull, match="send_buffer_size=3"):
-        await factory.broadcast_message("one too many")
-    assert not any(d.called for d in sent)
-    again = await in_thread(harness.broker.accept, 5)
-    await gatherResults(sent)
-    frames = await in_thread(again.recv_frames, 3)
-    assert [f["params"]["message"] for f in frames] == ["buffered-0", "buffered-1", "buffered-2"]
-    await factory.stop(1)
-    with pytest.raises(NotConnectedError, match="stopped"):
-        await factory.send_private_message("c", "after stop")
 
 
 @pytest_twisted.ensureDeferred
@@ -439,27 +308,3 @@ async def test_token_is_sent_in_an_auth_frame_first(make_harness: Any) -> None:
     conn = await harness.start()
     first = await in_thread(conn.recv_frame)
     assert first["action"] == "auth" and first["params"] == {"token": "s3cret"}
-
-
-@pytest_twisted.ensureDeferred
-async def test_stop_waits_for_running_handlers_up_to_the_timeout(make_harness: Any, reactor: Any) -> None:
-    backend = Gate(reactor)
-    harness = make_harness(backend)
-    conn = await harness.start()
-    conn.send_frame(message("slow"))
-    await backend.next_event()
-    reactor.callLater(0.2, backend.gates["slow"].callback, None)
-    began = time.monotonic()
-    await harness.factory.stop(5)
-    assert 0.15 < time.monotonic() - began < 2
-    await in_thread(conn.wait_closed, 2)
-
-    backend2 = Gate(reactor)
-    harness2 = make_harness(backend2)
-    conn2 = await harness2.start()
-    conn2.send_frame(message("hangs"))
-    await backend2.next_event()
-    began = time.monotonic()
-    await harness2.factory.stop(0.3)
-    assert time.monotonic() - began < 2
-    await in_thread(conn2.wait_closed, 2)

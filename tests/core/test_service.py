@@ -34,6 +34,7 @@ async def test_service_in_a_multiservice_connects_serves_and_stops(reactor: Any)
         parent.startService()
         conn = await in_thread(broker.accept)
         assert backend.broker is service.broker
+        assert service.broker.destination == f"tcp:host=127.0.0.1:port={broker.port}", "logs name the endpoint"
         conn.send_frame({"request_id": "m", "action": "new_message", "params": {
             "message": "hi", "context": {"client_id": "c", "room_id": "r", "metadata": {}}}})
         assert (await backend.next_event())[1][0] == "hi"

@@ -1,0 +1,470 @@
+"""BrokerClientFactory's life cycle, driven by hand: every public call in every state, retries on a Clock, logs.
+
+Deterministic: a Clock, a FakeEndpoint whose attempts the test resolves,
+in-memory transports (tests/support/driver.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionRefusedError
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+
+from pystrands import Backend, NotConnectedError, wire
+from pystrands.lifecycle import TRANSITIONS, ConnectionMachine, ConnectionState, Event, InvalidTransition
+from pystrands.protocol import BrokerClientFactory
+from tests.support.driver import Driver, FakeEndpoint, frame_from_transcript, outcome
+
+S = ConnectionState
+NO_JITTER = {"reconnect_delay": 1.0, "max_reconnect_delay": 8.0, "reconnect_backoff": 2.0}
+
+
+def driver(**settings: Any) -> Driver:
+    made = Driver(**{"idle_timeout": 0, **NO_JITTER, **settings})
+    made.factory.jitter = 0  # ReconnectingClientFactory's attribute, read by connect(): exact delays
+    return made
+
+
+def in_state(state: ConnectionState) -> Driver:
+    """A driver whose factory is in ``state`` (STOPPING: stopped while connected, the close not yet done)."""
+    made = driver()
+    if state is S.NEVER_STARTED:
+        return made
+    made.connect()
+    if state is S.WAITING_TO_RETRY:
+        made.fail()
+    elif state in (S.CONNECTED, S.STOPPING, S.STOPPED):
+        made.succeed()
+        if state is not S.CONNECTED:
+            made.factory.stop(1.0)
+            if state is S.STOPPED:
+                made.clock.advance(0)
+    assert made.factory.state is state
+    return made
+
+
+def describe(result: Any) -> str:
+    """A call's observable outcome, in the words of the table below."""
+    if not isinstance(result, Deferred):
+        return "returns"
+    results: list[Any] = []
+    result.addCallbacks(lambda value: (results.append(value), value)[1], results.append)  # values pass on
+    if not results:
+        return "pending"
+    if isinstance(results[0], Failure):
+        return f"fails {results[0].type.__name__}: {results[0].getErrorMessage()}"
+    return f"fires {results[0]!r}"
+
+
+CALLS: dict[str, Callable[[Driver], Any]] = {
+    "connect": lambda d: d.factory.connect(d.endpoint),
+    "stop": lambda d: d.factory.stop(1.0),
+    "next_attempt": lambda d: d.factory.next_attempt(),
+    "send": lambda d: d.factory.broadcast_message("hi"),
+    "request": lambda d: d.factory.room_members("lobby"),
+}
+
+RUNTIME = "raises RuntimeError"
+NOT_CONNECTED = "fails NotConnectedError: not connected to the broker: "
+
+#: state -> call -> (outcome once the clock has turned, state after it).
+TABLE: dict[ConnectionState, dict[str, tuple[str, ConnectionState]]] = {
+    S.NEVER_STARTED: {
+        "connect": ("returns", S.CONNECTING),
+        "stop": ("fires None", S.STOPPED),
+        "next_attempt": ("pending", S.NEVER_STARTED),
+        "send": (NOT_CONNECTED + "the backend was never started", S.NEVER_STARTED),
+        "request": (NOT_CONNECTED + "the backend was never started", S.NEVER_STARTED),
+    },
+    S.CONNECTING: {
+        "connect": (RUNTIME, S.CONNECTING),
+        "stop": ("fires None", S.STOPPED),
+        "next_attempt": ("pending", S.CONNECTING),
+        "send": ("pending", S.CONNECTING),  # buffered for the connection
+        "request": (NOT_CONNECTED + "connecting (requests are not buffered)", S.CONNECTING),
+    },
+    S.CONNECTED: {
+        "connect": (RUNTIME, S.CONNECTED),
+        "stop": ("fires None", S.STOPPED),
+        "next_attempt": ("pending", S.CONNECTED),
+        "send": ("fires None", S.CONNECTED),
+        "request": ("pending", S.CONNECTED),  # waits for the broker's hello
+    },
+    S.WAITING_TO_RETRY: {
+        "connect": (RUNTIME, S.WAITING_TO_RETRY),
+        "stop": ("fires None", S.STOPPED),
+        "next_attempt": ("pending", S.WAITING_TO_RETRY),
+        "send": ("pending", S.WAITING_TO_RETRY),
+        "request": (NOT_CONNECTED + "waiting to retry (requests are not buffered)", S.WAITING_TO_RETRY),
+    },
+    S.STOPPING: {
+        "connect": (RUNTIME, S.STOPPED),
+        "stop": ("fires None", S.STOPPED),
+        "next_attempt": ("fires False", S.STOPPED),
+        "send": ("fires None", S.STOPPED),  # handlers still finishing send on the closing connection
+        "request": (NOT_CONNECTED + "the backend was stopped", S.STOPPED),
+    },
+    S.STOPPED: {
+        "connect": (RUNTIME, S.STOPPED),
+        "stop": ("fires None", S.STOPPED),
+        "next_attempt": ("fires False", S.STOPPED),
+        "send": (NOT_CONNECTED + "the backend was stopped", S.STOPPED),
+        "request": (NOT_CONNECTED + "the backend was stopped", S.STOPPED),
+    },
+}
+
+
+def test_the_table_covers_every_state_and_call() -> None:
+    assert set(TABLE) == set(ConnectionState)
+    assert all(set(calls) == set(CALLS) for calls in TABLE.values())
+
+
+@pytest.mark.parametrize("state", list(ConnectionState), ids=lambda state: state.name)
+@pytest.mark.parametrize("call", list(CALLS))
+def test_every_public_call_in_every_state(state: ConnectionState, call: str) -> None:
+    made = in_state(state)
+    try:
+        result = CALLS[call](made)
+    except RuntimeError:
+        result = RUNTIME
+    made.clock.advance(0)  # a close asked for completes
+    observed = result if result == RUNTIME else describe(result)
+    assert (observed, made.factory.state) == TABLE[state][call]
+
+
+#: state -> (connected, retrying, no_connection_reason)
+PROPERTIES: dict[ConnectionState, tuple[bool, bool, str | None]] = {
+    S.NEVER_STARTED: (False, False, "the backend was never started"),
+    S.CONNECTING: (False, True, None),
+    S.CONNECTED: (True, True, None),
+    S.WAITING_TO_RETRY: (False, True, None),
+    S.STOPPING: (True, False, None),  # open until the close completes; nothing comes after it
+    S.STOPPED: (False, False, "the backend was stopped"),
+}
+
+
+@pytest.mark.parametrize("state", list(ConnectionState), ids=lambda state: state.name)
+def test_properties_in_every_state(state: ConnectionState) -> None:
+    factory = in_state(state).factory
+    assert (factory.connected, factory.retrying, factory.no_connection_reason) == PROPERTIES[state]
+    assert str(factory.state) == state.value and state.value in repr(factory)
+
+
+def test_the_transition_table_defines_stop_everywhere_and_connect_once() -> None:
+    assert {state for state, event in TRANSITIONS if event is Event.STOP} == set(ConnectionState)
+    assert [state for state, event in TRANSITIONS if event is Event.CONNECT] == [S.NEVER_STARTED]
+    machine = ConnectionMachine()
+    with pytest.raises(InvalidTransition, match="'an attempt connected' cannot happen while never started"):
+        machine.handle(Event.ATTEMPT_SUCCEEDED)
+    assert machine.state is S.NEVER_STARTED
+
+
+# -- stop ----------------------------------------------------------------------------------------
+
+
+class Gate(Backend):
+    """on_message returns a Deferred the test fires."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gates: list[Deferred[None]] = []
+
+    def on_message(self, message: str, context: Any) -> Deferred[None]:
+        gate: Deferred[None] = Deferred()
+        self.gates.append(gate)
+        return gate
+
+
+def test_every_stop_callers_deferred_fires_once_stopped() -> None:
+    """A second stop() while connected used to leave the first caller's Deferred waiting for ever."""
+    made = in_state(S.CONNECTED)
+    first, second = made.factory.stop(), made.factory.stop()
+    assert describe(first) == describe(second) == "pending"
+    assert made.factory.state is S.STOPPING
+    made.clock.advance(0)
+    assert describe(first) == describe(second) == "fires None"
+    assert describe(made.factory.stop()) == "fires None"
+
+
+def test_stop_waits_for_running_handlers_up_to_the_first_timeout() -> None:
+    backend = Gate()
+    made = driver(backend=backend).connect().succeed()
+    made.feed(frame_from_transcript("new_message"), frame_from_transcript("new_message", message="two"))
+    first = made.factory.stop(5.0)
+    later = made.factory.stop(0.0)  # the stop under way keeps its timeout
+    made.clock.advance(4.9)
+    assert describe(first) == describe(later) == "pending" and made.factory.state is S.STOPPING
+    backend.gates[0].callback(None)  # one client's two messages: the second has not started
+    made.clock.advance(0.1)  # the timeout: closing anyway
+    assert made.transport.disconnecting
+    made.clock.advance(0)
+    assert describe(first) == describe(later) == "fires None" and made.factory.state is S.STOPPED
+
+
+def test_stop_after_the_handlers_finish_closes_at_once() -> None:
+    backend = Gate()
+    made = driver(backend=backend).connect().succeed()
+    made.feed(frame_from_transcript("new_message"))
+    stopped = made.factory.stop(5.0)
+    made.clock.advance(1.0)
+    backend.gates[0].callback(None)
+    assert made.transport.disconnecting and made.clock.seconds() == 1.0
+    made.clock.advance(0)
+    assert describe(stopped) == "fires None"
+
+
+def test_stop_during_connecting_cancels_the_attempt() -> None:
+    made = driver().connect()
+    attempt = made.factory.next_attempt()
+    stopped = made.factory.stop()
+    assert made.endpoint.attempts[0].cancelled
+    assert describe(stopped) == "fires None" and describe(attempt) == "fires False"
+    assert made.factory.state is S.STOPPED and made.clock.getDelayedCalls() == []
+
+
+def test_an_attempt_that_connects_after_the_stop_is_closed() -> None:
+    made = driver().connect()
+    made.endpoint.attempts[0].deferred = Deferred()  # an endpoint that ignores the cancel
+    made.factory.stop()
+    assert made.factory.state is S.STOPPED
+    made.succeed()
+    made.clock.advance(0)
+    assert made.transport.closed and not made.factory.connected and made.factory.state is S.STOPPED
+
+
+def test_stop_fails_buffered_sends_and_drops_the_retry() -> None:
+    made = in_state(S.WAITING_TO_RETRY)
+    buffered = made.factory.broadcast_message("kept")
+    made.factory.stop()
+    assert describe(buffered) == NOT_CONNECTED + "the backend was stopped"
+    assert made.clock.getDelayedCalls() == [] and len(made.endpoint.attempts) == 1
+
+
+def test_a_cancelled_stop_or_attempt_waiter_does_not_break_the_others() -> None:
+    made = in_state(S.CONNECTED)
+    gave_up, kept = made.factory.stop(), made.factory.stop()
+    gave_up.cancel()
+    gave_up.addErrback(lambda _: None)
+    made.clock.advance(0)
+    assert describe(kept) == "fires None"
+    made = in_state(S.CONNECTING)
+    dropped, waited = made.factory.next_attempt(), made.factory.next_attempt()
+    dropped.cancel()
+    dropped.addErrback(lambda _: None)
+    made.succeed()
+    assert describe(waited) == "fires True"
+
+
+# -- retries ---------------------------------------------------------------------------------------
+
+
+def attempt_times(made: Driver, failures: int) -> list[float]:
+    """Fail ``failures`` attempts in a row, each as soon as it starts; the clock time of each attempt."""
+    times = []
+    for _ in range(failures):
+        times.append(made.clock.seconds())
+        made.fail()
+        made.clock.advance(made.clock.getDelayedCalls()[0].getTime() - made.clock.seconds())
+    return times
+
+
+def test_retries_back_off_up_to_the_cap_and_a_connection_resets_them() -> None:
+    made = driver().connect()
+    assert attempt_times(made, 6) == [0.0, 1.0, 3.0, 7.0, 15.0, 23.0]  # waits 1, 2, 4, 8, 8
+    made.succeed()
+    made.lose()
+    assert made.factory.state is S.WAITING_TO_RETRY
+    assert made.clock.getDelayedCalls()[0].getTime() - made.clock.seconds() == 1.0  # from the start again
+
+
+def test_next_attempt_reports_each_outcome() -> None:
+    made = driver().connect()
+    failed = made.factory.next_attempt()
+    made.fail()
+    connected = made.factory.next_attempt()
+    assert describe(failed) == "fires False" and describe(connected) == "pending"
+    made.clock.advance(1.0)
+    made.succeed()
+    assert describe(connected) == "fires True"
+
+
+def test_without_auto_reconnect_one_attempt_then_stopped() -> None:
+    made = driver(auto_reconnect=False).connect()
+    attempt = made.factory.next_attempt()
+    made.fail()
+    assert describe(attempt) == "fires False" and made.factory.state is S.STOPPED
+    assert made.factory.no_connection_reason == "connecting failed and auto_reconnect is off"
+    assert made.clock.getDelayedCalls() == [] and not made.factory.retrying
+    gave_up = NOT_CONNECTED + "connecting failed and auto_reconnect is off"
+    assert describe(made.factory.broadcast_message("x")) == gave_up
+    assert describe(made.factory.next_attempt()) == "fires False"
+    assert describe(made.factory.stop()) == "fires None"
+    assert made.factory.no_connection_reason == "the backend was stopped"
+
+
+def test_without_auto_reconnect_a_lost_connection_is_the_end() -> None:
+    made = driver(auto_reconnect=False).connect().succeed()
+    assert not made.factory.retrying and made.factory.connected
+    made.lose()
+    assert made.factory.state is S.STOPPED and made.clock.getDelayedCalls() == []
+    assert made.factory.no_connection_reason == "the connection is lost and auto_reconnect is off"
+
+
+def test_sends_while_reconnecting_are_buffered_then_bounded() -> None:
+    made = driver(send_buffer_size=3).connect().succeed()
+    made.lose()
+    sent = [made.factory.send_room_message("lobby", f"buffered-{n}") for n in range(3)]
+    assert describe(made.factory.broadcast_message("one too many")).startswith(
+        "fails SendBufferFull: not connected to the broker, and 3 sends already wait")
+    assert [describe(d) for d in sent] == ["pending"] * 3
+    made.clock.advance(1.0)
+    made.succeed()
+    assert [describe(d) for d in sent] == ["fires None"] * 3
+    assert [frame["params"]["message"] for frame in made.sent()] == ["buffered-0", "buffered-1", "buffered-2"]
+
+
+def test_stop_trying_drops_a_waiting_retry() -> None:
+    made = in_state(S.WAITING_TO_RETRY)
+    made.factory.stopTrying()
+    assert made.factory.state is S.STOPPED and made.clock.getDelayedCalls() == []
+    assert made.factory.no_connection_reason == "reconnecting was stopped (stopTrying)"
+
+
+def test_stop_trying_while_connected_ends_at_the_next_loss() -> None:
+    made = in_state(S.CONNECTED)
+    made.factory.stopTrying()
+    assert made.factory.connected and not made.factory.retrying
+    made.lose()
+    assert made.factory.state is S.STOPPED
+
+
+def test_max_retries_gives_up() -> None:
+    made = driver()
+    made.factory.maxRetries = 2
+    made.connect()
+    attempt_times(made, 2)
+    made.fail()
+    assert made.factory.state is S.STOPPED
+    assert made.factory.no_connection_reason == "connecting failed 3 times in a row"
+
+
+def test_an_endpoint_that_raises_is_a_failed_attempt() -> None:
+    class Broken(FakeEndpoint):
+        def connect(self, factory: Any) -> Any:
+            raise ConnectionRefusedError("no route")
+
+    made = driver()
+    made.factory.connect(Broken(made.clock))
+    assert made.factory.state is S.WAITING_TO_RETRY
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+def test_bad_arguments_are_refused_naming_them() -> None:
+    made = driver()
+    with pytest.raises(TypeError, match="endpoint must provide IStreamClientEndpoint"):
+        made.factory.connect("tcp:host=localhost:port=8081")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="description must be a str"):
+        made.factory.connect(made.endpoint, 8081)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout must be a finite number >= 0"):
+        made.factory.stop(-1)
+    with pytest.raises(TypeError, match="timeout must be a number"):
+        made.factory.stop("5")  # type: ignore[arg-type]
+    assert made.factory.state is S.NEVER_STARTED
+    made.connect().succeed()
+    assert describe(made.factory.request("room_members")) == (  # type: ignore[arg-type]
+        "fails TypeError: request must be a pystrands.wire.Request, not str")
+
+
+def test_the_factory_refuses_a_connection_it_did_not_make() -> None:
+    factory = BrokerClientFactory(Backend(), driver().clock)
+    with pytest.raises(RuntimeError, match=r"factory.connect\(endpoint\)"):
+        factory.buildProtocol(None)
+
+
+# -- logs ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def logged() -> Iterator[list[dict[str, Any]]]:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def lines(logged: list[dict[str, Any]], level: LogLevel, containing: str = "") -> list[str]:
+    texts = [formatEvent(event) for event in logged if event.get("log_level") is level]
+    return [text for text in texts if containing in text]
+
+
+def test_describing_the_destination() -> None:
+    made = driver().connect()
+    assert made.factory.destination == "broker.test:8081"
+    named = driver()
+    named.factory.connect(named.endpoint, "localhost:8081")
+    assert named.factory.destination == "localhost:8081"
+
+    nameless = driver()
+    endpoint = FakeEndpoint(nameless.clock, host=None)  # type: ignore[arg-type]
+    nameless.factory.connect(endpoint)
+    assert nameless.factory.destination.startswith("FakeEndpoint(clock=")  # its repr
+
+
+def test_the_first_failure_warns_naming_the_broker_and_the_reason(logged: list[dict[str, Any]]) -> None:
+    made = driver().connect()
+    made.fail()
+    (warning,) = lines(logged, LogLevel.warn)
+    assert warning == ("Connecting to the broker at broker.test:8081 failed (Connection was refused by other side:"
+                       " Connection refused.); retrying in 1.0s")
+
+
+def test_further_failures_warn_at_doubling_counts(logged: list[dict[str, Any]]) -> None:
+    made = driver().connect()
+    attempt_times(made, 9)
+    failed = lines(logged, LogLevel.warn, "Connecting to the broker at broker.test:8081 failed")
+    assert len(failed) == 4  # the 1st, 2nd, 4th, 8th
+    assert "2 failures in a row, retrying in 2.0s" in failed[1] and "8 failures in a row" in failed[3]
+    assert len(lines(logged, LogLevel.debug, "Connecting to the broker at broker.test:8081 failed")) == 5
+    made.succeed()
+    assert lines(logged, LogLevel.info, "Connected to the broker at broker.test:8081 after 9 failed attempts")
+
+
+def test_a_lost_connection_warns_once(logged: list[dict[str, Any]]) -> None:
+    made = driver().connect().succeed()
+    made.lose()
+    assert lines(logged, LogLevel.warn) == [
+        ("Lost the connection to the broker at broker.test:8081 (Connection to the other side was lost in a"
+         " non-clean fashion: the broker went away.); retrying in 1.0s")]
+
+
+def test_without_retries_the_failure_says_so(logged: list[dict[str, Any]]) -> None:
+    made = driver(auto_reconnect=False).connect()
+    made.fail(ConnectionRefusedError("nobody home"))
+    (warning,) = lines(logged, LogLevel.warn)
+    assert warning.endswith("nobody home.); not retrying (auto_reconnect is off)")
+
+
+def test_a_stop_logs_no_warning(logged: list[dict[str, Any]]) -> None:
+    made = driver().connect().succeed()
+    made.factory.stop()
+    made.clock.advance(0)
+    stopping = driver().connect()
+    stopping.factory.stop()
+    assert lines(logged, LogLevel.warn) == []
+
+
+def test_requests_fail_when_the_connection_is_lost() -> None:
+    made = driver().connect().succeed()
+    made.feed({"request_id": "hello", "action": "hello", "params": {"protocol": 1, "features": ["join_room"]}})
+    asked = made.factory.join_room("c", "r")
+    assert [frame["action"] for frame in made.sent()] == [wire.JOIN_ROOM]
+    made.lose()
+    assert describe(asked).startswith(NOT_CONNECTED + "the connection was lost before the reply")
+    assert isinstance(outcome(made.factory.join_room("c", "r")).value, NotConnectedError)
