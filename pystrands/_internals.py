@@ -57,7 +57,7 @@ def decline_io_thread(reactor: Any) -> None:
 
 
 def release_reactor(reactor: Any) -> None:
-    """Close the file descriptors a stopped private ``reactor`` holds; Twisted leaves them open until the process ends.
+    """Close the file descriptors of a private ``reactor`` that will not run again; Twisted leaves them open.
 
     That is the pipe the reactor wakes itself with (its public ``waker``),
     which it lists among its private ``_internalReaders``, and, for an epoll
