@@ -14,6 +14,13 @@ checks, the faces' own machine); a frozen mapping shows every
 transition at a glance, is typed under ``mypy --strict`` without
 plugins, and costs one dict lookup per event. Sends are no events: the
 hot path reads ``factory.current`` and never touches the machine.
+
+Why not reconnect through Twisted's ``ClientService``: it is a machine of
+its own (automat, state hidden) owning the retries, while the factory must
+stay a ``ReconnectingClientFactory`` with its constructor and attributes;
+two machines for one connection would disagree on where it stands. Its
+split is kept instead: the retry policy (:mod:`pystrands.retry`) is a pure
+object apart from the protocol, as ``ClientService``'s ``backoffPolicy`` is.
 """
 
 from __future__ import annotations
