@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -136,6 +137,21 @@ def test_pystrands_1_0_0_suite_passes_against_this_package() -> None:
         f"DESELECTED lists {len(DESELECTED)} tests, but pytest deselected "
         f"{deselected[1] if deselected else 'none'}: an id no longer matches a 1.0.0 test"
     )
+
+
+def test_a_failed_download_fails_saying_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    closed = socket.create_server(("127.0.0.1", 0))
+    index = f"http://127.0.0.1:{closed.getsockname()[1]}/simple"
+    closed.close()  # nothing listens there now: the connection is refused
+    monkeypatch.setattr(sys.modules[__name__], "CACHE", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "SDIST", tmp_path / SDIST.name)
+    for name, value in {"PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": index, "PIP_RETRIES": "0"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(pytest.fail.Exception) as failed:
+        download()
+    assert str(failed.value).startswith(f"Could not download {RELEASE}'s source distribution from the package index")
+    assert "No matching distribution found for pystrands==1.0.0" in str(failed.value)
+    assert not list(tmp_path.glob("*.tar.gz"))
 
 
 def test_the_sandbox_refuses_traffic_beyond_loopback() -> None:
