@@ -35,4 +35,4 @@ benchmarks: $(VENV)/.installed
 	$(PY) benchmarks/run.py all
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info docs/_build
+	rm -rf $(VENV) build dist *.egg-info docs/_build .compat
