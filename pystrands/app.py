@@ -30,10 +30,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from . import wire
-from ._faces import FaceBackend, Options, Outgoing, backend_of, register_face
+from ._adapter import FaceBackend, Outgoing, backend_of, not_sent, register_face
+from ._internals import running_loop
+from ._parameters import ConnectionParameters
 from .async_client import AsyncPyStrandsClient
 from .client import PyStrandsClient
-from .errors import NotConnectedError
 
 __all__ = ["PyStrands"]
 
@@ -41,7 +42,7 @@ _Handler = TypeVar("_Handler", bound=Callable[..., Any])
 _Face = TypeVar("_Face", PyStrandsClient, AsyncPyStrandsClient)
 
 
-class PyStrands(Options):
+class PyStrands(ConnectionParameters):
     """A backend made of decorated functions; see the module docstring."""
 
     def _init_state(self) -> None:
@@ -98,15 +99,19 @@ class PyStrands(Options):
         await self._client(AsyncPyStrandsClient, _off_the_loop).run_forever()
 
     def send_room_message(self, room_id: str, message: str) -> Any:
-        """Send ``message`` to every client in ``room_id``; a future, awaitable on a loop."""
+        """Send ``message`` to every client in ``room_id``; a future (awaitable on a loop) of True once written.
+
+        Before ``run()``, or with no connection coming, the send is dropped
+        with a warning, as the faces do (see PyStrandsClient.send_room_message).
+        """
         return self._send(wire.room_message_frame(room_id, message))
 
     def send_private_message(self, client_id: str, message: str) -> Any:
-        """Send ``message`` to the one client ``client_id``; a future, awaitable on a loop."""
+        """Send ``message`` to the one client ``client_id``; a future of True/False, as ``send_room_message``."""
         return self._send(wire.private_message_frame(client_id, message))
 
     def broadcast(self, message: str) -> Any:
-        """Send ``message`` to every connected client; a future, awaitable on a loop."""
+        """Send ``message`` to every connected client; a future of True/False, as ``send_room_message``."""
         return self._send(wire.broadcast_frame(message))
 
     broadcast_message = broadcast
@@ -134,15 +139,14 @@ class PyStrands(Options):
         return self._send(wire.set_metadata_request(client_id, metadata))
 
     def _send(self, frame: Outgoing) -> Any:
-        """Through the running face; on a loop the result is always awaitable."""
+        """Through the running face (before a run: dropped, False); on a loop the result is always awaitable."""
         future: concurrent.futures.Future[Any] | Awaitable[Any]
         if self.client is None:
-            future = concurrent.futures.Future()
-            future.set_exception(NotConnectedError("not connected to the broker: call run() first"))
+            future = not_sent(self, frame, "call run() or run_async() first")
         else:
             future = self.client._send(frame)
         if isinstance(future, concurrent.futures.Future):
-            loop = asyncio._get_running_loop()  # None off a loop; get_running_loop() would raise per send
+            loop = running_loop()
             if loop is not None:
                 return asyncio.wrap_future(future, loop=loop)
         return future
@@ -160,7 +164,7 @@ def _off_the_loop(handler: Callable[..., Any]) -> Callable[..., Any]:
     return functools.partial(asyncio.to_thread, handler)
 
 
-def _adapt(app: PyStrands) -> FaceBackend:
+def _app_backend(app: PyStrands) -> FaceBackend:
     """The app as an IBackend (for twistd): its handlers on the blocking face's machinery."""
     client = app.client
     if not isinstance(client, PyStrandsClient):
@@ -168,4 +172,4 @@ def _adapt(app: PyStrands) -> FaceBackend:
     return backend_of(client)
 
 
-register_face(PyStrands, _adapt)
+register_face(PyStrands, _app_backend)

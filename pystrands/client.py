@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
 import inspect
 import socket
 import threading
@@ -27,78 +26,25 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 
 from . import wire
-from ._faces import (
-    BrokerEndpoint,
-    Face,
-    FaceBackend,
-    Outgoing,
-    backend_of,
-    call_in_reactor,
-    close_waker,
-    in_handler_of,
-    new_backend_of,
-    register_face,
-    run_as_handler,
-)
+from ._adapter import FaceBackend, Outgoing, backend_of, in_handler_of, new_backend_of, register_face, run_as_handler
+from ._bridges import call_in_reactor, done_future, settle_concurrent
+from ._endpoint import BrokerEndpoint
+from ._face import Face
+from ._reactors import start_reactor_thread
+from ._session import CLOSE_GRACE, Cycle, Runtime
 from ._threads import HandlerThreads
 from .context import Context
 from .logbridge import bridge_to_stdlib
 from .protocol import BrokerClientFactory
-from .settings import BackendSettings, check_number
+from .settings import check_number
 
 __all__ = ["PyStrandsClient"]
 
 log = Logger()
-
-#: Extra seconds, beyond a disconnect's handler timeout, allowed for closing the socket and threads.
-_CLOSE_GRACE = 2.0
-#: Events of different clients handed to the handler threads at once.
-_EVENTS_IN_FLIGHT = 64
-
-
-def _new_reactor() -> Any:
-    """A fresh, uninstalled reactor of the best kind this platform has."""
-    new_reactor: Callable[[], Any]
-    try:
-        from twisted.internet.epollreactor import EPollReactor as new_reactor
-    except ImportError:
-        try:
-            from twisted.internet.pollreactor import PollReactor as new_reactor
-        except ImportError:
-            from twisted.internet.selectreactor import SelectReactor as new_reactor
-    reactor = new_reactor()
-    # Not the process's "I/O thread": an application reactor may own that title.
-    reactor._registerAsIOThread = False
-    return reactor
-
-
-def _run_reactor(reactor: Any) -> None:
-    """Run ``reactor`` until stopped, then close what it holds (Twisted leaves that to the process's end).
-
-    That is the pipe it wakes itself with, and (epoll) its poll object.
-    """
-    try:
-        reactor.run(installSignalHandlers=False)
-    finally:
-        close_waker(reactor)
-        close_poller = getattr(getattr(reactor, "_poller", None), "close", None)
-        if close_poller is not None:
-            close_poller()
-
-
-def _start_reactor_thread() -> Any:
-    """A new private reactor, running in a daemon thread of its own."""
-    reactor = _new_reactor()
-    running = threading.Event()
-    reactor.callWhenRunning(running.set)
-    thread = threading.Thread(target=_run_reactor, args=(reactor,), name="pystrands-reactor", daemon=True)
-    thread.start()
-    if not running.wait(10.0):
-        raise RuntimeError("the PyStrands reactor thread did not start within 10s")
-    return reactor
 
 
 def _run_to_the_end(handler: Callable[..., Any], *args: Any) -> Any:
@@ -110,15 +56,34 @@ def _run_to_the_end(handler: Callable[..., Any], *args: Any) -> Any:
 
 
 class ThreadedBackend(FaceBackend):
-    """A blocking face as an IBackend: each handler runs on the reactor thread or in a worker thread."""
+    """A blocking face as an IBackend: each handler runs on the reactor thread or in a worker thread.
 
-    def __init__(self, face: Face[Any]) -> None:
+    Handlers of ``concurrency`` WebSocket clients run at once, the
+    concurrency of the connection (its factory's settings), whoever made it:
+    a session of the face, or ``twistd pystrands --concurrency N``.
+    """
+
+    def __init__(self, face: Any) -> None:
         super().__init__(face)
         self.threads: HandlerThreads | None = None
-        #: Run handlers on the reactor's own thread (a session with concurrency=1 sets it).
+        #: True when the reactor is the face's own (a session's), whose thread may run handlers.
+        self.private_reactor = False
+        #: Run handlers on the reactor's own thread: a private reactor with concurrency=1.
         self.inline = False
         #: True while a handler runs on the reactor's thread.
         self.handling = False
+
+    def attach(self, broker: BrokerClientFactory) -> None:
+        """Handlers inline (private reactor, concurrency=1), else as many worker threads as the concurrency."""
+        super().attach(broker)
+        if self.private_reactor:  # attached on the reactor's thread, the one sends from need no hand-over
+            self.io_thread = threading.get_ident()
+        concurrency = broker.settings.concurrency
+        self.inline = self.private_reactor and concurrency == 1
+        if not self.inline:
+            self.threads = HandlerThreads(self.reactor, concurrency, "pystrands-handler")
+            if not self.private_reactor:  # a session stops its own; an application's reactor, at shutdown
+                self.reactor.addSystemEventTrigger("during", "shutdown", self.threads.stop)
 
     def call(self, handler: Callable[..., Any], *args: Any) -> Any:
         if self.inline:
@@ -127,113 +92,74 @@ class ThreadedBackend(FaceBackend):
                 return _run_to_the_end(handler, *args)  # on the I/O thread, which in_handler_of recognises
             finally:
                 self.handling = False
-        return self._threads().submit(run_as_handler, self.face, _run_to_the_end, handler, *args)
-
-    def _threads(self) -> HandlerThreads:
-        """The threads the face's session set, or (under twistd) ones stopped with the reactor."""
-        if self.threads is None:
-            self.threads = HandlerThreads(self.reactor, self.face._settings().concurrency, "pystrands-handler")
-            self.reactor.addSystemEventTrigger("during", "shutdown", self.threads.stop)
-        return self.threads
+        assert self.threads is not None  # made by attach(), before any event
+        return self.threads.submit(run_as_handler, self.face, _run_to_the_end, handler, *args)
 
 
-class _Session:
-    """One connect() .. disconnect() cycle: a reactor thread, a core factory, handler threads if any."""
+class _ThreadRuntime(Runtime):
+    """The blocking face's world: a reactor thread per cycle, concurrent Futures, threads to stop."""
 
-    def __init__(self, face: PyStrandsClient, settings: BackendSettings) -> None:
-        self.backend = backend = new_backend_of(face)
-        self.settings = settings
-        self.reactor = _start_reactor_thread()
-        backend.inline = settings.concurrency == 1
-        if not backend.inline:
-            backend.threads = HandlerThreads(self.reactor, settings.concurrency, "pystrands-handler")
-        self.factory: BrokerClientFactory | None = None
-        self.closed: concurrent.futures.Future[None] | None = None
-        self._deadline = 0.0
-        self._gave_up = False
-        self._lock = threading.Lock()
+    def __init__(self, face: PyStrandsClient) -> None:
+        self.face = face
 
-    def start(self, host: str, port: int, timeout: float) -> concurrent.futures.Future[bool]:
-        """Start connecting; a Future of the first attempt's outcome (bool)."""
-        return call_in_reactor(self.reactor, self._start, host, port, timeout)
+    def open(self) -> Any:
+        return start_reactor_thread()
 
-    def _start(self, host: str, port: int, timeout: float) -> Deferred[bool]:
-        settings = self.settings
-        if not self.backend.inline:
-            # Events in flight at once, queued for the threads in arrival order; the
-            # threads still run ``concurrency`` handlers at a time, and one client's
-            # next event waits for the previous one, so every order holds.
-            settings = dataclasses.replace(settings, concurrency=max(_EVENTS_IN_FLIGHT, settings.concurrency))
-        self.backend.io_thread = threading.get_ident()
-        self.factory = BrokerClientFactory(self.backend, self.reactor, settings)
-        attempt = self.factory.next_attempt()
-        self.factory.connect(BrokerEndpoint(self.reactor, host, port, timeout=timeout))
-        return attempt
+    def backend(self) -> ThreadedBackend:
+        backend: ThreadedBackend = new_backend_of(self.face)
+        backend.private_reactor = True
+        return backend
 
-    @property
-    def retrying(self) -> bool:
-        """True while the factory keeps (re)connecting on its own."""
-        return self.closed is None and self.factory is not None and bool(self.factory.continueTrying)
+    def endpoint(self, reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+        return BrokerEndpoint(reactor, host, port, timeout)
 
-    def stop(self, timeout: float) -> None:
-        """Stop the factory (handlers get ``timeout`` seconds), the threads, the reactor; idempotent.
+    def call(self, reactor: Any, function: Any, *args: Any) -> concurrent.futures.Future[Any]:
+        return call_in_reactor(reactor, function, *args)
 
-        The first call's timeout holds: a later disconnect() waits no longer.
-        """
-        with self._lock:
-            if self.closed is None:
-                self.closed = concurrent.futures.Future()
-                self._deadline = time.monotonic() + timeout
-                call_in_reactor(self.reactor, self._stop_factory, timeout).add_done_callback(self._stop_threads)
+    def bridge(self, reactor: Any, outcome: Deferred[Any]) -> concurrent.futures.Future[Any]:
+        return settle_concurrent(concurrent.futures.Future(), outcome)
 
-    def wait_closed(self) -> None:
-        """Wait for stop() to finish: up to its timeout, then the grace for closing; else give up (once).
+    def done(self, value: Any) -> concurrent.futures.Future[Any]:
+        return done_future(value)
 
-        The reactor enforces the timeout itself unless a handler holds its
-        thread: then, at the timeout, this thread shuts the socket down, as
-        pystrands 1.0.0 closes its socket under a hung handler.
-        """
-        if self._closed_by(self._deadline):
-            return
-        held = self.backend.handling  # a handler holds the I/O thread (only ever so with inline handlers)
-        if held:
-            self._shut_socket()
-        elif self._closed_by(self._deadline + _CLOSE_GRACE):
-            return
-        with self._lock:
-            first, self._gave_up = not self._gave_up, True
-        if first:
-            log.warn("Handlers still running after disconnect()'s timeout; {what}",
-                     what="the connection was closed under them" if held else "left to finish alone")
+    def pending(self) -> concurrent.futures.Future[None]:
+        return concurrent.futures.Future()
 
-    def _closed_by(self, deadline: float) -> bool:
-        assert self.closed is not None  # called after stop()
-        try:
-            self.closed.result(max(0.0, deadline - time.monotonic()))
-            return True
-        except concurrent.futures.TimeoutError:
-            return False
+    def complete(self, future: concurrent.futures.Future[None]) -> None:
+        with contextlib.suppress(concurrent.futures.InvalidStateError):  # another thread completed it
+            future.set_result(None)
 
-    def _shut_socket(self) -> None:
-        protocol = self.factory.current if self.factory is not None else None
-        sock = getattr(getattr(protocol, "transport", None), "socket", None)
-        if sock is not None:
-            with contextlib.suppress(OSError):  # already closed
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def _stop_factory(self, timeout: float) -> Deferred[None] | None:
-        return self.factory.stop(timeout) if self.factory is not None else None
-
-    def _stop_threads(self, _: object) -> None:
-        """Let the handler threads end (one running past the stop timeout is not waited for), then the reactor."""
-        if self.backend.threads is not None:
-            hung = self.backend.threads.stop()
+    def release(self, cycle: Cycle) -> None:
+        """Let the handler threads end (one running past the deadline is left to finish alone), stop the reactor."""
+        backend = cycle.backend
+        assert isinstance(backend, ThreadedBackend)  # made by backend()
+        if backend.threads is not None:
+            hung = backend.threads.stop()
             if hung:
-                log.warn("{count} handler(s) still running after disconnect(); left to finish alone", count=hung)
-        self.reactor.callFromThread(self.reactor.stop)
-        self.backend.reactor_ended("the backend was stopped")
-        assert self.closed is not None  # set by stop(), which scheduled this
-        self.closed.set_result(None)
+                log.warn("{count} handler thread(s) still running after disconnect()'s timeout; left to"
+                         " finish alone (a thread cannot be cancelled)", count=hung)
+        backend.reactor_ended("the backend was stopped")
+        cycle.reactor.stop()
+
+    def alive(self, reactor: Any) -> bool:
+        return True
+
+
+def _done_by(future: concurrent.futures.Future[Any], deadline: float) -> bool:
+    try:
+        future.result(max(0.0, deadline - time.monotonic()))
+        return True
+    except concurrent.futures.TimeoutError:
+        return False
+
+
+def _shut_socket(cycle: Cycle) -> None:
+    """Shut the cycle's socket down from this thread, under a handler that holds the I/O thread."""
+    protocol = cycle.factory.current if cycle.factory is not None else None
+    sock = getattr(getattr(protocol, "transport", None), "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 class PyStrandsClient(Face[ThreadedBackend]):
@@ -247,77 +173,87 @@ class PyStrandsClient(Face[ThreadedBackend]):
     _default_concurrency = 1
     _backend_class = ThreadedBackend
 
-    def _init_state(self) -> None:
-        self._lock = threading.Lock()
-        self._session: _Session | None = None
-        self._done = threading.Event()
-
-    @property
-    def connected(self) -> bool:
-        """True while a TCP connection to the broker is open, and disconnect() was not called since."""
-        session = self._session
-        return session is not None and session.closed is None and super().connected
+    def _runtime(self) -> Runtime:
+        return _ThreadRuntime(self)
 
     def connect(self) -> bool:
         """Connect to the broker; True once connected, False if the attempt failed or timed out.
 
-        With ``auto_reconnect`` a failed attempt is retried in the background.
+        With ``auto_reconnect`` a failed attempt is retried in the background;
+        without, nothing is left running after it.
         """
         bridge_to_stdlib()  # this face serves applications that use stdlib logging
-        with self._lock:
-            if self.connected:
-                return True
-            settings = self._settings()
-            previous, self._session = self._session, None
-            if previous is not None:
-                previous.stop(0.0)
-                if not in_handler_of(self):
-                    previous.wait_closed()
-            self._done.clear()
-            session = self._session = _Session(self, settings)
-            attempt = session.start(self.host, self.port, self.connect_timeout)
+        attempt = self._session.connect(*self._connect_args())
         try:
-            return attempt.result(self.connect_timeout + _CLOSE_GRACE)
+            connected: bool = attempt.result(self.connect_timeout + CLOSE_GRACE)
         except concurrent.futures.TimeoutError:
             log.warn("Connecting to {host}:{port} took more than {timeout}s", host=self.host,
                      port=self.port, timeout=self.connect_timeout)
             return False
+        return connected
 
     def disconnect(self, timeout: float = 5.0) -> None:
         """Stop reconnecting and close, after in-flight handlers finish (up to ``timeout`` seconds).
 
+        A handler still running at the deadline cannot be cancelled (Python
+        threads cannot be): a worker thread (``concurrency=N``) is left to
+        finish alone, its sends dropped (False); a handler on the I/O thread
+        (``concurrency=1``) has the socket shut down under it. Either way this
+        returns within ``timeout`` plus a grace of 2 seconds, with a warning.
         From inside a handler it does not wait (the handler itself is in flight).
         """
         timeout = check_number("timeout", timeout, minimum=0)
-        with self._lock:
-            session = self._session
-        if session is not None:
-            session.stop(timeout)
-            if not in_handler_of(self):
-                session.wait_closed()
-        self._done.set()
+        session = self._session
+        closed = session.disconnect(timeout)
+        cycle = session.cycle
+        if cycle is not None and not in_handler_of(self):
+            self._wait_closed(closed, cycle)
+
+    def _wait_closed(self, closed: concurrent.futures.Future[None], cycle: Cycle) -> None:
+        """Wait for the close: up to its deadline, then the grace (a handler on the I/O thread: shut the socket).
+
+        The reactor enforces the deadline itself unless a handler holds its
+        thread: then, at the deadline, this thread shuts the socket down, as
+        pystrands 1.0.0 closes its socket under a hung handler.
+        """
+        if _done_by(closed, cycle.deadline):
+            return
+        backend = cycle.backend
+        held = isinstance(backend, ThreadedBackend) and backend.handling
+        if held:
+            _shut_socket(cycle)
+        elif _done_by(closed, cycle.deadline + CLOSE_GRACE):
+            return
+        log.warn("Handlers still running after disconnect()'s timeout; {what}",
+                 what="the connection was closed under them" if held else "left to finish alone")
 
     def run_forever(self) -> None:
         """Connect (unless connected or reconnecting) and block until disconnect() or Ctrl-C."""
+        session = self._session
         try:
-            session = self._session
-            if not self.connected and not (session is not None and session.retrying):
+            if not (session.connected or session.retrying):
                 self.connect()
-            self._done.wait()
+            session.disconnected.result()
         except KeyboardInterrupt:
             log.info("Interrupted: disconnecting from the broker")
         self.disconnect()
 
-    def send_room_message(self, room_id: str, message: str) -> concurrent.futures.Future[None]:
-        """Send ``message`` to every client in ``room_id``; done once written."""
+    def send_room_message(self, room_id: str, message: str) -> concurrent.futures.Future[bool]:
+        """Send ``message`` to every client in ``room_id``; a Future of True once written, False if dropped.
+
+        Dropped means no connection is coming (before connect(), after
+        disconnect(), after a failed attempt without ``auto_reconnect``), or
+        the send buffer of a reconnect is full: it is logged as a warning,
+        never raised. ``TypeError`` here for an argument that is not a str.
+        """
         return self._send(wire.room_message_frame(room_id, message))
 
-    def send_private_message(self, client_id: str, message: str) -> concurrent.futures.Future[None]:
-        """Send ``message`` to the one client ``client_id``; done once written."""
+    def send_private_message(self, client_id: str, message: str) -> concurrent.futures.Future[bool]:
+        """Send ``message`` to the one client ``client_id``; a Future of True once written, False if dropped."""
         return self._send(wire.private_message_frame(client_id, message))
 
-    def broadcast_message(self, message: str) -> concurrent.futures.Future[None]:
-        """Send ``message`` to every connected client; done once written."""
+    def broadcast_message(self, message: str) -> concurrent.futures.Future[bool]:
+        """Send ``message`` to every connected client; a Future of True once written, False if dropped."""
         return self._send(wire.broadcast_frame(message))
 
     # Extension requests: the broker must announce them (else NotSupportedError); see IBrokerConnection.

@@ -30,3 +30,13 @@ app = PyStrands()
 @app.on_message
 async def app_echo(message: str, context: Context) -> None:
     await app.send_room_message(context.room_id, f"{message}:{threading.current_thread().name}")
+
+
+class ThreeAtOnce(PyStrandsClient):
+    """Replies only once three handlers wait together: proof of three handler threads (else a 5 s timeout)."""
+
+    together = threading.Barrier(3, timeout=5)
+
+    def on_message(self, message: str, context: Context) -> None:
+        self.together.wait()
+        self.send_private_message(context.client_id, f"{message}:together")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import sys
 import threading
 import time
 from typing import Any, Awaitable, Callable
 
 import pytest
 
-from pystrands import AsyncPyStrandsClient, Context, NotConnectedError
+from pystrands import AsyncPyStrandsClient, Context
 from tests.faces.conftest import accept_client, answer_like_the_reference, backend_frames, event, nested_context, recorded
 from tests.support.fakebroker import FakeBroker
 
@@ -177,14 +178,14 @@ def test_sends_from_foreign_threads_and_on_the_loop(broker: FakeBroker) -> None:
         conn = await off(broker.accept)
         on_loop = client.broadcast_message("on the loop")
         assert isinstance(on_loop, asyncio.Future)
-        assert await on_loop is None
+        assert await on_loop is True
 
         def from_threads() -> list[Any]:
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
                 futures = list(pool.map(lambda n: client.send_room_message("r", f"m{n}"), range(100)))
             return [f.result(WAIT) for f in futures]
 
-        assert await off(from_threads) == [None] * 100
+        assert await off(from_threads) == [True] * 100
         received = [frame["params"]["message"] for frame in await off(conn.recv_frames, 101)]
         assert received[0] == "on the loop"
         assert sorted(received[1:]) == sorted(f"m{n}" for n in range(100))
@@ -217,16 +218,21 @@ def test_bad_send_arguments_raise_at_the_call(broker: FakeBroker, method: str, a
     run(body)
 
 
-def test_sends_when_not_connected_fail_visibly(broker: FakeBroker) -> None:
+def test_sends_when_not_connected_resolve_false_with_a_warning(broker: FakeBroker,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
     async def body() -> None:
         client = AsyncPyStrandsClient(port=broker.port)
-        with pytest.raises(NotConnectedError, match="connect"):
-            await client.broadcast_message("too early")
+        assert await client.broadcast_message("too early") is False
         assert await client.connect()
-        await off(broker.accept)
+        conn = await off(broker.accept)
         await client.disconnect()
-        with pytest.raises(NotConnectedError, match="stopped"):
-            await client.send_room_message("r", "too late")
+        assert await client.send_room_message("r", "too late") is False
+        assert await client.send_private_message("c", "too late") is False
+        await off(conn.assert_silent, 0.2)
+
+    run(body)
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert dropped and "connect() or run_forever() first" in dropped[0], "the first drop is logged at once"
 
     run(body)
 
@@ -286,7 +292,7 @@ def test_disconnect_from_a_handler_ends_run_forever(broker: FakeBroker) -> None:
     run(body)
 
 
-def test_run_forever_ends_on_cancel_or_disconnect(broker: FakeBroker) -> None:
+def test_run_forever_ends_on_disconnect_and_reraises_a_cancel_after_closing(broker: FakeBroker) -> None:
     async def body() -> None:
         client = Recorder(port=broker.port)
         runner = asyncio.ensure_future(client.run_forever())
@@ -297,8 +303,34 @@ def test_run_forever_ends_on_cancel_or_disconnect(broker: FakeBroker) -> None:
         runner = asyncio.ensure_future(client.run_forever())
         conn = await off(broker.accept)
         runner.cancel()
-        await asyncio.wait_for(runner, WAIT)
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(runner, WAIT)
+        assert runner.cancelled() and not client.connected
         await off(conn.wait_closed)
+
+    run(body)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout() is new in 3.11")
+def test_run_forever_under_asyncio_timeout_raises_timeout_error_after_closing(broker: FakeBroker) -> None:
+    async def body() -> None:
+        client = Recorder(port=broker.port)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await client.run_forever()
+        assert not client.connected
+        await off(broker.accept().wait_closed)
+
+    run(body)
+
+
+def test_run_forever_under_wait_for_raises_timeout_error_after_closing(broker: FakeBroker) -> None:
+    async def body() -> None:
+        client = Recorder(port=broker.port)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(client.run_forever(), 0.5)
+        assert not client.connected
+        await off(broker.accept().wait_closed)
 
     run(body)
 
@@ -319,7 +351,7 @@ def test_run_forever_waits_for_a_late_broker_and_survives_its_restart(free_port:
         with FakeBroker(port=free_port) as again:
             conn = await off(again.accept)
             assert (await off(conn.recv_frame))["params"]["message"] == "sent while the broker is down"
-            assert await pending is None
+            assert await pending is True
             conn.send_frame(recorded("new_message"))
             assert (await client.next_event())[1] == "hello"
             await client.disconnect()
@@ -380,15 +412,14 @@ def test_a_client_left_connected_by_a_finished_asyncio_run_connects_again(broker
 
     run(connect_only)
     assert client.connected is False  # its loop is gone
-    for _ in range(2):  # sends fail at once, none is left waiting for a loop that is gone
-        with pytest.raises(NotConnectedError, match="closed"):
-            client.broadcast_message("to a closed loop").result(5.0)
+    for _ in range(2):  # sends are dropped at once, none is left waiting for a loop that is gone
+        assert client.broadcast_message("to a closed loop").result(5.0) is False
 
     async def again() -> None:
         assert await client.connect()
         conn = await off(broker.accept)
         assert (await off(accept_client, conn))["accepted"] is True
-        assert await off(lambda: client.broadcast_message("from a thread").result(5.0)) is None
+        assert await off(lambda: client.broadcast_message("from a thread").result(5.0)) is True
         assert (await off(conn.recv_frame))["params"] == {"message": "from a thread"}
         await client.disconnect()
 

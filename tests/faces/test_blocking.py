@@ -11,8 +11,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from pystrands import Context, NotConnectedError, PyStrandsClient
+from pystrands import Context, PyStrandsClient
 from tests.faces.conftest import accept_client, answer_like_the_reference, backend_frames, event, nested_context, recorded
+from tests.faces.sample_backends import ThreeAtOnce
 from tests.support.fakebroker import FakeBroker
 
 WAIT = 5.0
@@ -209,9 +210,19 @@ def held_in_a_handler(clients: list, broker: FakeBroker, **settings: Any) -> tup
 def test_with_worker_threads_a_slow_handler_does_not_hold_up_io(broker: FakeBroker, clients: list) -> None:
     client, conn, release = held_in_a_handler(clients, broker, concurrency=2)
     conn.send_frame({"request_id": "heartbeat", "action": "heartbeat", "params": {}})
-    assert client.broadcast_message("while stuck").result(WAIT) is None
+    assert client.broadcast_message("while stuck").result(WAIT) is True
     assert conn.recv_frame()["params"] == {"message": "while stuck"}
     release.set()
+
+
+def test_concurrency_n_runs_n_clients_handlers_at_once_in_n_threads(broker: FakeBroker, clients: list) -> None:
+    client = started(clients, ThreeAtOnce(port=broker.port, concurrency=3))
+    assert client.connect()
+    conn = broker.accept()
+    for sender in "abc":
+        conn.send_frame(event("new_message", nested_context(sender, "r", {}), message="hi"))
+    replies = sorted((f["params"]["conn_id"], f["params"]["message"]) for f in conn.recv_frames(3, WAIT))
+    assert replies == [(sender, "hi:together") for sender in "abc"], "three handlers met at the barrier"
 
 
 def test_by_default_a_blocking_handler_holds_its_clients_io_until_it_returns(broker: FakeBroker,
@@ -226,7 +237,7 @@ def test_by_default_a_blocking_handler_holds_its_clients_io_until_it_returns(bro
     # In the order they were sent: the other thread's first, though it waited for the I/O thread.
     assert [frame["params"]["message"] for frame in conn.recv_frames(3)] == [
         "from another thread", "done:first", "done:second"]
-    assert from_outside.result(WAIT) is None
+    assert from_outside.result(WAIT) is True
 
 
 def test_a_handler_longer_than_the_idle_timeout_does_not_drop_a_live_broker(broker: FakeBroker,
@@ -262,7 +273,7 @@ def test_sends_from_foreign_threads_all_arrive(broker: FakeBroker, clients: list
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         futures = list(pool.map(lambda n: client.send_room_message("r", f"m{n}"), range(200)))
     assert all(isinstance(f, concurrent.futures.Future) for f in futures)
-    assert [f.result(WAIT) for f in futures] == [None] * 200
+    assert [f.result(WAIT) for f in futures] == [True] * 200
     received = sorted(frame["params"]["message"] for frame in conn.recv_frames(200))
     assert received == sorted(f"m{n}" for n in range(200))
 
@@ -287,15 +298,18 @@ def test_bad_send_arguments_raise_in_the_caller_before_writing(broker: FakeBroke
     conn.assert_silent(0.2)
 
 
-def test_sends_when_not_connected_fail_visibly(broker: FakeBroker) -> None:
+def test_sends_when_not_connected_resolve_false_with_a_warning(broker: FakeBroker,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
     client = PyStrandsClient(port=broker.port)
-    with pytest.raises(NotConnectedError, match="connect"):
-        client.broadcast_message("too early").result(WAIT)
+    assert client.broadcast_message("too early").result(WAIT) is False
     assert client.connect()
-    broker.accept()
+    conn = broker.accept()
     client.disconnect()
-    with pytest.raises(NotConnectedError, match="stopped"):
-        client.send_room_message("r", "too late").result(WAIT)
+    assert client.send_room_message("r", "too late").result(WAIT) is False
+    assert client.send_private_message("c", "too late").result(WAIT) is False
+    conn.assert_silent(0.2)
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert dropped and "connect() or run_forever() first" in dropped[0], "the first drop is logged at once"
 
 
 def test_connect_returns_false_quickly_without_a_broker(free_port: int) -> None:
@@ -406,7 +420,7 @@ def test_run_forever_survives_a_broker_restart(free_port: int) -> None:
         with FakeBroker(port=free_port) as second:
             conn = second.accept(timeout=WAIT)
             assert conn.recv_frame()["params"]["message"] == "sent while the broker is down"
-            assert pending.result(WAIT) is None
+            assert pending.result(WAIT) is True
             conn.send_frame(recorded("new_message"))
             assert client.next_event()[1] == "hello"
             assert len(conn.recv_frames(3)) == 3
@@ -503,13 +517,13 @@ def test_a_new_connection_after_giving_up_on_a_hung_handler_is_not_disturbed_by_
     old_conn.wait_closed()
     assert client.connect()
     conn = broker.accept()
-    assert client.broadcast_message("on the new connection").result(WAIT) is None
+    assert client.broadcast_message("on the new connection").result(WAIT) is True
     assert conn.recv_frame()["params"] == {"message": "on the new connection"}
     release.set()  # the old handler ends, its send goes through the client's current connection
     assert conn.recv_frame()["params"] == {"room_id": "r", "message": "done:first"}
     time.sleep(0.2)  # the old reactor winds down
     assert client.connected
-    assert client.broadcast_message("still served").result(WAIT) is None
+    assert client.broadcast_message("still served").result(WAIT) is True
     assert conn.recv_frame()["params"] == {"message": "still served"}
 
 

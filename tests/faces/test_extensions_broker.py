@@ -140,7 +140,7 @@ def test_every_request_through_the_face(broker: Broker, face: Call) -> None:
         assert face("join_room", "a", "game-7") is True
         (joined,) = members_of(face, "game-7", 1)
         assert joined.client_id == "a" and joined.rooms == ["lobby", "game-7"] and joined.room_id == "lobby"
-        assert face("send_room_message", "game-7", "to the game") is None
+        assert face("send_room_message", "game-7", "to the game") is True
         assert a.recv(timeout=WAIT) == "to the game"
 
         assert face("leave_room", "a", "game-7") is True

@@ -27,11 +27,9 @@ from pystrands import (
     Context,
     IBackend,
     IBrokerConnection,
-    NotConnectedError,
     NotSupportedError,
     PyStrands,
     PyStrandsClient,
-    SendBufferFull,
 )
 from pystrands.broker import BrokerConfig, BrokerService
 from pystrands.context import ConnectionRequestContext as DocumentedRequestContext  # the documented module path
@@ -83,13 +81,10 @@ EXAMPLE_CONTEXT = Context(client_id="550e8400-e29b-41d4-a716-446655440000", room
 # -- PyStrandsClient: the blocking face ----------------------------------------------
 
 
-def report_failure(sent: concurrent.futures.Future[None]) -> None:
-    """A send's Future fails when nothing can carry it (stopped, or too many waiting)."""
-    error = sent.exception()
-    if isinstance(error, SendBufferFull):
-        print("too many sends waiting for the broker", file=sys.stderr)
-    elif isinstance(error, NotConnectedError):
-        print(f"not sent: {error}", file=sys.stderr)
+def report_dropped(sent: concurrent.futures.Future[bool]) -> None:
+    """A send's Future gives False when nothing could carry it (not connected, or too many waiting)."""
+    if sent.result() is False:
+        print("not sent: no connection to the broker", file=sys.stderr)
 
 
 class ChatServer(PyStrandsClient):
@@ -104,8 +99,8 @@ class ChatServer(PyStrandsClient):
 
     def on_message(self, message: str, context: Context) -> None:
         if message == "!announce":
-            sent: concurrent.futures.Future[None] = self.broadcast_message("Important system update!")
-            sent.add_done_callback(report_failure)
+            sent: concurrent.futures.Future[bool] = self.broadcast_message("Important system update!")
+            sent.add_done_callback(report_dropped)
             return
         self.send_room_message(context.room_id, f"{display_name(context)}: {message}")
 

@@ -1,0 +1,327 @@
+"""The session both faces share, driven deterministically: a Clock reactor and in-memory transports.
+
+Every public call in every state (the ``TRANSITIONS`` and ``CALLS`` tables of
+:mod:`pystrands._session`), then the paths a table does not show: a failed
+single attempt, retries, the disconnect deadline, a closed loop. The real
+sockets, threads and loops are in test_blocking.py and test_async.py.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from zope.interface import implementer
+
+from pystrands import NotConnectedError, PyStrandsClient
+from pystrands._adapter import new_backend_of
+from pystrands._bridges import done_future, settle_concurrent
+from pystrands._dropped import DroppedSends
+from pystrands._session import CALLS, TRANSITIONS, Cycle, Session, SessionState
+from pystrands.client import ThreadedBackend
+from pystrands.context import Context
+
+IDLE, CONNECTING, SERVING, DRAINING, CLOSED = SessionState
+HELLO = b'{"request_id": "h", "action": "hello", "params": {"protocol": 1, "features": ["room_members"]}}\n'
+MESSAGE = (b'{"request_id": "m", "action": "new_message", "params": {"message": "hi", "context":'
+           b' {"client_id": "a", "room_id": "r", "metadata": {}}}}\n')
+
+
+@implementer(IStreamClientEndpoint)
+class MemoryEndpoint:
+    """Connects a factory to an in-memory transport, refuses, or holds the attempt, as the world says."""
+
+    def __init__(self, world: MemoryWorld) -> None:
+        self.world = world
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[Any]:
+        mode = self.world.mode
+        if mode == "refuse":
+            return fail(ConnectionRefusedError())
+        if mode == "hold":
+            held: Deferred[Any] = Deferred()
+            self.world.held.append(held)
+            return held
+        protocol = factory.buildProtocol(None)
+        transport = StringTransportWithDisconnection()
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        self.world.transports.append(transport)
+        return succeed(protocol)
+
+
+class MemoryWorld:
+    """A face's world in memory: a MemoryReactorClock per cycle, concurrent Futures, nothing to release."""
+
+    def __init__(self, face: PyStrandsClient) -> None:
+        self.face = face
+        self.mode = "accept"
+        self.reactors: list[MemoryReactorClock] = []
+        self.transports: list[StringTransportWithDisconnection] = []
+        self.held: list[Deferred[Any]] = []
+        self.released: list[Cycle] = []
+        #: Reactors whose loop is closed.
+        self.closed: set[Any] = set()
+
+    def open(self) -> MemoryReactorClock:
+        self.reactors.append(MemoryReactorClock())
+        return self.reactors[-1]
+
+    def backend(self) -> ThreadedBackend:
+        backend: ThreadedBackend = new_backend_of(self.face)
+        backend.private_reactor = True  # concurrency=1: handlers inline, on this (the reactor's) thread
+        return backend
+
+    def endpoint(self, reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+        return MemoryEndpoint(self)
+
+    def call(self, reactor: Any, function: Any, *args: Any) -> concurrent.futures.Future[Any]:
+        return settle_concurrent(concurrent.futures.Future(), maybeDeferred(function, *args))
+
+    def bridge(self, reactor: Any, outcome: Deferred[Any]) -> concurrent.futures.Future[Any]:
+        return settle_concurrent(concurrent.futures.Future(), outcome)
+
+    def done(self, value: Any) -> concurrent.futures.Future[Any]:
+        return done_future(value)
+
+    def pending(self) -> concurrent.futures.Future[None]:
+        return concurrent.futures.Future()
+
+    def complete(self, future: concurrent.futures.Future[None]) -> None:
+        if not future.done():
+            future.set_result(None)
+
+    def release(self, cycle: Cycle) -> None:
+        self.released.append(cycle)
+
+    def alive(self, reactor: Any) -> bool:
+        return reactor not in self.closed
+
+
+class Holding(PyStrandsClient):
+    """Its on_message returns a Deferred the test fires: a handler in flight as long as it likes."""
+
+    def _init_state(self) -> None:
+        super()._init_state()
+        self.gate: Deferred[None] = Deferred()
+
+    def on_message(self, message: str, context: Context) -> Deferred[None]:
+        return self.gate
+
+
+class Rig:
+    """A face, its session in a memory world, and what was logged."""
+
+    def __init__(self, **options: Any) -> None:
+        self.face = Holding(port=1, **options)
+        self.world = MemoryWorld(self.face)
+        self.session = Session(self.world)
+        self.moves: list[tuple[str, str]] = []
+
+    def observe(self, event: LogEvent) -> None:
+        if event.get("log_namespace") == "pystrands._session" and "new" in event:
+            self.moves.append((event["old"], event["new"]))
+
+    def connect(self) -> concurrent.futures.Future[bool]:
+        return self.session.connect(*self.face._connect_args())
+
+    def disconnect(self, timeout: float = 1.0) -> concurrent.futures.Future[None]:
+        return self.session.disconnect(timeout)
+
+    @property
+    def clock(self) -> Clock:
+        return self.world.reactors[-1]
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    made = Rig()
+    observer: ILogObserver = made.observe
+    globalLogPublisher.addObserver(observer)
+    yield made
+    globalLogPublisher.removeObserver(observer)
+
+
+def into(rig: Rig, state: SessionState) -> None:
+    """Bring ``rig``'s session into ``state`` by public calls."""
+    if state is CONNECTING:
+        rig.world.mode = "hold"
+        rig.connect()
+    elif state in (SERVING, DRAINING, CLOSED):
+        assert rig.connect().result(0) is True
+        rig.world.transports[-1].protocol.dataReceived(HELLO)
+        if state is DRAINING:
+            rig.world.transports[-1].protocol.dataReceived(MESSAGE)  # its handler waits for the gate
+            rig.disconnect(10.0)
+        elif state is CLOSED:
+            rig.disconnect(0.0)
+    assert rig.session.state is state
+
+
+def test_every_public_call_in_every_state_is_in_the_tables() -> None:
+    for state in SessionState:
+        assert any(key[0] is state for key in TRANSITIONS), state
+        for call in ("send", "request", "run_forever"):
+            assert (state, call) in CALLS
+    for target, what in TRANSITIONS.values():
+        assert isinstance(target, SessionState) and what
+
+
+# (state, call) -> (the state after, what the call's result must show)
+WALK: dict[tuple[SessionState, str], tuple[SessionState, Callable[[Rig, Any], bool]]] = {
+    (IDLE, "connect"): (CONNECTING, lambda rig, got: not got.done()),
+    (IDLE, "disconnect"): (IDLE, lambda rig, got: got.result(0) is None),
+    (CONNECTING, "connect"): (CONNECTING, lambda rig, got: got is rig.session.cycle.attempt and not got.done()),
+    (CONNECTING, "disconnect"): (CLOSED, lambda rig, got: got.result(0) is None
+                                 and rig.session.cycle.attempt.result(0) is False),
+    (SERVING, "connect"): (SERVING, lambda rig, got: got.result(0) is True),
+    (SERVING, "disconnect"): (CLOSED, lambda rig, got: got.result(0) is None
+                              and not rig.world.transports[-1].connected),
+    (DRAINING, "connect"): (CONNECTING, lambda rig, got: not got.done() and len(rig.world.reactors) == 2),
+    (DRAINING, "disconnect"): (DRAINING, lambda rig, got: got is rig.session.cycle.closed and not got.done()),
+    (CLOSED, "connect"): (CONNECTING, lambda rig, got: not got.done() and len(rig.world.reactors) == 2),
+    (CLOSED, "disconnect"): (CLOSED, lambda rig, got: got.result(0) is None),
+}
+
+
+@pytest.mark.parametrize(("state", "call"), list(WALK), ids=[f"{s.value}-{c}" for s, c in WALK])
+def test_each_life_cycle_call_in_each_state(rig: Rig, state: SessionState, call: str) -> None:
+    into(rig, state)
+    if call == "connect":
+        rig.world.mode = "hold"
+        got = rig.connect()
+    else:
+        got = rig.disconnect()
+    after, shows = WALK[(state, call)]
+    assert rig.session.state is after
+    assert shows(rig, got)
+    for old, new in rig.moves:  # every move the session made is one the table lists
+        assert any(key[0].value == old and target.value == new for key, (target, _) in TRANSITIONS.items())
+
+
+SENDS: dict[SessionState, Callable[[Rig, concurrent.futures.Future[Any]], bool]] = {
+    IDLE: lambda rig, sent: sent.result(0) is False,
+    CONNECTING: lambda rig, sent: not sent.done(),  # buffered for the connection
+    SERVING: lambda rig, sent: sent.result(0) is True and b'"hello"' in rig.world.transports[-1].value(),
+    DRAINING: lambda rig, sent: sent.result(0) is True,  # the handler still finishing may reply
+    CLOSED: lambda rig, sent: sent.result(0) is False,
+}
+
+
+@pytest.mark.parametrize("state", list(SENDS), ids=[s.value for s in SENDS])
+def test_send_and_request_in_each_state(rig: Rig, state: SessionState) -> None:
+    into(rig, state)
+    sent = rig.face.broadcast_message("hello")
+    assert SENDS[state](rig, sent)
+    asked = rig.face.room_members("r")
+    if state is SERVING:
+        assert not asked.done() and b"room_members" in rig.world.transports[-1].value()
+    else:
+        with pytest.raises(NotConnectedError):
+            asked.result(0)
+    assert rig.session.state is state
+
+
+@pytest.mark.parametrize("state", list(SessionState), ids=[s.value for s in SessionState])
+def test_run_forever_connects_only_where_no_connection_is_coming(rig: Rig, state: SessionState) -> None:
+    into(rig, state)
+    connects = not (rig.session.connected or rig.session.retrying)
+    assert connects == CALLS[(state, "run_forever")].startswith("connect()")
+
+
+def test_a_send_buffered_while_connecting_is_true_once_written(rig: Rig) -> None:
+    into(rig, CONNECTING)
+    sent = rig.face.send_room_message("r", "early")
+    protocol = rig.session.cycle.factory.buildProtocol(None)
+    transport = StringTransportWithDisconnection()
+    transport.protocol = protocol
+    protocol.makeConnection(transport)
+    rig.world.held[-1].callback(protocol)
+    assert sent.result(0) is True and b"early" in transport.value()
+    assert rig.session.state is SERVING
+
+
+def test_a_failed_single_attempt_closes_the_cycle_and_sends_are_dropped() -> None:
+    rig = Rig(auto_reconnect=False)
+    rig.world.mode = "refuse"
+    assert rig.connect().result(0) is False
+    assert rig.session.state is CLOSED and rig.world.released == [rig.session.cycle]
+    assert rig.face.broadcast_message("into the void").result(0) is False
+    assert rig.session.retrying is False
+
+
+def test_a_failed_attempt_with_retries_serves_while_retrying(rig: Rig) -> None:
+    rig.world.mode = "refuse"
+    assert rig.connect().result(0) is False
+    assert rig.session.state is SERVING and rig.session.retrying and not rig.session.connected
+    buffered = rig.face.broadcast_message("later")
+    rig.world.mode = "accept"
+    rig.clock.advance(rig.face.reconnect_delay * 2)
+    assert rig.session.connected and buffered.result(0) is True
+
+
+def test_draining_lasts_until_the_handlers_finish(rig: Rig) -> None:
+    into(rig, DRAINING)
+    closed = rig.session.cycle.closed
+    rig.clock.advance(5)
+    assert rig.session.state is DRAINING and not closed.done()
+    rig.face.gate.callback(None)
+    assert rig.session.state is CLOSED and closed.result(0) is None
+
+
+def test_draining_ends_at_the_deadline_under_a_hung_handler(rig: Rig) -> None:
+    into(rig, DRAINING)
+    rig.clock.advance(10)
+    assert rig.session.state is CLOSED and rig.session.cycle.closed.result(0) is None
+    assert rig.world.released == [rig.session.cycle]
+
+
+def test_disconnect_completes_what_run_forever_waits_for_and_connect_renews_it(rig: Rig) -> None:
+    into(rig, SERVING)
+    waited = rig.session.disconnected
+    assert not waited.done()
+    rig.disconnect()
+    assert waited.done()
+    rig.connect()
+    assert not rig.session.disconnected.done()
+
+
+def test_a_closed_loop_ends_the_cycle_and_connect_starts_anew(rig: Rig) -> None:
+    into(rig, SERVING)
+    old = rig.session.cycle
+    rig.world.closed.add(rig.clock)  # the loop the cycle ran on is closed
+    assert rig.session.connected is False and rig.session.retrying is False
+    rig.world.mode = "hold"
+    assert not rig.connect().done()
+    assert rig.session.state is CONNECTING and rig.session.cycle is not old
+    assert ("serving", "closed") in rig.moves, "the closed loop ended the old cycle first"
+    assert old.backend.send(b"{}").result(0) is False, "its sends are dropped, none waits for the loop"
+
+
+def test_dropped_sends_warn_at_once_then_once_a_second_with_the_count() -> None:
+    clock = Clock()
+    lines: list[LogEvent] = []
+    observer: ILogObserver = lines.append
+    globalLogPublisher.addObserver(observer)
+    try:
+        dropped = DroppedSends(clock.seconds)
+        assert dropped.dropped("not connected") is False
+        clock.advance(0.5)
+        dropped.dropped("not connected")
+        dropped.dropped("not connected")
+        clock.advance(0.5)
+        dropped.dropped("not connected")
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    warned = [line for line in lines if line.get("log_namespace") == "pystrands._dropped"]
+    assert len(warned) == 2
+    assert "count" not in warned[0] and warned[1]["count"] == 3
+    assert dropped.total == 4 and dropped.unreported == 0
