@@ -101,9 +101,9 @@ def wait_ready(port: int, timeout: float = 20.0) -> None:
 
 
 @contextmanager
-def spawned(command: list[str]) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``command`` with this repository on the path; always kill it."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def spawned(command: list[str], path: Path = REPO) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``command`` with ``path`` (this repository) first on the module path; always kill it."""
+    env = {**os.environ, "PYTHONPATH": str(path)}
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(command, stdout=log, stderr=log, env=env, cwd=tempfile.gettempdir())
     try:
@@ -126,8 +126,11 @@ def backend_command(kind: str, port: int) -> list[str]:
 
 
 @contextmanager
-def server(name: str, backend: str, broker: list[str] | None = None) -> Iterator[tuple[str, dict[str, int]]]:
-    """The server under test listening: its WebSocket URL, and the pids whose CPU to read."""
+def server(name: str, backend: str, path: Path = REPO) -> Iterator[tuple[str, dict[str, int]]]:
+    """The server under test listening: its WebSocket URL, and the pids whose CPU to read.
+
+    The broker's ``pystrands`` comes from ``path`` (another checkout, to compare); the backend's from this one.
+    """
     ws_port = free_port()
     if name == "ceiling":
         with spawned([sys.executable, str(BENCH / "wsload.py"), "serve", "--port", str(ws_port)]) as proc:
@@ -135,19 +138,19 @@ def server(name: str, backend: str, broker: list[str] | None = None) -> Iterator
             yield f"ws://127.0.0.1:{ws_port}/ws/bench", {"server": proc.pid}
         return
     tcp_port = free_port()
-    command = broker or [sys.executable, "-m", "pystrands", "server"]
-    with spawned([*command, "--ws-port", str(ws_port), "--tcp-port", str(tcp_port)]) as proc:
+    command = [sys.executable, "-m", "pystrands", "server", "--ws-port", str(ws_port), "--tcp-port", str(tcp_port)]
+    with spawned(command, path) as proc:
         wait_listening(ws_port)
         with spawned(backend_command(backend, tcp_port)) as back:
             wait_ready(ws_port)
             yield f"ws://127.0.0.1:{ws_port}/ws/bench", {"server": proc.pid, "backend": back.pid}
 
 
-def measure(name: str, scenarios: list[Scenario], seconds: float) -> dict[str, dict[str, float]]:
+def measure(name: str, scenarios: list[Scenario], seconds: float, path: Path = REPO) -> dict[str, dict[str, float]]:
     """Each scenario against a fresh ``name`` server (one per backend kind): label -> figures."""
     results: dict[str, dict[str, float]] = {}
     for backend in sorted({scenario.backend for scenario in scenarios}):
-        with server(name, backend) as (url, pids):
+        with server(name, backend, path) as (url, pids):
             for scenario in scenarios:
                 if scenario.backend == backend:
                     results[scenario.label] = wsload.load(url, scenario.kind, scenario.clients, seconds,
@@ -279,16 +282,94 @@ def profile(kind: str, clients: int, seconds: float, out: Path, top: int) -> Non
                                   at_start=lambda: os.kill(broker.pid, signal.SIGUSR1),
                                   at_end=lambda: os.kill(broker.pid, signal.SIGUSR2))
             broker.wait(30)
-    print(f"{figures['delivered']:,} messages delivered in the window ({figures['msgs_per_s']:,.0f}/s under the"
+    delivered = figures["delivered"]
+    print(f"{delivered:,} messages delivered in the window ({figures['msgs_per_s']:,.0f}/s under the"
           f" profiler); broker {figures['server_us_per_msg']:.1f} us CPU per message")
     stats = pstats.Stats(str(out))
     stats.sort_stats("tottime").print_stats(top)
+    parts = breakdown(stats)
+    total = sum(parts.values())
+    print(f"per delivered message, profiled time ({total / delivered * 1e6:.1f} us in all; cProfile inflates"
+          " call-heavy parts)")
+    for name, seconds in parts.items():
+        print(f"  {name:58} {seconds / delivered * 1e6:6.1f} us  {seconds / total:5.1%}")
+
+
+#: (file ending, function) -> its cumulative time, for the breakdown.
+_FUNCTIONS = {
+    "parse": ("websockets/protocol.py", "receive_data"),
+    "ws_read": ("broker/websocket.py", "dataReceived"),
+    "assemble": ("broker/guards.py", "add"),
+    "client_message": ("broker/router.py", "client_message"),
+    "encode": ("pystrands/wire.py", "encode_frame"),
+    "backend_send": ("broker/backends.py", "send"),
+    "backend_read": ("broker/backends.py", "dataReceived"),
+    "backend_frame": ("broker/router.py", "backend_frame"),
+    "send_text": ("broker/websocket.py", "send_text"),
+    "do_write": ("twisted/internet/abstract.py", "doWrite"),
+    "do_read": ("twisted/internet/tcp.py", "doRead"),
+    "total": ("twisted/internet/epollreactor.py", "doPoll"),
+}
+
+
+def breakdown(stats: pstats.Stats) -> dict[str, float]:
+    """Profiled seconds per stage of a message's trip through the broker, from cumulative times."""
+    found = dict.fromkeys(_FUNCTIONS, 0.0)
+    for (path, _, function), row in stats.stats.items():  # type: ignore[attr-defined]  # untyped in typeshed
+        for key, (ending, name) in _FUNCTIONS.items():
+            if function == name and path.endswith(ending):
+                found[key] += row[3]
+    ws_dispatch = found["ws_read"] - found["parse"] - found["client_message"] - found["assemble"]
+    return {
+        "WebSocket frame parse and unmask (websockets receive_data)": found["parse"],
+        "UTF-8 check and message assembly": found["assemble"],
+        "routing a client message (router, minus encode and write)":
+            found["client_message"] - found["encode"] - found["backend_send"],
+        "JSON encode of the event (wire.encode_frame)": found["encode"],
+        "backend write (outbox, transport.write)": found["backend_send"],
+        "backend reply parse (line split, JSON decode, checks)": found["backend_read"] - found["backend_frame"],
+        "routing a backend reply (router, minus the client write)": found["backend_frame"] - found["send_text"],
+        "frame write back (frame encode, outbox, transport.write)": found["send_text"],
+        "WebSocket read glue (timestamps, slices, events, flush)": ws_dispatch,
+        "socket writes a turn later (doWrite, send(2))": found["do_write"],
+        "socket reads (recv(2))": found["do_read"] - found["ws_read"] - found["backend_read"],
+        "reactor (epoll, dispatch, context)": found["total"] - found["do_write"] - found["do_read"],
+    }
+
+
+def compare(against: Path, rounds: int, quick: bool) -> None:
+    """This checkout's broker against the one in ``against`` (its ``pystrands/``), rounds interleaved, order alternated.
+
+    Prints broker CPU us per delivered message and msgs/s for each, and the
+    per-round ratio of CPU per message (this / that): the figure that decides
+    whether a change is kept.
+    """
+    scenarios = QUICK_SCENARIOS if quick else FULL_SCENARIOS
+    seconds = 0.5 if quick else 3.0
+    paths = {"this": REPO, "that": against}
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {name: {s.label: [] for s in scenarios} for name in paths}
+    for number in range(rounds):
+        for name in (("this", "that") if number % 2 == 0 else ("that", "this")):
+            for label, figures in measure("broker", scenarios, seconds, paths[name]).items():
+                runs[name][label].append(figures)
+    print(f"broker CPU us per delivered message (msgs/s), this = {REPO}, that = {against};"
+          f" {rounds} rounds, median ±half the spread")
+    for scenario in scenarios:
+        this, that = runs["this"][scenario.label], runs["that"][scenario.label]
+        ratio = [a["server_us_per_msg"] / b["server_us_per_msg"] for a, b in zip(this, that, strict=True)]
+        print(f"  {scenario.label:36} this {cell([r['server_us_per_msg'] for r in this], '{:.1f}'):>11}"
+              f" ({cell([r['msgs_per_s'] for r in this]):>13})  that"
+              f" {cell([r['server_us_per_msg'] for r in that], '{:.1f}'):>11}"
+              f" ({cell([r['msgs_per_s'] for r in that]):>13})  this/that {cell(ratio, '{:.2f}')}")
 
 
 def main() -> None:
-    """``room-backend``, ``profiled-broker`` (processes of the benchmark) or ``profile``."""
+    """``room-backend``, ``profiled-broker`` (processes of the benchmark), ``profile`` or ``compare``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["room-backend", "profiled-broker", "profile"])
+    parser.add_argument("command", choices=["room-backend", "profiled-broker", "profile", "compare"])
+    parser.add_argument("--against", type=Path, help="compare: a directory holding another pystrands/")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
     parser.add_argument("--port", type=int, default=0, help="room-backend: the broker's backend port")
     parser.add_argument("--ws-port", type=int, default=0)
     parser.add_argument("--tcp-port", type=int, default=0)
@@ -302,6 +383,10 @@ def main() -> None:
         run_room_backend(args.port)
     elif args.command == "profiled-broker":
         run_profiled_broker(args.ws_port, args.tcp_port, args.out)
+    elif args.command == "compare":
+        if args.against is None or not (args.against / "pystrands").is_dir():
+            parser.error("compare needs --against DIR, a directory holding a pystrands/ package")
+        compare(args.against, args.rounds, args.quick)
     else:
         profile(args.scenario, args.clients, args.seconds, args.out, args.top)
 
