@@ -502,7 +502,10 @@ def _describe(endpoint: IStreamClientEndpoint) -> str:
     return repr(endpoint)
 
 
+#: The states in which a connection is open or coming on its own.
 _ACTIVE = frozenset({ConnectionState.CONNECTING, ConnectionState.CONNECTED, ConnectionState.WAITING_TO_RETRY})
+#: The states after which no attempt comes.
+_ENDING = frozenset({ConnectionState.STOPPING, ConnectionState.STOPPED})
 
 
 @implementer(IBrokerConnection)
@@ -722,7 +725,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
 
         After stop() (or once the factory gave up), False at once: no attempt is coming.
         """
-        if self.no_connection_reason is not None and self._machine.state is not ConnectionState.NEVER_STARTED:
+        if self._machine.state in _ENDING:
             return succeed(False)
         waiter: Deferred[bool] = Deferred(self._attempt_waiters.remove)
         self._attempt_waiters.append(waiter)
@@ -751,7 +754,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
         self.continueTrying = False
         if self._machine.state is ConnectionState.WAITING_TO_RETRY:
             self._cancel_retry()
-            self._give_up("reconnecting was stopped (stopTrying)")
+            self._give_up(self._why_not_retrying())
 
     def buildProtocol(self, addr: Any) -> BrokerProtocol:  # type: ignore[override]  # see ``protocol``
         """A :class:`BrokerProtocol` with this factory's line limit; only once :meth:`connect` was called."""
@@ -790,16 +793,22 @@ class BrokerClientFactory(ReconnectingClientFactory):
                  destination=self.destination, reason=reason.getErrorMessage(), failures=self.retries,
                  next=self._next_step(delay))
         if delay is None:
-            self._give_up("connecting failed and auto_reconnect is off" if not self.settings.auto_reconnect
-                          else f"connecting failed {self.retries} times in a row")
+            self._give_up(f"connecting failed and {self._why_not_retrying()}")
         else:
             self._machine.handle(Event.ATTEMPT_FAILED)
             self._wait_to_retry(delay)
         self._fire_attempt_waiters(False)
 
+    def _why_not_retrying(self) -> str:
+        if not self.settings.auto_reconnect:
+            return "auto_reconnect is off"
+        if not self.continueTrying:
+            return "reconnecting was stopped (stopTrying)"
+        return f"maxRetries={self.maxRetries} was reached"
+
     def _next_step(self, delay: float | None) -> str:
         if delay is None:
-            return "not retrying (auto_reconnect is off)" if not self.settings.auto_reconnect else "giving up"
+            return f"not retrying ({self._why_not_retrying()})"
         failures = f"{self.retries} failures in a row, " if self.retries > 1 else ""
         return f"{failures}retrying in {delay:.1f}s"
 
@@ -854,8 +863,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
                  destination=self.destination, reason=reason.getErrorMessage(),
                  next=self._next_step(delay))
         if delay is None:
-            self._give_up("the connection is lost and auto_reconnect is off" if not self.settings.auto_reconnect
-                          else "the connection is lost and reconnecting was stopped")
+            self._give_up(f"the connection is lost and {self._why_not_retrying()}")
         else:
             self._machine.handle(Event.CONNECTION_LOST)
             self._wait_to_retry(delay)

@@ -341,6 +341,7 @@ def test_stop_trying_while_connected_ends_at_the_next_loss() -> None:
     assert made.factory.connected and not made.factory.retrying
     made.lose()
     assert made.factory.state is S.STOPPED
+    assert made.factory.no_connection_reason == "the connection is lost and reconnecting was stopped (stopTrying)"
 
 
 def test_max_retries_gives_up() -> None:
@@ -350,7 +351,7 @@ def test_max_retries_gives_up() -> None:
     attempt_times(made, 2)
     made.fail()
     assert made.factory.state is S.STOPPED
-    assert made.factory.no_connection_reason == "connecting failed 3 times in a row"
+    assert made.factory.no_connection_reason == "connecting failed and maxRetries=2 was reached"
 
 
 def test_an_endpoint_that_raises_is_a_failed_attempt() -> None:
