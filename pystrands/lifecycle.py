@@ -2,8 +2,8 @@
 
 :class:`~pystrands.protocol.BrokerClientFactory` is in exactly one
 :class:`ConnectionState` at a time; it moves only through
-:data:`TRANSITIONS`, fed by :class:`Event` s (a public call, an attempt's
-outcome, a lost connection, a timer). A pair that is not in the table is
+:data:`TRANSITIONS`, fed by events (:class:`Event`: a public call, an
+attempt's outcome, a lost connection, a timer). A pair that is not in the table is
 a bug, raised as :class:`InvalidTransition` rather than ignored. What the
 factory does on each transition (start an attempt, flush the buffer, fire
 waiters) lives beside the event that causes it, in the factory.

@@ -48,8 +48,7 @@ if TYPE_CHECKING:
 
     from ._typing import IConnectedTransport
 
-__all__ = ["REQUEST_TIMEOUT", "BrokerClientFactory", "BrokerProtocol", "ConnectionState", "as_backend",
-           "context_from_wire"]
+__all__ = ["REQUEST_TIMEOUT", "BrokerClientFactory", "BrokerProtocol", "as_backend", "context_from_wire"]
 
 log = Logger()
 
