@@ -764,6 +764,11 @@ class BrokerClientFactory(ReconnectingClientFactory):
         protocol.factory = self
         return protocol
 
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        """Nothing: a connector's attempts are not this factory's (see :meth:`buildProtocol`), none is retried."""
+
+    clientConnectionLost = clientConnectionFailed
+
     # -- life cycle: what moves the machine --------------------------------
 
     def _start_attempt(self) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
@@ -384,9 +385,15 @@ def test_bad_arguments_are_refused_naming_them() -> None:
 
 
 def test_the_factory_refuses_a_connection_it_did_not_make() -> None:
-    factory = BrokerClientFactory(Backend(), driver().clock)
+    """Handed to connectTCP, it refuses the connection with an error saying why, and retries nothing."""
+    reactor = MemoryReactorClock()
+    factory = BrokerClientFactory(Backend(), reactor)
+    connector = reactor.connectTCP("127.0.0.1", 8081, factory)
     with pytest.raises(RuntimeError, match=r"factory.connect\(endpoint\)"):
         factory.buildProtocol(None)
+    factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+    factory.clientConnectionLost(connector, Failure(ConnectionRefusedError()))
+    assert reactor.getDelayedCalls() == [] and factory.state is S.NEVER_STARTED
 
 
 # -- logs ----------------------------------------------------------------------------------------
