@@ -16,10 +16,8 @@ the buffer of sends made while no connection is up. It is the
 from __future__ import annotations
 
 import itertools
-import uuid
 from collections import deque
 from collections.abc import Callable
-from inspect import iscoroutine
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.abstract import FileDescriptor
@@ -32,9 +30,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import wire
-from .context import ConnectionRequestContext, Context
+from .context import Context
 from .dispatch import KeyedDispatcher
 from .errors import BrokerRefused, NotConnectedError, NotSupportedError, ProtocolError, SendBufferFull
+from .handshake import answer_connection_request
 from .interfaces import IBackend, IBrokerConnection
 from .lifecycle import ConnectionMachine, ConnectionState, Event
 from .lines import LineSplitter
@@ -435,7 +434,8 @@ class BrokerProtocol(LineReceiver):
         if not self._features_known:
             self._features_settled()  # the first frame is no hello: the broker announces nothing
         if action == wire.CONNECTION_REQUEST:
-            dispatch(("request", request_id), size, factory.answer_connection_request, request_id, params)
+            dispatch(("request", request_id), size, answer_connection_request, backend, factory.send_frame,
+                     request_id, params)
             return
         if action not in _CONTEXT_EVENTS:
             log.debug("Skipped a frame with unknown action {action!r}", action=action)
@@ -926,7 +926,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
         for waiter in waiters:
             waiter.callback(connected)
 
-    # -- events -> backend ---------------------------------------------------
+    # -- backpressure: the dispatcher pauses and resumes reading ---------------
 
     def _pause_reading(self) -> None:
         if self.current is not None:
@@ -935,56 +935,3 @@ class BrokerClientFactory(ReconnectingClientFactory):
     def _resume_reading(self) -> None:
         if self.current is not None and self._machine.state is not ConnectionState.STOPPING:
             self.current.resume_reading()
-
-    def answer_connection_request(self, request_id: str, params: dict[str, Any]) -> Deferred[None]:
-        """Ask the backend about a handshake and send its ``response`` frame."""
-        url = params.get("url", "")
-        query = params.get("query")
-        request = ConnectionRequestContext(
-            headers=params.get("headers") or {},
-            url=url,
-            remote_addr=params.get("remote_addr"),
-            context=Context(client_id=str(uuid.uuid4()), room_id=url, metadata={}),
-            accepted=True,
-            query=query if isinstance(query, dict) else {},
-        )
-        try:
-            result = self.backend.on_connection_request(request)
-        except BaseException:
-            result = fail()
-        if iscoroutine(result):
-            result = Deferred.fromCoroutine(result)
-        answer: Deferred[object] = result if isinstance(result, Deferred) else succeed(result)
-        frame = answer.addCallbacks(self._response_for, self._rejection_for,
-                                    callbackArgs=(request_id, request), errbackArgs=(request_id, request))
-        return frame.addCallback(self.send_frame).addErrback(
-            lambda failure: log.failure("Could not send the response to {request_id}", failure, LogLevel.error,
-                                        request_id=request_id))
-
-    def _response_for(self, result: object, request_id: str, request: ConnectionRequestContext) -> bytes:
-        accepted = result if isinstance(result, bool) else bool(request.accepted)
-        try:
-            context = request.context
-            return wire.response_frame(request_id, accepted, context.client_id, context.room_id,
-                                       context.metadata)
-        except (TypeError, AttributeError) as exc:
-            log.error("Rejected connection request {request_id}: its answer is not valid ({why})",
-                      request_id=request_id, why=exc)
-            return self._rejection(request_id, request)
-
-    def _rejection_for(self, failure: Failure, request_id: str, request: ConnectionRequestContext) -> bytes:
-        log.failure("on_connection_request failed; rejected request {request_id}", failure, LogLevel.error,
-                    request_id=request_id)
-        return self._rejection(request_id, request)
-
-    @staticmethod
-    def _rejection(request_id: str, request: ConnectionRequestContext) -> bytes:
-        context = getattr(request, "context", None)
-        client_id = getattr(context, "client_id", None)
-        room_id = getattr(context, "room_id", None)
-        return wire.response_frame(
-            request_id, False,
-            client_id if isinstance(client_id, str) else "",
-            room_id if isinstance(room_id, str) else "",
-            {},
-        )
