@@ -240,12 +240,13 @@ class AsyncPyStrandsClient(Face[AsyncioBackend]):
         """
         bridge_to_stdlib()  # this face serves applications that use stdlib logging
         attempt = self._session.connect(*self._connect_args())
-        try:
-            connected: bool = await asyncio.wait_for(asyncio.shield(attempt), self.connect_timeout + CLOSE_GRACE)
-        except asyncio.TimeoutError:
+        # asyncio.wait, not wait_for: on 3.11 wait_for loses a cancel that comes as the attempt ends.
+        done, _ = await asyncio.wait((attempt,), timeout=self.connect_timeout + CLOSE_GRACE)
+        if not done:
             log.warn("Connecting to {host}:{port} took more than {timeout}s", host=self.host,
                      port=self.port, timeout=self.connect_timeout)
             return False
+        connected: bool = attempt.result()
         return connected
 
     async def disconnect(self, timeout: float = 5.0) -> None:

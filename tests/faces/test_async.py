@@ -194,6 +194,68 @@ def test_sends_from_foreign_threads_and_on_the_loop(broker: FakeBroker) -> None:
     run(body)
 
 
+def test_disconnect_cancels_handlers_still_running_at_its_deadline_and_waits_for_them(
+        broker: FakeBroker, caplog: pytest.LogCaptureFixture) -> None:
+    unwound: list[str] = []
+
+    class Hung(AsyncPyStrandsClient):
+        entered: asyncio.Event
+
+        async def on_message(self, message: str, context: Context) -> None:
+            self.entered.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.05)  # unwinding takes a while, within the grace
+                unwound.append(message)
+                raise
+
+    async def body() -> None:
+        client = Hung(port=broker.port)
+        client.entered = asyncio.Event()
+        assert await client.connect()
+        conn = await off(broker.accept)
+        conn.send_frame(event("new_message", nested_context("a", "r", {}), message="stuck"))
+        await asyncio.wait_for(client.entered.wait(), WAIT)
+        started = time.monotonic()
+        await client.disconnect(timeout=0.3)
+        assert unwound == ["stuck"], "cancelled at the deadline, and finished unwinding before disconnect returned"
+        assert 0.3 <= time.monotonic() - started < 2.0
+        assert not client.connected
+        await off(conn.wait_closed)
+
+    run(body)
+    assert not [r for r in caplog.records if "left to finish alone" in r.getMessage()]
+
+
+def test_disconnect_gives_a_handler_that_ignores_its_cancel_a_short_grace_then_warns(
+        broker: FakeBroker, caplog: pytest.LogCaptureFixture) -> None:
+    class Stubborn(AsyncPyStrandsClient):
+        entered: asyncio.Event
+
+        async def on_message(self, message: str, context: Context) -> None:
+            self.entered.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                await asyncio.sleep(3)  # longer than the grace
+
+    async def body() -> None:
+        client = Stubborn(port=broker.port)
+        client.entered = asyncio.Event()
+        assert await client.connect()
+        conn = await off(broker.accept)
+        conn.send_frame(event("new_message", nested_context("a", "r", {}), message="stuck"))
+        await asyncio.wait_for(client.entered.wait(), WAIT)
+        started = time.monotonic()
+        await client.disconnect(timeout=0.2)
+        assert time.monotonic() - started < 2.0, "bounded by the deadline and the grace"
+        assert not client.connected
+
+    run(body)
+    assert [r for r in caplog.records if "left to finish alone" in r.getMessage()]
+
+
 @pytest.mark.parametrize(
     ("method", "args", "name"),
     [

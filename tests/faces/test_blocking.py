@@ -362,6 +362,32 @@ def test_disconnect_gives_up_on_a_stuck_handler_after_timeout(broker: FakeBroker
     release.set()
 
 
+def test_disconnect_leaves_a_worker_thread_past_its_timeout_to_finish_alone_its_sends_dropped(
+        broker: FakeBroker, caplog: pytest.LogCaptureFixture) -> None:
+    """A thread cannot be cancelled: disconnect() returns at its deadline, says so, and the late send is False."""
+    entered, release = threading.Event(), threading.Event()
+    late: queue.Queue[Any] = queue.Queue()
+
+    class Stuck(PyStrandsClient):
+        def on_message(self, message: str, context: Context) -> None:
+            entered.set()
+            release.wait(30)
+            late.put(self.broadcast_message("after the disconnect"))
+
+    client = Stuck(port=broker.port, concurrency=2)
+    assert client.connect()
+    conn = broker.accept()
+    conn.send_frame(event("new_message", nested_context("a", "r", {}), message="x"))
+    assert entered.wait(WAIT)
+    started_at = time.monotonic()
+    client.disconnect(timeout=0.2)
+    assert time.monotonic() - started_at < 3.0
+    conn.wait_closed()
+    assert any("left to finish alone" in r.getMessage() for r in caplog.records)
+    release.set()
+    assert late.get(timeout=WAIT).result(WAIT) is False
+
+
 def test_disconnect_from_a_handler_ends_run_forever(broker: FakeBroker) -> None:
     class Quitter(PyStrandsClient):
         def on_message(self, message: str, context: Context) -> None:
