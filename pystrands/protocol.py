@@ -443,7 +443,7 @@ class BrokerProtocol(LineReceiver):
         raw_context = params.get("context")
         if type(raw_context) is not dict:
             # The reference broker always sends one: without it, a handler would answer nobody.
-            factory.skipped_without_context(action=action, type=type(raw_context).__name__)
+            factory._skipped_without_context(action=action, type=type(raw_context).__name__)
             return
         context = context_from_wire(raw_context)
         # One client's events run in order; without a usable id, the frame stands alone.
@@ -566,7 +566,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
         #: Why no connection is coming once stopped (set on giving up, and by stop()).
         self._ended_because = "the backend was stopped"
         #: Frames without a context object: skipped, the warning throttled (a broker could flood them).
-        self.skipped_without_context = ThrottledWarning(
+        self._skipped_without_context = ThrottledWarning(
             log, reactor, "Skipped a {action} frame without a context object ({type});"
                           " {held_back} more skipped since the last warning")
         self.backend.broker = self
