@@ -11,8 +11,10 @@ Sends: an encoded frame handed to the connection resolves to True (at once
 when written at once, else once the buffered frame is written after a
 reconnect); one that no connection will carry resolves to False and is
 counted in a warning (:mod:`pystrands._dropped`), as pystrands 1.0.0 drops
-them without raising. An extension request keeps failing with
-NotConnectedError: its caller is waiting for an answer.
+them without raising. Past the buffer of a reconnect (a connection is
+coming, but ``send_buffer_size`` sends already wait for it) the send fails
+with SendBufferFull, counted in the same warning. An extension request keeps
+failing with NotConnectedError: its caller is waiting for an answer.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from ._bridges import SENT, ReplyFuture, done_future, settle_concurrent
 from ._dropped import dropped_sends_of
 from .context import ConnectionRequestContext, Context
 from .dispatch import already_succeeded
-from .errors import NotConnectedError
+from .errors import NotConnectedError, SendBufferFull
 from .interfaces import IBackend
 
 if TYPE_CHECKING:
@@ -188,9 +190,13 @@ class FaceBackend:
             return handed.addCallbacks(_true, self._dropped)
         return handed
 
-    def _dropped(self, failure: Failure) -> bool:
+    def _dropped(self, failure: Failure) -> bool | Failure:
+        """A send no connection will carry: counted in the warning, and False; past the buffer, SendBufferFull."""
         failure.trap(NotConnectedError)
-        return dropped_sends_of(self.face).dropped(str(failure.value))
+        dropped = dropped_sends_of(self.face).dropped(str(failure.value))
+        if failure.check(SendBufferFull):  # a connection is coming, but its buffer is full: the caller sees it
+            return failure
+        return dropped
 
     def not_sent(self, item: Outgoing, reason: str) -> concurrent.futures.Future[Any]:
         """The Future of ``item`` when no connection will carry it (see :func:`not_sent`)."""

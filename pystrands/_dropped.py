@@ -44,10 +44,10 @@ class DroppedSends:
             first, count = self._last_line is None, self.unreported
             self._last_line, self.unreported = now, 0
         if first:
-            log.warn("A send was dropped, {reason}: sends resolve to False until a connection is up",
-                     reason=reason)
+            log.warn("A send to the broker was dropped ({reason}); its future gives False", reason=reason)
         else:
-            log.warn("{count} send(s) dropped since the last warning, {reason}", count=count, reason=reason)
+            log.warn("{count} send(s) to the broker dropped since the last warning ({reason})", count=count,
+                     reason=reason)
         return False
 
 

@@ -91,7 +91,7 @@ TRANSITIONS: dict[tuple[SessionState, Event], tuple[SessionState, str]] = {
 CALLS: dict[tuple[SessionState, str], str] = {
     (IDLE, "send"): "False, and a warning: no connection is coming",
     (CONNECTING, "send"): "buffered: True once written on connecting, False if then dropped",
-    (SERVING, "send"): "True once written (at once, or after the reconnect); False if none is coming",
+    (SERVING, "send"): "True once written (at once, or after the reconnect: SendBufferFull past the buffer)",
     (DRAINING, "send"): "True while handlers finish on the open connection; False (a warning) once closed",
     (CLOSED, "send"): "False, and a warning: no connection is coming",
     (IDLE, "request"): "fails with NotConnectedError",

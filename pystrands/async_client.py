@@ -283,9 +283,11 @@ class AsyncPyStrandsClient(Face[AsyncioBackend]):
         """Send ``message`` to every client in ``room_id``; await True once written, False if dropped.
 
         Dropped means no connection is coming (before connect(), after
-        disconnect(), after a failed attempt without ``auto_reconnect``), or
-        the send buffer of a reconnect is full: it is logged as a warning,
-        never raised. ``TypeError`` here for an argument that is not a str.
+        disconnect(), after a failed attempt without ``auto_reconnect``): it
+        is logged as a warning, never raised. While reconnecting the send
+        waits in a buffer; past ``send_buffer_size`` waiting sends it fails
+        with :class:`~pystrands.SendBufferFull`. ``TypeError`` here for an
+        argument that is not a str.
         """
         return self._send(wire.room_message_frame(room_id, message))
 

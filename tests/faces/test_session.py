@@ -21,7 +21,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisc
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from zope.interface import implementer
 
-from pystrands import NotConnectedError, PyStrandsClient
+from pystrands import NotConnectedError, PyStrandsClient, SendBufferFull
 from pystrands._adapter import new_backend_of
 from pystrands._bridges import done_future, settle_concurrent
 from pystrands._dropped import DroppedSends
@@ -266,6 +266,16 @@ def test_a_failed_attempt_with_retries_serves_while_retrying(rig: Rig) -> None:
     rig.world.mode = "accept"
     rig.clock.advance(rig.face.reconnect_delay * 2)
     assert rig.session.connected and buffered.result(0) is True
+
+
+def test_past_the_reconnect_buffer_a_send_fails_with_send_buffer_full() -> None:
+    rig = Rig(send_buffer_size=1)
+    rig.world.mode = "refuse"
+    rig.connect()
+    waiting = rig.face.broadcast_message("waits")
+    with pytest.raises(SendBufferFull):
+        rig.face.broadcast_message("one too many").result(0)
+    assert not waiting.done()
 
 
 def test_draining_lasts_until_the_handlers_finish(rig: Rig) -> None:
