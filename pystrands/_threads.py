@@ -22,18 +22,23 @@ __all__ = ["HandlerThreads"]
 
 
 class HandlerThreads:
-    """``size`` daemon threads running calls in arrival order; results fire on ``reactor``."""
+    """Up to ``size`` daemon threads running calls in arrival order; results fire on ``reactor``.
+
+    A thread starts when a call finds every started one busy, so a large
+    ``size`` (``concurrency``) costs threads only as the load needs them.
+    """
 
     def __init__(self, reactor: Any, size: int, name: str) -> None:
         self.reactor = reactor
         self.running = 0
+        self._size = size
+        self._name = name
+        self._started = 0
         self._lock = threading.Condition()
         self._calls: deque[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = deque()
         self._finished: list[tuple[Deferred[Any], Any]] = []
         self._delivery_scheduled = False
         self._stopped = False
-        for number in range(size):
-            threading.Thread(target=self._work, name=f"{name}-{number}", daemon=True).start()
 
     def submit(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Queue ``function(*args)``; a Deferred of its result, fired on the reactor thread."""
@@ -43,6 +48,12 @@ class HandlerThreads:
                 raise RuntimeError("the handler threads are stopped")
             self._calls.append((function, args, result))
             self._lock.notify()
+            number = self._started
+            start = len(self._calls) > number - self.running and number < self._size  # more calls than free threads
+            if start:
+                self._started += 1
+        if start:
+            threading.Thread(target=self._work, name=f"{self._name}-{number}", daemon=True).start()
         return result
 
     def stop(self) -> int:

@@ -67,3 +67,27 @@ async def test_failures_reach_the_deferred_and_a_hung_call_is_reported_at_stop(r
     with pytest.raises(RuntimeError, match="stopped"):
         threads.submit(lambda: None)
     hang.set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_threads_start_only_as_calls_need_them_up_to_the_size(reactor: Any) -> None:
+    def named() -> set[str]:
+        return {t.name for t in threading.enumerate() if t.name.startswith("lazy-handler-")}
+
+    threads = HandlerThreads(reactor, 64, "lazy-handler")
+    assert named() == set(), "no call yet, no thread"
+    for _ in range(20):  # one after the other: one thread serves them all
+        await threads.submit(lambda: None)
+    assert named() == {"lazy-handler-0"}
+    together = threading.Barrier(3, timeout=5)
+    await gatherResults([threads.submit(together.wait) for _ in range(3)])  # three at once need three
+    assert len(named()) == 3
+    threads.stop()
+    small = HandlerThreads(reactor, 2, "lazy-handler-small")
+    gate = threading.Event()
+    held = [small.submit(gate.wait, 5) for _ in range(5)]
+    assert small.running <= 2 and len({t.name for t in threading.enumerate()
+                                        if t.name.startswith("lazy-handler-small-")}) == 2, "never past the size"
+    gate.set()
+    await gatherResults(held)
+    small.stop()
