@@ -274,14 +274,10 @@ class Session:
             stopping: Deferred[None] = succeed(None)
         else:
             stopping = factory.stop(timeout).addTimeout(timeout + CLOSE_GRACE, cycle.reactor)
-        return stopping.addBoth(self._stopped, cycle, timeout).addBoth(lambda _: self.runtime.release(cycle)) \
-            .addBoth(self._closed, cycle)
-
-    @staticmethod
-    def _stopped(result: object, cycle: Cycle, timeout: float) -> None:
-        if isinstance(result, Failure):
-            log.warn("The broker connection did not close within {seconds}s; releasing it anyway",
-                     seconds=timeout + CLOSE_GRACE)
+        stopping.addErrback(lambda _: log.warn("The broker connection did not close within {seconds}s;"
+                                               " releasing it anyway", seconds=timeout + CLOSE_GRACE))
+        stopping.addCallback(lambda _: self.runtime.release(cycle))
+        return stopping.addBoth(self._closed, cycle)
 
     def _closed(self, result: object, cycle: Cycle) -> None:
         if isinstance(result, Failure):

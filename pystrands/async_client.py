@@ -9,8 +9,13 @@ order); a plain ``def`` callback runs on the loop too.
 
 A callback's task takes its first step at once, within the read that brought
 the event, and a send written at once returns a future that is already
-done: a callback that does not wait for anything else finishes there, and
-its replies go out with the others to that read.
+done (True): a callback that does not wait for anything else finishes there,
+and its replies go out with the others to that read.
+
+The life cycle (connect, disconnect, run_forever) is the session both faces
+share (:mod:`pystrands._session`); this module adds what an asyncio face's
+world needs: a reactor on the caller's loop, asyncio futures, handler tasks
+that disconnect() cancels at its deadline.
 """
 
 from __future__ import annotations

@@ -8,9 +8,15 @@ from a frame to its handler and back, but a handler that blocks holds this
 client's I/O (sends from other threads included) until it returns.
 ``concurrency=N`` (N > 1) runs handlers in N worker threads instead, N
 WebSocket clients' at once (each client's events in order), while I/O goes
-on. Send methods may be called from any thread and return a
-``concurrent.futures.Future``; one sent from another thread completes on the
-I/O thread, so a handler there must not wait for it.
+on (``twistd pystrands --concurrency N`` runs N worker threads too). Send
+methods may be called from any thread and return a
+``concurrent.futures.Future`` of True once written, False when dropped (no
+connection coming; logged, never raised); one sent from another thread
+completes on the I/O thread, so a handler there must not wait for it.
+
+The life cycle (connect, disconnect, run_forever) is the session both faces
+share (:mod:`pystrands._session`); this module adds what a blocking face's
+world needs: the reactor thread, worker threads, concurrent Futures.
 """
 
 from __future__ import annotations
