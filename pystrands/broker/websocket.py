@@ -53,6 +53,11 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # websockets built without its C extension
+    from websockets.utils import apply_mask
+
 from .client_script import PATH, ClientScript
 from .guards import AddressSlots, MessageAssembler, OriginPolicy, TokenBucket, TooManyFragments
 from .metrics import add_status_pages
@@ -121,6 +126,7 @@ class ClientConnection(Protocol):
         self._assembler = MessageAssembler(self.config.max_fragments)
         self._rate = TokenBucket(self.config.max_client_rate, self.clock) if self.config.max_client_rate else None
         self._events: deque[Frame] = deque()
+        self._boundary = FrameBoundary()
         self._pauses: set[str] = set()
         self._timer: IDelayedCall | None = None
         self._last_heard = 0.0
@@ -163,21 +169,37 @@ class ClientConnection(Protocol):
             self._last_heard = self.clock.seconds()
             self._metrics.bytes_in += len(data)
             ws = self._ws
-            # Parse a large read in slices, so that a violation (too many fragments) stops the
-            # work within one slice instead of after parsing thousands of tiny frames.
-            for start in range(0, len(data), PARSE_SLICE):
-                ws.receive_data(data[start:start + PARSE_SLICE] if len(data) > PARSE_SLICE else data)
-                self._events.extend(cast("list[Frame]", ws.events_received()))  # once open, only frames
-                self._deliver()
-                self._flush()
-                if self._ending:
-                    break
+            if self._boundary.clear and not ws.expect_continuation_frame and ws.state is State.OPEN:
+                frames, used = simple_frames(data, self.config.max_message_size)
+                if frames:
+                    self._events.extend(frames)
+                    self._deliver()
+                    if self._ending:
+                        return
+                    data = data[used:] if used < len(data) else b""
+            if data:
+                self._parse(data)
         elif stage is Stage.HEAD:
             self._read_head(data)
         elif stage is Stage.HTTP:
             self._channel.dataReceived(data)
         elif stage is Stage.JUDGING:
             self._hold_input(data)
+
+    def _parse(self, data: bytes) -> None:
+        """Everything ``simple_frames`` leaves (control frames, fragments, partial frames, violations):
+        the protocol parses it, in slices, so that a violation (too many fragments) stops the work
+        within one slice instead of after parsing thousands of tiny frames."""
+        ws, boundary = self._ws, self._boundary
+        for start in range(0, len(data), PARSE_SLICE):
+            piece = data[start:start + PARSE_SLICE] if len(data) > PARSE_SLICE else data
+            boundary.feed(piece)
+            ws.receive_data(piece)
+            self._events.extend(cast("list[Frame]", ws.events_received()))  # once open, only frames
+            self._deliver()
+            self._flush()
+            if self._ending:
+                break
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Give back every slot and timer; an open client's last messages and its end still reach the backend."""
@@ -428,10 +450,18 @@ class ClientConnection(Protocol):
         return self.stage is not Stage.OPEN or self._ws.state is not State.OPEN
 
     def send_text(self, message: str) -> None:
-        """Send a text message (held while the socket is full; past the limit, the client is dropped)."""
+        """Send a text message (held while the socket is full; past the limit, the client is dropped).
+
+        The frame is built here rather than by the protocol: a server's text
+        frame is a header and the bytes (no mask, no extension is negotiated),
+        and a room's members share one frame (``WebSocketFactory.text_frame``).
+        Whatever the protocol queues (pongs, closes) is flushed where it is
+        queued, so nothing of its own waits behind this frame.
+        """
         if self.stage is Stage.OPEN and self._ws.state is State.OPEN:
-            self._ws.send_text(message.encode())
-            self._flush()
+            frame = self.factory.text_frame(message)
+            self._metrics.bytes_out += len(frame)
+            cast(Outbox, self._outbox).write(frame)
 
     def close(self, code: int, reason: str = "") -> None:
         """Start the closing handshake; the client has ``handshake_timeout`` to answer."""
@@ -501,6 +531,73 @@ class ClientConnection(Protocol):
         self._timer = self._rate_wait = None
 
 
+def simple_frames(data: bytes, max_size: int) -> tuple[list[Frame], int]:
+    """The whole, final, masked text or binary frames of at most ``max_size`` bytes at the start of ``data``,
+    unmasked, and the bytes they take.
+
+    This is the common case, read here in a few operations per frame; the
+    first frame that is anything else (a control frame, a fragment, a reserved
+    bit, no mask, too big, incomplete) and all after it go to the protocol,
+    which enforces every rule. Call only between frames, outside a fragmented
+    message, while the protocol is open.
+    """
+    frames: list[Frame] = []
+    at, end = 0, len(data)
+    while end - at >= 6:
+        first, second = data[at], data[at + 1]
+        if (first != 0x81 and first != 0x82) or second < 0x80:  # FIN, no RSV, text or binary; masked
+            break
+        length, start = second & 0x7F, at + 6
+        if length == 126:
+            if end - at < 8:
+                break
+            length, start = (data[at + 2] << 8) | data[at + 3], at + 8
+        elif length == 127:
+            break
+        if length > max_size or start + length > end:
+            break
+        payload = apply_mask(data[start:start + length], data[start - 4:start])
+        frames.append(Frame(Opcode.TEXT if first == 0x81 else Opcode.BINARY, payload))
+        at = start + length
+    return frames, at
+
+
+class FrameBoundary:
+    """Follows the frame headers of the bytes given to the protocol, to tell when it stands between two frames."""
+
+    def __init__(self) -> None:
+        self._head = b""  # the start of a frame whose header is not complete yet
+        self._owed = 0  # payload bytes of the current frame still to come
+
+    @property
+    def clear(self) -> bool:
+        """True when every frame given so far is complete."""
+        return not self._owed and not self._head
+
+    def feed(self, data: bytes) -> None:
+        """Account for ``data``, given to the protocol after what was fed before."""
+        if self._owed >= len(data):
+            self._owed -= len(data)
+            return
+        buffer = self._head + data[self._owed:] if self._head or self._owed else data
+        at, end = 0, len(buffer)
+        while end - at >= 2:
+            second = buffer[at + 1]
+            length = second & 0x7F
+            size = 2 + (4 if second & 0x80 else 0) + (2 if length == 126 else 8 if length == 127 else 0)
+            if end - at < size:
+                break
+            if length == 126:
+                length = int.from_bytes(buffer[at + 2:at + 4], "big")
+            elif length == 127:
+                length = int.from_bytes(buffer[at + 2:at + 10], "big")
+            if at + size + length > end:
+                self._head, self._owed = b"", at + size + length - end
+                return
+            at += size + length
+        self._head, self._owed = buffer[at:], 0
+
+
 def http_response(status: int, text: str, headers: Iterable[tuple[str, str]] = ()) -> bytes:
     """A complete HTTP/1.1 response with a plain-text body, and ``Connection: close``."""
     body = text.encode() + b"\n"
@@ -510,6 +607,11 @@ def http_response(status: int, text: str, headers: Iterable[tuple[str, str]] = (
              *(f"{name}: {value}" for name, value in headers)]
     return "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body
 
+
+#: Headers of an unmasked, final text frame: with a 7-bit length, then the 16-bit and 64-bit length prefixes.
+_SHORT_HEADERS = [bytes((0x81, length)) for length in range(126)]
+_TEXT_16 = bytes((0x81, 126))
+_TEXT_64 = bytes((0x81, 127))
 
 #: The parser's refusals that have a status of their own (else 400).
 _TOO_LONG: dict[type, int] = {RequestLineTooLong: 414, HeaderLineTooLong: 431, TooManyHeaders: 431}
@@ -580,6 +682,24 @@ class WebSocketFactory(Factory[ClientConnection]):
         self.site = Site(root, timeout=config.client_idle_timeout or config.handshake_timeout,
                          reactor=broker.clock)
         self.site.noisy = False
+        self._last_frame: tuple[str | None, bytes] = (None, b"")
+
+    def text_frame(self, message: str) -> bytes:
+        """``message`` as a server's unfragmented text frame; the last one is kept for the next client it goes to."""
+        last_message, last_frame = self._last_frame
+        if message is last_message:
+            return last_frame
+        payload = message.encode()
+        length = len(payload)
+        if length < 126:
+            header = _SHORT_HEADERS[length]
+        elif length < 65536:
+            header = _TEXT_16 + length.to_bytes(2, "big")
+        else:
+            header = _TEXT_64 + length.to_bytes(8, "big")
+        frame = header + payload
+        self._last_frame = (message, frame)  # holding the message keeps its identity from being reused
+        return frame
 
     def buildProtocol(self, addr: Any) -> ClientConnection:
         """A :class:`ClientConnection` for a new socket on the WebSocket port."""

@@ -1,0 +1,67 @@
+"""The broker's fast frame reader (``simple_frames``) and its frame-boundary tracker, sans I/O.
+
+``simple_frames`` must read exactly what websockets' own parser reads for the
+frames it takes, and take nothing else: every other frame is left to the
+protocol, which enforces the rules. ``FrameBoundary`` must say "between two
+frames" exactly at frame ends, whatever the reads' sizes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from websockets.frames import Frame, Opcode
+
+from pystrands.broker.websocket import FrameBoundary, simple_frames
+
+
+def masked(opcode: Opcode, payload: bytes, fin: bool = True, rsv1: bool = False) -> bytes:
+    """A client frame as websockets serialises it (masked); ``rsv1`` sets the bit websockets will not."""
+    frame = Frame(opcode, payload, fin=fin).serialize(mask=True)
+    return bytes([frame[0] | 0x40]) + frame[1:] if rsv1 else frame
+
+
+def test_whole_text_and_binary_frames_are_read_as_websockets_wrote_them() -> None:
+    payloads = [b"", b"hi", os.urandom(125), os.urandom(126), os.urandom(65535)]
+    data = b"".join(masked(Opcode.TEXT if i % 2 else Opcode.BINARY, p) for i, p in enumerate(payloads))
+    frames, used = simple_frames(data, 1 << 20)
+    assert used == len(data)
+    assert [(f.opcode, f.data, f.fin) for f in frames] == [
+        (Opcode.TEXT if i % 2 else Opcode.BINARY, p, True) for i, p in enumerate(payloads)]
+
+
+@pytest.mark.parametrize("other", [
+    masked(Opcode.PING, b"ping"),
+    masked(Opcode.CLOSE, b"\x03\xe8"),
+    masked(Opcode.TEXT, b"first part", fin=False),
+    masked(Opcode.CONT, b"rest"),
+    masked(Opcode.TEXT, b"compressed?", rsv1=True),
+    Frame(Opcode.TEXT, b"not masked").serialize(mask=False),
+    masked(Opcode.TEXT, b"x" * 65536),  # a 64-bit length
+    masked(Opcode.TEXT, b"x" * 101),  # over max_size below
+])
+def test_everything_else_stops_the_fast_reader_and_is_left_to_the_protocol(other: bytes) -> None:
+    first = masked(Opcode.TEXT, b"ok")
+    frames, used = simple_frames(first + other + masked(Opcode.TEXT, b"after"), 100)
+    assert [f.data for f in frames] == [b"ok"] and used == len(first)
+
+
+@pytest.mark.parametrize("cut", [1, 2, 5, 6, 7, 10])
+def test_an_incomplete_frame_is_left_to_the_protocol(cut: int) -> None:
+    first, second = masked(Opcode.TEXT, b"ok"), masked(Opcode.TEXT, b"a" * 200)
+    frames, used = simple_frames(first + second[:cut], 1000)
+    assert [f.data for f in frames] == [b"ok"] and used == len(first)
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 100, 4096])
+def test_the_boundary_is_clear_exactly_at_frame_ends_whatever_the_read_sizes(size: int) -> None:
+    frames = [masked(Opcode.TEXT, b"a" * 10), masked(Opcode.PING, b""), masked(Opcode.BINARY, b"b" * 300),
+              masked(Opcode.TEXT, b"c" * 70_000), Frame(Opcode.TEXT, b"unmasked").serialize(mask=False)]
+    stream = b"".join(frames)
+    ends = {sum(len(f) for f in frames[:n]) for n in range(len(frames) + 1)}
+    boundary = FrameBoundary()
+    for start in range(0, len(stream), size):
+        boundary.feed(stream[start:start + size])
+        fed = min(start + size, len(stream))
+        assert boundary.clear is (fed in ends), fed
