@@ -179,6 +179,12 @@ class PyStrandsClient(Face[ThreadedBackend]):
     _default_concurrency = 1
     _backend_class = ThreadedBackend
 
+    def _init_state(self) -> None:
+        super()._init_state()
+        self._warned_lock = threading.Lock()
+        #: The cycle whose handlers were last reported as outliving a disconnect().
+        self._warned_about: Cycle | None = None
+
     def _runtime(self) -> Runtime:
         return _ThreadRuntime(self)
 
@@ -230,8 +236,11 @@ class PyStrandsClient(Face[ThreadedBackend]):
             _shut_socket(cycle)
         elif _done_by(closed, cycle.deadline + CLOSE_GRACE):
             return
-        log.warn("Handlers still running after disconnect()'s timeout; {what}",
-                 what="the connection was closed under them" if held else "left to finish alone")
+        with self._warned_lock:  # a second disconnect() of the same cycle (run_forever's) says it again
+            first, self._warned_about = self._warned_about is not cycle, cycle
+        if first:
+            log.warn("Handlers still running after disconnect()'s timeout; {what}",
+                     what="the connection was closed under them" if held else "left to finish alone")
 
     def run_forever(self) -> None:
         """Connect (unless connected or reconnecting) and block until disconnect() or Ctrl-C."""
