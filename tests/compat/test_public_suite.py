@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import warnings
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -100,43 +101,58 @@ def unpack_tests() -> None:
     assert list((RUN_DIR / "tests").glob("test_*.py")), f"{SDIST} holds no {SDIST_TESTS}/test_*.py"
 
 
-def run_suite() -> subprocess.CompletedProcess[str]:
-    """``python -m pytest`` on RUN_DIR's tests, with this checkout first on the path."""
-    command = [sys.executable, "-m", "pytest", "tests", "-q", "-rfE", "-p", "no:cacheprovider",
+def run_suite(*selection: str) -> tuple[str, list[str]]:
+    """``python -m pytest`` on RUN_DIR's ``selection``, with this checkout first on the path.
+
+    Its output, and its failures as pytest summarises them: ``FAILED <test id> - <error line>``.
+    """
+    command = [sys.executable, "-m", "pytest", *selection, "-q", "-rfE", "-p", "no:cacheprovider",
                "-p", "no:twisted", "-p", "asyncio", "-p", "tests.compat.sandbox"]
-    for test_id in DESELECTED:
-        command += ["--deselect", test_id]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "COLUMNS": "400"}  # the summary's error lines, uncut
     try:
-        return subprocess.run(command, cwd=RUN_DIR, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+        result = subprocess.run(command, cwd=RUN_DIR, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
     except subprocess.TimeoutExpired as timeout:
         output = timeout.stdout.decode(errors="replace") if isinstance(timeout.stdout, bytes) else timeout.stdout
         pytest.fail(f"pystrands 1.0.0's suite did not finish within {RUN_TIMEOUT}s; its output so far:\n{output}",
                     pytrace=False)
+    output = result.stdout + result.stderr
+    assert f"{sandbox.HEADER}{sandbox.EXPECTED}" in output, f"not this checkout's pystrands under test:\n{output}"
+    summary = result.stdout.partition("short test summary info")[2]
+    failures = [line for line in summary.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+    if result.returncode not in (0, 1) or (result.returncode == 1) != bool(failures):
+        pytest.fail(f"pystrands 1.0.0's suite could not run (pytest exit {result.returncode}):\n{output}",
+                    pytrace=False)
+    return result.stdout, failures
+
+
+def failed_id(failure: str) -> str:
+    """The test id of a ``FAILED <test id> - <error line>`` line."""
+    return failure.split()[1]
 
 
 def test_pystrands_1_0_0_suite_passes_against_this_package() -> None:
+    """Its tests sleep for fixed times, so one that fails is run once more, alone; failing twice fails here."""
     if not SDIST.exists():
         download()
     assert sha256(SDIST) == SDIST_SHA256, f"{SDIST} is not the pinned {RELEASE}: delete it to download it again"
     unpack_tests()
-    result = run_suite()
-    output = result.stdout + result.stderr
-    assert f"{sandbox.HEADER}{sandbox.EXPECTED}" in output, f"not this checkout's pystrands under test:\n{output}"
-    if result.returncode not in (0, 1):
-        pytest.fail(f"pystrands 1.0.0's suite could not run (pytest exit {result.returncode}):\n{output}",
-                    pytrace=False)
-    summary = result.stdout.partition("short test summary info")[2]
-    failures = [line for line in summary.splitlines() if line.startswith(("FAILED ", "ERROR "))]
-    if failures or result.returncode != 0:
-        pytest.fail(f"{len(failures)} of pystrands 1.0.0's tests fail against this package (run in {RUN_DIR}):\n"
-                    + "\n".join(failures), pytrace=False)
-    deselected = re.search(r"(\d+) deselected", result.stdout)
+    output, failures = run_suite("tests", *(f"--deselect={test_id}" for test_id in DESELECTED))
+    deselected = re.search(r"(\d+) deselected", output)
     assert deselected is not None and int(deselected[1]) == len(DESELECTED), (
         f"DESELECTED lists {len(DESELECTED)} tests, but pytest deselected "
         f"{deselected[1] if deselected else 'none'}: an id no longer matches a 1.0.0 test"
     )
+    if not failures:
+        return
+    failed_once = [failed_id(failure) for failure in failures]
+    _, still_failing = run_suite(*failed_once)
+    passed_again = sorted(set(failed_once) - {failed_id(failure) for failure in still_failing})
+    if passed_again:
+        warnings.warn(f"pystrands 1.0.0 tests that failed, then passed when run again: {passed_again}", stacklevel=1)
+    if still_failing:
+        pytest.fail(f"{len(still_failing)} of pystrands 1.0.0's tests fail against this package, twice "
+                    f"(run in {RUN_DIR}):\n" + "\n".join(still_failing), pytrace=False)
 
 
 def test_a_failed_download_fails_saying_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
