@@ -230,6 +230,11 @@ class AsyncPyStrandsClient(Face[AsyncioBackend]):
     Parameters are the documented ones (see the class signature) plus the
     core's settings as keywords (``concurrency``, ``idle_timeout``,
     ``max_line_length``, ``send_buffer_size``, ``backend_token``, ...).
+
+    Sends give an awaitable of True, or of False when dropped for want of a
+    connection, as in pystrands 1.0.0; the Twisted-native connection
+    (``IBrokerConnection``, a ``Backend``'s ``self.broker``) fails its
+    Deferreds with NotConnectedError instead.
     """
 
     _backend_class = AsyncioBackend

@@ -174,6 +174,11 @@ class PyStrandsClient(Face[ThreadedBackend]):
     Parameters are the documented ones (see the class signature) plus the
     core's settings as keywords (``concurrency``, ``idle_timeout``,
     ``max_line_length``, ``send_buffer_size``, ``backend_token``, ...).
+
+    Sends give a Future of True, or of False when dropped for want of a
+    connection, as in pystrands 1.0.0; the Twisted-native connection
+    (``IBrokerConnection``, a ``Backend``'s ``self.broker``) fails its
+    Deferreds with NotConnectedError instead.
     """
 
     _default_concurrency = 1
