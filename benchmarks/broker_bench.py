@@ -267,13 +267,14 @@ def run_profiled_broker(ws_port: int, tcp_port: int, out: Path) -> None:
     reactor.run()  # type: ignore[attr-defined]
 
 
-def profile(kind: str, clients: int, seconds: float, out: Path, top: int) -> None:
-    """Profile the broker over the measured window of one scenario; print the top functions by own time."""
+def profile(kind: str, clients: int, seconds: float, out: Path, top: int, path: Path = REPO) -> None:
+    """Profile the broker (``pystrands`` from ``path``) over the measured window of one scenario;
+    print the top functions by own time, then the time per message by stage."""
     ws_port, tcp_port = free_port(), free_port()
     command = [sys.executable, __file__, "profiled-broker", "--ws-port", str(ws_port), "--tcp-port", str(tcp_port),
                "--out", str(out)]
     backend = "room" if kind == "room" else "twisted"
-    with spawned(command) as broker:
+    with spawned(command, path) as broker:
         wait_listening(ws_port)
         with spawned(backend_command(backend, tcp_port)):
             wait_ready(ws_port)
@@ -298,6 +299,7 @@ def profile(kind: str, clients: int, seconds: float, out: Path, top: int) -> Non
 #: (file ending, function) -> its cumulative time, for the breakdown.
 _FUNCTIONS = {
     "parse": ("websockets/protocol.py", "receive_data"),
+    "simple": ("broker/websocket.py", "simple_frames"),
     "ws_read": ("broker/websocket.py", "dataReceived"),
     "assemble": ("broker/guards.py", "add"),
     "client_message": ("broker/router.py", "client_message"),
@@ -307,21 +309,23 @@ _FUNCTIONS = {
     "backend_frame": ("broker/router.py", "backend_frame"),
     "send_text": ("broker/websocket.py", "send_text"),
     "do_write": ("twisted/internet/abstract.py", "doWrite"),
+    "gathered": ("broker/outbox.py", "send_gathered"),
     "do_read": ("twisted/internet/tcp.py", "doRead"),
-    "total": ("twisted/internet/epollreactor.py", "doPoll"),
 }
 
 
 def breakdown(stats: pstats.Stats) -> dict[str, float]:
     """Profiled seconds per stage of a message's trip through the broker, from cumulative times."""
     found = dict.fromkeys(_FUNCTIONS, 0.0)
+    total = stats.total_tt  # type: ignore[attr-defined]  # untyped in typeshed
     for (path, _, function), row in stats.stats.items():  # type: ignore[attr-defined]  # untyped in typeshed
         for key, (ending, name) in _FUNCTIONS.items():
             if function == name and path.endswith(ending):
                 found[key] += row[3]
-    ws_dispatch = found["ws_read"] - found["parse"] - found["client_message"] - found["assemble"]
-    return {
-        "WebSocket frame parse and unmask (websockets receive_data)": found["parse"],
+    parse = found["parse"] + found["simple"]
+    ws_dispatch = found["ws_read"] - parse - found["client_message"] - found["assemble"]
+    parts = {
+        "WebSocket frame parse and unmask (simple_frames, websockets)": parse,
         "UTF-8 check and message assembly": found["assemble"],
         "routing a client message (router, minus encode and write)":
             found["client_message"] - found["encode"] - found["backend_send"],
@@ -331,10 +335,11 @@ def breakdown(stats: pstats.Stats) -> dict[str, float]:
         "routing a backend reply (router, minus the client write)": found["backend_frame"] - found["send_text"],
         "frame write back (frame encode, outbox, transport.write)": found["send_text"],
         "WebSocket read glue (timestamps, slices, events, flush)": ws_dispatch,
-        "socket writes a turn later (doWrite, send(2))": found["do_write"],
-        "socket reads (recv(2))": found["do_read"] - found["ws_read"] - found["backend_read"],
-        "reactor (epoll, dispatch, context)": found["total"] - found["do_write"] - found["do_read"],
+        "socket writes at the end of a turn (send(2) and its Python)": found["gathered"] + found["do_write"],
+        "socket reads (recv(2) and its Python)": found["do_read"] - found["ws_read"] - found["backend_read"],
     }
+    parts["the rest: reactor (epoll_wait, dispatch, log context), timers"] = total - sum(parts.values())
+    return parts
 
 
 def compare(against: Path, rounds: int, quick: bool) -> None:
@@ -367,7 +372,8 @@ def main() -> None:
     """``room-backend``, ``profiled-broker`` (processes of the benchmark), ``profile`` or ``compare``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["room-backend", "profiled-broker", "profile", "compare"])
-    parser.add_argument("--against", type=Path, help="compare: a directory holding another pystrands/")
+    parser.add_argument("--against", type=Path,
+                        help="compare: a directory holding another pystrands/; profile: profile that one")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--port", type=int, default=0, help="room-backend: the broker's backend port")
@@ -388,7 +394,7 @@ def main() -> None:
             parser.error("compare needs --against DIR, a directory holding a pystrands/ package")
         compare(args.against, args.rounds, args.quick)
     else:
-        profile(args.scenario, args.clients, args.seconds, args.out, args.top)
+        profile(args.scenario, args.clients, args.seconds, args.out, args.top, args.against or REPO)
 
 
 if __name__ == "__main__":
