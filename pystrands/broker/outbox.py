@@ -16,6 +16,10 @@ reactor turn are gathered and sent at the end of the turn with one
 ``writeSomeData`` call: many frames per system call, and none of the
 transport's writer registration (two ``epoll_ctl`` and a dispatch per socket
 per turn). What the socket does not take goes to the transport as before.
+Past ``GATHER_LIMIT`` bytes the gathered writes go to the transport at once,
+as before, so that its full buffer makes the peer congested within the turn,
+and a busy turn does not push more into the kernel's socket buffer (ahead of
+other senders' messages) than one transport write per turn would.
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ from zope.interface import implementer
 if TYPE_CHECKING:
     from .._typing import IConnectedTransport
 
-__all__ = ["Outbox", "send_at_once"]
+__all__ = ["GATHER_LIMIT", "Outbox", "send_at_once"]
+
+#: Bytes an Outbox gathers in a turn before it hands them to the transport without waiting for the turn's end.
+GATHER_LIMIT = 64 * 1024
 
 
 def send_at_once(transport: ITransport) -> None:
@@ -97,6 +104,7 @@ class Outbox:
         self._closing = ""
         self._stopped = False
         self._gathered: list[bytes] = []
+        self._gathered_bytes = 0
         self._turn = _turn_of(clock) if isinstance(transport, FileDescriptor) else None
         transport.registerProducer(self, True)
 
@@ -121,6 +129,9 @@ class Outbox:
             if not self._gathered:
                 self._turn.add(self)
             self._gathered.append(data)
+            self._gathered_bytes += len(data)
+            if self._gathered_bytes > GATHER_LIMIT:
+                self.send_gathered(direct=False)
             return
         self._held.append(data)
         self._held_bytes += len(data)
@@ -137,15 +148,17 @@ class Outbox:
         if not self._held:
             self._lose_connection()
 
-    def send_gathered(self) -> None:
-        """Send this turn's writes in one piece: straight to the socket while the transport holds nothing."""
+    def send_gathered(self, direct: bool = True) -> None:
+        """Send this turn's writes in one piece: straight to the socket while the transport holds nothing
+        (unless not ``direct``: then the transport sends them on its next turn)."""
         gathered = self._gathered
         if not gathered:
             return
         data = b"".join(gathered) if len(gathered) > 1 else gathered[0]
         gathered.clear()
+        self._gathered_bytes = 0
         transport = cast(FileDescriptor, self.transport)
-        if (transport.connected and not transport.disconnecting and not getattr(transport, "TLS", False)
+        if (direct and transport.connected and not transport.disconnecting and not getattr(transport, "TLS", False)
                 and not transport.dataBuffer and not getattr(transport, "_tempDataBuffer", True)):
             sent = transport.writeSomeData(data)
             if isinstance(sent, int):  # else an error, which the transport meets again on its own write
@@ -157,6 +170,7 @@ class Outbox:
         """The connection is gone or being cut: forget what is held, stop the clock."""
         self._stopped = True
         self._gathered.clear()
+        self._gathered_bytes = 0
         self._held.clear()
         self._held_bytes = 0
         self._cancel_timer()

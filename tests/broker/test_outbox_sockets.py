@@ -1,8 +1,9 @@
 """The Outbox on a real TCP socket: one reactor turn's writes go out in one system call, in order.
 
 On a ``FileDescriptor`` transport the Outbox gathers a turn's writes and
-sends them at the end of the turn (``writeSomeData``, once); closing sends
-what was gathered first, stopping forgets it. The sans-I/O rules (limits,
+sends them at the end of the turn (``writeSomeData``, once), or hands them
+to the transport past ``GATHER_LIMIT``; closing sends what was gathered
+first, stopping forgets it. The sans-I/O rules (limits,
 timeouts, congestion) are in test_guards.py, on a ``StringTransport``.
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from twisted.internet.protocol import Factory, Protocol
 
-from pystrands.broker.outbox import Outbox
+from pystrands.broker.outbox import GATHER_LIMIT, Outbox
 
 from .conftest import TIMEOUT, ReactorThread
 
@@ -76,6 +77,21 @@ def test_the_writes_of_one_turn_go_out_in_one_send_in_order(served: Any) -> None
     assert server.sends == [b"one two three"]
     thread.call(server.outbox.close)
     assert read_until_closed(client) == b"one two three"
+
+
+def test_past_the_gather_limit_the_transport_takes_them_so_a_full_buffer_shows_within_the_turn(served: Any) -> None:
+    thread, accepted, client = served
+    server = accepted[0]
+
+    def over_the_limit() -> tuple[bool, bool]:
+        server.outbox.write(b"a" * GATHER_LIMIT)
+        at_the_limit = server.outbox.congested
+        server.outbox.write(b"b")  # the transport's buffer now holds more than its bufferSize
+        return at_the_limit, server.outbox.congested
+
+    assert thread.call(over_the_limit) == (False, True)
+    thread.call(server.outbox.close)
+    assert read_until_closed(client) == b"a" * GATHER_LIMIT + b"b"
 
 
 def test_closing_in_the_same_turn_sends_what_was_gathered_first(served: Any) -> None:
