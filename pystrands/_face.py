@@ -8,6 +8,7 @@ from ._adapter import FaceBackend
 from ._parameters import ConnectionParameters
 from ._session import Runtime, Session
 from .backend import DefaultCallbacks
+from .logbridge import bridge_to_stdlib
 
 __all__ = ["Face"]
 
@@ -24,6 +25,7 @@ class Face(ConnectionParameters, DefaultCallbacks, Generic[_Backend]):
     connect_timeout: float = 10.0
 
     def _init_state(self) -> None:
+        bridge_to_stdlib()  # for stdlib logging users; a send may warn before connect()
         self._session = Session(self._runtime())
 
     def _runtime(self) -> Runtime:

@@ -35,6 +35,7 @@ from ._internals import running_loop
 from ._parameters import ConnectionParameters
 from .async_client import AsyncPyStrandsClient
 from .client import PyStrandsClient
+from .logbridge import bridge_to_stdlib
 
 __all__ = ["PyStrands"]
 
@@ -46,6 +47,7 @@ class PyStrands(ConnectionParameters):
     """A backend made of decorated functions; see the module docstring."""
 
     def _init_state(self) -> None:
+        bridge_to_stdlib()  # as the faces do: a send before run() warns through stdlib logging
         self._handlers: dict[str, Callable[..., Any]] = {}
         #: The face running the app (a PyStrandsClient or AsyncPyStrandsClient), None before a run.
         self.client: PyStrandsClient | AsyncPyStrandsClient | None = None

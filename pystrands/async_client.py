@@ -52,7 +52,6 @@ from ._tasks import start_task
 from .backend import DefaultCallbacks
 from .context import ConnectionRequestContext, Context
 from .dispatch import already_succeeded
-from .logbridge import bridge_to_stdlib
 from .protocol import BrokerClientFactory
 from .settings import check_number
 
@@ -248,7 +247,6 @@ class AsyncPyStrandsClient(Face[AsyncioBackend]):
         With ``auto_reconnect`` a failed attempt is retried in the background;
         without, nothing is left running after it.
         """
-        bridge_to_stdlib()  # this face serves applications that use stdlib logging
         attempt = self._session.connect(*self._connect_args())
         # asyncio.wait, not wait_for: on 3.11 wait_for loses a cancel that comes as the attempt ends.
         done, _ = await asyncio.wait((attempt,), timeout=self.connect_timeout + CLOSE_GRACE)

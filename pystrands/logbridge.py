@@ -3,7 +3,8 @@
 Under twistd, or in any application that began Twisted logging, events reach
 its observers already. The blocking and asyncio faces serve applications
 that configure stdlib ``logging`` instead (``logging.basicConfig(...)``);
-they call :func:`bridge_to_stdlib` when they start, so ``pystrands.*``
+they call :func:`bridge_to_stdlib` when built (a send's warning may come
+before any connect()), so ``pystrands.*``
 events land in ``logging.getLogger("pystrands.<module>")``. Nothing happens
 on import, and no stdlib handler is installed.
 """

@@ -7,8 +7,10 @@ import threading
 from typing import Any
 
 import pytest
+from twisted.logger import globalLogPublisher
 
 from pystrands import Context, PyStrands
+from pystrands.logbridge import _forward
 from tests.faces.conftest import accept_client, event, nested_context, recorded
 from tests.faces.test_async import off, run
 from tests.support.fakebroker import FakeBroker
@@ -117,7 +119,8 @@ def test_without_handlers_connections_are_accepted(broker: FakeBroker) -> None:
         runner.join(WAIT)
 
 
-def test_decorating_something_else_and_bad_sends_are_refused() -> None:
+def test_decorating_something_else_and_bad_sends_are_refused(caplog: pytest.LogCaptureFixture) -> None:
+    globalLogPublisher.removeObserver(_forward)  # as in a fresh process: building the app bridges again
     app = PyStrands()
     with pytest.raises(TypeError, match="on_message"):
         app.on_message("not a function")
@@ -130,3 +133,6 @@ def test_decorating_something_else_and_bad_sends_are_refused() -> None:
     assert app.broadcast("before run").result(WAIT) is False, "dropped, with a warning"
     assert app.send_room_message("r", "before run").result(WAIT) is False
     assert app.connected is False and app.client is None
+    warned = [r.getMessage() for r in caplog.records if r.name == "pystrands._dropped"]
+    assert warned and "call run() or run_async() first" in warned[0], "the first drop warns at once"
+

@@ -11,8 +11,10 @@ import time
 from typing import Any, Awaitable, Callable
 
 import pytest
+from twisted.logger import globalLogPublisher
 
 from pystrands import AsyncPyStrandsClient, Context
+from pystrands.logbridge import _forward
 from tests.faces.conftest import accept_client, answer_like_the_reference, backend_frames, event, nested_context, recorded
 from tests.support.fakebroker import FakeBroker
 
@@ -282,6 +284,8 @@ def test_bad_send_arguments_raise_at_the_call(broker: FakeBroker, method: str, a
 
 def test_sends_when_not_connected_resolve_false_with_a_warning(broker: FakeBroker,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    globalLogPublisher.removeObserver(_forward)  # as in a fresh process: building the client bridges again
+
     async def body() -> None:
         client = AsyncPyStrandsClient(port=broker.port)
         assert await client.broadcast_message("too early") is False

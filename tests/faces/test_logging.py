@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from tests.support.fakebroker import FakeBroker
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -45,3 +47,27 @@ def test_handler_failures_and_connection_events_reach_stdlib_logging() -> None:
     assert "INFO pystrands.protocol Connected to the broker" in output
     assert "ERROR pystrands.dispatch Backend handler" in output
     assert "ValueError: handler bug #7" in output
+
+
+BEFORE_CONNECT = textwrap.dedent("""
+    import asyncio, logging, sys
+    from pystrands import AsyncPyStrandsClient, PyStrands, PyStrandsClient
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(name)s %(message)s")
+    kind = sys.argv[1]
+    if kind == "blocking":
+        assert PyStrandsClient("127.0.0.1", 1).broadcast_message("early").result() is False
+    elif kind == "asyncio":
+        async def main():
+            assert await AsyncPyStrandsClient("127.0.0.1", 1).broadcast_message("early") is False
+        asyncio.run(main())
+    else:
+        assert PyStrands("127.0.0.1", 1).broadcast("early").result() is False
+""")
+
+
+@pytest.mark.parametrize("kind", ["blocking", "asyncio", "app"])
+def test_a_send_dropped_before_the_first_connect_warns_through_stdlib_logging(kind: str) -> None:
+    output = subprocess.run([sys.executable, "-c", BEFORE_CONNECT, kind], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60, check=True).stdout
+    assert "WARNING pystrands._dropped A send to the broker was dropped" in output, output
