@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
 __all__ = ["HandlerThreads"]
@@ -57,12 +57,21 @@ class HandlerThreads:
         return result
 
     def stop(self) -> int:
-        """Drop the calls not started and let the threads end; how many calls are still running."""
+        """Drop the calls not started and let the threads end; how many calls are still running.
+
+        Called on the reactor thread: each dropped call's Deferred fails with
+        CancelledError there, so whoever waits for it (the dispatcher's count
+        of calls in flight) learns that it will never run.
+        """
         with self._lock:
             self._stopped = True
+            dropped = [result for _, _, result in self._calls]
             self._calls.clear()
             self._lock.notify_all()
-            return self.running
+            running = self.running
+        for result in dropped:
+            result.errback(CancelledError("the handler threads were stopped before this call started"))
+        return running
 
     def _work(self) -> None:
         while True:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import CancelledError, gatherResults
 
 from pystrands._threads import HandlerThreads
 
@@ -91,3 +91,18 @@ async def test_threads_start_only_as_calls_need_them_up_to_the_size(reactor: Any
     gate.set()
     await gatherResults(held)
     small.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_fails_the_calls_it_drops_with_cancelled_error(reactor: Any) -> None:
+    threads = HandlerThreads(reactor, 1, "test-dropped")
+    entered, gate = threading.Event(), threading.Event()
+    busy = threads.submit(lambda: entered.set() or gate.wait(5))
+    assert entered.wait(5)  # the one thread has taken the first call: the next ones wait in the queue
+    waiting = [threads.submit(lambda: None) for _ in range(3)]
+    assert threads.stop() == 1
+    for result in waiting:
+        with pytest.raises(CancelledError, match="stopped before this call started"):
+            await result
+    gate.set()
+    assert await busy is True
