@@ -6,7 +6,7 @@ Python upgrade may remove any of them without notice). The fallbacks keep the
 library working, but slower or less tidy, so tests/compat/test_internals.py
 fails naming the attribute when one disappears: an upgrade is then a decision,
 not a silent change. The rest of the library uses none of these attributes
-directly; the names read are listed in ``PRIVATE_ATTRIBUTES``.
+directly (the same test scans it); the names read are listed in ``PRIVATE_ATTRIBUTES``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections import deque
 from typing import Any
 
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.interfaces import ITransport
 
 __all__ = [
     "PRIVATE_ATTRIBUTES",
@@ -26,6 +27,7 @@ __all__ = [
     "release_reactor",
     "run_first_step_now",
     "running_loop",
+    "write_at_once",
     "write_buffer_empty",
 ]
 
@@ -162,3 +164,23 @@ def write_buffer_empty(transport: FileDescriptor) -> bool:
     ``transport.write``, which is always correct, one reactor turn later.
     """
     return not transport.dataBuffer and not getattr(transport, "_tempDataBuffer", True)
+
+
+def write_at_once(transport: ITransport, data: bytes) -> None:
+    """Send ``data`` now as far as the socket takes it; the rest goes to ``transport.write``.
+
+    A transport sends only on the reactor's next turn, after registering for
+    writability and before unregistering: a poll and two epoll_ctl calls per
+    round trip. A plain socket transport (a FileDescriptor, not TLS) that
+    holds nothing yet (:func:`write_buffer_empty`) sends at once with
+    ``writeSomeData``; an error it returns is left to the transport, which
+    meets it again on its own turn. Any other transport, or one holding data
+    (order is kept), gets all of it through ``write``.
+    """
+    if (isinstance(transport, FileDescriptor) and transport.connected and not transport.disconnecting
+            and not getattr(transport, "TLS", False) and write_buffer_empty(transport)):
+        sent = transport.writeSomeData(data)
+        if isinstance(sent, int):
+            data = data[sent:]
+    if data:
+        transport.write(data)

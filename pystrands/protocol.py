@@ -20,7 +20,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import ReconnectingClientFactory, connectionDone
@@ -30,6 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import wire
+from ._internals import write_at_once
 from .context import Context
 from .dispatch import KeyedDispatcher
 from .errors import BrokerRefused, NotConnectedError, NotSupportedError, ProtocolError, SendBufferFull
@@ -361,7 +361,7 @@ class BrokerProtocol(LineReceiver):
         finally:
             self._replies = None
             if replies:
-                self._write_now(b"".join(replies))
+                write_at_once(self.transport, b"".join(replies))
 
     def write_frame(self, frame: bytes) -> None:
         """Write an encoded frame: with the other replies to the data being read, or at once."""
@@ -369,24 +369,6 @@ class BrokerProtocol(LineReceiver):
             self._replies.append(frame)
         else:
             self.transport.write(frame)
-
-    def _write_now(self, data: bytes) -> None:
-        """Send ``data`` now as far as the socket takes it; the rest goes to the transport's buffer.
-
-        A transport sends only on the reactor's next turn, after registering
-        for writability and before unregistering: a poll and two epoll_ctl
-        calls per round trip. On a plain socket transport (a FileDescriptor)
-        holding nothing yet, ``writeSomeData`` sends at once; an error it
-        returns is left to the transport, which meets it again on its turn.
-        """
-        transport = self.transport
-        if (isinstance(transport, FileDescriptor) and transport.connected and not transport.disconnecting
-                and not transport.dataBuffer and not getattr(transport, "_tempDataBuffer", True)):
-            sent = transport.writeSomeData(data)
-            if isinstance(sent, int):
-                data = data[sent:]
-        if data:
-            transport.write(data)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """Skip a line longer than ``MAX_LENGTH`` up to its newline; keep the connection."""

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
 from zope.interface import implementer
+
+from .._internals import write_at_once
 
 if TYPE_CHECKING:
     from .._typing import IConnectedTransport
@@ -157,14 +159,11 @@ class Outbox:
         data = b"".join(gathered) if len(gathered) > 1 else gathered[0]
         gathered.clear()
         self._gathered_bytes = 0
-        transport = cast(FileDescriptor, self.transport)
-        if (direct and transport.connected and not transport.disconnecting and not getattr(transport, "TLS", False)
-                and not transport.dataBuffer and not getattr(transport, "_tempDataBuffer", True)):
-            sent = transport.writeSomeData(data)
-            if isinstance(sent, int):  # else an error, which the transport meets again on its own write
-                data = data[sent:]
-        if data:
-            transport.write(data)  # may call pauseProducing() at once
+        # What reaches the transport's write may call pauseProducing() at once.
+        if direct:
+            write_at_once(self.transport, data)
+        else:
+            self.transport.write(data)
 
     def stop(self) -> None:
         """The connection is gone or being cut: forget what is held, stop the clock."""

@@ -13,12 +13,14 @@ Python 3.11.7. setup.cfg keeps Twisted >=26.10 because the rest of the library
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +30,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.internet.defer import Deferred
 from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import threadable
 
 from pystrands import _internals
@@ -292,3 +295,88 @@ async def test_write_buffer_empty_on_a_tcp_connection() -> None:
 def test_write_buffer_empty_without_the_list_is_false(file_descriptor: FileDescriptor) -> None:
     del file_descriptor._tempDataBuffer
     assert _internals.write_buffer_empty(file_descriptor) is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_write_at_once_sends_straight_to_an_idle_socket_and_queues_behind_held_data() -> None:
+    from twisted.internet import reactor
+
+    received: Deferred[bytes] = Deferred()
+    server = protocol.Factory.forProtocol(lambda: Collect(10, received))
+    port = reactor.listenTCP(0, server, interface="127.0.0.1")
+    client = await protocol.ClientCreator(reactor, protocol.Protocol).connectTCP("127.0.0.1", port.getHost().port)
+    try:
+        transport = client.transport
+        _internals.write_at_once(transport, b"now;")
+        assert _internals.write_buffer_empty(transport) is True  # in the socket already, not held
+        transport.write(b"held;")
+        _internals.write_at_once(transport, b"x")  # behind what the transport holds: order kept
+        assert _internals.write_buffer_empty(transport) is False
+        assert await received == b"now;held;x"
+    finally:
+        client.transport.loseConnection()
+        await port.stopListening()
+
+
+class TLSSocket(FileDescriptor):
+    """A connected FileDescriptor after startTLS: its ``write`` encrypts, ``writeSomeData`` would not."""
+
+    TLS = True
+    connected = 1
+
+    def writeSomeData(self, data: bytes) -> int:
+        raise AssertionError(f"{data!r} would go out unencrypted")
+
+
+def test_write_at_once_leaves_a_tls_transport_to_its_write() -> None:
+    transport = TLSSocket(MemoryReactorClock())
+    _internals.write_at_once(transport, b"secret")
+    assert _internals.write_buffer_empty(transport) is False  # held for write's own turn
+
+
+def test_write_at_once_on_another_transport_writes() -> None:
+    transport = StringTransport()
+    _internals.write_at_once(transport, b"frame")
+    assert transport.value() == b"frame"
+
+
+#: The private names pystrands._internals reads (``loop._ready`` -> ``_ready``).
+PRIVATE_NAMES = frozenset(owner_and_name.split(".")[1] for _, owner_and_name in ATTRIBUTES)
+
+
+def private_reads(source: str, filename: str) -> list[str]:
+    """``filename:line: name`` for each read of a PRIVATE_NAMES name in ``source`` not on ``self``.
+
+    An attribute of another object (``transport._tempDataBuffer``), a name
+    in a string (``getattr(transport, "_tempDataBuffer", True)``) or an
+    import (``from asyncio import _get_running_loop``). On ``self`` it is
+    the library's own attribute of that name (``KeyedDispatcher._ready``).
+    """
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, ast.Attribute):
+            names = [node.attr] if not (isinstance(node.value, ast.Name) and node.value.id == "self") else []
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names = [node.value]
+        elif isinstance(node, ast.ImportFrom):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        found += [(node.lineno, name) for name in names if name in PRIVATE_NAMES]
+    return [f"{filename}:{line}: {name}" for line, name in sorted(found)]
+
+
+def test_private_reads_finds_each_kind_of_read() -> None:
+    source = ("from asyncio import _get_running_loop\n"
+              "empty = not getattr(transport, '_tempDataBuffer', True)\n"
+              "step = loop._ready[-1]\n"
+              "self._ready = []\n")
+    assert private_reads(source, "example.py") == [
+        "example.py:1: _get_running_loop", "example.py:2: _tempDataBuffer", "example.py:3: _ready"]
+
+
+def test_no_other_module_reads_these_attributes() -> None:
+    package = Path(_internals.__file__).parent
+    reads = [read for path in sorted(package.rglob("*.py")) if path.name != "_internals.py"
+             for read in private_reads(path.read_text(), str(path.relative_to(package.parent)))]
+    assert not reads, "read these through pystrands._internals instead:\n" + "\n".join(reads)
