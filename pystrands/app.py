@@ -163,7 +163,12 @@ def _off_the_loop(handler: Callable[..., Any]) -> Callable[..., Any]:
     """``handler`` as the asyncio face wants it: coroutine functions as they are, others in a thread."""
     if inspect.iscoroutinefunction(handler):
         return handler
-    return functools.partial(asyncio.to_thread, handler)
+
+    @functools.wraps(handler)  # a failure report names the user's function
+    def in_a_thread(*args: Any) -> Awaitable[Any]:
+        return asyncio.to_thread(handler, *args)
+
+    return in_a_thread
 
 
 def _app_backend(app: PyStrands) -> FaceBackend:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import sys
+import weakref
 from collections.abc import Awaitable, Callable
 from types import CoroutineType
 from typing import Any, cast
@@ -31,6 +32,7 @@ from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from . import wire
 from ._adapter import (
@@ -82,8 +84,11 @@ class AsyncioBackend(FaceBackend):
         super().__init__(face)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._written: asyncio.Future[bool] | None = None
-        #: Handler tasks not finished in their first step; disconnect() cancels those left at its deadline.
-        self.tasks: set[asyncio.Task[Any]] = set()
+        #: Handler tasks not finished in their first step (and futures of other awaitables handlers
+        #: returned); disconnect() cancels those left at its deadline.
+        self.tasks: set[asyncio.Future[Any]] = set()
+        #: The tasks disconnect() cancelled: their CancelledError is no failure.
+        self._cancelled: weakref.WeakSet[asyncio.Future[Any]] = weakref.WeakSet()
 
     def attach(self, broker: BrokerClientFactory) -> None:
         """Learn the loop behind ``broker``'s reactor, which must be an ``AsyncioSelectorReactor``."""
@@ -109,20 +114,41 @@ class AsyncioBackend(FaceBackend):
         result = handler(*args)
         if result is None:
             return None
+        loop = self.loop
+        assert loop is not None  # set with the broker, before any event
         if isinstance(result, CoroutineType):
-            loop = self.loop
-            assert loop is not None  # set with the broker, before any event
             task = start_task(loop, result)
-            if not task.done():
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
-                return Deferred.fromFuture(task)
-            if not task.cancelled() and isinstance(task.exception(), (KeyboardInterrupt, SystemExit)):
-                return None  # start_task raises it again from the loop: not a handler failure to log too
-            return task.result()
+            if task.done():
+                if not task.cancelled() and isinstance(task.exception(), (KeyboardInterrupt, SystemExit)):
+                    return None  # start_task raises it again from the loop: not a handler failure to log too
+                return task.result()
+            return self._track(task)
         if inspect.isawaitable(result):
-            return Deferred.fromFuture(asyncio.ensure_future(result, loop=self.loop))
+            return self._track(asyncio.ensure_future(result, loop=loop))
         return result
+
+    def _track(self, task: asyncio.Future[Any]) -> Deferred[Any]:
+        """Keep a running handler's task (or awaitable's future) in :attr:`tasks`; its outcome as a Deferred.
+
+        A CancelledError from disconnect()'s cancel is no failure: the task finished as asked.
+        """
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return Deferred.fromFuture(task).addErrback(self._unless_cancelled_at_close, task)
+
+    def _unless_cancelled_at_close(self, failure: Failure, task: asyncio.Future[Any]) -> Failure | None:
+        if task in self._cancelled and failure.check(asyncio.CancelledError):
+            log.debug("A handler task cancelled by disconnect() has finished")
+            return None
+        return failure
+
+    def cancel_tasks(self) -> list[asyncio.Future[Any]]:
+        """Cancel the handler tasks still running (disconnect()'s deadline has come); those tasks."""
+        tasks = list(self.tasks)
+        self._cancelled.update(tasks)
+        for task in tasks:
+            task.cancel()
+        return tasks
 
     def send(self, item: Outgoing) -> Any:
         """On a loop: an asyncio Future (await it, or not); from a thread without one: a concurrent one.
@@ -203,9 +229,7 @@ class _LoopRuntime(Runtime):
         """Cancel the handler tasks left at the deadline, give them a grace to unwind, release the reactor."""
         backend = cycle.backend
         assert isinstance(backend, AsyncioBackend)  # made by backend()
-        tasks = list(backend.tasks)
-        for task in tasks:
-            task.cancel()
+        tasks = backend.cancel_tasks()
         if tasks:
             _, unwinding = await asyncio.wait(tasks, timeout=CANCEL_GRACE)
             if unwinding:

@@ -18,11 +18,24 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-__all__ = ["KeyedDispatcher", "already_succeeded"]
+__all__ = ["KeyedDispatcher", "already_succeeded", "handler_name"]
 
 log = Logger()
 
 _Call = tuple[Callable[..., Any], tuple[Any, ...], int]
+
+
+def handler_name(handler: Callable[..., Any]) -> str:
+    """The name a failure report gives ``handler``: the user's method, not the adapter that called it.
+
+    A face's IBackend adapter (a bound method of an object with a ``face``)
+    calls the face's callback of the same name (a method, or the decorator
+    app's function), so that one is named.
+    """
+    face = getattr(getattr(handler, "__self__", None), "face", None)
+    if face is not None:
+        handler = getattr(face, handler.__name__, handler)
+    return getattr(handler, "__qualname__", repr(handler))
 
 
 def already_succeeded(result: Deferred[Any]) -> bool:
@@ -145,8 +158,7 @@ class KeyedDispatcher:
         self._finished(key, size)
 
     def _report(self, failure: Failure, handler: Callable[..., Any]) -> None:
-        name = getattr(handler, "__qualname__", repr(handler))
-        log.failure("Backend handler {handler} failed", failure, LogLevel.error, handler=name)
+        log.failure("Backend handler {handler} failed", failure, LogLevel.error, handler=handler_name(handler))
 
     def _finished(self, key: Hashable, size: int) -> None:
         self._running -= 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Any
 
@@ -136,3 +137,34 @@ def test_decorating_something_else_and_bad_sends_are_refused(caplog: pytest.LogC
     warned = [r.getMessage() for r in caplog.records if r.name == "pystrands._dropped"]
     assert warned and "call run() or run_async() first" in warned[0], "the first drop warns at once"
 
+
+
+@pytest.mark.parametrize("mode", ["run", "run_async"])
+def test_a_failing_function_is_reported_by_its_own_name(broker: FakeBroker, caplog: pytest.LogCaptureFixture,
+                                                         mode: str) -> None:
+    app = PyStrands(port=broker.port)
+
+    @app.on_message
+    def shout(message: str, context: Context) -> None:
+        raise ValueError(message)
+
+    async def serve() -> None:
+        runner = asyncio.ensure_future(app.run_async())
+        conn = await off(broker.accept)
+        conn.send_frame(event("new_message", nested_context("c", "r", {}), message="boom"))
+        await off(conn.assert_silent, 0.3)
+        await app.client.disconnect()
+        await asyncio.wait_for(runner, WAIT)
+
+    if mode == "run_async":
+        run(serve)
+    else:
+        runner = threading.Thread(target=app.run, daemon=True)
+        runner.start()
+        conn = broker.accept()
+        conn.send_frame(event("new_message", nested_context("c", "r", {}), message="boom"))
+        conn.assert_silent(0.3)
+        app.client.disconnect()
+        runner.join(WAIT)
+    [failed] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert failed.getMessage() == f"Backend handler {shout.__qualname__} failed" and failed.exc_info[0] is ValueError

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import sys
 import threading
@@ -228,6 +229,51 @@ def test_disconnect_cancels_handlers_still_running_at_its_deadline_and_waits_for
 
     run(body)
     assert not [r for r in caplog.records if "left to finish alone" in r.getMessage()]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a cancel at the deadline is no failure"
+
+
+def test_a_handler_returning_another_awaitable_is_cancelled_at_the_deadline_too(broker: FakeBroker) -> None:
+    cancelled: list[bool] = []
+
+    class Pending(AsyncPyStrandsClient):
+        def on_message(self, message: str, context: Context) -> Any:
+            future = asyncio.get_running_loop().create_future()  # an awaitable that is not a coroutine
+            future.add_done_callback(lambda done: cancelled.append(done.cancelled()))
+            return future
+
+    async def body() -> None:
+        client = Pending(port=broker.port)
+        assert await client.connect()
+        conn = await off(broker.accept)
+        conn.send_frame(event("new_message", nested_context("a", "r", {}), message="never answered"))
+        await off(conn.assert_silent, 0.1)
+        started = time.monotonic()
+        await client.disconnect(timeout=0.2)
+        assert cancelled == [True], "cancelled at the deadline, before disconnect() returned"
+        assert time.monotonic() - started < 2.0
+
+    run(body)
+
+
+def test_a_failing_handler_is_reported_by_the_face_method_that_failed(broker: FakeBroker,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    class Failing(AsyncPyStrandsClient):
+        async def on_message(self, message: str, context: Context) -> None:
+            await asyncio.sleep(0)
+            raise ValueError(message)
+
+    async def body() -> None:
+        client = Failing(port=broker.port)
+        assert await client.connect()
+        conn = await off(broker.accept)
+        conn.send_frame(event("new_message", nested_context("a", "r", {}), message="boom"))
+        await off(conn.assert_silent, 0.2)
+        await client.disconnect()
+
+    run(body)
+    [failed] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    qualname = "test_a_failing_handler_is_reported_by_the_face_method_that_failed.<locals>.Failing.on_message"
+    assert failed.getMessage() == f"Backend handler {qualname} failed" and failed.exc_info[0] is ValueError
 
 
 def test_disconnect_gives_a_handler_that_ignores_its_cancel_a_short_grace_then_warns(

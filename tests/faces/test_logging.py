@@ -45,7 +45,7 @@ def test_handler_failures_and_connection_events_reach_stdlib_logging() -> None:
             process.kill()
     assert process.returncode == 0, output
     assert "INFO pystrands.protocol Connected to the broker" in output
-    assert "ERROR pystrands.dispatch Backend handler" in output
+    assert "ERROR pystrands.dispatch Backend handler Failing.on_message failed" in output
     assert "ValueError: handler bug #7" in output
 
 
