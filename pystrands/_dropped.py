@@ -2,52 +2,46 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
 
 from twisted.logger import Logger
+
+from .ratelimit import Seconds, ThrottledWarning
 
 __all__ = ["DroppedSends", "dropped_sends_of"]
 
 log = Logger()
 
 
-class DroppedSends:
-    """Counts dropped sends and warns: the first at once, then at most one line per ``interval``.
+class _Monotonic:
+    """Real time for the warning: a face drops sends before it has a reactor."""
+
+    def seconds(self) -> float:
+        return time.monotonic()
+
+
+_MONOTONIC = _Monotonic()
+
+
+class DroppedSends(ThrottledWarning):
+    """The throttled warning of one face's (or app's) dropped sends.
 
     A send that cannot be made (before connect, after disconnect, after a
     failed single attempt) resolves to False, as in pystrands 1.0.0, rather
     than raising in the caller; this warning is how it shows. A loop sending
-    into the void logs one line a second with the count since the last line,
-    written with the next drop once the interval has passed.
+    into the void logs one line a second with the count since the last line;
+    the face's disconnect() reports what is left of that count (:meth:`flush`).
     """
 
-    def __init__(self, seconds: Callable[[], float] = time.monotonic, interval: float = 1.0) -> None:
-        self._seconds = seconds
-        self._interval = interval
-        self._lock = threading.Lock()
-        self._last_line: float | None = None
-        #: Sends dropped since the last line was logged.
-        self.unreported = 0
-        #: Sends dropped in all.
-        self.total = 0
+    def __init__(self, clock: Seconds = _MONOTONIC, interval: float = 1.0) -> None:
+        super().__init__(log, clock, "A send to the broker was dropped ({reason}); its future gives False"
+                                     " ({held_back} more dropped since the last warning)", interval,
+                         held_format="{held_back} more send(s) to the broker dropped since the last warning"
+                                     " ({reason})")
 
     def dropped(self, reason: str) -> bool:
-        """Count one dropped send (``reason`` says why), log if it is time; False, the send's result."""
-        with self._lock:
-            self.total += 1
-            self.unreported += 1
-            now = self._seconds()
-            if self._last_line is not None and now - self._last_line < self._interval:
-                return False
-            first, count = self._last_line is None, self.unreported
-            self._last_line, self.unreported = now, 0
-        if first:
-            log.warn("A send to the broker was dropped ({reason}); its future gives False", reason=reason)
-        else:
-            log.warn("{count} send(s) to the broker dropped since the last warning ({reason})", count=count,
-                     reason=reason)
+        """Count one dropped send (``reason`` says why), warn if it is time; False, the send's result."""
+        self(reason=reason)
         return False
 
 

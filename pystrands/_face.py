@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Generic, TypeVar
 
 from ._adapter import FaceBackend
+from ._dropped import dropped_sends_of
 from ._parameters import ConnectionParameters
 from ._session import Runtime, Session
 from .backend import DefaultCallbacks
@@ -31,6 +32,10 @@ class Face(ConnectionParameters, DefaultCallbacks, Generic[_Backend]):
     def _runtime(self) -> Runtime:
         """The face's world: where its reactor runs, what futures it hands out."""
         raise NotImplementedError
+
+    def _report_dropped_sends(self) -> None:
+        """Once disconnected: log the count of dropped sends the throttled warning still holds back."""
+        dropped_sends_of(self).flush()
 
     @property
     def connected(self) -> bool:

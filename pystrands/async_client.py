@@ -293,6 +293,7 @@ class AsyncPyStrandsClient(Face[AsyncioBackend]):
         closed = self._session.disconnect(timeout)
         if not in_handler_of(self):
             await asyncio.shield(closed)
+        self._report_dropped_sends()
 
     async def run_forever(self) -> None:
         """Connect (unless connected or reconnecting) and wait until disconnect() or cancellation.

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import pathlib
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
+from twisted.internet.task import Clock
+from twisted.logger import Logger, LogLevel, formatEvent
+
+from pystrands import AsyncPyStrandsClient
+from pystrands.ratelimit import ThrottledWarning
 
 from tests.support.fakebroker import FakeBroker
 
@@ -71,3 +79,36 @@ def test_a_send_dropped_before_the_first_connect_warns_through_stdlib_logging(ki
     output = subprocess.run([sys.executable, "-c", BEFORE_CONNECT, kind], cwd=ROOT, capture_output=True,
                             text=True, timeout=60, check=True).stdout
     assert "WARNING pystrands._dropped A send to the broker was dropped" in output, output
+
+
+def test_a_throttled_warning_tells_the_count_it_holds_when_flushed() -> None:
+    clock = Clock()
+    logged: list[dict[str, Any]] = []
+    warn = ThrottledWarning(Logger(observer=logged.append), clock, "lost {what}; {held_back} more",
+                            held_format="{held_back} more lost ({what})")
+    warn.flush()
+    assert logged == [], "nothing held back: nothing to tell"
+    for what in ("a", "b", "c"):
+        warn(what=what)
+    assert warn.held_back == 2
+    warn.flush()
+    warn.flush()
+    assert [(formatEvent(event), event["log_level"]) for event in logged] == [
+        ("lost a; 0 more", LogLevel.warn), ("2 more lost (c)", LogLevel.warn)]
+    clock.advance(0.5)
+    warn(what="d")
+    assert warn.held_back == 1, "the interval runs from the last warning, not from the flush"
+
+
+def test_dropped_sends_left_at_disconnect_are_counted_then(caplog: pytest.LogCaptureFixture) -> None:
+    async def body() -> None:
+        client = AsyncPyStrandsClient("127.0.0.1", 1)
+        for _ in range(4):
+            assert await client.broadcast_message("into the void") is False
+        await client.disconnect()
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(body())
+    dropped = [r.getMessage() for r in caplog.records if r.name == "pystrands._dropped"]
+    assert len(dropped) == 2 and dropped[0].startswith("A send to the broker was dropped"), dropped
+    assert dropped[1].startswith("3 more send(s) to the broker dropped since the last warning"), dropped
