@@ -18,7 +18,10 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["SENT", "ReplyFuture", "call_in_reactor", "done_future", "settle_concurrent", "settle_on_loop"]
+from ._internals import running_loop
+
+__all__ = ["SENT", "ReplyFuture", "awaitable_here", "call_in_reactor", "done_future", "settle_concurrent",
+           "settle_on_loop"]
 
 log = Logger()
 
@@ -60,6 +63,12 @@ def settle_on_loop(loop: asyncio.AbstractEventLoop, outcome: Deferred[_T]) -> as
 
     outcome.addCallbacks(succeeded, failed)
     return future
+
+
+def awaitable_here(future: concurrent.futures.Future[_T]) -> concurrent.futures.Future[_T] | asyncio.Future[_T]:
+    """``future`` as the caller can wait for it: on a running loop an asyncio Future (awaitable), else itself."""
+    loop = running_loop()
+    return future if loop is None else asyncio.wrap_future(future, loop=loop)
 
 
 def done_future(value: _T) -> concurrent.futures.Future[_T]:

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from . import wire
 from ._adapter import FaceBackend, Outgoing, backend_of, not_sent, register_face
-from ._internals import running_loop
+from ._bridges import awaitable_here
 from ._parameters import ConnectionParameters
 from .async_client import AsyncPyStrandsClient
 from .client import PyStrandsClient
@@ -142,15 +142,11 @@ class PyStrands(ConnectionParameters):
 
     def _send(self, frame: Outgoing) -> Any:
         """Through the running face (before a run: dropped, False); on a loop the result is always awaitable."""
-        future: concurrent.futures.Future[Any] | Awaitable[Any]
         if self.client is None:
-            future = not_sent(self, frame, "call run() or run_async() first")
-        else:
-            future = self.client._send(frame)
-        if isinstance(future, concurrent.futures.Future):
-            loop = running_loop()
-            if loop is not None:
-                return asyncio.wrap_future(future, loop=loop)
+            return awaitable_here(not_sent(self, frame, "call run() or run_async() first"))
+        future = self.client._send(frame)
+        if isinstance(future, concurrent.futures.Future):  # the blocking face's, maybe sent from a loop
+            return awaitable_here(future)
         return future
 
 

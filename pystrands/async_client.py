@@ -30,7 +30,6 @@ from typing import Any, cast
 
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -44,11 +43,12 @@ from ._adapter import (
     new_backend_of,
     register_face,
     run_as_handler,
+    sender_of,
 )
-from ._bridges import settle_on_loop
-from ._endpoint import BrokerEndpoint, LoopResolver
+from ._bridges import awaitable_here, settle_on_loop
+from ._endpoint import LoopResolver
 from ._face import Face
-from ._internals import loop_of_reactor, on_loop_thread, release_reactor, running_loop
+from ._internals import loop_of_reactor, on_loop_thread, release_reactor
 from ._session import CLOSE_GRACE, Cycle, Runtime
 from ._tasks import start_task
 from .backend import DefaultCallbacks
@@ -101,7 +101,7 @@ class AsyncioBackend(FaceBackend):
         self._written.set_result(True)
 
     def call(self, handler: Callable[..., Any], *args: Any) -> Any:
-        return run_as_handler(self.face, self._start, handler, *args)
+        return run_as_handler(self, self._start, handler, *args)
 
     def _start(self, handler: Callable[..., Any], *args: Any) -> Any:
         """Call the handler; a coroutine runs as a task (inheriting the mark), its first step at once.
@@ -158,10 +158,7 @@ class AsyncioBackend(FaceBackend):
         loop = self.loop
         if loop is not None and on_loop_thread(loop):
             return self._send_on_loop(loop, item)
-        running = running_loop()
-        if running is None:
-            return super().send(item)
-        return asyncio.wrap_future(super().send(item), loop=running)
+        return awaitable_here(super().send(item))
 
     def _send_on_loop(self, loop: asyncio.AbstractEventLoop, item: Outgoing) -> asyncio.Future[Any]:
         """Send on the face's own loop; a frame written at once gives the shared done future.
@@ -197,12 +194,9 @@ class _LoopRuntime(Runtime):
         reactor.installNameResolver(LoopResolver(loop))
         return reactor
 
-    def backend(self) -> AsyncioBackend:
-        backend: AsyncioBackend = new_backend_of(self.face)
+    def backend(self, reactor: Any) -> AsyncioBackend:
+        backend: AsyncioBackend = new_backend_of(self.face, reactor)
         return backend
-
-    def endpoint(self, reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
-        return BrokerEndpoint(reactor, host, port, timeout)
 
     def call(self, reactor: Any, function: Any, *args: Any) -> asyncio.Future[Any]:
         return settle_on_loop(loop_of_reactor(reactor), maybeDeferred(function, *args))
@@ -290,7 +284,7 @@ class AsyncPyStrandsClient(Face[AsyncioBackend]):
         handler it does not wait (the handler itself is in flight).
         """
         timeout = check_number("timeout", timeout, minimum=0)
-        closed = self._session.disconnect(timeout)
+        closed, _ = self._session.disconnect(timeout)
         if not in_handler_of(self):
             await asyncio.shield(closed)
         self._report_dropped_sends()
@@ -298,14 +292,17 @@ class AsyncPyStrandsClient(Face[AsyncioBackend]):
     async def run_forever(self) -> None:
         """Connect (unless connected or reconnecting) and wait until disconnect() or cancellation.
 
-        Cancelled (``task.cancel()``, ``asyncio.timeout()``, ``asyncio.wait_for()``),
+        Returns at once when no connection is coming: the single attempt of
+        ``auto_reconnect=False`` failed (logged as a warning). Cancelled (``task.cancel()``, ``asyncio.timeout()``, ``asyncio.wait_for()``),
         it disconnects cleanly, then raises the CancelledError again.
         """
         session = self._session
         try:
             if not (session.connected or session.retrying):
                 await self.connect()
-            await asyncio.shield(session.disconnected)
+            if session.connected or session.retrying:
+                assert session.disconnected is not None  # made by connect()
+                await asyncio.shield(session.disconnected)
         except asyncio.CancelledError:
             log.info("Cancelled: disconnecting from the broker")
             await self.disconnect()
@@ -370,7 +367,7 @@ class AsyncPyStrandsClient(Face[AsyncioBackend]):
         Typed for its use on a loop, where it is an asyncio Future. From a
         thread without a loop it is a concurrent Future (``AsyncioBackend.send``).
         """
-        return cast("Awaitable[Any]", backend_of(self).send(frame))
+        return cast("Awaitable[Any]", sender_of(self).send(frame))
 
     async def on_connection_request(self, request: ConnectionRequestContext) -> Any:
         """Accept every WebSocket client unless overridden."""
