@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from . import wire
 from ._adapter import FaceBackend, Outgoing, backend_of, not_sent, register_face
 from ._bridges import awaitable_here
+from ._dropped import dropped_sends_of
 from ._parameters import ConnectionParameters
 from .async_client import AsyncPyStrandsClient
 from .client import PyStrandsClient
@@ -90,6 +91,7 @@ class PyStrands(ConnectionParameters):
         for name, handler in self._handlers.items():
             setattr(client, name, adapt(handler))
         self.client = client
+        dropped_sends_of(self).flush()  # what was dropped before the run and not yet told; the client counts on
         return client
 
     def run(self) -> None:

@@ -122,7 +122,7 @@ def test_without_handlers_connections_are_accepted(broker: FakeBroker) -> None:
 
 def test_decorating_something_else_and_bad_sends_are_refused(caplog: pytest.LogCaptureFixture) -> None:
     globalLogPublisher.removeObserver(_forward)  # as in a fresh process: building the app bridges again
-    app = PyStrands()
+    app = PyStrands("127.0.0.1", 1)
     with pytest.raises(TypeError, match="on_message"):
         app.on_message("not a function")
     with pytest.raises(TypeError, match="room_id"):
@@ -135,7 +135,19 @@ def test_decorating_something_else_and_bad_sends_are_refused(caplog: pytest.LogC
     assert app.send_room_message("r", "before run").result(WAIT) is False
     assert app.connected is False and app.client is None
     warned = [r.getMessage() for r in caplog.records if r.name == "pystrands._dropped"]
-    assert warned and "call run() or run_async() first" in warned[0], "the first drop warns at once"
+    assert warned == [warned[0]] and "call run() or run_async() first" in warned[0], "the first drop warns at once"
+
+    async def begin_a_run() -> None:
+        running = asyncio.ensure_future(app.run_async())
+        await asyncio.sleep(0)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+    run(begin_a_run)
+    warned = [r.getMessage() for r in caplog.records if r.name == "pystrands._dropped"]
+    assert warned[1:] == ["1 more send(s) to the broker dropped since the last warning (not connected to the"
+                          " broker: call run() or run_async() first)"], "told when the run begins"
 
 
 
