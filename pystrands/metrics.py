@@ -35,6 +35,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from .dispatch import handler_name
+
 __all__ = ["EVENT_KINDS", "BackendMetrics", "backend_metrics", "check_registry"]
 
 #: The ``kind`` label values of ``events_total`` and ``handler_seconds``: the dispatched frame actions.
@@ -163,7 +165,7 @@ def _timed(handler: Callable[..., Any], observe: Callable[[float], None]) -> Cal
         observe(time.perf_counter() - start)
         return result
 
-    timed.__qualname__ = getattr(handler, "__qualname__", repr(handler))  # the dispatcher's logs name it
+    timed.__qualname__ = handler_name(handler)  # the dispatcher's logs name it
     return timed
 
 

@@ -12,6 +12,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 import pytest
+from prometheus_client import CollectorRegistry
 from twisted.logger import globalLogPublisher
 
 from pystrands import AsyncPyStrandsClient, Context
@@ -255,15 +256,17 @@ def test_a_handler_returning_another_awaitable_is_cancelled_at_the_deadline_too(
     run(body)
 
 
+@pytest.mark.parametrize("settings", [{}, {"metrics_registry": CollectorRegistry()}], ids=["plain", "metrics"])
 def test_a_failing_handler_is_reported_by_the_face_method_that_failed(broker: FakeBroker,
-                                                                        caplog: pytest.LogCaptureFixture) -> None:
+                                                                        caplog: pytest.LogCaptureFixture,
+                                                                        settings: dict[str, Any]) -> None:
     class Failing(AsyncPyStrandsClient):
         async def on_message(self, message: str, context: Context) -> None:
             await asyncio.sleep(0)
             raise ValueError(message)
 
     async def body() -> None:
-        client = Failing(port=broker.port)
+        client = Failing(port=broker.port, **settings)
         assert await client.connect()
         conn = await off(broker.accept)
         conn.send_frame(event("new_message", nested_context("a", "r", {}), message="boom"))
