@@ -250,8 +250,9 @@ class BrokerProtocol(LineReceiver):
         self._settled()
 
     def _features_settled(self) -> None:
-        """The first frame came: send the held requests this broker announced, fail the others."""
+        """The first frame came: the connection proved itself; send the held requests this broker announced."""
         self._features_known = True
+        self.factory.protocol_proved(self)
         self._cancel_hello_timer()
         held, self._held = self._held, []
         for request, timeout, answer in held:
@@ -499,6 +500,15 @@ class BrokerClientFactory(ReconnectingClientFactory):
     :meth:`connect`, from ``ReconnectingClientFactory``'s attributes
     (``initialDelay``, ``maxDelay``, ``factor``, ``jitter``,
     ``maxRetries``, ``continueTrying``), which the settings fill in.
+
+    ``retries`` counts the failures in a row. A connection resets it only
+    once it has proved itself, with the broker's first frame (a ``hello``, a
+    heartbeat or an event): a broker that accepts and closes at once (a
+    wrong ``backend_token``) would otherwise be retried at the initial
+    delay, with a warning each time, for ever. A connection that ends
+    before its first frame is one more failure, like a refused attempt.
+    Why the first frame and not some seconds up: it needs no timer, and
+    only the broker's first word says that it took the backend.
     """
 
     # ReconnectingClientFactory is not generic: Twisted types its protocols as the bare shape.
@@ -545,6 +555,10 @@ class BrokerClientFactory(ReconnectingClientFactory):
         self._attempt_waiters: list[Deferred[bool]] = []
         self._stop_waiters: list[Deferred[None]] = []
         self._draining: Deferred[None] | None = None
+        #: Whether the open connection proved itself: the broker's first frame came (see :meth:`protocol_proved`).
+        self._proved = False
+        #: The last failure was a connection that ended unproven, logged at debug: so is the next connect.
+        self._quiet_connect = False
         #: Why no connection is coming once stopped (set on giving up, and by stop()).
         self._ended_because = "the backend was stopped"
         #: Frames without a context object: skipped, the warning throttled (a broker could flood them).
@@ -774,6 +788,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
         self.retries += 1
         delay = self._policy.delay(self.retries) if self.continueTrying else None
         loud = worth_a_warning(self.retries)
+        self._quiet_connect = False
         log.emit(LogLevel.warn if loud or delay is None else LogLevel.debug,
                  "Connecting to the broker at {destination} failed ({reason}); {next}",
                  destination=self.destination, reason=reason.getErrorMessage(), failures=self.retries,
@@ -820,10 +835,11 @@ class BrokerClientFactory(ReconnectingClientFactory):
         self.current = protocol
         if self.metrics is not None:
             self.metrics.connected(self)
-        log.info("Connected to the broker at {destination}{after}", destination=self.destination,
-                 after=f" after {self.retries} failed attempts" if self.retries else "")
-        self.retries = 0
-        self.delay = self.initialDelay
+        self._proved = False
+        failures = self.retries
+        log.emit(LogLevel.debug if self._quiet_connect else LogLevel.info,
+                 "Connected to the broker at {destination}{after}", destination=self.destination,
+                 after=f" after {failures} failed attempt{'' if failures == 1 else 's'}" if failures else "")
         if self.dispatcher.busy:
             protocol.pause_reading()
         while self._buffer:
@@ -831,6 +847,13 @@ class BrokerClientFactory(ReconnectingClientFactory):
             protocol.transport.write(frame)
             waiter.callback(None)
         self._fire_attempt_waiters(True)
+
+    def protocol_proved(self, protocol: BrokerProtocol) -> None:
+        """Called by a protocol on the broker's first frame: the connection works, the backoff starts over."""
+        if protocol is self.current:
+            self._proved = True
+            self.retries = 0
+            self.delay = self.initialDelay
 
     def protocol_disconnected(self, protocol: BrokerProtocol, reason: Failure) -> None:
         """Called by a protocol once its connection is gone: retry, give up, or finish a stop."""
@@ -843,10 +866,16 @@ class BrokerClientFactory(ReconnectingClientFactory):
                 self._machine.handle(Event.CLOSED)
                 self._stopped()
             return
-        self.retries = 1
+        # A connection that ended before the broker's first frame (a refused token) failed like an attempt.
+        self.retries = 1 if self._proved else self.retries + 1
         delay = self._policy.delay(self.retries) if self.continueTrying else None
-        log.warn("Lost the connection to the broker at {destination} ({reason}); {next}",
-                 destination=self.destination, reason=reason.getErrorMessage(),
+        loud = worth_a_warning(self.retries) or delay is None
+        self._quiet_connect = not loud
+        log.emit(LogLevel.warn if loud else LogLevel.debug,
+                 "Lost the connection to the broker at {destination} ({reason}); {next}" if self._proved else
+                 "The connection to the broker at {destination} ended before its first frame ({reason}),"
+                 " a failed attempt (is backend_token right?); {next}",
+                 destination=self.destination, reason=reason.getErrorMessage(), failures=self.retries,
                  next=self._next_step(delay))
         if delay is None:
             self._give_up(f"the connection is lost and {self._why_not_retrying()}")

@@ -3,7 +3,9 @@
 :class:`RetryPolicy` plays the part of the ``backoffPolicy`` of Twisted's
 ``ClientService``: given how many attempts in a row have failed, it says
 how long to wait before the next one, or that there is no next one. The
-factory that owns the connection asks it and keeps the timer; the policy
+factory that owns the connection asks it and keeps the timer (and counts a
+connection that ended before the broker's first frame as a failed attempt:
+see :class:`~pystrands.protocol.BrokerClientFactory`); the policy
 keeps no state, so one policy serves any number of connections and a test
 checks it without a reactor.
 """

@@ -17,12 +17,15 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from pystrands import Backend, NotConnectedError, wire
+from pystrands.broker.extensions import HELLO_FRAME
 from pystrands.lifecycle import TRANSITIONS, ConnectionMachine, ConnectionState, Event, InvalidTransition
 from pystrands.protocol import BrokerClientFactory
 from tests.support.driver import Driver, FakeEndpoint, frame_from_transcript, outcome
 
 S = ConnectionState
 NO_JITTER = {"reconnect_delay": 1.0, "max_reconnect_delay": 8.0, "reconnect_backoff": 2.0}
+#: A broker's frame: the first one of a connection proves it (the backoff starts over).
+HEARTBEAT = {"request_id": "heartbeat", "action": "heartbeat", "params": {}}
 
 
 def driver(**settings: Any) -> Driver:
@@ -274,10 +277,11 @@ def attempt_times(made: Driver, failures: int) -> list[float]:
     return times
 
 
-def test_retries_back_off_up_to_the_cap_and_a_connection_resets_them() -> None:
+def test_retries_back_off_up_to_the_cap_and_a_proved_connection_resets_them() -> None:
     made = driver().connect()
     assert attempt_times(made, 6) == [0.0, 1.0, 3.0, 7.0, 15.0, 23.0]  # waits 1, 2, 4, 8, 8
     made.succeed()
+    made.feed(HEARTBEAT)  # the connection proves itself (test_the_first_frame_proves_a_connection_...)
     made.lose()
     assert made.factory.state is S.WAITING_TO_RETRY
     assert made.clock.getDelayedCalls()[0].getTime() - made.clock.seconds() == 1.0  # from the start again
@@ -446,6 +450,7 @@ def test_further_failures_warn_at_doubling_counts(logged: list[dict[str, Any]]) 
 
 def test_a_lost_connection_warns_once(logged: list[dict[str, Any]]) -> None:
     made = driver().connect().succeed()
+    made.feed(HEARTBEAT)
     made.lose()
     assert lines(logged, LogLevel.warn) == [
         ("Lost the connection to the broker at broker.test:8081 (Connection to the other side was lost in a"
@@ -476,3 +481,78 @@ def test_requests_fail_when_the_connection_is_lost() -> None:
     made.lose()
     assert describe(asked).startswith(NOT_CONNECTED + "the connection was lost before the reply")
     assert isinstance(outcome(made.factory.join_room("c", "r")).value, NotConnectedError)
+
+
+# -- a flapping connection: the broker accepts, then closes before its first frame ---------------------
+
+def flap_for(made: Driver, seconds: float) -> list[float]:
+    """Until ``seconds`` on the clock, each attempt connects and the broker closes it at once; their times."""
+    times = []
+    while made.clock.seconds() <= seconds:
+        times.append(made.clock.seconds())
+        made.succeed().lose()
+        made.clock.advance(made.clock.getDelayedCalls()[0].getTime() - made.clock.seconds())
+    return times
+
+
+def test_a_flapping_connection_backs_off_and_warns_at_doubling_counts(logged: list[dict[str, Any]]) -> None:
+    """A wrong backend_token: it used to reconnect every 0.2 s, with a warning and an INFO line each time."""
+    made = driver(reconnect_delay=0.2).connect()
+    assert flap_for(made, 3.0) == pytest.approx([0.0, 0.2, 0.6, 1.4, 3.0])  # waits 0.2, 0.4, 0.8, 1.6
+    ended = lines(logged, LogLevel.warn, "ended before its first frame")
+    assert len(ended) == 3  # the 1st, 2nd and 4th in a row; the 3rd and 5th at debug
+    assert ended[0] == (
+        "The connection to the broker at broker.test:8081 ended before its first frame (Connection to the other"
+        " side was lost in a non-clean fashion: the broker went away.), a failed attempt (is backend_token"
+        " right?); retrying in 0.2s")
+    assert "4 failures in a row, retrying in 1.6s" in ended[2]
+    assert len(lines(logged, LogLevel.debug, "ended before its first frame")) == 2
+    # Connecting again after a loss the log was quiet about is quiet too.
+    assert lines(logged, LogLevel.info, "Connected to the broker") == [
+        "Connected to the broker at broker.test:8081",
+        "Connected to the broker at broker.test:8081 after 1 failed attempt",
+        "Connected to the broker at broker.test:8081 after 2 failed attempts",
+        "Connected to the broker at broker.test:8081 after 4 failed attempts"]
+    assert lines(logged, LogLevel.debug, "Connected to the broker") == [
+        "Connected to the broker at broker.test:8081 after 3 failed attempts"]
+
+
+FIRST_FRAMES = {
+    "heartbeat": HEARTBEAT,  # the reference broker's first frame when nothing happens
+    "hello": HELLO_FRAME,  # ours, at once
+    "event": frame_from_transcript("new_message"),
+}
+
+
+@pytest.mark.parametrize("first", list(FIRST_FRAMES))
+def test_the_first_frame_proves_a_connection_and_resets_the_backoff(
+        first: str, logged: list[dict[str, Any]]) -> None:
+    made = driver().connect()
+    flap_for(made, 5.0)  # waits 1, 2, 4: the next would be 8
+    made.succeed()
+    made.feed(FIRST_FRAMES[first])
+    made.lose()
+    assert made.clock.getDelayedCalls()[0].getTime() - made.clock.seconds() == 1.0  # from the start again
+    assert lines(logged, LogLevel.warn)[-1].startswith("Lost the connection to the broker at broker.test:8081")
+    made.clock.advance(1.0)
+    made.succeed()
+    assert lines(logged, LogLevel.info)[-1] == "Connected to the broker at broker.test:8081 after 1 failed attempt"
+
+
+def test_a_refused_attempt_after_quiet_flaps_is_followed_by_a_logged_connect(logged: list[dict[str, Any]]) -> None:
+    made = driver().connect()
+    flap_for(made, 3.0)  # three flaps: the 3rd in a row at debug
+    made.fail()  # the 4th, warned
+    made.clock.advance(8.0)
+    made.succeed()
+    assert lines(logged, LogLevel.info)[-1] == "Connected to the broker at broker.test:8081 after 4 failed attempts"
+
+
+def test_flaps_count_towards_max_retries() -> None:
+    made = driver()
+    made.factory.maxRetries = 2
+    made.connect()
+    flap_for(made, 1.0)  # two flaps
+    made.succeed().lose()
+    assert made.factory.state is S.STOPPED
+    assert made.factory.no_connection_reason == "the connection is lost and maxRetries=2 was reached"
