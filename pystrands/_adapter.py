@@ -23,7 +23,7 @@ import concurrent.futures
 import contextvars
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
 
 from twisted.internet.defer import Deferred, fail
 from twisted.python.components import registerAdapter
@@ -49,10 +49,12 @@ __all__ = [
     "backend_of",
     "in_handler_of",
     "issue",
+    "mark_thread",
     "new_backend_of",
     "not_sent",
     "register_face",
     "run_as_handler",
+    "sender_of",
 ]
 
 #: What a face hands to the broker connection: an encoded send, or a checked extension request.
@@ -64,30 +66,48 @@ _Backend = TypeVar("_Backend", bound="FaceBackend")
 #: The result of every send no connection will carry (a done Future never changes, so one serves all).
 NOT_SENT: concurrent.futures.Future[bool] = done_future(False)
 
-#: The face whose handler the current thread or task is running, if any.
-_handling: contextvars.ContextVar[object] = contextvars.ContextVar("pystrands_handling", default=None)
+#: The IBackend adapter whose handler the current thread or task is running, if any.
+_handling: contextvars.ContextVar[FaceBackend | None] = contextvars.ContextVar("pystrands_handling", default=None)
 
 
-def run_as_handler(face: object, function: Callable[..., Any], *args: Any) -> Any:
-    """Call ``function(*args)`` marked as a handler of ``face`` (so disconnect() knows not to wait for it).
+def run_as_handler(backend: FaceBackend, function: Callable[..., Any], *args: Any) -> Any:
+    """Call ``function(*args)`` marked as a handler of ``backend`` (see :func:`in_handler_of`, :func:`sender_of`).
 
     Tasks created inside copy the mark with the context.
     """
-    token = _handling.set(face)
+    token = _handling.set(backend)
     try:
         return function(*args)
     finally:
         _handling.reset(token)
 
 
-def in_handler_of(face: Face[Any]) -> bool:
-    """True inside one of ``face``'s handlers, where waiting for handlers would wait for itself.
+def mark_thread(backend: FaceBackend) -> None:
+    """Mark all that runs from now on in this thread (a private reactor's) as ``backend``'s handlers.
 
-    That is a call marked by :func:`run_as_handler`, or one on the face's I/O
-    thread (the blocking face runs handlers there unmarked, to save the
-    mark's cost per event; nothing else there may wait for handlers either).
+    The blocking face runs handlers inline on its reactor thread: one mark
+    for the thread's life saves setting it per event.
     """
-    return _handling.get() is face or threading.get_ident() == backend_of(face).io_thread
+    _handling.set(backend)
+
+
+def in_handler_of(face: Face[Any]) -> bool:
+    """True inside one of ``face``'s handlers, where waiting for handlers would wait for itself."""
+    marked = _handling.get()
+    return marked is not None and marked.face is face
+
+
+def sender_of(face: Face[_Backend]) -> _Backend:
+    """The adapter a send of ``face`` from here goes through: in a handler, the handler's own.
+
+    A handler of a connection that disconnect() gave up on (a worker thread,
+    or a task that outlived its cancel) sends through its own connection's
+    adapter, whose sends are dropped (False), never onto the next connection.
+    """
+    marked = _handling.get()
+    if marked is not None and marked.face is face:
+        return cast("_Backend", marked)  # an adapter of face: of its _backend_class
+    return backend_of(face)
 
 
 def issue(broker: BrokerClientFactory, item: Outgoing) -> Deferred[Any]:
@@ -126,6 +146,8 @@ class FaceBackend:
 
     def __init__(self, face: Any) -> None:
         self.face = face
+        #: The reactor the connection runs on: set by :meth:`attach`, or earlier by
+        #: :func:`new_backend_of` for a session's cycle, whose sends then wait for the connection.
         self.reactor: Any = None
         self._broker: BrokerClientFactory | None = None
         self._outgoing: list[tuple[Outgoing, concurrent.futures.Future[Any]]] = []
@@ -203,20 +225,24 @@ class FaceBackend:
         return not_sent(self.face, item, reason, self.io_thread)
 
     def send(self, item: Outgoing) -> concurrent.futures.Future[Any]:
-        """Send from any thread; a concurrent Future of the outcome (see :meth:`outcome`)."""
+        """Send from any thread; a concurrent Future of the outcome (see :meth:`outcome`).
+
+        Before the connection is set, a send to a known reactor (a cycle's
+        connect() under way) waits in the queue the connection takes first.
+        """
         broker, ended = self._broker, self._ended
-        if broker is None:
-            return self.not_sent(item, "call connect() or run_forever() first")
         if ended is not None:
             return self.not_sent(item, ended)
-        if threading.get_ident() == self.io_thread:
+        if broker is not None and threading.get_ident() == self.io_thread:
             return self._send_now(broker, item)
+        if broker is None and self.reactor is None:
+            return self.not_sent(item, "call connect() or run_forever() first")
         return self._hand_over(item)
 
     def _send_now(self, broker: BrokerClientFactory, item: Outgoing) -> concurrent.futures.Future[Any]:
         """On the reactor's thread: hand the item over at once (after what other threads sent before)."""
         if self._outgoing:  # sends from other threads came first (a handler's helper thread, say)
-            self._flush()
+            self.flush()
         handed = issue(broker, item)
         if isinstance(item, bytes) and already_succeeded(handed):
             return SENT
@@ -244,17 +270,23 @@ class FaceBackend:
             return self.not_sent(item, ended)
         if schedule:
             try:
-                self.reactor.callFromThread(self._flush)
+                self.reactor.callFromThread(self.flush)
             except RuntimeError as exc:  # the asyncio loop behind the reactor is closed: it runs no more
                 self.reactor_ended(str(exc))
         return future
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """On the reactor's thread: hand over what other threads sent, in order.
+
+        Before the connection is made (a cycle's connect() has not reached
+        the reactor yet) the queue waits: the session flushes it once started.
+        """
+        broker = self._broker
+        if broker is None:
+            return
         with self._outgoing_lock:
             outgoing, self._outgoing = self._outgoing, []
             self._flush_scheduled = False
-        broker = self._broker
-        assert broker is not None  # a send is queued only once the broker is set, and it stays set
         for item, future in outgoing:
             if future.set_running_or_notify_cancel():  # else cancelled before its turn: not sent
                 settle_concurrent(future, self.outcome(item, issue(broker, item)))
@@ -268,14 +300,17 @@ def backend_of(face: Face[_Backend]) -> _Backend:
     return backend
 
 
-def new_backend_of(face: Face[_Backend]) -> _Backend:
-    """A new IBackend adapter of ``face``, from now on the one :func:`backend_of` gives.
+def new_backend_of(face: Face[_Backend], reactor: Any = None) -> _Backend:
+    """A new IBackend adapter of ``face`` on ``reactor``, from now on the one :func:`backend_of` gives.
 
     A face that starts a reactor per connection takes one per connection, so
     that nothing of a finished connection's (its queue of sends, its reactor,
-    events still running on it) reaches the next one.
+    events still running on it) reaches the next one. Its reactor is set
+    before anyone can send through it, so no send is dropped while the
+    connection is made.
     """
     backend = type(face)._backend_class(face)
+    backend.reactor = reactor
     face.__dict__["_pystrands_backend"] = backend
     return backend
 

@@ -293,7 +293,8 @@ class AsyncPyStrandsClient(Face[AsyncioBackend]):
         """Connect (unless connected or reconnecting) and wait until disconnect() or cancellation.
 
         Returns at once when no connection is coming: the single attempt of
-        ``auto_reconnect=False`` failed (logged as a warning). Cancelled (``task.cancel()``, ``asyncio.timeout()``, ``asyncio.wait_for()``),
+        ``auto_reconnect=False`` failed (logged as a warning). Cancelled
+        (``task.cancel()``, ``asyncio.timeout()``, ``asyncio.wait_for()``),
         it disconnects cleanly, then raises the CancelledError again.
         """
         session = self._session

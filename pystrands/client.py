@@ -32,16 +32,23 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 
 from . import wire
-from ._adapter import FaceBackend, Outgoing, backend_of, in_handler_of, new_backend_of, register_face, run_as_handler
+from ._adapter import (
+    FaceBackend,
+    Outgoing,
+    in_handler_of,
+    mark_thread,
+    new_backend_of,
+    register_face,
+    run_as_handler,
+    sender_of,
+)
 from ._bridges import call_in_reactor, done_future, settle_concurrent
-from ._endpoint import BrokerEndpoint
 from ._face import Face
 from ._reactors import start_reactor_thread
-from ._session import CLOSE_GRACE, Cycle, Runtime
+from ._session import CLOSE_GRACE, Cycle, FaceRuntime, Runtime
 from ._threads import HandlerThreads
 from .context import Context
 from .logbridge import bridge_to_stdlib
@@ -84,6 +91,7 @@ class ThreadedBackend(FaceBackend):
         super().attach(broker)
         if self.private_reactor:  # attached on the reactor's thread, the one sends from need no hand-over
             self.io_thread = threading.get_ident()
+            mark_thread(self)  # the thread is this cycle's: what runs there sends through this adapter
         concurrency = broker.settings.concurrency
         self.inline = self.private_reactor and concurrency == 1
         if not self.inline:
@@ -95,14 +103,14 @@ class ThreadedBackend(FaceBackend):
         if self.inline:
             self.handling = True
             try:
-                return _run_to_the_end(handler, *args)  # on the I/O thread, which in_handler_of recognises
+                return _run_to_the_end(handler, *args)  # on the I/O thread, marked by attach()
             finally:
                 self.handling = False
         assert self.threads is not None  # made by attach(), before any event
-        return self.threads.submit(run_as_handler, self.face, _run_to_the_end, handler, *args)
+        return self.threads.submit(run_as_handler, self, _run_to_the_end, handler, *args)
 
 
-class _ThreadRuntime(Runtime):
+class _ThreadRuntime(FaceRuntime[concurrent.futures.Future[Any]]):
     """The blocking face's world: a reactor thread per cycle, concurrent Futures, threads to stop."""
 
     def __init__(self, face: PyStrandsClient) -> None:
@@ -111,13 +119,10 @@ class _ThreadRuntime(Runtime):
     def open(self) -> Any:
         return start_reactor_thread()
 
-    def backend(self) -> ThreadedBackend:
-        backend: ThreadedBackend = new_backend_of(self.face)
+    def backend(self, reactor: Any) -> ThreadedBackend:
+        backend: ThreadedBackend = new_backend_of(self.face, reactor)
         backend.private_reactor = True
         return backend
-
-    def endpoint(self, reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
-        return BrokerEndpoint(reactor, host, port, timeout)
 
     def call(self, reactor: Any, function: Any, *args: Any) -> concurrent.futures.Future[Any]:
         return call_in_reactor(reactor, function, *args)
@@ -214,15 +219,14 @@ class PyStrandsClient(Face[ThreadedBackend]):
 
         A handler still running at the deadline cannot be cancelled (Python
         threads cannot be): a worker thread (``concurrency=N``) is left to
-        finish alone, its sends dropped (False); a handler on the I/O thread
-        (``concurrency=1``) has the socket shut down under it. Either way this
-        returns within ``timeout`` plus a grace of 2 seconds, with a warning.
-        From inside a handler it does not wait (the handler itself is in flight).
+        finish alone; a handler on the I/O thread (``concurrency=1``) has the
+        socket shut down under it. Either way its later sends are dropped
+        (False), even after a new connect(), and this returns within
+        ``timeout`` plus a grace of 2 seconds, with a warning. From inside a
+        handler it does not wait (the handler itself is in flight).
         """
         timeout = check_number("timeout", timeout, minimum=0)
-        session = self._session
-        closed = session.disconnect(timeout)
-        cycle = session.cycle
+        closed, cycle = self._session.disconnect(timeout)
         if cycle is not None and not in_handler_of(self):
             self._wait_closed(closed, cycle)
 
@@ -238,6 +242,7 @@ class PyStrandsClient(Face[ThreadedBackend]):
         backend = cycle.backend
         held = isinstance(backend, ThreadedBackend) and backend.handling
         if held:
+            backend.reactor_ended("disconnect()'s timeout passed: the connection was closed under the handler")
             _shut_socket(cycle)
         elif _done_by(closed, cycle.deadline + CLOSE_GRACE):
             return
@@ -248,12 +253,18 @@ class PyStrandsClient(Face[ThreadedBackend]):
                      what="the connection was closed under them" if held else "left to finish alone")
 
     def run_forever(self) -> None:
-        """Connect (unless connected or reconnecting) and block until disconnect() or Ctrl-C."""
+        """Connect (unless connected or reconnecting) and block until disconnect() or Ctrl-C.
+
+        Returns at once when no connection is coming: the single attempt of
+        ``auto_reconnect=False`` failed (logged as a warning).
+        """
         session = self._session
         try:
             if not (session.connected or session.retrying):
                 self.connect()
-            session.disconnected.result()
+            if session.connected or session.retrying:
+                assert session.disconnected is not None  # made by connect()
+                session.disconnected.result()
         except KeyboardInterrupt:
             log.info("Interrupted: disconnecting from the broker")
         self.disconnect()
@@ -315,7 +326,7 @@ class PyStrandsClient(Face[ThreadedBackend]):
 
     def _send(self, frame: Outgoing) -> concurrent.futures.Future[Any]:
         """Hand an encoded frame (or an extension request) to the broker connection, from any thread."""
-        return backend_of(self).send(frame)
+        return sender_of(self).send(frame)
 
 
 register_face(PyStrandsClient)

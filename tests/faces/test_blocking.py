@@ -194,10 +194,13 @@ def held_in_a_handler(clients: list, broker: FakeBroker, **settings: Any) -> tup
     release = threading.Event()
 
     class Stuck(PyStrandsClient):
+        #: The Futures of the sends made once released.
+        late: queue.Queue[concurrent.futures.Future[bool]] = queue.Queue()
+
         def on_message(self, message: str, context: Context) -> None:
             entered.set()
             release.wait(WAIT)
-            self.send_room_message(context.room_id, f"done:{message}")
+            self.late.put(self.send_room_message(context.room_id, f"done:{message}"))
 
     client = started(clients, Stuck(port=broker.port, **settings))
     assert client.connect()
@@ -312,6 +315,15 @@ def test_sends_when_not_connected_resolve_false_with_a_warning(broker: FakeBroke
     assert dropped and "connect() or run_forever() first" in dropped[0], "the first drop is logged at once"
 
 
+def test_run_forever_returns_after_a_failed_single_attempt(free_port: int) -> None:
+    client = PyStrandsClient(port=free_port, auto_reconnect=False)
+    runner = threading.Thread(target=client.run_forever, daemon=True)
+    runner.start()
+    runner.join(WAIT)
+    assert not runner.is_alive(), "auto_reconnect=False and the attempt failed: nothing to wait for"
+    assert not client.connected
+
+
 def test_connect_returns_false_quickly_without_a_broker(free_port: int) -> None:
     client = PyStrandsClient(host="localhost", port=free_port, auto_reconnect=False)
     started_at = time.monotonic()
@@ -364,7 +376,10 @@ def test_disconnect_gives_up_on_a_stuck_handler_after_timeout(broker: FakeBroker
 
 def test_disconnect_leaves_a_worker_thread_past_its_timeout_to_finish_alone_its_sends_dropped(
         broker: FakeBroker, caplog: pytest.LogCaptureFixture) -> None:
-    """A thread cannot be cancelled: disconnect() returns at its deadline, says so, and the late send is False."""
+    """A thread cannot be cancelled: disconnect() returns at its deadline, says so, and the late send is False.
+
+    False even once connected again: the late send is the old connection's, never the new one's.
+    """
     entered, release = threading.Event(), threading.Event()
     late: queue.Queue[Any] = queue.Queue()
 
@@ -384,8 +399,12 @@ def test_disconnect_leaves_a_worker_thread_past_its_timeout_to_finish_alone_its_
     assert time.monotonic() - started_at < 3.0
     conn.wait_closed()
     assert any("left to finish alone" in r.getMessage() for r in caplog.records)
+    assert client.connect()
+    new_conn = broker.accept()
     release.set()
     assert late.get(timeout=WAIT).result(WAIT) is False
+    new_conn.assert_silent(0.3)
+    client.disconnect()
 
 
 def test_disconnect_from_a_handler_ends_run_forever(broker: FakeBroker) -> None:
@@ -545,9 +564,8 @@ def test_a_new_connection_after_giving_up_on_a_hung_handler_is_not_disturbed_by_
     conn = broker.accept()
     assert client.broadcast_message("on the new connection").result(WAIT) is True
     assert conn.recv_frame()["params"] == {"message": "on the new connection"}
-    release.set()  # the old handler ends, its send goes through the client's current connection
-    assert conn.recv_frame()["params"] == {"room_id": "r", "message": "done:first"}
-    time.sleep(0.2)  # the old reactor winds down
+    release.set()  # the old handler ends: its send is its own connection's, closed under it, so dropped
+    assert client.late.get(timeout=WAIT).result(WAIT) is False
     assert client.connected
     assert client.broadcast_message("still served").result(WAIT) is True
     assert conn.recv_frame()["params"] == {"message": "still served"}

@@ -1,19 +1,22 @@
 """The session both faces share, driven deterministically: a Clock reactor and in-memory transports.
 
-Every public call in every state (the ``TRANSITIONS`` and ``CALLS`` tables of
-:mod:`pystrands._session`), then the paths a table does not show: a failed
-single attempt, retries, the disconnect deadline, a closed loop. The real
-sockets, threads and loops are in test_blocking.py and test_async.py.
+Every public call in every state (the ``SESSION_TRANSITIONS`` and ``CALLS``
+tables of :mod:`pystrands._session`), then the paths a table does not show:
+a failed single attempt, retries, the disconnect deadline, a closed loop.
+The same walk runs the asyncio face's own runtime on a loop, connected
+through in-memory transports. The real sockets, threads and loops are in
+test_blocking.py and test_async.py.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.task import Clock
@@ -22,12 +25,21 @@ from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from zope.interface import implementer
 
 from pystrands import NotConnectedError, PyStrandsClient, SendBufferFull
-from pystrands._adapter import new_backend_of
-from pystrands._bridges import done_future, settle_concurrent
+from pystrands._adapter import new_backend_of, run_as_handler
+from pystrands._bridges import call_in_reactor, done_future, settle_concurrent
 from pystrands._dropped import DroppedSends
-from pystrands._session import CALLS, TRANSITIONS, Cycle, Session, SessionState
+from pystrands._session import (
+    CALLS,
+    SESSION_TRANSITIONS,
+    Cycle,
+    InvalidSessionTransition,
+    Session,
+    SessionEvent,
+    SessionState,
+)
 from pystrands.client import ThreadedBackend
 from pystrands.context import Context
+from pystrands.lifecycle import InvalidTransition
 
 IDLE, CONNECTING, SERVING, DRAINING, CLOSED = SessionState
 HELLO = b'{"request_id": "h", "action": "hello", "params": {"protocol": 1, "features": ["room_members"]}}\n'
@@ -58,25 +70,48 @@ class MemoryEndpoint:
         return succeed(protocol)
 
 
+class ThreadReactor(MemoryReactorClock):
+    """A MemoryReactorClock with a thread's call queue: run at once, or held until :meth:`run_held`."""
+
+    def __init__(self, world: MemoryWorld) -> None:
+        super().__init__()
+        self.world = world
+        self.held: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+
+    def callFromThread(self, function: Callable[..., Any], *args: Any) -> None:
+        if self.world.hold_thread_calls:
+            self.held.append((function, args))
+        else:
+            function(*args)
+
+    def run_held(self) -> None:
+        """Run what other threads handed over, in order, as the reactor thread would."""
+        held, self.held = self.held, []
+        for function, args in held:
+            function(*args)
+
+
 class MemoryWorld:
     """A face's world in memory: a MemoryReactorClock per cycle, concurrent Futures, nothing to release."""
 
     def __init__(self, face: PyStrandsClient) -> None:
         self.face = face
         self.mode = "accept"
-        self.reactors: list[MemoryReactorClock] = []
+        #: True: the reactor thread is busy, calls handed to it wait for ``run_held()``.
+        self.hold_thread_calls = False
+        self.reactors: list[ThreadReactor] = []
         self.transports: list[StringTransportWithDisconnection] = []
         self.held: list[Deferred[Any]] = []
         self.released: list[Cycle] = []
         #: Reactors whose loop is closed.
         self.closed: set[Any] = set()
 
-    def open(self) -> MemoryReactorClock:
-        self.reactors.append(MemoryReactorClock())
+    def open(self) -> ThreadReactor:
+        self.reactors.append(ThreadReactor(self))
         return self.reactors[-1]
 
-    def backend(self) -> ThreadedBackend:
-        backend: ThreadedBackend = new_backend_of(self.face)
+    def backend(self, reactor: Any) -> ThreadedBackend:
+        backend: ThreadedBackend = new_backend_of(self.face, reactor)
         backend.private_reactor = True  # concurrency=1: handlers inline, on this (the reactor's) thread
         return backend
 
@@ -84,7 +119,7 @@ class MemoryWorld:
         return MemoryEndpoint(self)
 
     def call(self, reactor: Any, function: Any, *args: Any) -> concurrent.futures.Future[Any]:
-        return settle_concurrent(concurrent.futures.Future(), maybeDeferred(function, *args))
+        return call_in_reactor(reactor, function, *args)
 
     def bridge(self, reactor: Any, outcome: Deferred[Any]) -> concurrent.futures.Future[Any]:
         return settle_concurrent(concurrent.futures.Future(), outcome)
@@ -118,23 +153,23 @@ class Holding(PyStrandsClient):
 
 
 class Rig:
-    """A face, its session in a memory world, and what was logged."""
+    """A face whose session runs in a memory world, and the moves the session made."""
 
     def __init__(self, **options: Any) -> None:
         self.face = Holding(port=1, **options)
         self.world = MemoryWorld(self.face)
-        self.session = Session(self.world)
-        self.moves: list[tuple[str, str]] = []
+        self.moves: list[tuple[SessionState, SessionEvent, SessionState]] = []
+        self.session = self.face._session = Session(self.world, self.world.endpoint, self.watch)
 
-    def observe(self, event: LogEvent) -> None:
-        if event.get("log_namespace") == "pystrands._session" and "new" in event:
-            self.moves.append((event["old"], event["new"]))
+    def watch(self, old: SessionState, event: SessionEvent, new: SessionState) -> None:
+        self.moves.append((old, event, new))
 
     def connect(self) -> concurrent.futures.Future[bool]:
         return self.session.connect(*self.face._connect_args())
 
     def disconnect(self, timeout: float = 1.0) -> concurrent.futures.Future[None]:
-        return self.session.disconnect(timeout)
+        closed, _ = self.session.disconnect(timeout)
+        return closed
 
     @property
     def clock(self) -> Clock:
@@ -142,12 +177,8 @@ class Rig:
 
 
 @pytest.fixture
-def rig() -> Iterator[Rig]:
-    made = Rig()
-    observer: ILogObserver = made.observe
-    globalLogPublisher.addObserver(observer)
-    yield made
-    globalLogPublisher.removeObserver(observer)
+def rig() -> Rig:
+    return Rig()
 
 
 def into(rig: Rig, state: SessionState) -> None:
@@ -168,11 +199,19 @@ def into(rig: Rig, state: SessionState) -> None:
 
 def test_every_public_call_in_every_state_is_in_the_tables() -> None:
     for state in SessionState:
-        assert any(key[0] is state for key in TRANSITIONS), state
+        assert any(key[0] is state for key in SESSION_TRANSITIONS), state
         for call in ("send", "request", "run_forever"):
             assert (state, call) in CALLS
-    for target, what in TRANSITIONS.values():
+    for target, what in SESSION_TRANSITIONS.values():
         assert isinstance(target, SessionState) and what
+
+
+def test_a_move_the_table_does_not_list_is_an_invalid_transition(rig: Rig) -> None:
+    with pytest.raises(InvalidSessionTransition, match="'the first attempt connected' cannot happen while"
+                                                      " the session is idle") as raised:
+        rig.session._fire(SessionEvent.CONNECTED)
+    assert isinstance(raised.value, InvalidTransition), "caught as the connection machine's error is"
+    assert rig.session.state is IDLE and rig.moves == []
 
 
 # (state, call) -> (the state after, what the call's result must show)
@@ -203,8 +242,9 @@ def test_each_life_cycle_call_in_each_state(rig: Rig, state: SessionState, call:
     after, shows = WALK[(state, call)]
     assert rig.session.state is after
     assert shows(rig, got)
-    for old, new in rig.moves:  # every move the session made is one the table lists
-        assert any(key[0].value == old and target.value == new for key, (target, _) in TRANSITIONS.items())
+    assert rig.moves, "the call moved the session (or stayed, through a listed move)"
+    for old, event, new in rig.moves:  # every move the session made is one the table lists
+        assert SESSION_TRANSITIONS[(old, event)][0] is new
 
 
 SENDS: dict[SessionState, Callable[[Rig, concurrent.futures.Future[Any]], bool]] = {
@@ -312,7 +352,7 @@ def test_a_closed_loop_ends_the_cycle_and_connect_starts_anew(rig: Rig) -> None:
     rig.world.mode = "hold"
     assert not rig.connect().done()
     assert rig.session.state is CONNECTING and rig.session.cycle is not old
-    assert ("serving", "closed") in rig.moves, "the closed loop ended the old cycle first"
+    assert (SERVING, SessionEvent.WORLD_ENDED, CLOSED) in rig.moves, "the closed loop ended the old cycle first"
     assert old.backend.send(b"{}").result(0) is False, "its sends are dropped, none waits for the loop"
 
 
@@ -335,3 +375,48 @@ def test_dropped_sends_warn_at_once_then_once_a_second_with_the_count() -> None:
     assert len(warned) == 2
     assert warned[0]["held_back"] == 0 and warned[1]["held_back"] == 2
     assert dropped.held_back == 0
+
+
+def test_a_send_before_connect_reaches_the_reactor_waits_for_the_connection(rig: Rig) -> None:
+    rig.world.hold_thread_calls = True  # the reactor thread has not run the cycle's start yet
+    attempt = rig.connect()
+    assert rig.session.state is CONNECTING
+    sent = rig.face.broadcast_message("early")
+    assert not sent.done(), "buffered, as CALLS says of a send while connecting"
+    rig.clock.run_held()
+    assert attempt.result(0) is True
+    assert sent.result(0) is True and b'"early"' in rig.world.transports[-1].value()
+
+
+def test_disconnect_gives_the_cycle_it_closed_though_a_connect_follows_at_once(rig: Rig) -> None:
+    into(rig, DRAINING)
+    old = rig.session.cycle
+    closed, cycle = rig.session.disconnect(10.0)
+    rig.world.mode = "hold"
+    rig.connect()  # another thread's connect(), before the disconnecting one looked at the session
+    assert cycle is old and rig.session.cycle is not old
+    assert closed is old.closed and not closed.done() and cycle.deadline > 0
+
+
+def test_run_forever_returns_when_its_single_attempt_failed() -> None:
+    rig = Rig(auto_reconnect=False)
+    rig.world.mode = "refuse"
+    runner = threading.Thread(target=rig.face.run_forever, daemon=True)
+    runner.start()
+    runner.join(5.0)
+    assert not runner.is_alive(), "no connection is coming: nothing to wait for"
+    assert rig.session.state is CLOSED and rig.world.released == [rig.session.cycle]
+    assert "return at once" in CALLS[(IDLE, "run_forever")]
+
+
+def test_a_late_send_of_an_old_cycles_handler_is_dropped_not_sent_on_the_next_connection(rig: Rig) -> None:
+    into(rig, SERVING)
+    old = rig.session.cycle
+    rig.disconnect(0.0)
+    rig.connect()
+    rig.world.transports[-1].protocol.dataReceived(HELLO)
+    assert rig.session.cycle is not old and rig.session.connected
+    # The old cycle's worker thread, woken late, sends:
+    late = run_as_handler(old.backend, rig.face.broadcast_message, "late")
+    assert late.result(0) is False
+    assert b'"late"' not in rig.world.transports[-1].value()
