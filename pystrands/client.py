@@ -229,6 +229,7 @@ class PyStrandsClient(Face[ThreadedBackend]):
         closed, cycle = self._session.disconnect(timeout)
         if cycle is not None and not in_handler_of(self):
             self._wait_closed(closed, cycle)
+        self._report_dropped_sends()
 
     def _wait_closed(self, closed: concurrent.futures.Future[None], cycle: Cycle) -> None:
         """Wait for the close: up to its deadline, then the grace (a handler on the I/O thread: shut the socket).

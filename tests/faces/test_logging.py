@@ -14,7 +14,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, formatEvent
 
-from pystrands import AsyncPyStrandsClient
+from pystrands import AsyncPyStrandsClient, PyStrandsClient
 from pystrands.ratelimit import ThrottledWarning
 
 from tests.support.fakebroker import FakeBroker
@@ -100,7 +100,8 @@ def test_a_throttled_warning_tells_the_count_it_holds_when_flushed() -> None:
     assert warn.held_back == 1, "the interval runs from the last warning, not from the flush"
 
 
-def test_dropped_sends_left_at_disconnect_are_counted_then(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("face", ["blocking", "asyncio"])
+def test_dropped_sends_left_at_disconnect_are_counted_then(caplog: pytest.LogCaptureFixture, face: str) -> None:
     async def body() -> None:
         client = AsyncPyStrandsClient("127.0.0.1", 1)
         for _ in range(4):
@@ -108,7 +109,13 @@ def test_dropped_sends_left_at_disconnect_are_counted_then(caplog: pytest.LogCap
         await client.disconnect()
 
     with caplog.at_level(logging.WARNING):
-        asyncio.run(body())
+        if face == "asyncio":
+            asyncio.run(body())
+        else:
+            blocking = PyStrandsClient("127.0.0.1", 1)
+            for _ in range(4):
+                assert blocking.broadcast_message("into the void").result() is False
+            blocking.disconnect()
     dropped = [r.getMessage() for r in caplog.records if r.name == "pystrands._dropped"]
     assert len(dropped) == 2 and dropped[0].startswith("A send to the broker was dropped"), dropped
     assert dropped[1].startswith("3 more send(s) to the broker dropped since the last warning"), dropped
