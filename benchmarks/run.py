@@ -18,8 +18,8 @@ prints a table with the ratios to the public package measured in the same
 run and a PASS/FAIL line per target of the issue; results and a PNG chart go
 to ``benchmarks/results/`` (or ``--chart PATH``). While it runs, one line on
 stderr per backend run says which benchmark, which round, which backend,
-the time so far and an estimate of the time left. ``all`` takes about 7
-minutes on 2 cores.
+the time so far and an estimate of the time left. ``all`` takes about 10
+minutes on 2 cores (``broker``, about 2.5 of them, prints its own progress).
 """
 
 from __future__ import annotations
