@@ -10,9 +10,11 @@ test_blocking.py and test_async.py.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -24,7 +26,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisc
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from zope.interface import implementer
 
-from pystrands import NotConnectedError, PyStrandsClient, SendBufferFull
+from pystrands import AsyncPyStrandsClient, NotConnectedError, PyStrandsClient, SendBufferFull
 from pystrands._adapter import new_backend_of, run_as_handler
 from pystrands._bridges import call_in_reactor, done_future, settle_concurrent
 from pystrands._dropped import DroppedSends
@@ -37,11 +39,14 @@ from pystrands._session import (
     SessionEvent,
     SessionState,
 )
+from pystrands.async_client import _LoopRuntime
 from pystrands.client import ThreadedBackend
 from pystrands.context import Context
 from pystrands.lifecycle import InvalidTransition
 
 IDLE, CONNECTING, SERVING, DRAINING, CLOSED = SessionState
+#: Seconds a step on a loop may take before the test fails (none should take more than a few loop turns).
+WAIT = 5.0
 HELLO = b'{"request_id": "h", "action": "hello", "params": {"protocol": 1, "features": ["room_members"]}}\n'
 MESSAGE = (b'{"request_id": "m", "action": "new_message", "params": {"message": "hi", "context":'
            b' {"client_id": "a", "room_id": "r", "metadata": {}}}}\n')
@@ -94,7 +99,7 @@ class ThreadReactor(MemoryReactorClock):
 class MemoryWorld:
     """A face's world in memory: a MemoryReactorClock per cycle, concurrent Futures, nothing to release."""
 
-    def __init__(self, face: PyStrandsClient) -> None:
+    def __init__(self, face: Any) -> None:
         self.face = face
         self.mode = "accept"
         #: True: the reactor thread is busy, calls handed to it wait for ``run_held()``.
@@ -420,3 +425,123 @@ def test_a_late_send_of_an_old_cycles_handler_is_dropped_not_sent_on_the_next_co
     late = run_as_handler(old.backend, rig.face.broadcast_message, "late")
     assert late.result(0) is False
     assert b'"late"' not in rig.world.transports[-1].value()
+
+
+# -- the same walk on the asyncio face's own runtime: a reactor on a running loop, in-memory transports --
+
+
+class AsyncHolding(AsyncPyStrandsClient):
+    """Its on_message waits for a future the test completes: a handler task in flight as long as it likes."""
+
+    def _init_state(self) -> None:
+        super()._init_state()
+        self.gate: asyncio.Future[None] | None = None
+
+    async def on_message(self, message: str, context: Context) -> None:
+        self.gate = asyncio.get_running_loop().create_future()
+        await self.gate
+
+
+class AsyncRig:
+    """An asyncio face whose session runs its real runtime (_LoopRuntime) over in-memory connections."""
+
+    def __init__(self, **options: Any) -> None:
+        self.face = AsyncHolding(port=1, **options)
+        self.world = MemoryWorld(self.face)
+        self.moves: list[tuple[SessionState, SessionEvent, SessionState]] = []
+        self.session = self.face._session = Session(_LoopRuntime(self.face), self.world.endpoint, self.watch)
+
+    def watch(self, old: SessionState, event: SessionEvent, new: SessionState) -> None:
+        self.moves.append((old, event, new))
+
+    def connect(self) -> asyncio.Future[bool]:
+        return self.session.connect(*self.face._connect_args())
+
+    def disconnect(self, timeout: float = 1.0) -> asyncio.Future[None]:
+        closed, _ = self.session.disconnect(timeout)
+        return closed
+
+    async def into(self, state: SessionState) -> None:
+        """Bring the session into ``state`` by public calls."""
+        if state is CONNECTING:
+            self.world.mode = "hold"
+            self.connect()
+        elif state in (SERVING, DRAINING, CLOSED):
+            assert await self.connect() is True
+            self.world.transports[-1].protocol.dataReceived(HELLO)
+            if state is DRAINING:
+                self.world.transports[-1].protocol.dataReceived(MESSAGE)  # its task waits for the gate
+                await asyncio.sleep(0)  # read outside a loop callback, the task starts on the next turn
+                assert self.face.gate is not None
+                self.disconnect(10.0)
+            elif state is CLOSED:
+                await asyncio.wait_for(self.disconnect(0.0), WAIT)
+        assert self.session.state is state
+
+    async def finish(self) -> None:
+        """Let the handler in flight end, and close: nothing of the rig is left on the loop."""
+        gate = self.face.gate
+        if gate is not None and not gate.done():
+            gate.set_result(None)
+        await asyncio.wait_for(self.face.disconnect(0.0), WAIT)
+
+
+def on_a_loop(body: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(asyncio.wait_for(body(), 2 * WAIT))
+
+
+@pytest.mark.parametrize(("state", "call"), list(WALK), ids=[f"{s.value}-{c}" for s, c in WALK])
+def test_each_life_cycle_call_in_each_state_on_a_loop(state: SessionState, call: str) -> None:
+    async def body() -> None:
+        rig = AsyncRig()
+        await rig.into(state)
+        before = len(rig.moves)
+        if call == "connect":
+            rig.world.mode = "hold"
+            got: asyncio.Future[Any] = rig.connect()
+        else:
+            got = rig.disconnect()
+        after, _ = WALK[(state, call)]
+        if after is CLOSED or (state, call) == (SERVING, "connect"):
+            await asyncio.wait_for(got, WAIT)  # the loop runs the close (or gives the True at once)
+        else:
+            await asyncio.sleep(0)
+            assert not got.done() or (state, call) == (IDLE, "disconnect")
+        assert rig.session.state is after
+        assert len(rig.moves) > before
+        for old, event, new in rig.moves:
+            assert SESSION_TRANSITIONS[(old, event)][0] is new
+        await rig.finish()
+
+    on_a_loop(body)
+
+
+@pytest.mark.parametrize("state", list(SENDS), ids=[s.value for s in SENDS])
+def test_send_in_each_state_on_a_loop(state: SessionState) -> None:
+    async def body() -> None:
+        rig = AsyncRig()
+        await rig.into(state)
+        sent = rig.face.broadcast_message("hello")
+        if state is CONNECTING:
+            await asyncio.sleep(0)
+            assert not sent.done(), CALLS[(state, "send")]
+        else:
+            assert await sent is (state in (SERVING, DRAINING)), CALLS[(state, "send")]
+        with pytest.raises(NotConnectedError) if state is not SERVING else contextlib.nullcontext():
+            asked = rig.face.room_members("r")
+            if state is not SERVING:
+                await asked
+        assert rig.session.state is state
+        await rig.finish()
+
+    on_a_loop(body)
+
+
+def test_run_forever_on_a_loop_returns_when_its_single_attempt_failed() -> None:
+    async def body() -> None:
+        rig = AsyncRig(auto_reconnect=False)
+        rig.world.mode = "refuse"
+        await asyncio.wait_for(rig.face.run_forever(), WAIT)
+        assert rig.session.state is CLOSED
+
+    on_a_loop(body)
