@@ -10,7 +10,7 @@ The names say which machine: ``SessionEvent`` and ``SESSION_TRANSITIONS``
 here, the connection's own ``Event`` and ``TRANSITIONS`` in
 :mod:`pystrands.lifecycle`.
 
-What is the face's own lives in its :class:`Runtime`: where the reactor runs
+What is the face's own lives in its :class:`FaceRuntime`: where the reactor runs
 (a thread of its own, or the caller's asyncio loop), what kind of future the
 caller gets (``concurrent.futures.Future`` or ``asyncio.Future``), and what
 must end with a cycle (worker threads, handler tasks, the reactor).
@@ -186,7 +186,7 @@ Runtime = FaceRuntime[Any]
 class Cycle:
     """One cycle of a session: from the connect() that started it to its close.
 
-    Its futures are the face's kind (see :class:`Runtime`).
+    Its futures are the face's kind (see :class:`FaceRuntime`).
     """
 
     def __init__(self, reactor: Any, backend: FaceBackend) -> None:
