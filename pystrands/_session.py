@@ -61,7 +61,7 @@ class SessionState(enum.Enum):
     CONNECTING = "connecting"
     """A cycle's first attempt is under way; connect() waits for it."""
     SERVING = "serving"
-    """Connected, or reconnecting on its own after a failure or a loss."""
+    """Connected, or reconnecting on its own after a failure or a loss (without a retry to come, it closes)."""
     DRAINING = "draining"
     """disconnect() was called: handlers get until its deadline, then the connection closes."""
     CLOSED = "closed"
@@ -76,7 +76,7 @@ class SessionEvent(enum.Enum):
     DISCONNECT = "disconnect()"
     CONNECTED = "the first attempt connected"
     RETRYING = "the first attempt failed, retries follow"
-    GAVE_UP = "the first attempt failed, no retry (auto_reconnect=False)"
+    GAVE_UP = "no connection is coming: an attempt failed or the connection was lost, and no retry follows"
     CLOSED = "the cycle's connection, threads and reactor are closed"
     WORLD_ENDED = "the face's asyncio loop was closed under the cycle"
 
@@ -95,6 +95,7 @@ SESSION_TRANSITIONS: dict[tuple[SessionState, SessionEvent], tuple[SessionState,
     (SERVING, SessionEvent.CONNECT_WHILE_CONNECTED): (SERVING, "True at once"),
     (SERVING, SessionEvent.CONNECT): (CONNECTING, "not connected now: close this cycle at once, start a new one"),
     (SERVING, SessionEvent.DISCONNECT): (DRAINING, "stop reconnecting; handlers get until the deadline; close"),
+    (SERVING, SessionEvent.GAVE_UP): (DRAINING, "lost, no retry to follow: close; run_forever() returns"),
     (DRAINING, SessionEvent.CONNECT): (CONNECTING, "the closing cycle ends alone; start a new one"),
     (DRAINING, SessionEvent.DISCONNECT): (DRAINING, "the same close: the first call's deadline holds"),
     (DRAINING, SessionEvent.CLOSED): (CLOSED, "nothing of the cycle runs any more"),
@@ -105,7 +106,8 @@ SESSION_TRANSITIONS: dict[tuple[SessionState, SessionEvent], tuple[SessionState,
 }
 
 _CONNECT_AND_WAIT = ("connect(), then wait for disconnect(); return at once (after disconnect()) when no"
-                     " connection is coming: the single attempt failed (auto_reconnect=False)")
+                     " connection is coming: the single attempt failed (auto_reconnect=False); return"
+                     " too once the connection is lost without a retry to follow")
 
 #: The calls that do not move a session, in each state: what they do there.
 CALLS: dict[tuple[SessionState, str], str] = {
@@ -305,10 +307,36 @@ class Session(Generic[FutureT]):
             elif cycle.factory is not None and cycle.factory.retrying:
                 self._fire(SessionEvent.RETRYING)
             else:
-                self._fire(SessionEvent.GAVE_UP)
-                cycle.deadline = time.monotonic()
-                cycle.closed = self.runtime.bridge(cycle.reactor, self._stop(cycle, 0.0))
+                self._give_up(cycle)
+                return connected
+        self._follow(cycle)
         return connected
+
+    def _follow(self, cycle: Cycle) -> None:
+        """On the cycle's reactor: learn of the factory's next outcome, to close a serving cycle it gives up."""
+        factory = cycle.factory
+        assert factory is not None  # made by _begin(), before any outcome
+        factory.next_attempt().addCallback(self._outcome, cycle)
+
+    def _outcome(self, connected: bool, cycle: Cycle) -> None:
+        """On the cycle's reactor: a connection, a failed retry, a loss: still serving, unless none is coming."""
+        factory = cycle.factory
+        assert factory is not None  # made by _begin(), before any outcome
+        with self._lock:
+            if cycle is not self.cycle or self.state is not SERVING:
+                return  # disconnect() or a new connect() moved on
+            if connected or factory.connected or factory.retrying:
+                self._follow(cycle)
+                return
+            if self.disconnected is not None:  # what run_forever() waits for: nothing will come
+                self.runtime.complete(self.disconnected)
+            self._give_up(cycle)
+
+    def _give_up(self, cycle: Cycle) -> None:
+        """No connection is coming for ``cycle`` (under the lock): close it at once."""
+        self._fire(SessionEvent.GAVE_UP)
+        cycle.deadline = time.monotonic()
+        cycle.closed = self.runtime.bridge(cycle.reactor, self._stop(cycle, 0.0))
 
     def disconnect(self, timeout: float) -> tuple[FutureT, Cycle | None]:
         """Begin closing (or join the close under way); the face's future of the close, and the cycle closed.

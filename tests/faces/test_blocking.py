@@ -324,6 +324,18 @@ def test_run_forever_returns_after_a_failed_single_attempt(free_port: int) -> No
     assert not client.connected
 
 
+def test_run_forever_returns_when_the_connection_is_lost_without_auto_reconnect(broker: FakeBroker) -> None:
+    client = Recorder(port=broker.port, auto_reconnect=False)
+    runner = threading.Thread(target=client.run_forever, daemon=True)
+    runner.start()
+    conn = broker.accept()
+    assert accept_client(conn)["accepted"] is True  # connected, and the broker's first frame answered
+    conn.close()
+    runner.join(WAIT)
+    assert not runner.is_alive(), "lost, and no retry to follow: nothing to wait for"
+    assert not client.connected
+
+
 def test_connect_returns_false_quickly_without_a_broker(free_port: int) -> None:
     client = PyStrandsClient(host="localhost", port=free_port, auto_reconnect=False)
     started_at = time.monotonic()

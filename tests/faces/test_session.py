@@ -414,6 +414,23 @@ def test_run_forever_returns_when_its_single_attempt_failed() -> None:
     assert "return at once" in CALLS[(IDLE, "run_forever")]
 
 
+@pytest.mark.parametrize("auto_reconnect", [False, True], ids=["single", "retrying"])
+def test_a_connection_lost_without_a_retry_to_follow_closes_the_session(auto_reconnect: bool) -> None:
+    rig = Rig(auto_reconnect=auto_reconnect)
+    into(rig, SERVING)
+    waited = rig.session.disconnected
+    rig.world.mode = "refuse"
+    rig.world.transports[-1].loseConnection()
+    if auto_reconnect:  # a retry follows, and another after it fails: still serving, run_forever() waits
+        rig.clock.advance(rig.face.reconnect_delay * 2)
+        assert rig.session.state is SERVING and rig.session.retrying and not waited.done()
+        return
+    assert rig.session.state is CLOSED and rig.world.released == [rig.session.cycle]
+    assert waited.result(0) is None, "what run_forever() waits for is done: no connection is coming"
+    assert (SERVING, SessionEvent.GAVE_UP, DRAINING) in rig.moves
+    assert rig.face.broadcast_message("into the void").result(0) is False
+
+
 def test_a_late_send_of_an_old_cycles_handler_is_dropped_not_sent_on_the_next_connection(rig: Rig) -> None:
     into(rig, SERVING)
     old = rig.session.cycle
