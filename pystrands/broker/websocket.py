@@ -47,9 +47,9 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web import pages
 from twisted.web.server import Site
-from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
+from websockets.exceptions import InvalidMessage, SecurityError
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Request
+from websockets.http11 import MAX_LINE_LENGTH, Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -264,13 +264,17 @@ class ClientConnection(Protocol):
         self._channel.dataReceived(data)
 
     def _handshake(self, head: bytes, rest: bytes) -> None:
+        if not head.startswith(b"GET "):  # checked here: websockets 16's parser calls any other method malformed
+            self._metrics.handshake("malformed")
+            self._answer(405, "a WebSocket handshake is a GET request", [("Allow", "GET")])
+            return
         ws = ServerProtocol(max_size=self.config.max_message_size, logger=_QUIET)
         ws.receive_data(head)
         request = next((event for event in ws.events_received() if isinstance(event, Request)), None)
         problem = _malformed(head, request)
         if problem is not None:
             self._metrics.handshake("malformed")
-            self._answer(_TOO_LONG.get(type(ws.handshake_exc), 400), problem)
+            self._answer(_refusal_status(head, ws.handshake_exc), problem)
             return
         assert request is not None  # else _malformed said so
         response = ws.accept(request)
@@ -282,7 +286,7 @@ class ClientConnection(Protocol):
                              [("Sec-WebSocket-Version", "13"), ("Upgrade", "websocket")])
             else:
                 extra = [(name, value) for name, value in response.headers.raw_items()
-                         if name in ("Upgrade", "Allow")]
+                         if name == "Upgrade"]
                 self._answer(response.status_code, response.body.decode(errors="replace").strip(), extra)
             return
         origin = _single(request, "Origin")
@@ -613,8 +617,15 @@ _SHORT_HEADERS = [bytes((0x81, length)) for length in range(126)]
 _TEXT_16 = bytes((0x81, 126))
 _TEXT_64 = bytes((0x81, 127))
 
-#: The parser's refusals that have a status of their own (else 400).
-_TOO_LONG: dict[type, int] = {RequestLineTooLong: 414, HeaderLineTooLong: 431, TooManyHeaders: 431}
+
+def _refusal_status(head: bytes, error: Exception | None) -> int:
+    """414 or 431 when the parser refused the head for a line or the number of headers over its
+    limits, else 400. websockets 17 raises a ``SecurityError`` subclass per limit; 16 wraps a plain
+    ``SecurityError`` in ``InvalidMessage``, so the request line's length tells which limit it was."""
+    cause = error.__cause__ if isinstance(error, InvalidMessage) else error
+    if not isinstance(cause, SecurityError):
+        return 400
+    return 414 if head.find(b"\r\n") + 2 > MAX_LINE_LENGTH else 431
 
 
 def _malformed(head: bytes, request: Request | None) -> str | None:

@@ -291,6 +291,9 @@ MALFORMED: list[tuple[str, bytes, int]] = [
     ("post", request_head(method="POST"), 405),
     ("huge-unfinished-head", b"GET /ws/lobby/alice HTTP/1.1\r\nX-Big: " + b"a" * (MAX_HEAD + 1), 431),
     ("huge-complete-head", request_head(extra=[("X-Big", "a" * MAX_HEAD)]), 431),
+    ("long-request-line", request_head("/ws/lobby/" + "a" * 9000), 414),
+    ("long-header-line", request_head(extra=[("X-Long", "a" * 9000)]), 431),
+    ("too-many-headers", request_head(extra=[(f"X-{n}", "1") for n in range(200)]), 431),
 ]
 
 
