@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.logger import globalLogPublisher
 
 from tests.core.harness import Harness
 
@@ -30,3 +32,12 @@ def make_harness(reactor: Any) -> Iterator[Any]:
     yield make
     for harness in made:
         pytest_twisted.blockon(harness.close())
+
+
+@pytest.fixture
+def logged() -> Iterator[list[dict[str, Any]]]:
+    """Every log event published during the test."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.logger import globalLogPublisher
 
 from pystrands.dispatch import KeyedDispatcher
 
@@ -14,14 +12,6 @@ from pystrands.dispatch import KeyedDispatcher
 def dispatcher(concurrency: int = 4) -> KeyedDispatcher:
     return KeyedDispatcher(concurrency, max_events=100, max_bytes=1 << 20,
                            on_busy=lambda: None, on_idle=lambda: None)
-
-
-@pytest.fixture
-def logged() -> Any:
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def test_a_send_that_already_succeeded_frees_the_key_at_once() -> None:

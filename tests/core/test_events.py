@@ -6,12 +6,11 @@ Deterministic: the driver of tests/support/driver.py, frames from the reference 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent
 
 from pystrands import Backend, Context
 from pystrands.lifecycle import ConnectionState
@@ -19,14 +18,6 @@ from tests.support.driver import Driver, Recorder, frame_from_transcript
 
 #: Settings that keep timers out of the tests' way unless a test asks for them.
 QUIET = {"idle_timeout": 0, "reconnect_delay": 1.0, "max_reconnect_delay": 1.0}
-
-
-@pytest.fixture
-def logged() -> Iterator[list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def warnings(logged: list[dict[str, Any]]) -> list[str]:

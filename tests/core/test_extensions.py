@@ -6,12 +6,10 @@ Deterministic: a Clock and an in-memory transport, frames as the spec writes the
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from pystrands import Backend, BrokerRefused, Context, NotConnectedError, NotSupportedError, wire
@@ -38,14 +36,6 @@ class Rig(Driver):
 
 def skipped_replies(logged: list[dict[str, Any]]) -> list[str]:
     return [event["request_id"] for event in logged if "reply to no pending request" in event.get("log_format", "")]
-
-
-@pytest.fixture
-def logged() -> Iterator[list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def result_of(deferred: Deferred[Any]) -> Any:

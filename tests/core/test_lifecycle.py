@@ -6,14 +6,14 @@ in-memory transports (tests/support/driver.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
 
 from pystrands import Backend, NotConnectedError, wire
@@ -401,14 +401,6 @@ def test_the_factory_refuses_a_connection_it_did_not_make() -> None:
 
 
 # -- logs ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def logged() -> Iterator[list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def lines(logged: list[dict[str, Any]], level: LogLevel, containing: str = "") -> list[str]:

@@ -27,8 +27,7 @@ from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from zope.interface import implementer
 
 from pystrands import AsyncPyStrandsClient, NotConnectedError, PyStrandsClient, SendBufferFull
-from pystrands._adapter import new_backend_of, run_as_handler
-from pystrands._bridges import call_in_reactor, done_future, settle_concurrent
+from pystrands._adapter import run_as_handler
 from pystrands._dropped import DroppedSends
 from pystrands._session import (
     CALLS,
@@ -40,7 +39,7 @@ from pystrands._session import (
     SessionState,
 )
 from pystrands.async_client import _LoopRuntime
-from pystrands.client import ThreadedBackend
+from pystrands.client import _ThreadRuntime
 from pystrands.context import Context
 from pystrands.lifecycle import InvalidTransition
 
@@ -96,11 +95,11 @@ class ThreadReactor(MemoryReactorClock):
             function(*args)
 
 
-class MemoryWorld:
-    """A face's world in memory: a MemoryReactorClock per cycle, concurrent Futures, nothing to release."""
+class MemoryWorld(_ThreadRuntime):
+    """The blocking face's world in memory: a MemoryReactorClock per cycle, nothing to release."""
 
     def __init__(self, face: Any) -> None:
-        self.face = face
+        super().__init__(face)
         self.mode = "accept"
         #: True: the reactor thread is busy, calls handed to it wait for ``run_held()``.
         self.hold_thread_calls = False
@@ -115,29 +114,8 @@ class MemoryWorld:
         self.reactors.append(ThreadReactor(self))
         return self.reactors[-1]
 
-    def backend(self, reactor: Any) -> ThreadedBackend:
-        backend: ThreadedBackend = new_backend_of(self.face, reactor)
-        backend.private_reactor = True  # concurrency=1: handlers inline, on this (the reactor's) thread
-        return backend
-
     def endpoint(self, reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
         return MemoryEndpoint(self)
-
-    def call(self, reactor: Any, function: Any, *args: Any) -> concurrent.futures.Future[Any]:
-        return call_in_reactor(reactor, function, *args)
-
-    def bridge(self, reactor: Any, outcome: Deferred[Any]) -> concurrent.futures.Future[Any]:
-        return settle_concurrent(concurrent.futures.Future(), outcome)
-
-    def done(self, value: Any) -> concurrent.futures.Future[Any]:
-        return done_future(value)
-
-    def pending(self) -> concurrent.futures.Future[None]:
-        return concurrent.futures.Future()
-
-    def complete(self, future: concurrent.futures.Future[None]) -> None:
-        if not future.done():
-            future.set_result(None)
 
     def release(self, cycle: Cycle) -> None:
         self.released.append(cycle)
