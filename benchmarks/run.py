@@ -590,32 +590,16 @@ def bench_memory(params: Params, public_python: Path | None) -> dict[str, Any]:
     return {"results": results, "targets": targets, "panels": panels}
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_listening(port: int, timeout: float) -> None:
-    """Return once 127.0.0.1:``port`` accepts connections; BackendFailed after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise BackendFailed(f"nothing listens on port {port} after {timeout}s")
-
-
 def measure_e2e(spec: Spec, public_python: Path | None, params: Params) -> dict[str, float]:
     """The embedded broker and ``spec`` in processes of their own, loaded by loadgen.py at each client count."""
-    ws_port, tcp_port = free_port(), free_port()
+    ws_port, tcp_port = broker_bench.free_port(), broker_bench.free_port()
     broker = [sys.executable, "-m", "pystrands", "server", "--ws-port", str(ws_port), "--tcp-port", str(tcp_port)]
     result: dict[str, float] = {}
     with process("embedded broker", broker) as broker_proc:
-        wait_listening(ws_port, params.timeout)
+        try:
+            broker_bench.wait_listening(ws_port, params.timeout)
+        except RuntimeError as exc:  # the broker did not start
+            raise BackendFailed(str(exc)) from None
         with process(spec.label, backend_command(spec, public_python, tcp_port), spec.public):
             for clients in params.e2e_clients:
                 command = [sys.executable, str(BENCH / "loadgen.py"), "--url", f"ws://127.0.0.1:{ws_port}/ws/bench",
