@@ -34,8 +34,8 @@ class DroppedSends(ThrottledWarning):
     """
 
     def __init__(self, clock: Seconds = _MONOTONIC, interval: float = 1.0) -> None:
-        super().__init__(log, clock, "A send to the broker was dropped ({reason}); its future gives False"
-                                     " ({held_back} more dropped since the last warning)", interval,
+        super().__init__(log, clock, "A send to the broker was dropped ({reason}); its future gives False",
+                         interval,
                          held_format="{held_back} more send(s) to the broker dropped since the last warning"
                                      " ({reason})")
 

@@ -563,8 +563,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
         self._ended_because = "the backend was stopped"
         #: Frames without a context object: skipped, the warning throttled (a broker could flood them).
         self._skipped_without_context = ThrottledWarning(
-            log, reactor, "Skipped a {action} frame without a context object ({type});"
-                          " {held_back} more skipped since the last warning")
+            log, reactor, "Skipped a {action} frame without a context object ({type})")
         self.backend.broker = self
 
     # -- state -------------------------------------------------------------

@@ -21,9 +21,10 @@ class ThrottledWarning:
     """Logs the first warning at once, then at most one per ``interval`` seconds, saying how many it held back.
 
     ``format`` gets the caller's fields plus ``held_back`` (the warnings not
-    logged since the last one); the count is told on the next warning logged,
-    or by :meth:`flush` (with ``held_format``, same fields), so that the end
-    of a burst is not lost when its owner stops. Safe to call from any thread.
+    logged since the last one); when that count is not 0, the line ends with
+    it. The count is told on the next warning logged, or by :meth:`flush`
+    (with ``held_format``, same fields), so that the end of a burst is not
+    lost when its owner stops. Safe to call from any thread.
     """
 
     def __init__(self, log: Logger, clock: Seconds, format: str, interval: float = 1.0,
@@ -52,7 +53,8 @@ class ThrottledWarning:
                 self._fields = fields
                 return
             held_back, self._held_back, self._last = self._held_back, 0, now
-        self._log.warn(self._format, held_back=held_back, **fields)
+        held = f"; {held_back} more since the last warning" if held_back else ""
+        self._log.warn(self._format + "{held}", held_back=held_back, held=held, **fields)
 
     def flush(self) -> None:
         """Log the count held back since the last warning now, if any (with the last held-back fields)."""

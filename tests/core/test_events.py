@@ -59,7 +59,7 @@ def test_a_frame_without_a_context_object_is_skipped_and_logged(
     assert made.backend.names() == ["on_message"], "only the well-formed frame reached the backend"
     kind = "NoneType" if context == "absent" else type(context).__name__
     assert warnings(logged) == [
-        f"Skipped a {action} frame without a context object ({kind}); 0 more skipped since the last warning"]
+        f"Skipped a {action} frame without a context object ({kind})"]
     assert made.factory.connected
 
 
@@ -71,8 +71,8 @@ def test_a_flood_of_frames_without_context_logs_once_a_second(logged: list[dict[
     made.clock.advance(1.0)
     made.feed(bad)
     assert warnings(logged) == [
-        "Skipped a new_message frame without a context object (NoneType); 0 more skipped since the last warning",
-        "Skipped a new_message frame without a context object (NoneType); 499 more skipped since the last warning",
+        "Skipped a new_message frame without a context object (NoneType)",
+        "Skipped a new_message frame without a context object (NoneType); 499 more since the last warning",
     ]
     assert made.backend.events == []
 

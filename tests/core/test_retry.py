@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
-from twisted.logger import Logger
+from twisted.logger import formatEvent, Logger
 
 from pystrands.ratelimit import ThrottledWarning
 from pystrands.retry import RetryPolicy, worth_a_warning
@@ -73,7 +73,7 @@ def test_warnings_on_the_first_failure_then_at_doubling_counts() -> None:
 def test_a_throttled_warning_logs_the_first_then_once_a_second_with_the_count() -> None:
     clock = Clock()
     logged: list[dict[str, Any]] = []
-    warn = ThrottledWarning(Logger(observer=logged.append), clock, "bad {thing}; {held_back} held back")
+    warn = ThrottledWarning(Logger(observer=logged.append), clock, "bad {thing}")
     for _ in range(5):
         warn(thing="frame")
     clock.advance(0.5)
@@ -83,4 +83,5 @@ def test_a_throttled_warning_logs_the_first_then_once_a_second_with_the_count() 
     warn(thing="later")
     warn(thing="later")
     assert [(event["thing"], event["held_back"]) for event in logged] == [("frame", 0), ("later", 5)]
+    assert [formatEvent(event) for event in logged] == ["bad frame", "bad later; 5 more since the last warning"]
     assert all(event["log_level"].name == "warn" for event in logged)

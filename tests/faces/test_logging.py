@@ -84,7 +84,7 @@ def test_a_send_dropped_before_the_first_connect_warns_through_stdlib_logging(ki
 def test_a_throttled_warning_tells_the_count_it_holds_when_flushed() -> None:
     clock = Clock()
     logged: list[dict[str, Any]] = []
-    warn = ThrottledWarning(Logger(observer=logged.append), clock, "lost {what}; {held_back} more",
+    warn = ThrottledWarning(Logger(observer=logged.append), clock, "lost {what}",
                             held_format="{held_back} more lost ({what})")
     warn.flush()
     assert logged == [], "nothing held back: nothing to tell"
@@ -94,7 +94,7 @@ def test_a_throttled_warning_tells_the_count_it_holds_when_flushed() -> None:
     warn.flush()
     warn.flush()
     assert [(formatEvent(event), event["log_level"]) for event in logged] == [
-        ("lost a; 0 more", LogLevel.warn), ("2 more lost (c)", LogLevel.warn)]
+        ("lost a", LogLevel.warn), ("2 more lost (c)", LogLevel.warn)]
     clock.advance(0.5)
     warn(what="d")
     assert warn.held_back == 1, "the interval runs from the last warning, not from the flush"
