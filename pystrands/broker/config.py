@@ -9,6 +9,7 @@ variables ``PYSTRAND_WS_PORT``, ``PYSTRAND_TCP_PORT`` and
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -33,6 +34,8 @@ MiB = 1024 * 1024
 EVENT_ENVELOPE = 64 * 1024
 #: The largest ``max_message_size``: its event must fit the backend library's default line limit.
 MAX_MESSAGE_SIZE = BackendSettings.max_line_length - EVENT_ENVELOPE
+#: The most ``workers``: a typo should not start thousands of processes.
+MAX_WORKERS = 256
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,9 @@ class BrokerConfig:
     #: Server endpoint string of a listener of its own for ``/metrics`` (e.g.
     #: ``tcp:9100:interface=127.0.0.1``); when set, metrics are served there and not on the WebSocket port.
     metrics_endpoint: str | None = None
+    #: Broker processes on this machine sharing both ports through ``SO_REUSEPORT`` (Linux only);
+    #: more than one needs a cluster to join (see :mod:`pystrands.broker.workers`).
+    workers: int = 1
 
     def __post_init__(self) -> None:
         check_integer("ws_port", self.ws_port, minimum=0, maximum=65535)
@@ -145,6 +151,19 @@ class BrokerConfig:
             raise ValueError("backend_token must be a non-empty str or None")
         if self.static is not None and not os.path.isdir(self.static):
             raise ValueError(f"static {self.static!r} is not a directory")
+        check_integer("workers", self.workers, minimum=1, maximum=MAX_WORKERS)
+        if self.workers > 1:
+            self._check_workers()
+
+    def _check_workers(self) -> None:
+        """Several workers listen on plain ports of their own, shared through SO_REUSEPORT."""
+        if not sys.platform.startswith("linux"):
+            raise ValueError(f"workers must be 1 on {sys.platform}: several workers share the ports"
+                             " through SO_REUSEPORT's load balancing, which only Linux has")
+        for name in ("ws_endpoint", "tcp_endpoint", "metrics_endpoint"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"workers must be 1 with --{name.replace('_', '-')}: workers share plain"
+                                 " ports (--ws-port, --tcp-port); a metrics listener would be one port per worker")
 
     @property
     def ws_listen(self) -> str:
@@ -191,6 +210,7 @@ _NUMERIC_OPTIONS = {
     "client-write-timeout": float,
     "write-timeout": float,
     "max-client-rate": float,
+    "workers": int,
 }
 
 
@@ -246,6 +266,8 @@ class Options(PackageOptions):
         ["metrics-endpoint", None, None,
          ("Twisted server endpoint of a listener of its own for /metrics (e.g. tcp:9100:interface=127.0.0.1);"
           " the WebSocket port then does not serve /metrics.")],
+        ["workers", None, _DEFAULTS.workers,
+         "Broker processes sharing both ports (SO_REUSEPORT, Linux); more than 1 needs a cluster (--redis)."],
     ]
 
     optFlags: ClassVar[list[list[Any]]] = [
