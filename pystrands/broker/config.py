@@ -2,8 +2,8 @@
 
 The same :class:`Options` serve ``python -m pystrands server`` and
 ``twistd pystrands-broker``. As with the reference broker, the environment
-variables ``PYSTRAND_WS_PORT``, ``PYSTRAND_TCP_PORT`` and
-``PYSTRAND_QUEUE_SIZE`` take precedence over the flags.
+variables ``PYSTRAND_WS_PORT``, ``PYSTRAND_TCP_PORT``,
+``PYSTRAND_QUEUE_SIZE`` and ``PYSTRAND_REDIS_URL`` take precedence over the flags.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from ..options import PackageOptions, parse_numbers, settings_error
 from ..settings import BackendSettings, check_integer, check_number
 from .guards import OriginPolicy
+from .redis_url import check_cluster_name, parse_redis_url
 
 __all__ = ["ENVIRONMENT", "MAX_MESSAGE_SIZE", "BrokerConfig", "Options", "check_server_endpoint", "parse_origins"]
 
@@ -27,6 +28,7 @@ ENVIRONMENT = {
     "PYSTRAND_WS_PORT": "ws-port",
     "PYSTRAND_TCP_PORT": "tcp-port",
     "PYSTRAND_QUEUE_SIZE": "queue-size",
+    "PYSTRAND_REDIS_URL": "redis",
 }
 
 MiB = 1024 * 1024
@@ -110,6 +112,13 @@ class BrokerConfig:
     #: Broker processes on this machine sharing both ports through ``SO_REUSEPORT`` (Linux only);
     #: more than one needs a cluster to join (see :mod:`pystrands.broker.workers`).
     workers: int = 1
+    #: ``redis://[[user]:password@]host[:port][/db]`` (``rediss://`` for TLS): this broker is then one
+    #: node of the cluster that this Redis and ``cluster_name`` name (see docs/CLUSTER.md).
+    redis: str | None = None
+    #: The cluster's name: several clusters may share one Redis.
+    cluster_name: str = "pystrands"
+    #: Seconds between a node's heartbeats in Redis; a node silent for 2 of them is forgotten.
+    cluster_heartbeat: float = 5.0
 
     def __post_init__(self) -> None:
         check_integer("ws_port", self.ws_port, minimum=0, maximum=65535)
@@ -151,6 +160,10 @@ class BrokerConfig:
             raise ValueError("backend_token must be a non-empty str or None")
         if self.static is not None and not os.path.isdir(self.static):
             raise ValueError(f"static {self.static!r} is not a directory")
+        if self.redis is not None:
+            parse_redis_url(self.redis)
+        check_cluster_name(self.cluster_name)
+        check_number("cluster_heartbeat", self.cluster_heartbeat, minimum=0, inclusive=False)
         check_integer("workers", self.workers, minimum=1, maximum=MAX_WORKERS)
         if self.workers > 1:
             self._check_workers()
@@ -210,6 +223,7 @@ _NUMERIC_OPTIONS = {
     "client-write-timeout": float,
     "write-timeout": float,
     "max-client-rate": float,
+    "cluster-heartbeat": float,
     "workers": int,
 }
 
@@ -266,6 +280,12 @@ class Options(PackageOptions):
         ["metrics-endpoint", None, None,
          ("Twisted server endpoint of a listener of its own for /metrics (e.g. tcp:9100:interface=127.0.0.1);"
           " the WebSocket port then does not serve /metrics.")],
+        ["redis", None, None,
+         ("Join the cluster of this Redis: redis://[:password@]host:port/db, rediss:// for TLS"
+          " (env PYSTRAND_REDIS_URL wins).")],
+        ["cluster-name", None, _DEFAULTS.cluster_name, "Name of the cluster in that Redis (several may share one)."],
+        ["cluster-heartbeat", None, _DEFAULTS.cluster_heartbeat,
+         "Seconds between a node's heartbeats; a node silent for two is forgotten by the others."],
         ["workers", None, _DEFAULTS.workers,
          "Broker processes sharing both ports (SO_REUSEPORT, Linux); more than 1 needs a cluster (--redis)."],
     ]
@@ -296,6 +316,8 @@ class Options(PackageOptions):
                 metrics=bool(self["metrics"]),
                 metrics_endpoint=self["metrics-endpoint"],
                 allowed_origins=parse_origins(self["allowed-origins"]),
+                redis=self["redis"],
+                cluster_name=self["cluster-name"],
             )
         except (TypeError, ValueError) as exc:
             raise settings_error(exc, label) from None
