@@ -173,6 +173,9 @@ class BrokerConfig:
         if not sys.platform.startswith("linux"):
             raise ValueError(f"workers must be 1 on {sys.platform}: several workers share the ports"
                              " through SO_REUSEPORT's load balancing, which only Linux has")
+        if self.redis is None:
+            raise ValueError(f"workers above 1 needs --redis (redis=): the {self.workers} workers are"
+                             " nodes of one cluster, which meets in Redis")
         for name in ("ws_endpoint", "tcp_endpoint", "metrics_endpoint"):
             if getattr(self, name) is not None:
                 raise ValueError(f"workers must be 1 with --{name.replace('_', '-')}: workers share plain"
