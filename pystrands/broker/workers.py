@@ -34,6 +34,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..settings import check_integer, check_number
 from .config import BrokerConfig, Options
 from .reuseport import reuseport_socket
 
@@ -65,6 +66,12 @@ class RestartPolicy:
     #: Deaths in a row before listening, of one worker, after which the supervisor gives up.
     max_start_failures: int = 5
 
+    def __post_init__(self) -> None:
+        check_number("first_delay", self.first_delay, minimum=0)
+        check_number("max_delay", self.max_delay, minimum=self.first_delay)
+        check_number("stable_after", self.stable_after, minimum=0, inclusive=False)
+        check_integer("max_start_failures", self.max_start_failures, minimum=1)
+
 
 class WorkerSlot:
     """One worker number across its restarts: the restart delays and the give-up count.
@@ -88,9 +95,9 @@ class WorkerSlot:
         self._delay = policy.first_delay
         self._start_failures = 0
 
-    def started(self, process: IProcessTransport) -> None:
-        """A run began."""
-        self.process, self.pid, self.ready, self._started = process, process.pid, False, self.clock.seconds()
+    def started(self, pid: int | None) -> None:
+        """A run began, as process ``pid``."""
+        self.pid, self.ready, self._started = pid, False, self.clock.seconds()
 
     def listening(self) -> None:
         """The run listens on both ports: deaths before listening no longer count toward giving up."""
@@ -98,7 +105,6 @@ class WorkerSlot:
 
     def ended(self) -> float | None:
         """The run ended: seconds to wait before the next, or None to give up."""
-        self.process = None
         if not self.ready:
             self._start_failures += 1
             if self._start_failures >= self.policy.max_start_failures:
@@ -163,6 +169,10 @@ class WorkerSupervisor(Service):
 
     def __init__(self, config: BrokerConfig, arguments: list[str], reactor: Any = None,
                  policy: RestartPolicy | None = None, stop_timeout: float = 10.0) -> None:
+        if not isinstance(config, BrokerConfig):
+            raise TypeError(f"config must be a BrokerConfig, not {type(config).__name__}")
+        if not isinstance(arguments, list) or not all(isinstance(each, str) for each in arguments):
+            raise TypeError(f"arguments must be a list of str, not {arguments!r}")
         self.config = config
         self.arguments = arguments
         self.reactor = reactor
@@ -176,7 +186,8 @@ class WorkerSupervisor(Service):
         self.slots: list[WorkerSlot] = []
         self._protocols: dict[int, WorkerProtocol] = {}
         self._held: list[Any] = []
-        self._ports = (0, 0)
+        #: (WebSocket port, backend port) the supervisor holds, once started.
+        self.ports = (0, 0)
         self._stopping = False
 
     def startService(self) -> None:
@@ -192,14 +203,14 @@ class WorkerSupervisor(Service):
         except CannotListenError as exc:
             self._give_up(str(exc))
             return
-        self._ports = (self._held[0].getsockname()[1], self._held[1].getsockname()[1])
+        self.ports = (self._held[0].getsockname()[1], self._held[1].getsockname()[1])
         self.slots = [WorkerSlot(number, self.policy, self.reactor) for number in range(1, config.workers + 1)]
         for slot in self.slots:
             self._spawn(slot)
 
     def worker_command(self) -> list[str]:
         """The command line of every worker: the options, then the shared ports as endpoints."""
-        config, (ws_port, tcp_port) = self.config, self._ports
+        config, (ws_port, tcp_port) = self.config, self.ports
         return [sys.executable, "-m", __name__, *self.arguments,
                 "--ws-endpoint", _reuseport(ws_port, config.ws_interface),
                 "--tcp-endpoint", _reuseport(tcp_port, config.tcp_interface)]
@@ -211,17 +222,19 @@ class WorkerSupervisor(Service):
         process = self.reactor.spawnProcess(protocol, command[0], command, env=dict(os.environ),
                                             childFDs={1: "r", 2: "r"})
         self._protocols[slot.number] = protocol
-        slot.started(process)
+        slot.process = process
+        slot.started(process.pid)
 
     def worker_listening(self, slot: WorkerSlot) -> None:
         """A worker printed its ready line; once all have, :attr:`ready` fires."""
         slot.listening()
         log.info("Worker {number} (pid {pid}) listens", number=slot.number, pid=slot.pid)
         if not self.ready.called and all(each.ready for each in self.slots):
-            self.ready.callback(self._ports)
+            self.ready.callback(self.ports)
 
     def worker_ended(self, slot: WorkerSlot, reason: Failure) -> None:
         """A worker ended: start it again after the policy's delay, or give up."""
+        slot.process = None
         delay = slot.ended()
         if self._stopping:
             return

@@ -1,0 +1,178 @@
+"""Fixtures of the ``--workers`` tests: a real redis-server, and a supervisor process with its logs.
+
+Everything is a real process on 127.0.0.1: ``python -m pystrands server
+--workers N`` (the supervisor and its workers), raw TCP backends, and
+``websockets`` clients. The supervisor's stderr carries each worker's log
+lines after ``[worker N pid P]``, which tells a test which worker a backend
+connected to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.fakebroker import BackendConnection
+
+TIMEOUT = 10.0
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+READY = re.compile(r"PyStrands broker: (\d+) workers, WebSocket on port (\d+) .*backends on [^:]+:(\d+)")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of its own on a free loopback port, without persistence."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is missing: install Debian's redis-server (.ci/run does)")
+    port = free_port()
+    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
+                probe.sendall(b"PING\r\n")
+                if probe.recv(64).startswith(b"+PONG"):
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            server.kill()
+            pytest.fail("redis-server did not answer PING")
+        time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    server.terminate()
+    server.wait(TIMEOUT)
+
+
+class Supervisor:
+    """A running ``python -m pystrands server --workers N``: its ports, its log lines, its workers."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.log: list[str] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._stdout: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, args=(process.stderr, self._lines), daemon=True).start()
+        threading.Thread(target=self._pump, args=(process.stdout, self._stdout), daemon=True).start()
+        line = self._stdout.get(timeout=TIMEOUT * 2)
+        match = READY.search(line or "")
+        assert match, f"no ready line, got {line!r}; log:\n" + "\n".join(self.log)
+        self.workers, self.ws_port, self.tcp_port = (int(group) for group in match.groups())
+        for _ in range(self.workers):
+            self.wait_log(r"Worker \d+ \(pid \d+\) listens")
+
+    @staticmethod
+    def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
+        for line in stream:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    def wait_log(self, pattern: str, timeout: float = TIMEOUT) -> re.Match[str]:
+        """The first log line from now on that matches ``pattern``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no log line matching {pattern!r} within {timeout}s; log:\n"
+                                     + "\n".join(self.log)) from None
+            if line is None:
+                self._lines.put(None)
+                raise AssertionError(f"the supervisor ended before logging {pattern!r}; log:\n" + "\n".join(self.log))
+            self.log.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+
+    def worker_pids(self) -> dict[int, int]:
+        """Worker number -> pid, from the "Worker N (pid P) listens" lines seen so far (the latest wins)."""
+        pids: dict[int, int] = {}
+        for line in self.log:
+            match = re.search(r"Worker (\d+) \(pid (\d+)\) listens", line)
+            if match:
+                pids[int(match[1])] = int(match[2])
+        return pids
+
+    def backend_on(self, worker: int, attempts: int = 60) -> BackendConnection:
+        """A raw TCP backend that the kernel handed to ``worker`` (others that went elsewhere are closed)."""
+        for _ in range(attempts):
+            sock = socket.create_connection(("127.0.0.1", self.tcp_port), timeout=TIMEOUT)
+            sock.settimeout(None)
+            connection = BackendConnection(sock)
+            assert connection.recv_frame()["action"] == "hello"
+            landed = int(self.wait_log(r"\[worker (\d+) pid \d+\] .*Backend connected")[1])
+            if landed == worker:
+                return connection
+            connection.close()
+        raise AssertionError(f"no backend connection reached worker {worker} in {attempts} attempts")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Signal the supervisor; its exit status once it ends (every log line read)."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        status = self.process.wait(timeout)
+        while (line := self._lines.get(timeout=TIMEOUT)) is not None:
+            self.log.append(line)
+        self._lines.put(None)
+        return status
+
+
+@pytest.fixture
+def start_workers(redis_url: str) -> Iterator[Callable[..., Supervisor]]:
+    """Start ``python -m pystrands server --workers N --redis <the fixture's>`` on free ports; stopped after."""
+    started: list[Supervisor] = []
+
+    def start(workers: int = 2, *flags: str) -> Supervisor:
+        command = [sys.executable, "-m", "pystrands", "server", "--workers", str(workers), "--redis", redis_url,
+                   "--ws-port", "0", "--tcp-port", "0", *flags]
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started.append(process)
+        return Supervisor(process)
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.terminate()  # the workers follow (they get SIGTERM when their parent dies, too)
+            process.wait(TIMEOUT * 2)
+
+
+def serve_echo(backend: BackendConnection, worker: int, served: dict[int, list[str]]) -> None:
+    """Answer ``backend``'s frames in a thread: accept every client (id: the URL's last part, a room of its
+    own), echo each message as ``echo:<message>`` to its sender, and note in ``served`` which worker had whom."""
+    def serve() -> None:
+        while (line := backend.lines.get()) is not None:
+            frame = json.loads(line)
+            if frame["action"] == "connection_request":
+                client_id = frame["params"]["url"].rsplit("/", 1)[-1]
+                served.setdefault(worker, []).append(client_id)
+                backend.send_frame({"request_id": frame["request_id"], "action": "response",
+                                    "params": {"accepted": True, "client_id": client_id,
+                                               "room_id": f"room-{client_id}", "metadata": {}}})
+            elif frame["action"] == "new_message":
+                backend.send_frame({"request_id": "echo", "action": "message_to_connection",
+                                    "params": {"conn_id": frame["params"]["context"]["client_id"],
+                                               "message": "echo:" + frame["params"]["message"]}})
+
+    threading.Thread(target=serve, daemon=True).start()

@@ -1,0 +1,112 @@
+"""``python -m pystrands server --workers N`` as an operator runs it: real processes, real sockets, real Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from .conftest import ROOT, TIMEOUT, Supervisor, free_port, serve_echo
+
+TWISTD = str(Path(sys.executable).parent / "twistd")
+
+
+def open_clients_on_both_workers(supervisor: Supervisor) -> tuple[list[ClientConnection], dict[int, list[str]]]:
+    """A backend on each worker, then clients until each worker has one; each client's echo checked."""
+    served: dict[int, list[str]] = {}
+    for worker in (1, 2):
+        serve_echo(supervisor.backend_on(worker), worker, served)
+    clients = []
+    for number in range(60):
+        client = connect(f"ws://127.0.0.1:{supervisor.ws_port}/ws/c{number}", open_timeout=TIMEOUT,
+                         close_timeout=TIMEOUT).__enter__()  # entered, as websockets 17 wants
+        clients.append(client)
+        client.send(f"hi {number}")
+        assert client.recv(TIMEOUT) == f"echo:hi {number}"
+        if len(served) == 2:
+            return clients, served
+    raise AssertionError(f"60 clients all reached one worker: {served}")
+
+
+def test_two_workers_serve_both_ports_and_echo_through_a_backend(start_workers) -> None:
+    supervisor = start_workers(2)
+    assert supervisor.workers == 2
+    clients, served = open_clients_on_both_workers(supervisor)
+    assert sorted(served) == [1, 2]
+    assert sum(map(len, served.values())) == len(clients)
+    for client in clients:
+        client.close()
+
+
+def test_sigterm_stops_every_worker_and_clients_get_1001(start_workers) -> None:
+    supervisor = start_workers(2)
+    clients, _ = open_clients_on_both_workers(supervisor)
+    pids = supervisor.worker_pids()
+    assert supervisor.stop(signal.SIGTERM) == 0
+    for client in clients:
+        with pytest.raises(ConnectionClosed) as closed:
+            client.recv(TIMEOUT)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    for pid in pids.values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not any("ended (" in line for line in supervisor.log), supervisor.log  # stopped, not restarted
+
+
+def test_a_killed_worker_is_restarted_and_the_log_says_so(start_workers) -> None:
+    supervisor = start_workers(2)
+    killed = supervisor.worker_pids()[1]
+    os.kill(killed, signal.SIGKILL)
+    supervisor.wait_log(rf"Worker 1 \(pid {killed}\) ended \(killed by SIGKILL\); starting it again in 0\.5 s")
+    restarted = int(supervisor.wait_log(r"Worker 1 \(pid (\d+)\) listens")[1])
+    assert restarted != killed
+    backend = supervisor.backend_on(1)  # the new worker 1 takes connections on the shared port
+    backend.close()
+    assert supervisor.stop() == 0
+
+
+def test_a_taken_port_is_a_failure_at_start(redis_url: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "pystrands", "server", "--workers", "2", "--redis", redis_url,
+                               "--tcp-port", str(port), "--ws-port", str(free_port())],
+                              cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1, done.stderr
+    assert f"pystrands server: Couldn't listen on 127.0.0.1:{port}: [Errno 98] Address already in use." \
+        in done.stderr.splitlines()
+
+
+@pytest.mark.parametrize(("flags", "error"), [
+    (["--workers", "0"], "--workers must be 1-256, not 0"),
+    (["--workers", "-1"], "--workers must be 1-256, not -1"),
+    (["--workers", "abc"], "--workers 'abc' is not a whole number"),
+    (["--workers", "257", "--redis", "redis://127.0.0.1:6379"], "--workers must be 1-256, not 257"),
+    (["--workers", "2"], ("--workers above 1 needs --redis (redis=): the 2 workers are nodes of one cluster,"
+                          " which meets in Redis")),
+    (["--workers", "2", "--redis", "redis://127.0.0.1:6379", "--tcp-endpoint", "tcp:0"],
+     ("--workers must be 1 with --tcp-endpoint: workers share plain ports (--ws-port, --tcp-port);"
+      " a metrics listener would be one port per worker")),
+    (["--workers", "2", "--redis", "redis://127.0.0.1:6379", "--metrics-endpoint", "tcp:0"],
+     ("--workers must be 1 with --metrics-endpoint: workers share plain ports (--ws-port, --tcp-port);"
+      " a metrics listener would be one port per worker")),
+])
+def test_bad_worker_options_are_usage_errors(flags: list[str], error: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "pystrands", "server", *flags], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr == f"pystrands server: {error} (see --help)\n"
+
+
+def test_twistd_refuses_workers_without_redis() -> None:
+    done = subprocess.run([TWISTD, "-n", "--pidfile=", "pystrands-broker", "--workers", "3"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert done.stdout.strip().splitlines()[-1].endswith(": --workers above 1 needs --redis (redis=): the 3 workers"
+                                                         " are nodes of one cluster, which meets in Redis")
