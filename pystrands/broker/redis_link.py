@@ -1,0 +1,217 @@
+"""A node's link to Redis: one connection that publishes and runs commands, one that is subscribed.
+
+The typed face of ``txredisapi`` (which has no annotations; docs/CLUSTER.md
+says why it was chosen): the rest of the broker sees :class:`RedisLink`
+only. txredisapi parses RESP (with ``hiredis`` when installed); this module
+connects through the given reactor, reconnects with a backoff
+(:mod:`.reconnect`), re-subscribes after each reconnection, and never
+queues: a publish while Redis is unreachable returns None at once, for the
+caller to count, instead of piling up in memory.
+
+Everything is bytes (``charset=None``): data that is not UTF-8 on a
+channel reaches :attr:`on_message` as it came, for the caller to judge.
+Importing this module imports txredisapi, which imports the global
+reactor: the broker imports it only when it joins a cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import txredisapi  # type: ignore[import-untyped]  # no annotations: this module is its typed face
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from .reconnect import Backoff, Reconnector
+from .redis_url import RedisAddress
+
+__all__ = ["RedisLink"]
+
+log = Logger()
+
+#: Seconds a connection attempt to Redis may take.
+CONNECT_TIMEOUT = 5.0
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]  # txredisapi is untyped
+    """The subscribed connection: each pub/sub message goes to the link."""
+
+    link: RedisLink
+
+    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+        """A message on a subscribed channel (bytes, as Redis sent it)."""
+        self.link.on_message(channel, message)
+
+
+class _Factory(Factory[Any]):
+    """Builds one txredisapi protocol per connection, logged in to the address's user and database."""
+
+    isLazy = False
+    noisy = False
+
+    def __init__(self, address: RedisAddress, protocol: type[Any], link: RedisLink) -> None:
+        self._address = address
+        self._protocol = protocol
+        self._link = link
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """A protocol speaking bytes, with the URL's password and database."""
+        address = self._address
+        connection = self._protocol(charset=None, password=address.password, dbid=address.db or None,
+                                    convertNumbers=False, username=address.username)
+        connection.factory = self
+        connection.link = self._link
+        return connection
+
+    # txredisapi's protocol calls these when AUTH or SELECT fails, then drops the connection.
+    def stopTrying(self) -> None:
+        """Redis refused the login: keep retrying (an operator may fix Redis), but say so."""
+
+    def connectionError(self, why: str) -> None:
+        """Log why Redis refused the connection."""
+        log.error("Redis refused the cluster's connection: {why}", why=why)
+
+
+class RedisLink:
+    """Two connections to one Redis, kept up until :meth:`stop`.
+
+    ``on_message(channel, payload)`` gets every message of the subscribed
+    channels; ``on_state(up, why)`` is called when both connections become
+    usable and when either is lost (or the first attempt fails).
+    """
+
+    def __init__(self, reactor: Any, address: RedisAddress, on_message: Callable[[bytes, bytes], None],
+                 on_state: Callable[[bool, str], None], max_delay: float) -> None:
+        self.address = address
+        self.on_message = on_message
+        self._on_state = on_state
+        self._wanted: set[bytes] = set()
+        endpoint = _endpoint(reactor, address)
+        self._commands: Reconnector[Any] = Reconnector(
+            reactor, lambda: _connect(endpoint, _Factory(address, txredisapi.RedisProtocol, self)),
+            self._command_up, self._down, Backoff(min(0.25, max_delay), max_delay))
+        self._subscriber: Reconnector[Any] = Reconnector(
+            reactor, lambda: _connect(endpoint, _Factory(address, _Subscriber, self)),
+            self._subscriber_up, self._down, Backoff(min(0.25, max_delay), max_delay))
+        self.up = False
+        self._down_told = False
+
+    def start(self) -> None:
+        """Connect both, and keep them connected."""
+        self._commands.start()
+        self._subscriber.start()
+
+    def stop(self) -> Deferred[None]:
+        """Stop reconnecting and close both connections; fires once they are closed."""
+        self._commands.stop()
+        self._subscriber.stop()
+        closing = []
+        for connection in (self._commands.connection, self._subscriber.connection):
+            if connection is not None:
+                closing.append(connection.whenDisconnected())
+                connection.transport.loseConnection()
+        return gatherResults(closing).addCallback(lambda _: None) if closing else succeed(None)
+
+    # -- publishing and commands --------------------------------------------------
+
+    def command(self, *args: bytes | int | str) -> Deferred[Any] | None:
+        """Run a Redis command; None (nothing sent) while Redis is unreachable."""
+        connection = self._commands.connection
+        if connection is None or not self.up:
+            return None
+        result: Deferred[Any] = connection.execute_command(*args)
+        return result
+
+    def fire(self, *args: bytes | int | str) -> None:
+        """Run a command whose outcome does not matter (skipped while Redis is unreachable)."""
+        result = self.command(*args)
+        if result is not None:
+            result.addErrback(lambda _: None)
+
+    def publish(self, channel: bytes, payload: bytes) -> Deferred[int] | None:
+        """PUBLISH; fires with the number of subscribers that got it. None (not sent) while unreachable."""
+        return self.command(b"PUBLISH", channel, payload)
+
+    # -- subscriptions ------------------------------------------------------------
+
+    def watch(self, channel: bytes) -> None:
+        """Be subscribed to ``channel`` from now on, across reconnections."""
+        if channel not in self._wanted:
+            self._wanted.add(channel)
+            self._send(b"SUBSCRIBE", channel)
+
+    def unwatch(self, channel: bytes) -> None:
+        """No longer be subscribed to ``channel``."""
+        if channel in self._wanted:
+            self._wanted.discard(channel)
+            self._send(b"UNSUBSCRIBE", channel)
+
+    def watching(self, channel: bytes) -> bool:
+        """True if ``channel`` is one of the subscriptions."""
+        return channel in self._wanted
+
+    def _send(self, command: bytes, channel: bytes) -> None:
+        # One channel per command: txredisapi pairs one reply with each command.
+        connection = self._subscriber.connection
+        if connection is not None:
+            connection.execute_command(command, channel, apply_timeout=False).addErrback(lambda _: None)
+
+    # -- connection states --------------------------------------------------------
+
+    def _command_up(self, connection: Any) -> None:
+        self._check_up()
+
+    def _subscriber_up(self, connection: Any) -> None:
+        for channel in sorted(self._wanted):
+            self._send(b"SUBSCRIBE", channel)
+        self._check_up()
+
+    def _check_up(self) -> None:
+        if not self.up and self._commands.connection is not None and self._subscriber.connection is not None:
+            self.up = True
+            self._down_told = False
+            self._on_state(True, "")
+
+    def _down(self, why: str) -> None:
+        """Either connection lost, or an attempt failed: told once until both are up again."""
+        self.up = False
+        if not self._down_told:
+            self._down_told = True
+            self._on_state(False, why)
+
+
+def _endpoint(reactor: Any, address: RedisAddress) -> IStreamClientEndpoint:
+    endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, address.host, address.port,
+                                                       timeout=CONNECT_TIMEOUT)
+    if address.tls:
+        from twisted.internet.ssl import optionsForClientTLS  # needs pyOpenSSL: the "tls" extra
+
+        endpoint = wrapClientTLS(optionsForClientTLS(address.host), endpoint)
+    return endpoint
+
+
+def _connect(endpoint: IStreamClientEndpoint, factory: _Factory) -> Deferred[tuple[Any, Deferred[None]]]:
+    """Connect, wait until logged in (AUTH, SELECT), then give the connection and its loss."""
+
+    def connected(connection: Any) -> Deferred[tuple[Any, Deferred[None]]]:
+        lost: Deferred[None] = connection.whenDisconnected().addCallback(lambda _: None)
+        either: Deferred[tuple[Any, Deferred[None]]] = Deferred()
+
+        def ready(_: object) -> None:
+            if not either.called:
+                either.callback((connection, lost))
+
+        def closed(_: object) -> None:
+            # A connection lost while logging in fails the attempt instead of hanging it.
+            if not either.called:
+                either.errback(ConnectionError("Redis closed the connection while logging in"))
+
+        connection.whenConnected().addCallback(ready)
+        connection.whenDisconnected().addCallback(closed)
+        return either
+
+    return endpoint.connect(factory).addCallback(connected)
