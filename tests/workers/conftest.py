@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -128,6 +129,16 @@ class Supervisor:
             connection.close()
         raise AssertionError(f"no backend connection reached worker {worker} in {attempts} attempts")
 
+    def worker_serving(self, client_port: int) -> int:
+        """The pid of the worker that holds the server side of the WebSocket client on local port ``client_port``."""
+        wanted = (f"0100007F:{self.ws_port:04X}", f"0100007F:{client_port:04X}")
+        inode = next(fields[9] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                     if tuple((fields := line.split())[1:3]) == wanted)
+        for pid in self.worker_pids().values():
+            if any(os.readlink(fd) == f"socket:[{inode}]" for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                return pid
+        raise AssertionError(f"no worker holds the connection from port {client_port}")
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         """Signal the supervisor; its exit status once it ends (every log line read)."""
         if self.process.poll() is None:
@@ -158,9 +169,10 @@ def start_workers(redis_url: str) -> Iterator[Callable[..., Supervisor]]:
             process.wait(TIMEOUT * 2)
 
 
-def serve_echo(backend: BackendConnection, worker: int, served: dict[int, list[str]]) -> None:
-    """Answer ``backend``'s frames in a thread: accept every client (id: the URL's last part, a room of its
-    own), echo each message as ``echo:<message>`` to its sender, and note in ``served`` which worker had whom."""
+def serve_echo(backend: BackendConnection, worker: int, served: dict[int, list[str]], room: str | None = None) -> None:
+    """Answer ``backend``'s frames in a thread: accept every client (id: the URL's last part; into ``room``, or
+    a room of its own), echo each message as ``echo:<message>`` to its sender, and note in ``served`` which
+    worker had whom."""
     def serve() -> None:
         while (line := backend.lines.get()) is not None:
             frame = json.loads(line)
@@ -169,7 +181,7 @@ def serve_echo(backend: BackendConnection, worker: int, served: dict[int, list[s
                 served.setdefault(worker, []).append(client_id)
                 backend.send_frame({"request_id": frame["request_id"], "action": "response",
                                     "params": {"accepted": True, "client_id": client_id,
-                                               "room_id": f"room-{client_id}", "metadata": {}}})
+                                               "room_id": room or f"room-{client_id}", "metadata": {}}})
             elif frame["action"] == "new_message":
                 backend.send_frame({"request_id": "echo", "action": "message_to_connection",
                                     "params": {"conn_id": frame["params"]["context"]["client_id"],

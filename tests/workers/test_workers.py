@@ -7,10 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from .conftest import ROOT, TIMEOUT, Supervisor, free_port, serve_echo
@@ -35,6 +36,18 @@ def open_clients_on_both_workers(supervisor: Supervisor) -> tuple[list[ClientCon
     raise AssertionError(f"60 clients all reached one worker: {served}")
 
 
+def connect_when_known(url: str) -> ClientConnection:
+    """A client, retried while its worker answers 503: a node learns of the others' backends by their heartbeats."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            return connect(url, open_timeout=TIMEOUT, close_timeout=TIMEOUT).__enter__()
+        except InvalidStatus as refused:  # noqa: PERF203  # a retry loop, not a hot path
+            if refused.response.status_code != 503 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def test_two_workers_serve_both_ports_and_echo_through_a_backend(start_workers) -> None:
     supervisor = start_workers(2)
     assert supervisor.workers == 2
@@ -42,6 +55,24 @@ def test_two_workers_serve_both_ports_and_echo_through_a_backend(start_workers) 
     assert sorted(served) == [1, 2]
     assert sum(map(len, served.values())) == len(clients)
     for client in clients:
+        client.close()
+
+
+def test_a_room_spans_both_workers_with_one_backend(start_workers) -> None:
+    """The workers are one cluster: clients on the worker without a backend are forwarded, rooms are shared."""
+    supervisor = start_workers(2, "--cluster-heartbeat", "0.5")
+    backend = supervisor.backend_on(1)
+    served: dict[int, list[str]] = {}
+    serve_echo(backend, 1, served, room="lobby")
+    clients = [connect_when_known(f"ws://127.0.0.1:{supervisor.ws_port}/ws/c{number}") for number in range(24)]
+    holders = {supervisor.worker_serving(client.socket.getsockname()[1]) for client in clients}
+    assert holders == set(supervisor.worker_pids().values())  # 24 clients, both workers (all on one: 1 in 8 million)
+    assert len(served[1]) == 24  # every handshake reached the one backend
+    for text in ("to everyone", "once"):
+        backend.send_frame({"request_id": "r", "action": "message_to_room",
+                            "params": {"room_id": "lobby", "message": text}})
+    for client in clients:
+        assert [client.recv(TIMEOUT), client.recv(TIMEOUT)] == ["to everyone", "once"]  # once each, in order
         client.close()
 
 
