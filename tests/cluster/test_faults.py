@@ -1,0 +1,99 @@
+"""The cluster's faults with real processes: Redis stopped and restarted, a node SIGKILLed, foreign data."""
+
+from __future__ import annotations
+
+import time
+
+from tests.cluster.support import HEARTBEAT, ClusterBackend, RedisServer, metric, silent, start_node, texts, wait_until
+from tests.demo.support import Launch, OpenWs, open_when_served
+from tests.reliability.support import kill
+
+UNPUBLISHED = 'pystrands_broker_dropped_total{reason="cluster_unpublished"}'
+
+
+def test_redis_restart(launch: Launch, redis: RedisServer, open_ws: OpenWs) -> None:
+    a = start_node(launch, redis, "a")
+    b = start_node(launch, redis, "b")
+    backend = ClusterBackend(a.tcp_port, "a")
+    first, second = open_when_served(open_ws, f"{a.ws_url}/lobby"), open_ws(f"{a.ws_url}/lobby")
+    on_b = open_when_served(open_ws, f"{b.ws_url}/lobby")
+    for _ in range(3):
+        backend.wait_for(lambda e: e["action"] == "new_connection")
+
+    redis.stop()
+    wait_until(lambda: "is unreachable" in a.child.output() and "is unreachable" in b.child.output(), 10,
+               "both nodes to notice")
+    backend.send("message_to_room", {"room_id": "lobby", "message": "while Redis is away"})
+    assert texts(first, 1) == texts(second, 1) == ["while Redis is away"]  # the node serves its own clients
+    silent(on_b)
+    wait_until(lambda: metric(a, UNPUBLISHED) >= 1, 5, "the lost room message to be counted")
+    on_b.send("queued on b")  # B has no backend of its own and cannot reach A's: kept in its queue
+    time.sleep(3 * HEARTBEAT)  # several reconnection attempts, and heartbeats missed
+
+    redis.start()
+    wait_until(lambda: a.child.output().count("connected to Redis") == 2
+               and b.child.output().count("connected to Redis") == 2, 15, "both nodes to reconnect")
+    assert backend.wait_for(lambda e: e["action"] == "new_message")["params"]["message"] == "queued on b"
+    backend.send("message_to_room", {"room_id": "lobby", "message": "Redis is back"})
+    assert texts(on_b, 1) == ["Redis is back"]  # B subscribed to the room again
+    for node in (a, b):
+        assert node.child.output().count("is unreachable") == 1, node.child.output()
+    assert "could not be published while Redis was unreachable" in a.child.output()
+
+
+def test_a_killed_node_is_forgotten_within_two_heartbeats(launch: Launch, redis: RedisServer,
+                                                          open_ws: OpenWs) -> None:
+    a = start_node(launch, redis, "a", "--auth-timeout", "1")
+    b = start_node(launch, redis, "b", "--auth-timeout", "1")
+    c = start_node(launch, redis, "c")
+    backend_a = ClusterBackend(a.tcp_port, "a")
+    on_b = open_when_served(open_ws, f"{b.ws_url}/lobby")  # judged by A: the only backend yet
+    assert backend_a.wait_for(lambda e: e["action"] == "new_connection")["params"]["context"]["client_id"] == "a-0"
+    backend_c = ClusterBackend(c.tcp_port, "c")
+    time.sleep(HEARTBEAT)
+
+    kill(a.child)  # B stops forwarding its client's events to A, and sends them to C
+    killed = time.monotonic()
+    n = 0
+    while True:
+        on_b.send(f"tick {n}")
+        n += 1
+        try:
+            event = backend_c.next_event(0.1)
+        except AssertionError:
+            assert time.monotonic() - killed < 2 * HEARTBEAT + 1.0, "B kept forwarding to the dead node"
+            continue
+        assert event["action"] == "new_message" and event["params"]["context"]["client_id"] == "a-0"
+        break
+    assert time.monotonic() - killed <= 2 * HEARTBEAT + 0.5
+
+    kill(b.child)  # C's backend hears that B's client is gone
+    killed = time.monotonic()
+    gone = backend_c.wait_for(lambda e: e["action"] == "disconnected", timeout=2 * HEARTBEAT + 2)
+    assert time.monotonic() - killed <= 2 * HEARTBEAT + 0.5
+    assert gone["params"]["context"]["client_id"] == "a-0"
+
+
+def test_foreign_data_on_the_cluster_channels_is_skipped(launch: Launch, redis: RedisServer,
+                                                         open_ws: OpenWs) -> None:
+    a = start_node(launch, redis, "a")
+    b = start_node(launch, redis, "b")
+    backend = ClusterBackend(a.tcp_port, "a")
+    on_b = open_when_served(open_ws, f"{b.ws_url}/lobby")
+    backend.wait_for(lambda e: e["action"] == "new_connection")
+    node_b = b.child.output().split("Cluster node ", 1)[1].split(" ", 1)[0]
+    junk = [b"not json", b"\xff\xfe\x00", b"[]", b'{"kind": "beat"}', b'["beat"]', b'["beat", "x", -1, false]',
+            b'["beat", "x", "1", false]', b'["nope", "x"]', b'["room", "x", "m", "extra"]', b'["room", "", "m"]',
+            b'["all", "x", 5]', b'["event", "x", null, false, "{}\\n{}\\n"]', b'["verdict", "x", "r", 200]',
+            b'["members", "x", "q", {}]', b"[" * 10000, b'["ask", "x", "join_room", {"client_id": "a-0"}]']
+    channels = [b"test:nodes", b"test:all", b"test:room:lobby", b"test:client:a-0", b"test:node:" + node_b.encode()]
+    for channel in channels:
+        for payload in junk:
+            redis.command(b"PUBLISH", channel, payload)
+    wait_until(lambda: metric(b, "pystrands_broker_cluster_rejected_total") >= len(junk) * len(channels), 10,
+               "B to skip every payload")
+    backend.send("message_to_room", {"room_id": "lobby", "message": "still here"})
+    assert texts(on_b, 1) == ["still here"]
+    on_b.send("me too")
+    assert backend.wait_for(lambda e: e["action"] == "new_message")["params"]["message"] == "me too"
+    silent(on_b)

@@ -1,0 +1,121 @@
+"""A cluster of real broker processes over a real Redis: rooms, sends, forwarding and extensions across nodes.
+
+Node A has a backend, node B has none: B's clients are judged and served by
+A's backend through Redis, and what A's backend sends reaches them.
+"""
+
+from __future__ import annotations
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.cluster.support import ClusterBackend, RedisServer, silent, start_node, texts
+from tests.demo.support import Broker, Launch, OpenWs, open_when_served
+
+
+@pytest.fixture
+def pair(launch: Launch, redis: RedisServer) -> tuple[Broker, Broker, ClusterBackend]:
+    """Nodes A (with a backend) and B (without one) of one cluster."""
+    a = start_node(launch, redis, "a")
+    b = start_node(launch, redis, "b")
+    return a, b, ClusterBackend(a.tcp_port, "a")
+
+
+def test_sends_reach_every_node_once_in_order(pair: tuple[Broker, Broker, ClusterBackend], open_ws: OpenWs) -> None:
+    a, b, backend = pair
+    on_a = open_when_served(open_ws, f"{a.ws_url}/lobby")
+    on_b = open_when_served(open_ws, f"{b.ws_url}/lobby")  # judged by A's backend, through Redis
+    elsewhere = open_ws(f"{b.ws_url}/kitchen")
+    ids = [backend.wait_for(lambda e: e["action"] == "new_connection")["params"]["context"]["client_id"]
+           for _ in range(3)]
+    assert ids == ["a-0", "a-1", "a-2"]
+
+    sent = []
+    for n in range(30):  # one backend's room messages, broadcasts and direct sends, interleaved
+        if n % 10 == 3:
+            backend.send("broadcast", {"message": f"all {n}"})
+            sent.append(f"all {n}")
+        elif n % 10 == 7:
+            backend.send("message_to_connection", {"conn_id": "a-1", "message": f"to b {n}"})
+            sent.append(f"to b {n}")
+        else:
+            backend.send("message_to_room", {"room_id": "lobby", "message": f"room {n}"})
+            sent.append(f"room {n}")
+    assert texts(on_b, len(sent)) == sent
+    assert texts(on_a, len(sent) - 3) == [text for text in sent if not text.startswith("to b")]
+    assert texts(elsewhere, 3) == [text for text in sent if text.startswith("all")]
+    for client in (on_a, on_b, elsewhere):
+        silent(client)
+
+    for n in range(20):  # B's client's messages reach A's backend in order, with its context
+        on_b.send(f"from b {n}")
+    events = [backend.wait_for(lambda e: e["action"] == "new_message") for _ in range(20)]
+    assert [event["params"]["message"] for event in events] == [f"from b {n}" for n in range(20)]
+    assert events[0]["params"]["context"] == {"client_id": "a-1", "room_id": "lobby", "metadata": {"by": "a"},
+                                              "rooms": ["lobby"]}
+    on_b.close()
+    gone = backend.wait_for(lambda e: e["action"] == "disconnected")
+    assert gone["params"]["context"]["client_id"] == "a-1"
+
+
+def test_extension_requests_act_on_clients_of_other_nodes(pair: tuple[Broker, Broker, ClusterBackend],
+                                                          open_ws: OpenWs) -> None:
+    a, b, backend = pair
+    open_when_served(open_ws, f"{a.ws_url}/lobby")
+    on_b = open_when_served(open_ws, f"{b.ws_url}/lobby")
+    other = open_ws(f"{b.ws_url}/kitchen")
+    for _ in range(3):
+        backend.wait_for(lambda e: e["action"] == "new_connection")
+
+    members = backend.request("room_members", {"room_id": "lobby"})
+    assert members["ok"] is True
+    assert sorted(member["client_id"] for member in members["result"]) == ["a-0", "a-1"]
+
+    assert backend.request("join_room", {"client_id": "a-2", "room_id": "lobby"}) == {"ok": True, "result": True}
+    backend.send("message_to_room", {"room_id": "lobby", "message": "with the newcomer"})
+    assert texts(other, 1) == ["with the newcomer"]
+    assert backend.request("leave_room", {"client_id": "a-2", "room_id": "lobby"}) == {"ok": True, "result": True}
+    backend.send("message_to_room", {"room_id": "lobby", "message": "without"})
+    assert texts(on_b, 2) == ["with the newcomer", "without"]
+    silent(other)
+
+    assert backend.request("set_metadata", {"client_id": "a-1", "metadata": {"nick": "bee"}})["result"] is True
+    on_b.send("hello")
+    context = backend.wait_for(lambda e: e["action"] == "new_message")["params"]["context"]
+    assert context["metadata"] == {"nick": "bee"}
+
+    assert backend.request("join_room", {"client_id": "nobody", "room_id": "lobby"}) == {"ok": True, "result": False}
+    refused = backend.request("join_room", {"client_id": "a-1"})
+    assert refused["ok"] is False and "room_id" in refused["error"]
+
+    assert backend.request("disconnect_client", {"client_id": "a-1", "code": 4001, "reason": "kicked"})["result"]
+    with pytest.raises(ConnectionClosed) as closed:
+        on_b.recv(timeout=5)
+    assert closed.value.rcvd is not None and (closed.value.rcvd.code, closed.value.rcvd.reason) == (4001, "kicked")
+    gone = backend.wait_for(lambda e: e["action"] == "disconnected")
+    assert gone["params"]["context"]["client_id"] == "a-1"
+
+
+def test_no_backend_anywhere_is_503_until_one_connects(launch: Launch, redis: RedisServer, open_ws: OpenWs) -> None:
+    a = start_node(launch, redis, "a")
+    b = start_node(launch, redis, "b")
+    for node in (a, b):
+        with pytest.raises(InvalidStatus) as refused:
+            open_ws(f"{node.ws_url}/lobby")
+        assert refused.value.response.status_code == 503
+    backend = ClusterBackend(a.tcp_port, "a")
+    on_b = open_when_served(open_ws, f"{b.ws_url}/lobby")
+    assert backend.wait_for(lambda e: e["action"] == "new_connection")["params"]["context"]["client_id"] == "a-0"
+    on_b.send("hi")
+    assert backend.wait_for(lambda e: e["action"] == "new_message")["params"]["message"] == "hi"
+
+
+def test_clusters_sharing_a_redis_stay_apart(launch: Launch, redis: RedisServer, open_ws: OpenWs) -> None:
+    a = start_node(launch, redis, "a", cluster="one")
+    b = start_node(launch, redis, "b", cluster="two")
+    backend = ClusterBackend(a.tcp_port, "a")
+    open_when_served(open_ws, f"{a.ws_url}/lobby")
+    with pytest.raises(InvalidStatus) as refused:  # B's cluster has no backend
+        open_ws(f"{b.ws_url}/lobby")
+    assert refused.value.response.status_code == 503
+    assert backend.wait_for(lambda e: e["action"] == "new_connection")
