@@ -101,11 +101,12 @@ class Reconnector(Generic[_Connection]):
 
     def _lost(self, result: object) -> None:
         self.connection = None
+        if not self._running:
+            return  # closed by its owner after stop(): no outage to report
         why = result.getErrorMessage() if isinstance(result, Failure) else "connection closed"
         self._reported = True
         self._on_down(why)
-        if self._running:
-            self._schedule()
+        self._schedule()
 
     def _schedule(self) -> None:
         self._retry = self.clock.callLater(self.backoff.next(), self._try)

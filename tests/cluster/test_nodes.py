@@ -119,3 +119,17 @@ def test_clusters_sharing_a_redis_stay_apart(launch: Launch, redis: RedisServer,
         open_ws(f"{b.ws_url}/lobby")
     assert refused.value.response.status_code == 503
     assert backend.wait_for(lambda e: e["action"] == "new_connection")
+
+
+def test_a_node_that_stops_says_goodbye(pair: tuple[Broker, Broker, ClusterBackend], open_ws: OpenWs) -> None:
+    a, b, backend = pair
+    on_b = open_when_served(open_ws, f"{b.ws_url}/lobby")
+    backend.wait_for(lambda e: e["action"] == "new_connection")
+    node_b = b.child.output().split("Cluster node ", 1)[1].split(" ", 1)[0]
+    assert b.child.stop() == 0  # SIGTERM
+    with pytest.raises(ConnectionClosed) as closed:
+        on_b.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    assert backend.wait_for(lambda e: e["action"] == "disconnected")["params"]["context"]["client_id"] == "a-0"
+    a.child.wait_for_output(f"node {node_b} left", timeout=5)
+    assert "is unreachable" not in b.child.output()

@@ -126,10 +126,16 @@ def test_reconnector_retries_with_backoff_and_reports_an_outage_once() -> None:
     assert keeper.connection is None and events[-1] == ("down", "connection closed")
     clock.advance(0.25)  # the backoff started over after the success
     assert len(attempts.pending) == 4
+    lost = Deferred[None]()
+    attempts.pending[3].callback(("again", lost))
     keeper.stop()
-    assert attempts.pending[3].called  # cancelled
+    lost.callback(None)  # closed by its owner: not an outage
+    assert events[-1] == ("up", "again") and keeper.connection is None
+    keeper.start()
+    keeper.stop()
+    assert attempts.pending[4].called  # the attempt under way is cancelled
     clock.advance(10)
-    assert len(attempts.pending) == 4 and events[-1] == ("down", "connection closed")
+    assert len(attempts.pending) == 5
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -199,6 +205,7 @@ def test_the_command_line_stops_on_a_bad_url() -> None:
 def test_one_node_never_loads_the_cluster_code() -> None:
     code = ("import sys; from twisted.internet.task import Clock; from pystrands.broker.config import BrokerConfig;"
             " from pystrands.broker.service import _router; router = _router(BrokerConfig(), Clock());"
-            " print(type(router).__name__, [m for m in ('txredisapi', 'pystrands.broker.cluster') if m in sys.modules])")
+            " print(type(router).__name__,"
+            " [m for m in ('txredisapi', 'pystrands.broker.cluster') if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.split() == ["Broker", "[]"]
