@@ -531,6 +531,8 @@ class ClusterBroker(Broker):
 
     def _on_event(self, channel: bytes, origin: str, client_id: str | None, final: bool, frame: str) -> None:
         self._own_channel(channel)
+        if not frame.endswith("\n") or "\n" in frame[:-1]:
+            raise ClusterWireError("a forwarded event must be one line")
         if client_id is not None:
             guests = self._guests.setdefault(origin, {})
             if final:
