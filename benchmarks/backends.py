@@ -54,6 +54,28 @@ def run_twisted(port: int, delay: float) -> None:
     reactor.run()
 
 
+def run_rooms(port: int, delay: float) -> None:
+    """The cluster benchmark's backend (Twisted-native): ``/ws/echo/<id>`` gets its messages back,
+    ``/ws/room/<room>/<id>`` joins ``<room>`` and each message goes to the whole room."""
+    from twisted.internet import reactor
+
+    from pystrands import Backend, BackendService
+
+    class Rooms(Backend):
+        def on_connection_request(self, request: Any) -> bool:
+            parts = request.url.split("/")
+            request.context.room_id = f"room:{parts[3]}" if parts[2] == "room" else "echo"
+            return True
+
+        def on_message(self, message: str, context: Any) -> object:
+            if context.room_id == "echo":
+                return self.broker.send_private_message(context.client_id, message)
+            return self.broker.send_room_message(context.room_id, message)
+
+    BackendService(Rooms(), f"tcp:host=127.0.0.1:port={port}", reactor=reactor).startService()
+    reactor.run()
+
+
 def run_client(port: int, delay: float) -> None:
     """A PyStrandsClient subclass, run with run_forever()."""
     import time
@@ -101,7 +123,8 @@ def run_app(port: int, delay: float) -> None:
     app.run()
 
 
-KINDS = {"raw": run_raw, "twisted": run_twisted, "client": run_client, "async": run_async, "app": run_app}
+KINDS = {"raw": run_raw, "twisted": run_twisted, "rooms": run_rooms, "client": run_client, "async": run_async,
+         "app": run_app}
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ Run with the dev venv's Python, one command per benchmark:
     python benchmarks/run.py memory       # 3: peak RSS during a 1,000,000-frame flood, 1 ms handler
     python benchmarks/run.py e2e          # 4: WebSocket clients -> embedded broker -> backend
     python benchmarks/run.py all          # all four, one chart
+    python benchmarks/run.py cluster      # 1 node, --workers 2, 2 nodes over Redis (cluster.py; not in "all")
     add --quick for the seconds-long smoke form CI runs.
 
 This process is the broker simulator (``broker_sim``); every backend runs
@@ -706,7 +707,7 @@ def draw_chart(panels: list[dict[str, Any]], path: Path, public_python: Path | N
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the chosen benchmark(s)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["setup", *BENCHMARKS, "all"])
+    parser.add_argument("command", choices=["setup", *BENCHMARKS, "cluster", "all"])
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke form (small N, one round)")
     parser.add_argument("--rounds", type=int, help="repetitions per backend (default 3, quick 1)")
     parser.add_argument("--no-public", action="store_true", help="skip the public package (no venv, no network)")
@@ -717,6 +718,10 @@ def main(argv: list[str] | None = None) -> int:
         params = Params(**{**params.__dict__, "rounds": args.rounds})
     if args.command == "setup":
         return 0 if ensure_venv(chart=True) else 1
+    if args.command == "cluster":  # needs redis-server, not the public venv; not part of "all"
+        import cluster
+
+        return cluster.main(["--quick"] * args.quick + ["--rounds", str(args.rounds)] * bool(args.rounds))
     public_python = None if args.no_public else ensure_venv(chart=not args.quick)
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]};"
           f" public pystrands {'from ' + str(PUBLIC_VENV.relative_to(REPO)) if public_python else 'SKIPPED'}")
