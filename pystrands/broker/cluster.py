@@ -511,7 +511,7 @@ class ClusterBroker(Broker):
         node = None
         if client_id is not None:
             node = self._forwarded.pop(client_id, None) if final else self._forwarded.get(client_id)
-        if node is None or not self.link.up:
+        if node is None or not self.link.up or not self.peers.backends(node):
             node = self._target(client_id)
             if node is None:
                 return super()._route(client_id, frame, final)

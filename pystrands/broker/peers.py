@@ -47,10 +47,12 @@ class Peers:
         return gone
 
     def respite(self) -> None:
-        """Give every node ``silence`` seconds from now (after this node could not hear anyone)."""
+        """After this node could not hear anyone: every node gets ``silence`` seconds from now, and counts
+        no backends until it beats again (until then it may not be listening yet)."""
         deadline = self.clock.seconds() + self.silence
         for node in self._deadlines:
             self._deadlines[node] = deadline
+            self._backends[node] = 0
 
     def backends(self, node: str) -> int:
         """The backends ``node`` has (0 if unknown)."""

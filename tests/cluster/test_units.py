@@ -74,10 +74,12 @@ def test_peers_forget_a_silent_node() -> None:
     assert "b" not in peers and "a" in peers and peers.backends("b") == 0
     clock.advance(0.9)
     assert peers.silent() == []
-    peers.respite()  # after this node was cut off: everyone gets a full silence again
+    peers.respite()  # after this node was cut off: everyone gets a full silence again, and no backends
+    assert "a" in peers and peers.with_backends() == []
     clock.advance(1.4)
     assert peers.silent() == []
-    clock.advance(0.1)
+    assert peers.heard("a", 1) == 0 and peers.with_backends() == ["a"]
+    clock.advance(1.5)
     assert peers.silent() == ["a"] and len(peers) == 0
     assert peers.forget("a") is False
 
