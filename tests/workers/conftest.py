@@ -1,4 +1,4 @@
-"""Fixtures of the ``--workers`` tests: a real redis-server, and a supervisor process with its logs.
+"""Fixtures of the ``--workers`` tests: a real redis-server (the cluster tests'), and a supervisor process.
 
 Everything is a real process on 127.0.0.1: ``python -m pystrands server
 --workers N`` (the supervisor and its workers), raw TCP backends, and
@@ -13,7 +13,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,45 +25,22 @@ from typing import Any
 
 import pytest
 
+from tests.cluster.support import RedisServer
 from tests.support.fakebroker import BackendConnection
+from tests.support.ports import free_port
 
 TIMEOUT = 10.0
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 READY = re.compile(r"PyStrands broker: (\d+) workers, WebSocket on port (\d+) .*backends on [^:]+:(\d+)")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A redis-server of its own on a free loopback port, without persistence."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is missing: install Debian's redis-server (.ci/run does)")
-    port = free_port()
-    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
-                probe.sendall(b"PING\r\n")
-                if probe.recv(64).startswith(b"+PONG"):
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline or server.poll() is not None:
-            server.kill()
-            pytest.fail("redis-server did not answer PING")
-        time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    server.terminate()
-    server.wait(TIMEOUT)
+    """The cluster tests' redis-server (no persistence, a free loopback port), one for this session."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"), free_port())
+    server.start()
+    yield f"{server.url}/0"
+    server.stop()
 
 
 class Supervisor:

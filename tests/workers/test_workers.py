@@ -14,7 +14,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from .conftest import ROOT, TIMEOUT, Supervisor, free_port, serve_echo
+from tests.support.ports import free_port
+
+from .conftest import ROOT, TIMEOUT, Supervisor, serve_echo
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 
