@@ -29,7 +29,7 @@ HEARTBEAT = 1.0
 class RedisServer:
     """Debian's redis-server on 127.0.0.1:``port``, no persistence; it can be stopped and started again."""
 
-    def __init__(self, directory: Path, port: int) -> None:
+    def __init__(self, directory: Path, port: int, *options: str) -> None:
         executable = shutil.which("redis-server")
         if executable is None:
             raise AssertionError("the cluster tests need Debian's redis-server (apt-get install redis-server;"
@@ -37,6 +37,8 @@ class RedisServer:
         self.executable = executable
         self.directory = directory
         self.port = port
+        #: More redis-server options (``--requirepass``, TLS).
+        self.options = options
         self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
 
@@ -49,7 +51,8 @@ class RedisServer:
         with open(self.directory / "redis.log", "ab") as log:
             self.process = subprocess.Popen(
                 [self.executable, "--save", "", "--appendonly", "no", "--port", str(self.port),
-                 "--bind", "127.0.0.1", "--dir", str(self.directory)], stdout=log, stderr=subprocess.STDOUT)
+                 "--bind", "127.0.0.1", "--dir", str(self.directory), *self.options],
+                stdout=log, stderr=subprocess.STDOUT)
         wait_until(self._answers, 10.0, "redis-server to accept connections")
 
     def stop(self) -> None:
@@ -61,27 +64,36 @@ class RedisServer:
 
     def _answers(self) -> bool:
         try:
-            return self.command(b"PING") == b"+PONG"
+            return self.command(b"PING") in (b"+PONG", b"-NOAUTH Authentication required.")
         except OSError:
             return False
 
-    def command(self, *args: bytes) -> bytes:
-        """Run one command; its reply's first line (enough for PING, PUBLISH, GET of small values)."""
-        request = b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args)
+    def command(self, *args: bytes, before: tuple[tuple[bytes, ...], ...] = ()) -> bytes:
+        """Run one command (after those ``before`` it: AUTH, SELECT); the last line of its reply.
+
+        Enough for the short replies the tests read: PING, PUBLISH, a PUBSUB NUMSUB of one channel,
+        a GET of a number.
+        """
+        commands = [*before, args]
+        request = b"".join(b"*%d\r\n" % len(command) + b"".join(b"$%d\r\n%s\r\n" % (len(arg), arg)
+                                                                  for arg in command) for command in commands)
         with socket.create_connection(("127.0.0.1", self.port), timeout=2.0) as sock:
             sock.sendall(request)
+            sock.shutdown(socket.SHUT_WR)  # Redis answers, then closes: the whole reply is what was read
             reply = b""
-            while not reply.endswith(b"\r\n"):
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
+            while chunk := sock.recv(4096):
                 reply += chunk
-        return reply.split(b"\r\n", 1)[0]
+        return reply.rstrip(b"\r\n").rsplit(b"\r\n", 1)[-1]
+
+    def subscribers(self, channel: bytes) -> int:
+        """How many connections are subscribed to ``channel``."""
+        return int(self.command(b"PUBSUB", b"NUMSUB", channel).lstrip(b":"))
 
 
-def start_node(launch: Launch, redis: RedisServer, name: str, *flags: str, cluster: str = "test") -> Broker:
-    """A broker that is a node of ``cluster`` in ``redis``, once it listens and is connected to Redis."""
-    node = start_broker(launch, "--redis", redis.url, "--cluster-name", cluster,
+def start_node(launch: Launch, redis: RedisServer, name: str, *flags: str, cluster: str = "test",
+               url: str = "") -> Broker:
+    """A broker that is a node of ``cluster`` in ``redis`` (at ``url`` if given), once connected to Redis."""
+    node = start_broker(launch, "--redis", url or redis.url, "--cluster-name", cluster,
                         "--cluster-heartbeat", str(HEARTBEAT), "--metrics", *flags, name=name)
     node.child.wait_for_output("connected to Redis")
     return node

@@ -6,11 +6,13 @@ A's backend through Redis, and what A's backend sends reaches them.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.cluster.support import ClusterBackend, RedisServer, silent, start_node, texts
-from tests.demo.support import Broker, Launch, OpenWs, open_when_served
+from tests.cluster.support import ClusterBackend, RedisServer, silent, start_node, texts, wait_until
+from tests.demo.support import Broker, Launch, OpenWs, free_port, open_when_served, start_broker
 
 
 @pytest.fixture
@@ -56,6 +58,51 @@ def test_sends_reach_every_node_once_in_order(pair: tuple[Broker, Broker, Cluste
     on_b.close()
     gone = backend.wait_for(lambda e: e["action"] == "disconnected")
     assert gone["params"]["context"]["client_id"] == "a-1"
+
+
+def test_a_room_channel_has_the_nodes_with_members_as_subscribers(
+        launch: Launch, redis: RedisServer, pair: tuple[Broker, Broker, ClusterBackend], open_ws: OpenWs) -> None:
+    a, b, backend = pair
+    open_when_served(open_ws, f"{a.ws_url}/lobby")
+    open_when_served(open_ws, f"{b.ws_url}/lobby")
+    kitchen = open_ws(f"{b.ws_url}/kitchen")
+    for _ in range(3):
+        backend.wait_for(lambda e: e["action"] == "new_connection")
+    assert [redis.subscribers(b"test:room:" + room) for room in (b"lobby", b"kitchen", b"cellar")] == [2, 1, 0]
+    assert [redis.subscribers(b"test:client:a-" + n) for n in (b"0", b"1", b"2", b"3")] == [1, 1, 1, 0]
+    assert backend.request("join_room", {"client_id": "a-0", "room_id": "kitchen"})["result"] is True
+    assert redis.subscribers(b"test:room:kitchen") == 2
+    assert backend.request("leave_room", {"client_id": "a-0", "room_id": "kitchen"})["result"] is True
+    kitchen.close()
+    backend.wait_for(lambda e: e["action"] == "disconnected")
+    wait_until(lambda: redis.subscribers(b"test:room:kitchen") == 0, 5, "the kitchen to be empty")
+    assert redis.subscribers(b"test:client:a-2") == 0
+
+
+def test_a_redis_with_a_password_and_a_database(launch: Launch, tmp_path: Path, open_ws: OpenWs) -> None:
+    redis = RedisServer(tmp_path / "redis", free_port(), "--requirepass", "s3 cr3t")
+    redis.start()
+    try:
+        url = f"redis://:s3%20cr3t@127.0.0.1:{redis.port}/5"
+        a = start_node(launch, redis, "a", url=url)
+        b = start_node(launch, redis, "b", url=url)
+        backend = ClusterBackend(a.tcp_port, "a")
+        on_b = open_when_served(open_ws, f"{b.ws_url}/lobby")
+        backend.wait_for(lambda e: e["action"] == "new_connection")
+        backend.send("message_to_room", {"room_id": "lobby", "message": "over a password"})
+        assert texts(on_b, 1) == ["over a password"]
+        node_a = a.child.output().split("Cluster node ", 1)[1].split(" ", 1)[0].encode()
+        login = ((b"AUTH", b"s3 cr3t"), (b"SELECT", b"5"))
+        assert redis.command(b"GET", b"test:alive:" + node_a, before=login) == b"1"  # A's backend count
+
+        wrong = start_broker(launch, "--redis", f"redis://:wrong@127.0.0.1:{redis.port}/5",
+                             "--cluster-name", "test", name="wrong")
+        wrong.child.wait_for_output("Redis refused the cluster's connection")
+        alone = ClusterBackend(wrong.tcp_port, "w")  # it serves its own clients all the same
+        assert open_when_served(open_ws, f"{wrong.ws_url}/lobby")
+        assert alone.wait_for(lambda e: e["action"] == "new_connection")["params"]["context"]["client_id"] == "w-0"
+    finally:
+        redis.stop()
 
 
 def test_extension_requests_act_on_clients_of_other_nodes(pair: tuple[Broker, Broker, ClusterBackend],
