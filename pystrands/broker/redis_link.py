@@ -72,8 +72,8 @@ class _Factory(Factory[Any]):
         """Redis refused the login: keep retrying (an operator may fix Redis), but say so."""
 
     def connectionError(self, why: str) -> None:
-        """Log why Redis refused the connection."""
-        log.error("Redis refused the cluster's connection: {why}", why=why)
+        """Redis refused the login: the link logs it (once until it is connected)."""
+        self._link.refused(why)
 
 
 class RedisLink:
@@ -99,6 +99,7 @@ class RedisLink:
             self._subscriber_up, self._down, Backoff(min(0.25, max_delay), max_delay))
         self.up = False
         self._down_told = False
+        self._refusal_told = False
 
     def start(self) -> None:
         """Connect both, and keep them connected."""
@@ -173,8 +174,14 @@ class RedisLink:
     def _check_up(self) -> None:
         if not self.up and self._commands.connection is not None and self._subscriber.connection is not None:
             self.up = True
-            self._down_told = False
+            self._down_told = self._refusal_told = False
             self._on_state(True, "")
+
+    def refused(self, why: str) -> None:
+        """Redis refused a connection's AUTH or SELECT: log it once until connected (it is retried)."""
+        if not self._refusal_told:
+            self._refusal_told = True
+            log.error("Redis {address} refused the cluster's connection: {why}", address=str(self.address), why=why)
 
     def _down(self, why: str) -> None:
         """Either connection lost, or an attempt failed: told once until both are up again."""

@@ -6,6 +6,8 @@ A's backend through Redis, and what A's backend sends reaches them.
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -97,10 +99,12 @@ def test_a_redis_with_a_password_and_a_database(launch: Launch, tmp_path: Path, 
 
         wrong = start_broker(launch, "--redis", f"redis://:wrong@127.0.0.1:{redis.port}/5",
                              "--cluster-name", "test", name="wrong")
-        wrong.child.wait_for_output("Redis refused the cluster's connection")
+        wrong.child.wait_for_output("refused the cluster's connection")
         alone = ClusterBackend(wrong.tcp_port, "w")  # it serves its own clients all the same
         assert open_when_served(open_ws, f"{wrong.ws_url}/lobby")
         assert alone.wait_for(lambda e: e["action"] == "new_connection")["params"]["context"]["client_id"] == "w-0"
+        time.sleep(3)  # several attempts (backoff up to one heartbeat), one log line
+        assert wrong.child.output().count("refused the cluster's connection") == 1, wrong.child.output()
     finally:
         redis.stop()
 
@@ -180,3 +184,45 @@ def test_a_node_that_stops_says_goodbye(pair: tuple[Broker, Broker, ClusterBacke
     assert backend.wait_for(lambda e: e["action"] == "disconnected")["params"]["context"]["client_id"] == "a-0"
     a.child.wait_for_output(f"node {node_b} left", timeout=5)
     assert "is unreachable" not in b.child.output()
+
+
+def _certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A certificate authority, and a certificate for 127.0.0.1 that it signed: (CA, certificate, key)."""
+    directory.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test CA",
+            "-keyout", "ca.key", "-out", "ca.pem")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "redis.key",
+            "-out", "redis.csr")
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "redis.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "san.ext", "-out", "redis.pem")
+    return directory / "ca.pem", directory / "redis.pem", directory / "redis.key"
+
+
+def test_a_redis_over_tls(launch: Launch, tmp_path: Path, open_ws: OpenWs) -> None:
+    ca, certificate, key = _certificates(tmp_path / "tls")
+    tls_port = free_port()
+    redis = RedisServer(tmp_path / "redis", free_port(), "--tls-port", str(tls_port), "--tls-cert-file",
+                        str(certificate), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+                        "--tls-auth-clients", "no")
+    redis.start()
+    try:
+        nodes = []
+        for name in ("a", "b"):  # the private CA is trusted through OpenSSL's SSL_CERT_FILE
+            ws_port, tcp_port = free_port(), free_port()
+            child = launch(["-m", "pystrands", "server", "--ws-port", str(ws_port), "--tcp-port", str(tcp_port),
+                            "--redis", f"rediss://127.0.0.1:{tls_port}", "--cluster-name", "test"],
+                           name=name, env={"SSL_CERT_FILE": str(ca)})
+            child.wait_for_output("connected to Redis rediss://127.0.0.1")
+            nodes.append(Broker(child, ws_port, tcp_port))
+        backend = ClusterBackend(nodes[0].tcp_port, "a")
+        on_b = open_when_served(open_ws, f"{nodes[1].ws_url}/lobby")
+        backend.wait_for(lambda e: e["action"] == "new_connection")
+        backend.send("message_to_room", {"room_id": "lobby", "message": "over TLS"})
+        assert texts(on_b, 1) == ["over TLS"]
+    finally:
+        redis.stop()
