@@ -117,7 +117,7 @@ class BrokerConfig:
     redis: str | None = None
     #: The cluster's name: several clusters may share one Redis.
     cluster_name: str = "pystrands"
-    #: Seconds between a node's heartbeats in Redis; a node silent for 2 of them is forgotten.
+    #: Seconds between a node's heartbeats in Redis; the others forget a killed node within 2 of them.
     cluster_heartbeat: float = 5.0
 
     def __post_init__(self) -> None:
@@ -288,7 +288,7 @@ class Options(PackageOptions):
           " (env PYSTRAND_REDIS_URL wins).")],
         ["cluster-name", None, _DEFAULTS.cluster_name, "Name of the cluster in that Redis (several may share one)."],
         ["cluster-heartbeat", None, _DEFAULTS.cluster_heartbeat,
-         "Seconds between a node's heartbeats; a node silent for two is forgotten by the others."],
+         "Seconds between a node's heartbeats; the others forget a killed node within two."],
         ["workers", None, _DEFAULTS.workers,
          "Broker processes sharing both ports (SO_REUSEPORT, Linux); more than 1 needs a cluster (--redis)."],
     ]
