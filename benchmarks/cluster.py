@@ -309,12 +309,14 @@ def measure(name: str, workload: str, params: Params) -> dict[str, float]:
     seconds = statistics.fmean(outcome["seconds"] for outcome in outcomes)
     if not latencies:
         raise BackendFailed("no message came back")
-    return {"msgs_per_s": sum(outcome["round_trips"] for outcome in outcomes) / seconds,
+    rate = sum(outcome["round_trips"] for outcome in outcomes) / seconds
+    return {"msgs_per_s": rate,
             "delivered_per_s": sum(outcome["delivered"] for outcome in outcomes) / seconds,
             "p50_us": latencies[len(latencies) // 2],
             "p99_us": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
             "loadgen_cpu": sum(outcome["cpu"] for outcome in outcomes),
-            **{f"{side}_cpu": value for side, value in cpu.items()}}
+            **{f"{side}_cpu": value for side, value in cpu.items()},
+            **{f"{side}_us": value * 1e6 / rate for side, value in cpu.items()}}
 
 
 @contextmanager
@@ -367,12 +369,14 @@ def bench(params: Params) -> dict[str, Any]:
         rows = [[name, cell(summary(entry, "msgs_per_s")), cell(summary(entry, "delivered_per_s")),
                  round_ratios(entry, rate, entries[SINGLE]), cell(summary(entry, "p50_us")),
                  cell(summary(entry, "p99_us")),
-                 *(cell(summary(entry, f"{side}_cpu"), "{:.0%}") for side in ("loadgen", "broker", "backend", "redis"))]
+                 *(cell(summary(entry, f"{side}_cpu"), "{:.0%}") for side in ("loadgen", "broker", "backend", "redis")),
+                 cell(summary(entry, "broker_us"), "{:.1f}"), cell(summary(entry, "redis_us"), "{:.1f}")]
                 for name, entry in entries.items() if "runs" in entry]
         print_table(f"{workload}: round trips/s, WebSocket messages delivered/s, ratio of {rate.split('_')[0]}/s to"
-                    " 1 node per round, round trip us, CPU share (of one core) of each side",
+                    " 1 node per round, round trip us, CPU share (of one core) of each side, CPU us per round trip"
+                    " of the brokers (all processes) and of Redis",
                     ["set-up", "round trips/s", "delivered/s", "x 1 node", "p50 us", "p99 us", "loadgen CPU",
-                     "broker CPU", "backend CPU", "redis CPU"], rows)
+                     "broker CPU", "backend CPU", "redis CPU", "broker us/msg", "redis us/msg"], rows)
         print_spread(entries, {"round trips/s": "msgs_per_s"})
         for name, entry in entries.items():
             if "error" in entry:
