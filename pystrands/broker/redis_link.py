@@ -35,6 +35,8 @@ log = Logger()
 
 #: Seconds a connection attempt to Redis may take.
 CONNECT_TIMEOUT = 5.0
+#: Seconds the connections get to close when the node stops (what is written flushed), before they are cut.
+CLOSE_TIMEOUT = 2.0
 
 
 class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]  # txredisapi is untyped
@@ -90,6 +92,7 @@ class RedisLink:
         self.on_message = on_message
         self._on_state = on_state
         self._wanted: set[bytes] = set()
+        self._reactor = reactor
         endpoint = _endpoint(reactor, address)
         self._commands: Reconnector[Any] = Reconnector(
             reactor, lambda: _connect(endpoint, _Factory(address, txredisapi.RedisProtocol, self)),
@@ -107,15 +110,23 @@ class RedisLink:
         self._subscriber.start()
 
     def stop(self) -> Deferred[None]:
-        """Stop reconnecting and close both connections; fires once they are closed."""
+        """Stop reconnecting and close both connections (cut after CLOSE_TIMEOUT); fires once closed."""
         self._commands.stop()
         self._subscriber.stop()
-        closing = []
-        for connection in (self._commands.connection, self._subscriber.connection):
-            if connection is not None:
-                closing.append(connection.whenDisconnected())
-                connection.transport.loseConnection()
+        closing = [self._close(connection) for connection in (self._commands.connection, self._subscriber.connection)
+                   if connection is not None]
         return gatherResults(closing).addCallback(lambda _: None) if closing else succeed(None)
+
+    def _close(self, connection: Any) -> Deferred[None]:
+        gone: Deferred[Any] = connection.whenDisconnected()
+        connection.transport.loseConnection()
+        cut = self._reactor.callLater(CLOSE_TIMEOUT, connection.transport.abortConnection)
+
+        def closed(_: object) -> None:
+            if cut.active():
+                cut.cancel()
+
+        return gone.addCallback(closed)
 
     # -- publishing and commands --------------------------------------------------
 
