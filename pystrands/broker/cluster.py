@@ -544,11 +544,12 @@ class ClusterBroker(Broker):
     # -- handshakes judged on another node -------------------------------------------
 
     def request_connection(self, handshake: Handshake) -> Deferred[Admission]:
-        """Ask a backend here, or one on another node when there is none here."""
+        """Ask a backend here, or one on another node when there is none here; then check that no
+        other node holds a client with the accepted id."""
         request_id = uuid.uuid4().hex
         node = self._target(request_id)
         if node is None:
-            return super().request_connection(handshake)
+            return super().request_connection(handshake).addCallback(self._only_here)
         if not self._publish(self.channels.node(node),
                              cluster_wire.encode("judge", self.node, request_id, handshake.params())):
             self.metrics.handshake("unavailable")
@@ -557,7 +558,27 @@ class ClusterBroker(Broker):
         timeout = self.clock.callLater(self.config.auth_timeout, self._refuse_forwarded, request_id, 403,
                                        "the backend did not answer in time")
         self._handshakes[request_id] = _Forwarded(answer, node, timeout)
-        return answer
+        return answer.addCallback(self._only_here)
+
+    def _only_here(self, admission: Admission) -> Deferred[Admission] | Admission:
+        """409 if another node holds a client with this id (its client channel has a subscriber).
+
+        Without Redis, or if the question gets no answer, the node's own check (made before) is all.
+        """
+        asked = self.link.command(b"PUBSUB", b"NUMSUB", self.channels.client(admission.client_id))
+        if asked is None:
+            return admission
+
+        def answered(reply: Any) -> Admission:
+            if isinstance(reply, list) and len(reply) == 2 and isinstance(reply[1], int) and reply[1] > 0:
+                log.warn("Refused a handshake: client_id {client_id!r} is connected to another node",
+                         client_id=admission.client_id)
+                self.abandon(admission)
+                self.metrics.handshake_refused(409, timed_out=False)
+                raise HandshakeRefused(409, "client_id already in use")
+            return admission
+
+        return asked.addErrback(lambda _: None).addCallback(answered)
 
     def _refuse_forwarded(self, request_id: str, status: int, reason: str) -> None:
         pending = self._handshakes.pop(request_id)

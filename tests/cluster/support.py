@@ -105,8 +105,10 @@ class ClusterBackend:
     Every other frame but heartbeats and ``hello`` is queued for the test, in the order the broker wrote it.
     """
 
-    def __init__(self, tcp_port: int, name: str) -> None:
+    def __init__(self, tcp_port: int, name: str, client_id: str | None = None) -> None:
         self.name = name
+        #: The id of every accepted client, if given (else ``<name>-<n>``).
+        self.client_id = client_id
         self.conn = raw_backend(tcp_port)
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self._lock = threading.Lock()
@@ -118,7 +120,8 @@ class ClusterBackend:
         while (line := self.conn.lines.get()) is not None:
             frame = json.loads(line)
             if frame["action"] == "connection_request":
-                self.send("response", {"accepted": True, "client_id": f"{self.name}-{next(self._ids)}",
+                client_id = self.client_id or f"{self.name}-{next(self._ids)}"
+                self.send("response", {"accepted": True, "client_id": client_id,
                                        "room_id": frame["params"]["url"].rsplit("/", 1)[-1],
                                        "metadata": {"by": self.name}}, frame["request_id"])
             elif frame["action"] not in ("heartbeat", "hello"):

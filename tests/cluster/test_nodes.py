@@ -172,6 +172,23 @@ def test_clusters_sharing_a_redis_stay_apart(launch: Launch, redis: RedisServer,
     assert backend.wait_for(lambda e: e["action"] == "new_connection")
 
 
+def test_a_client_id_is_refused_while_another_node_holds_it(launch: Launch, redis: RedisServer,
+                                                            open_ws: OpenWs) -> None:
+    a = start_node(launch, redis, "a")
+    b = start_node(launch, redis, "b")
+    first = ClusterBackend(a.tcp_port, "a", client_id="same")
+    ClusterBackend(b.tcp_port, "b", client_id="same")
+    held = open_when_served(open_ws, f"{a.ws_url}/lobby")
+    first.wait_for(lambda e: e["action"] == "new_connection")
+    with pytest.raises(InvalidStatus) as refused:
+        open_when_served(open_ws, f"{b.ws_url}/lobby")
+    assert refused.value.response.status_code == 409
+    held.close()
+    first.wait_for(lambda e: e["action"] == "disconnected")
+    wait_until(lambda: redis.subscribers(b"test:client:same") == 0, 5, "A to let the id go")
+    assert open_ws(f"{b.ws_url}/lobby")  # free again
+
+
 def test_a_node_that_stops_says_goodbye(pair: tuple[Broker, Broker, ClusterBackend], open_ws: OpenWs) -> None:
     a, b, backend = pair
     on_b = open_when_served(open_ws, f"{b.ws_url}/lobby")
