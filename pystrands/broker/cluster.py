@@ -167,7 +167,6 @@ class ClusterBroker(Broker):
     """The router of one node of a cluster (see the module docstring)."""
 
     def __init__(self, config: BrokerConfig, clock: Any) -> None:
-        super().__init__(config, clock)
         assert config.redis is not None  # BrokerService makes a ClusterBroker only with it
         #: This node's id, fresh at each start.
         self.node = uuid.uuid4().hex[:16]
@@ -175,9 +174,10 @@ class ClusterBroker(Broker):
         #: The two connections to Redis.
         self.link = RedisLink(clock, parse_redis_url(config.redis), self._received, self._redis_state,
                               max_delay=config.cluster_heartbeat)
-        self.rooms: ClusterRooms[Client] = ClusterRooms(self.link, self.channels)
         #: The other nodes.
         self.peers = Peers(clock, SILENCE * config.cluster_heartbeat)
+        super().__init__(config, clock)  # after the above: its metrics registry reads them at once
+        self.rooms: ClusterRooms[Client] = ClusterRooms(self.link, self.channels)
         #: Clients here whose events go to another node's backends: client id -> node.
         self._forwarded: dict[str, str] = {}
         self._handshakes: dict[str, _Forwarded] = {}
@@ -226,6 +226,17 @@ class ClusterBroker(Broker):
 
         index = len(self._timers)
         self._timers.append(self.clock.callLater(seconds, tick))
+
+    @property
+    def ready(self) -> bool:
+        """A backend here, or on a node this one can reach: a load balancer may send it clients."""
+        return bool(self.backends) or (self.link.up and bool(self.peers.with_backends()))
+
+    def cluster_gauges(self) -> dict[str, tuple[str, float]]:
+        """Redis up, the other nodes, those with a backend."""
+        return {"cluster_redis_up": ("1 while both connections to Redis are up.", float(self.link.up)),
+                "cluster_nodes": ("Other nodes of the cluster heard from.", float(len(self.peers))),
+                "cluster_nodes_with_backends": ("Other nodes with a backend.", float(len(self.peers.with_backends())))}
 
     # -- Redis ----------------------------------------------------------------
 

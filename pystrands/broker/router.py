@@ -148,6 +148,15 @@ class Broker:
         self.metrics = BrokerMetrics(self)
 
     @property
+    def ready(self) -> bool:
+        """True while a backend can judge a handshake (for ``/readyz``): one is connected here."""
+        return bool(self.backends)
+
+    def cluster_gauges(self) -> dict[str, tuple[str, float]]:
+        """A cluster node's state for ``/metrics``: name -> (help, value); nothing for a single broker."""
+        return {}
+
+    @property
     def handshaking(self) -> int:
         """Handshakes under way: waiting for a backend's answer, or accepted and not yet upgraded."""
         return len(self._pending) + self.rooms.claimed() - len(self.rooms)

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from websockets.sync.client import ClientConnection
 from tests.demo.support import Broker, Launch, start_broker
 from tests.reliability.support import raw_backend
 
-__all__ = ["ClusterBackend", "RedisServer", "metric", "silent", "start_node", "texts", "wait_until"]
+__all__ = ["ClusterBackend", "RedisServer", "metric", "ready", "silent", "start_node", "texts", "wait_until"]
 
 #: Seconds between the test nodes' heartbeats: short, for short tests, long enough for a loaded machine.
 HEARTBEAT = 1.0
@@ -176,7 +177,17 @@ def metric(node: Broker, name: str) -> float:
     """The sum of a metric's samples on a node's /metrics (``name`` with labels, as written there)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{node.ws_port}/metrics", timeout=5) as page:
         text = page.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and line[len(name)] in " {")
+
+
+def ready(node: Broker) -> int:
+    """The HTTP status of a node's /readyz."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{node.ws_port}/readyz", timeout=5) as page:
+            return int(page.status)
+    except urllib.error.HTTPError as refused:
+        return refused.code
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:

@@ -27,6 +27,7 @@ def test_redis_restart(launch: Launch, redis: RedisServer, open_ws: OpenWs) -> N
     assert texts(first, 1) == texts(second, 1) == ["while Redis is away"]  # the node serves its own clients
     silent(on_b)
     wait_until(lambda: metric(a, UNPUBLISHED) >= 1, 5, "the lost room message to be counted")
+    assert metric(a, "pystrands_broker_cluster_redis_up") == 0
     on_b.send("queued on b")  # B has no backend of its own and cannot reach A's: kept in its queue
     time.sleep(3 * HEARTBEAT)  # several reconnection attempts, and heartbeats missed
 

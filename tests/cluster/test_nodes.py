@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.cluster.support import ClusterBackend, RedisServer, silent, start_node, texts, wait_until
+from tests.cluster.support import ClusterBackend, RedisServer, metric, ready, silent, start_node, texts, wait_until
 from tests.demo.support import Broker, Launch, OpenWs, free_port, open_when_served, start_broker
 
 
@@ -70,10 +70,13 @@ def test_a_room_channel_has_the_nodes_with_members_as_subscribers(
     kitchen = open_ws(f"{b.ws_url}/kitchen")
     for _ in range(3):
         backend.wait_for(lambda e: e["action"] == "new_connection")
-    assert [redis.subscribers(b"test:room:" + room) for room in (b"lobby", b"kitchen", b"cellar")] == [2, 1, 0]
-    assert [redis.subscribers(b"test:client:a-" + n) for n in (b"0", b"1", b"2", b"3")] == [1, 1, 1, 0]
+    # Subscribing is asynchronous: a node subscribes as it acts, Redis counts once it has read the command.
+    wait_until(lambda: [redis.subscribers(b"test:room:" + room) for room in (b"lobby", b"kitchen", b"cellar")]
+               == [2, 1, 0], 5, "one subscriber per node with members")
+    wait_until(lambda: [redis.subscribers(b"test:client:a-" + n) for n in (b"0", b"1", b"2", b"3")] == [1, 1, 1, 0],
+               5, "one subscriber per client")
     assert backend.request("join_room", {"client_id": "a-0", "room_id": "kitchen"})["result"] is True
-    assert redis.subscribers(b"test:room:kitchen") == 2
+    wait_until(lambda: redis.subscribers(b"test:room:kitchen") == 2, 5, "A to subscribe to the kitchen")
     assert backend.request("leave_room", {"client_id": "a-0", "room_id": "kitchen"})["result"] is True
     kitchen.close()
     backend.wait_for(lambda e: e["action"] == "disconnected")
@@ -154,9 +157,14 @@ def test_no_backend_anywhere_is_503_until_one_connects(launch: Launch, redis: Re
         with pytest.raises(InvalidStatus) as refused:
             open_ws(f"{node.ws_url}/lobby")
         assert refused.value.response.status_code == 503
+    assert (ready(a), ready(b)) == (503, 503)
+    assert metric(b, "pystrands_broker_cluster_nodes_with_backends") == 0
     backend = ClusterBackend(a.tcp_port, "a")
     on_b = open_when_served(open_ws, f"{b.ws_url}/lobby")
     assert backend.wait_for(lambda e: e["action"] == "new_connection")["params"]["context"]["client_id"] == "a-0"
+    assert (ready(a), ready(b)) == (200, 200)  # B is ready for a load balancer: it forwards to A's backend
+    assert [metric(b, "pystrands_broker_cluster_" + name) for name in ("redis_up", "nodes", "nodes_with_backends")] \
+        == [1, 1, 1]
     on_b.send("hi")
     assert backend.wait_for(lambda e: e["action"] == "new_message")["params"]["message"] == "hi"
 
