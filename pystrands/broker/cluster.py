@@ -214,7 +214,7 @@ class ClusterBroker(Broker):
 
     def shutdown(self) -> Deferred[None]:
         """Say goodbye to the cluster, then close the connections to Redis."""
-        self._publish(self.channels.nodes, cluster_wire.encode("bye", self.node))
+        self.link.fire(b"PUBLISH", self.channels.nodes, cluster_wire.encode("bye", self.node))
         self.link.fire(b"DEL", self.channels.node_key(self.node))
         return self.link.stop()
 
@@ -306,10 +306,8 @@ class ClusterBroker(Broker):
         self.link.fire(b"SET", self.channels.node_key(self.node), str(len(self.backends)).encode(),
                        b"PX", int(2 * seconds * 1000))
         # Not counted when unpublished: a heartbeat is no message, and the next one says the same.
-        beat = self.link.publish(self.channels.nodes,
-                                 cluster_wire.encode("beat", self.node, len(self.backends), answer))
-        if beat is not None:
-            beat.addErrback(lambda _: None)
+        self.link.fire(b"PUBLISH", self.channels.nodes,
+                       cluster_wire.encode("beat", self.node, len(self.backends), answer))
 
     def _check_peers(self) -> None:
         if not self.link.up:
