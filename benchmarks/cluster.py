@@ -18,7 +18,7 @@ Two workloads, 100 WebSocket clients each, every client one 100 B message
 in flight (closed loop):
 
 * ``echo``: each message comes back to its sender (``message_to_connection``);
-* ``fan-out``: 10 rooms of 10 clients (rooms span both nodes); each message
+* ``fan-out``: 10 rooms of 10 clients (each room half on each node); each message
   goes to its whole room (``message_to_room``), and the sender's next
   message leaves when its own one comes back.
 
@@ -192,7 +192,8 @@ async def generate(ports: list[int], first: int, count: int, workload: str, seco
     async def one(number: int) -> Client:
         path = f"/ws/echo/{number}" if workload == "echo" else f"/ws/room/{number % ROOMS}/{number}"
         async with gate:
-            return await open_client(loop, number, ("127.0.0.1", ports[number % len(ports)]), path, stats, deadline)
+            node = ports[number // ROOMS % len(ports)]  # a room's members alternate between the nodes
+            return await open_client(loop, number, ("127.0.0.1", node), path, stats, deadline)
 
     clients = await asyncio.gather(*(one(number) for number in range(first, first + count)))
     print("ready", flush=True)
