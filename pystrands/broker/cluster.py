@@ -37,7 +37,7 @@ from . import cluster_wire, extensions
 from .cluster_wire import ClusterWireError
 from .config import BrokerConfig
 from .peers import Peers
-from .redis_link import RedisLink
+from .redis_link import CLOSE_TIMEOUT, RedisLink
 from .redis_url import parse_redis_url
 from .rooms import Rooms
 from .router import Admission, BackendLink, Broker, Client, Handshake, HandshakeRefused
@@ -213,10 +213,18 @@ class ClusterBroker(Broker):
             self._refuse_forwarded(request_id, 503, "the broker is stopping")
 
     def shutdown(self) -> Deferred[None]:
-        """Say goodbye to the cluster, then close the connections to Redis."""
+        """Say goodbye to the cluster, then close the connections to Redis.
+
+        Redis answers in order: once the last command is answered, every publish before it has
+        been confirmed, so none is counted lost by the closing (an unresponsive Redis gets
+        ``CLOSE_TIMEOUT`` seconds).
+        """
         self.link.fire(b"PUBLISH", self.channels.nodes, cluster_wire.encode("bye", self.node))
-        self.link.fire(b"DEL", self.channels.node_key(self.node))
-        return self.link.stop()
+        last = self.link.command(b"DEL", self.channels.node_key(self.node))
+        if last is None:
+            return self.link.stop()
+        last.addTimeout(CLOSE_TIMEOUT, self.clock)
+        return last.addBoth(lambda _: self.link.stop())
 
     def _every(self, seconds: float, action: Callable[[], object]) -> None:
         """Call ``action`` every ``seconds`` until :meth:`stop` (callLater: no global reactor)."""

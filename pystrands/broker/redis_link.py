@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from .reconnect import Backoff, Reconnector
 from .redis_url import RedisAddress
 
-__all__ = ["RedisLink"]
+__all__ = ["CLOSE_TIMEOUT", "RedisLink"]
 
 log = Logger()
 
