@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from .outbox import send_at_once
 from .reconnect import Backoff, Reconnector
 from .redis_url import RedisAddress
 
@@ -216,6 +217,7 @@ def _connect(endpoint: IStreamClientEndpoint, factory: _Factory) -> Deferred[tup
     """Connect, wait until logged in (AUTH, SELECT), then give the connection and its loss."""
 
     def connected(connection: Any) -> Deferred[tuple[Any, Deferred[None]]]:
+        send_at_once(connection.transport)  # a publish waits for no acknowledgement of the one before
         lost: Deferred[None] = connection.whenDisconnected().addCallback(lambda _: None)
         either: Deferred[tuple[Any, Deferred[None]]] = Deferred()
 
