@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -76,6 +78,27 @@ def test_a_room_spans_both_workers_with_one_backend(start_workers) -> None:
     for client in clients:
         assert [client.recv(TIMEOUT), client.recv(TIMEOUT)] == ["to everyone", "once"]  # once each, in order
         client.close()
+
+
+def readyz(port: int) -> int:
+    """The status of GET /readyz on a new connection (so on whichever worker the kernel picks)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=TIMEOUT) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as refused:
+        return refused.code
+
+
+def test_readyz_is_the_same_from_every_worker(start_workers) -> None:
+    """Without a backend every worker says 503; with one on worker 1, worker 2 says 200 too (it forwards)."""
+    supervisor = start_workers(2, "--cluster-heartbeat", "0.5")
+    assert {readyz(supervisor.ws_port) for _ in range(20)} == {503}
+    backend = supervisor.backend_on(1)
+    deadline = time.monotonic() + TIMEOUT
+    while {readyz(supervisor.ws_port) for _ in range(5)} != {200}:
+        assert time.monotonic() < deadline, "a worker stayed unready with a backend on the other one"
+    assert {readyz(supervisor.ws_port) for _ in range(40)} == {200}  # both workers (one only: 1 in 10^12)
+    backend.close()
 
 
 def test_sigterm_stops_every_worker_and_clients_get_1001(start_workers) -> None:
