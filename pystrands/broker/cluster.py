@@ -184,6 +184,7 @@ class ClusterBroker(Broker):
         #: Clients of other nodes whose events our backends get: node -> client id -> context.
         self._guests: dict[str, dict[str, dict[str, Any]]] = {}
         self._queries: dict[str, _Query] = {}
+        self._asks: dict[str, tuple[Deferred[bool], IDelayedCall]] = {}
         self._timers: list[IDelayedCall] = []
         self._unpublished_reported = 0
         self._rejected_reported = 0
@@ -495,22 +496,48 @@ class ClusterBroker(Broker):
         return self._client_request(extensions.SET_METADATA, params) or super()._set_metadata(params)
 
     def _client_request(self, action: str, params: dict[str, Any]) -> Deferred[bool] | None:
-        """For a client of another node: ask the node that holds it (true if one does). None: do it here."""
+        """For a client of another node: ask the node that holds it, whose answer comes once the
+        request is in effect there (false at once if no node holds it). None: do it here."""
         client_id = _CLIENT_REQUESTS[action](params)[0]
         if self.rooms.client(client_id) is not None:
             return None
+        request_id = uuid.uuid4().hex
         published = self.link.publish(self.channels.client(client_id),
-                                      cluster_wire.encode("ask", self.node, action, params))
+                                      cluster_wire.encode("ask", self.node, request_id, action, params))
         if published is None:
             self._unpublished()
             raise extensions.BadParams("the client is not on this node, and Redis (the other nodes) is unreachable")
-        return published.addCallback(lambda count: count > 0)
+        answer: Deferred[bool] = Deferred()
+        self._asks[request_id] = (answer, self.clock.callLater(QUERY_TIMEOUT, self._asked, request_id, None))
+        published.addCallbacks(lambda count: None if count else self._asked(request_id, False),
+                               lambda _: self._asked(request_id, None))
+        return answer
 
-    def _on_ask(self, channel: bytes, origin: str, action: str, params: dict[str, Any]) -> None:
+    def _asked(self, request_id: str, result: bool | None) -> None:
+        """The end of a request about a client of another node: its result, or None (no answer)."""
+        asked = self._asks.pop(request_id, None)
+        if asked is None:
+            return
+        answer, timeout = asked
+        if timeout.active():
+            timeout.cancel()
+        if result is None:
+            answer.errback(extensions.BadParams("the node holding the client did not answer in time"))
+        else:
+            answer.callback(result)
+
+    def _on_ask(self, channel: bytes, origin: str, request_id: str, action: str, params: dict[str, Any]) -> None:
         check = _CLIENT_REQUESTS.get(action)
         if check is None or check(params)[0] != self._client_channel(channel):
             raise ClusterWireError(f"a {action!r} request not about the channel's client")
-        getattr(Broker, "_" + action)(self, params)
+        result = bool(getattr(Broker, "_" + action)(self, params))
+        # A room joined is in effect once its channel is subscribed: what is sent to it then reaches the client.
+        self.link.settled().addCallback(lambda _: self._publish(
+            self.channels.node(origin), cluster_wire.encode("done", self.node, request_id, result)))
+
+    def _on_done(self, channel: bytes, origin: str, request_id: str, result: bool) -> None:
+        self._own_channel(channel)
+        self._asked(request_id, result)
 
     # -- events of clients here, for backends of other nodes ---------------------------------
 
@@ -668,6 +695,7 @@ _HANDLERS: dict[str, Any] = {
     "all": ClusterBroker._on_all,
     "to": ClusterBroker._on_to,
     "ask": ClusterBroker._on_ask,
+    "done": ClusterBroker._on_done,
     "beat": ClusterBroker._on_beat,
     "bye": ClusterBroker._on_bye,
     "event": ClusterBroker._on_event,

@@ -33,8 +33,11 @@ KINDS: dict[str, tuple[tuple[type, ...], ...]] = {
     # A backend's message_to_connection, on the client's channel.
     "to": (_TEXT,),
     # An extension request about a client (join_room, leave_room, set_metadata, disconnect_client),
-    # on the client's channel: action, params.
-    "ask": (_TEXT, _OBJECT),
+    # on the client's channel: request id, action, params.
+    "ask": (_TEXT, _TEXT, _OBJECT),
+    # The outcome of "ask" once in effect (a room joined is subscribed), on the asking node's channel:
+    # request id, result.
+    "done": (_TEXT, _FLAG),
     # A node's heartbeat on the nodes channel: its backends, and whether the others should beat back now.
     "beat": (_NUMBER, _FLAG),
     # A node that stops, on the nodes channel.

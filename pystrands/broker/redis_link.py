@@ -93,6 +93,8 @@ class RedisLink:
         self.on_message = on_message
         self._on_state = on_state
         self._wanted: set[bytes] = set()
+        self._in_flight = 0
+        self._settling: list[Deferred[None]] = []
         self._reactor = reactor
         endpoint = _endpoint(reactor, address)
         self._commands: Reconnector[Any] = Reconnector(
@@ -167,11 +169,28 @@ class RedisLink:
         """True if ``channel`` is one of the subscriptions."""
         return channel in self._wanted
 
+    def settled(self) -> Deferred[None]:
+        """Fires once Redis has answered every (un)subscription sent so far (at once if none waits)."""
+        if not self._in_flight:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._settling.append(waiter)
+        return waiter
+
     def _send(self, command: bytes, channel: bytes) -> None:
         # One channel per command: txredisapi pairs one reply with each command.
         connection = self._subscriber.connection
         if connection is not None:
-            connection.execute_command(command, channel, apply_timeout=False).addErrback(lambda _: None)
+            self._in_flight += 1
+            connection.execute_command(command, channel, apply_timeout=False).addBoth(self._answered)
+
+    def _answered(self, _: object) -> None:
+        """A (un)subscription answered, or lost with its connection."""
+        self._in_flight -= 1
+        if not self._in_flight:
+            waiters, self._settling = self._settling, []
+            for waiter in waiters:
+                waiter.callback(None)
 
     # -- connection states --------------------------------------------------------
 

@@ -20,7 +20,8 @@ from pystrands.broker.redis_url import RedisAddress, parse_redis_url
 # -- cluster messages ---------------------------------------------------------------------
 
 SAMPLES: dict[str, tuple[object, ...]] = {
-    "room": ("hello",), "all": ("hello",), "to": ("hi",), "ask": ("join_room", {"client_id": "c", "room_id": "r"}),
+    "room": ("hello",), "all": ("hello",), "to": ("hi",),
+    "ask": ("a1", "join_room", {"client_id": "c", "room_id": "r"}), "done": ("a1", True),
     "beat": (2, True), "bye": (), "event": (None, True, '{"action":"error"}\n'), "judge": ("r1", {"url": "/ws/x"}),
     "verdict": ("r1", 200, "", "c", "room", {"nick": "n"}), "abandon": ("c",), "who": ("q",),
     "members": ("q", [{"client_id": "c"}]),
