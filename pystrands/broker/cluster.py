@@ -605,22 +605,27 @@ class ClusterBroker(Broker):
         return answer.addCallback(self._only_here)
 
     def _only_here(self, admission: Admission) -> Deferred[Admission] | Admission:
-        """409 if another node holds a client with this id (its client channel has a subscriber).
+        """409 if another node holds a client with this id (its client channel has a subscriber);
+        else subscribe to the client's and its room's channels before the upgrade, so that what a
+        backend sends in answer to ``new_connection`` reaches the client.
 
         Without Redis, or if the question gets no answer, the node's own check (made before) is all.
         """
-        asked = self.link.command(b"PUBSUB", b"NUMSUB", self.channels.client(admission.client_id))
+        client_channel = self.channels.client(admission.client_id)
+        asked = self.link.command(b"PUBSUB", b"NUMSUB", client_channel)
         if asked is None:
             return admission
 
-        def answered(reply: Any) -> Admission:
+        def answered(reply: Any) -> Deferred[Admission]:
             if isinstance(reply, list) and len(reply) == 2 and isinstance(reply[1], int) and reply[1] > 0:
                 log.warn("Refused a handshake: client_id {client_id!r} is connected to another node",
                          client_id=admission.client_id)
                 self.abandon(admission)
                 self.metrics.handshake_refused(409, timed_out=False)
                 raise HandshakeRefused(409, "client_id already in use")
-            return admission
+            self.link.watch(client_channel)
+            self.link.watch(self.channels.room(admission.room_id))
+            return self.link.settled().addCallback(lambda _: admission)
 
         return asked.addErrback(lambda _: None).addCallback(answered)
 
@@ -680,6 +685,9 @@ class ClusterBroker(Broker):
         """An accepted client gone before the upgrade: the node that judged it forgets it too."""
         node = self._forwarded.pop(admission.client_id, None)
         super().abandon(admission)
+        self.link.unwatch(self.channels.client(admission.client_id))  # subscribed by _only_here
+        if not self.rooms.occupied(admission.room_id):
+            self.link.unwatch(self.channels.room(admission.room_id))
         if node is not None:
             self._publish(self.channels.node(node), cluster_wire.encode("abandon", self.node, admission.client_id))
 
