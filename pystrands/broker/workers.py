@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..settings import check_integer, check_number
-from .config import BrokerConfig, Options
+from .config import ENVIRONMENT, BrokerConfig, Options
 from .reuseport import reuseport_socket
 
 __all__ = ["RestartPolicy", "WorkerSlot", "WorkerSupervisor", "WorkersFailed", "run_supervisor", "run_worker",
@@ -185,7 +186,7 @@ class WorkerSupervisor(Service):
         self.failed: Deferred[None] = Deferred()
         self.slots: list[WorkerSlot] = []
         self._protocols: dict[int, WorkerProtocol] = {}
-        self._held: list[Any] = []
+        self._held: list[socket.socket] = []
         #: (WebSocket port, backend port) the supervisor holds, once started.
         self.ports = (0, 0)
         self._stopping = False
@@ -291,11 +292,15 @@ def worker_arguments(options: Options) -> list[str]:
     """The parsed broker options as a worker's command line, without ``--workers`` and the ports.
 
     Rebuilt from the parsed values, not copied from ``sys.argv``: the same
-    for ``python -m pystrands server`` and ``twistd pystrands-broker``.
+    for ``python -m pystrands server`` and ``twistd pystrands-broker``. An
+    option set by its environment variable is left to the environment, which
+    the workers inherit: a Redis password given as ``PYSTRAND_REDIS_URL``
+    stays out of the process list.
     """
+    from_environment = {option for variable, option in ENVIRONMENT.items() if options.environ.get(variable, "")}
     arguments: list[str] = []
     for name, *_ in options.optParameters:
-        if options[name] is not None and name not in ("workers", "ws-port", "tcp-port"):
+        if options[name] is not None and name not in ("workers", "ws-port", "tcp-port", *from_environment):
             arguments += [f"--{name}", str(options[name])]
     for name, *_ in options.optFlags:
         if options[name]:

@@ -83,3 +83,13 @@ def test_workers_get_every_option_but_the_worker_count_and_the_ports() -> None:
     again = Options(environ={})
     again.parseOptions(arguments)  # what a worker parses is a valid command line, the same settings
     assert again["config"].queue_size == 5 and again["config"].metrics and again["config"].workers == 1
+
+
+def test_an_option_from_the_environment_stays_in_the_environment() -> None:
+    """The workers inherit the environment: a Redis password there is not put on their command lines."""
+    options = Options(environ={"PYSTRAND_REDIS_URL": "redis://:secret@127.0.0.1:6379/0", "PYSTRAND_QUEUE_SIZE": "7"})
+    options.parseOptions(["--workers", "2", "--queue-size", "5"])
+    arguments = worker_arguments(options)
+    assert not any("secret" in argument for argument in arguments), arguments
+    assert "--redis" not in arguments and "--queue-size" not in arguments
+    assert options["config"].redis == "redis://:secret@127.0.0.1:6379/0" and options["config"].queue_size == 7
