@@ -46,12 +46,17 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 class Supervisor:
     """A running ``python -m pystrands server --workers N``: its ports, its log lines, its workers."""
 
-    def __init__(self, process: subprocess.Popen[str]) -> None:
+    def __init__(self, process: subprocess.Popen[str], ready: bool = True) -> None:
+        """Follow ``process``'s log (its stderr, or its stdout when that carries both, as under twistd);
+        with ``ready``, wait for the ready line on stdout and for every worker to listen."""
         self.process = process
         self.log: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._stdout: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, args=(process.stderr, self._lines), daemon=True).start()
+        log = process.stderr if process.stderr is not None else process.stdout
+        threading.Thread(target=self._pump, args=(log, self._lines), daemon=True).start()
+        if not ready:
+            return
         threading.Thread(target=self._pump, args=(process.stdout, self._stdout), daemon=True).start()
         line = self._stdout.get(timeout=TIMEOUT * 2)
         match = READY.search(line or "")
@@ -115,9 +120,10 @@ class Supervisor:
                 return pid
         raise AssertionError(f"no worker holds the connection from port {client_port}")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        """Signal the supervisor; its exit status once it ends (every log line read)."""
-        if self.process.poll() is None:
+    def stop(self, sig: int | None = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Signal the supervisor (None: it was signalled already); its exit status once it ends (every log
+        line read)."""
+        if sig is not None and self.process.poll() is None:
             self.process.send_signal(sig)
         status = self.process.wait(timeout)
         while (line := self._lines.get(timeout=TIMEOUT)) is not None:
@@ -134,7 +140,8 @@ def start_workers(redis_url: str) -> Iterator[Callable[..., Supervisor]]:
     def start(workers: int = 2, *flags: str) -> Supervisor:
         command = [sys.executable, "-m", "pystrands", "server", "--workers", str(workers), "--redis", redis_url,
                    "--ws-port", "0", "--tcp-port", "0", *flags]
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True)  # a process group of its own, as in a terminal
         started.append(process)
         return Supervisor(process)
 

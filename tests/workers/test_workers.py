@@ -116,6 +116,39 @@ def test_sigterm_stops_every_worker_and_clients_get_1001(start_workers) -> None:
     assert not any("ended (" in line for line in supervisor.log), supervisor.log  # stopped, not restarted
 
 
+def test_ctrl_c_to_the_process_group_stops_everyone_once(start_workers) -> None:
+    """A terminal's Ctrl-C reaches the supervisor and the workers; the workers leave the stop to the supervisor."""
+    supervisor = start_workers(2)
+    clients, _ = open_clients_on_both_workers(supervisor)
+    os.killpg(supervisor.process.pid, signal.SIGINT)
+    assert supervisor.stop(None) == 0
+    for client in clients:
+        with pytest.raises(ConnectionClosed) as closed:
+            client.recv(TIMEOUT)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    assert sum("Received SIGTERM, shutting down." in line for line in supervisor.log) == 2, supervisor.log
+    assert not any("Traceback" in line or "SIGINT" in line for line in supervisor.log if "[worker" in line)
+
+
+def test_twistd_runs_the_workers_and_stops_them(redis_url: str) -> None:
+    twistd = subprocess.Popen([TWISTD, "-n", "--pidfile=", "--logfile=-", "pystrands-broker", "--workers", "2",
+                               "--redis", redis_url, "--ws-port", "0", "--tcp-port", "0"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        supervisor = Supervisor(twistd, ready=False)
+        supervisor.wait_log(r"Worker \d \(pid \d+\) listens")
+        supervisor.wait_log(r"Worker \d \(pid \d+\) listens")
+        pids = supervisor.worker_pids()
+        assert len(pids) == 2
+        assert supervisor.stop(signal.SIGTERM) in (0, -signal.SIGTERM)  # twistd ends by the signal it got
+        for pid in pids.values():
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        twistd.kill()
+        twistd.wait(TIMEOUT)
+
+
 def test_a_killed_worker_is_restarted_and_the_log_says_so(start_workers) -> None:
     supervisor = start_workers(2)
     killed = supervisor.worker_pids()[1]
