@@ -10,16 +10,16 @@ caller to count, instead of piling up in memory.
 
 Everything is bytes (``charset=None``): data that is not UTF-8 on a
 channel reaches :attr:`on_message` as it came, for the caller to judge.
-Importing this module imports txredisapi, which imports the global
-reactor: the broker imports it only when it joins a cluster.
+txredisapi imports the global reactor when imported, so it is imported
+when a link is made (the reactor is chosen by then), not with this module.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
-import txredisapi  # type: ignore[import-untyped]  # no annotations: this module is its typed face
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -40,14 +40,21 @@ CONNECT_TIMEOUT = 5.0
 CLOSE_TIMEOUT = 2.0
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]  # txredisapi is untyped
-    """The subscribed connection: each pub/sub message goes to the link."""
+@functools.cache
+def _protocols() -> tuple[type[Any], type[Any]]:
+    """txredisapi's protocols: the one for commands, and one for pub/sub that hands messages to its link."""
+    import txredisapi  # type: ignore[import-untyped]  # no annotations: this module is its typed face
 
-    link: RedisLink
+    class Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]  # txredisapi is untyped
+        """The subscribed connection: each pub/sub message goes to the link."""
 
-    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
-        """A message on a subscribed channel (bytes, as Redis sent it)."""
-        self.link.on_message(channel, message)
+        link: RedisLink
+
+        def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+            """A message on a subscribed channel (bytes, as Redis sent it)."""
+            self.link.on_message(channel, message)
+
+    return txredisapi.RedisProtocol, Subscriber
 
 
 class _Factory(Factory[Any]):
@@ -97,11 +104,12 @@ class RedisLink:
         self._settling: list[Deferred[None]] = []
         self._reactor = reactor
         endpoint = _endpoint(reactor, address)
+        commands, subscriber = _protocols()
         self._commands: Reconnector[Any] = Reconnector(
-            reactor, lambda: _connect(endpoint, _Factory(address, txredisapi.RedisProtocol, self)),
+            reactor, lambda: _connect(endpoint, _Factory(address, commands, self)),
             self._command_up, self._down, Backoff(min(0.25, max_delay), max_delay))
         self._subscriber: Reconnector[Any] = Reconnector(
-            reactor, lambda: _connect(endpoint, _Factory(address, _Subscriber, self)),
+            reactor, lambda: _connect(endpoint, _Factory(address, subscriber, self)),
             self._subscriber_up, self._down, Backoff(min(0.25, max_delay), max_delay))
         self.up = False
         self._down_told = False
