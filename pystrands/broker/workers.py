@@ -13,8 +13,9 @@ nodes of the cluster named by ``--redis`` and ``--cluster-name``.
 Stopping the supervisor (Ctrl-C, SIGTERM) sends SIGTERM to every worker,
 which closes its clients with 1001 as a single broker does. A worker that
 dies is started again after a delay that doubles while it keeps dying
-(:class:`WorkerSlot`); one that keeps dying before it listens makes the
-supervisor stop everything and exit 1.
+(:class:`WorkerSlot`); one that keeps dying before it listens (or is killed
+for not listening within ``start_timeout``) makes the supervisor stop
+everything and exit 1.
 """
 
 from __future__ import annotations
@@ -66,12 +67,15 @@ class RestartPolicy:
     stable_after: float = 30.0
     #: Deaths in a row before listening, of one worker, after which the supervisor gives up.
     max_start_failures: int = 5
+    #: Seconds a worker has to listen after it starts; one still silent then is killed (a start failure).
+    start_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         check_number("first_delay", self.first_delay, minimum=0)
         check_number("max_delay", self.max_delay, minimum=self.first_delay)
         check_number("stable_after", self.stable_after, minimum=0, inclusive=False)
         check_integer("max_start_failures", self.max_start_failures, minimum=1)
+        check_number("start_timeout", self.start_timeout, minimum=0, inclusive=False)
 
 
 class WorkerSlot:
@@ -90,8 +94,9 @@ class WorkerSlot:
         self.pid: int | None = None
         #: True once the current run said that it listens.
         self.ready = False
-        #: The pending restart, if any.
+        #: The pending restart, if any; the deadline of the current run's start, while it has not listened.
         self.restart: IDelayedCall | None = None
+        self.deadline: IDelayedCall | None = None
         self._started = 0.0
         self._delay = policy.first_delay
         self._start_failures = 0
@@ -225,10 +230,18 @@ class WorkerSupervisor(Service):
         self._protocols[slot.number] = protocol
         slot.process = process
         slot.started(process.pid)
+        slot.deadline = self.reactor.callLater(self.policy.start_timeout, self._too_slow, slot)
+
+    def _too_slow(self, slot: WorkerSlot) -> None:
+        slot.deadline = None
+        log.warn("Worker {number} (pid {pid}) did not listen within {seconds} s; killing it",
+                 number=slot.number, pid=slot.pid, seconds=self.policy.start_timeout)
+        _signal_all([slot], "KILL")
 
     def worker_listening(self, slot: WorkerSlot) -> None:
         """A worker printed its ready line; once all have, :attr:`ready` fires."""
         slot.listening()
+        _cancel(slot.deadline)
         log.info("Worker {number} (pid {pid}) listens", number=slot.number, pid=slot.pid)
         if not self.ready.called and all(each.ready for each in self.slots):
             self.ready.callback(self.ports)
@@ -236,6 +249,7 @@ class WorkerSupervisor(Service):
     def worker_ended(self, slot: WorkerSlot, reason: Failure) -> None:
         """A worker ended: start it again after the policy's delay, or give up."""
         slot.process = None
+        _cancel(slot.deadline)
         delay = slot.ended()
         if self._stopping:
             return
@@ -265,15 +279,20 @@ class WorkerSupervisor(Service):
     async def _stop(self) -> None:
         running = [slot for slot in self.slots if slot.process is not None]
         for slot in self.slots:
-            if slot.restart is not None and slot.restart.active():
-                slot.restart.cancel()
+            _cancel(slot.restart)
+            _cancel(slot.deadline)
         _signal_all(running, "TERM")
         deadline = self.reactor.callLater(self.stop_timeout, _signal_all, running, "KILL")
         await DeferredList([self._protocols[slot.number].ended for slot in running])
-        if deadline.active():
-            deadline.cancel()
+        _cancel(deadline)
         for sock in self._held:
             sock.close()
+
+
+def _cancel(call: IDelayedCall | None) -> None:
+    """Cancel ``call`` unless it is None, has run, or was cancelled."""
+    if call is not None and call.active():
+        call.cancel()
 
 
 def _signal_all(slots: list[WorkerSlot], name: str) -> None:

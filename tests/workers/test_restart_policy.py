@@ -69,6 +69,7 @@ def test_the_slot_keeps_the_pid_of_its_last_run() -> None:
     ({"first_delay": 2.0, "max_delay": 1.0}, "max_delay must be a finite number >= 2.0, not 1.0"),
     ({"stable_after": 0}, "stable_after must be a finite number > 0, not 0"),
     ({"max_start_failures": 0}, "max_start_failures must be >= 1, not 0"),
+    ({"start_timeout": 0}, "start_timeout must be a finite number > 0, not 0"),
 ])
 def test_a_nonsense_policy_is_refused(options: dict[str, float], error: str) -> None:
     with pytest.raises(ValueError) as refused:
@@ -114,3 +115,24 @@ async def test_workers_that_keep_failing_at_start_make_the_supervisor_give_up(re
     await supervisor.stopService()
     with socket.socket() as again:  # the supervisor let go of the ports it held
         again.bind(("", ws_port))
+
+
+class NeverListens(WorkerSupervisor):
+    """Workers that start and never listen (a real process that only sleeps), as a hung start would."""
+
+    def worker_command(self) -> list[str]:
+        return [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_worker_that_never_listens_is_killed_and_counts_as_a_failed_start() -> None:
+    from twisted.internet import reactor
+
+    policy = RestartPolicy(first_delay=0.01, max_start_failures=2, start_timeout=0.3)
+    supervisor = NeverListens(BrokerConfig(workers=1, ws_port=0, tcp_port=0), [], reactor, policy)
+    supervisor.startService()
+    with pytest.raises(WorkersFailed, match=r"^worker 1 \(pid \d+\) ended \(killed by SIGKILL\) 2 times in a row"
+                                            r" before listening$"):
+        await supervisor.failed
+    await supervisor.stopService()
+    assert all(slot.process is None for slot in supervisor.slots)
