@@ -38,6 +38,8 @@ log = Logger()
 CONNECT_TIMEOUT = 5.0
 #: Seconds the connections get to close when the node stops (what is written flushed), before they are cut.
 CLOSE_TIMEOUT = 2.0
+#: A PUBLISH command in RESP, Redis' protocol: channel length, channel, payload length, payload.
+_PUBLISH = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
 
 
 @functools.cache
@@ -156,8 +158,18 @@ class RedisLink:
             result.addErrback(lambda _: None)
 
     def publish(self, channel: bytes, payload: bytes) -> Deferred[int] | None:
-        """PUBLISH; fires with the number of subscribers that got it. None (not sent) while unreachable."""
-        return self.command(b"PUBLISH", channel, payload)
+        """PUBLISH; fires with the number of subscribers that got it. None (not sent) while unreachable.
+
+        The one command of every message, so it skips txredisapi's generic command path (its
+        encoder alone cost more than the rest of a publish, BENCHMARKS.md section 5): the command
+        is written here, its reply taken in turn from txredisapi's reply queue and parser.
+        """
+        connection = self._commands.connection
+        if connection is None or not self.up:
+            return None
+        connection.transport.write(_PUBLISH % (len(channel), channel, len(payload), payload))
+        reply: Deferred[int] = connection.replyQueue.get().addCallback(connection.handle_reply)
+        return reply
 
     # -- subscriptions ------------------------------------------------------------
 
