@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import socket
-from typing import Any
 import sys
+from typing import Any
 
 ECHO_FROM = b'"action":"new_message"'
 ECHO_TO = b'"action":"message_to_connection"'
@@ -54,9 +54,10 @@ def run_twisted(port: int, delay: float) -> None:
     reactor.run()
 
 
-def run_rooms(port: int, delay: float) -> None:
+def run_rooms(port: int, delay: float, connections: int = 1) -> None:
     """The cluster benchmark's backend (Twisted-native): ``/ws/echo/<id>`` gets its messages back,
-    ``/ws/room/<room>/<id>`` joins ``<room>`` and each message goes to the whole room."""
+    ``/ws/room/<room>/<id>`` joins ``<room>`` and each message goes to the whole room; ``connections``
+    connections to the broker (with ``--workers``, the kernel spreads them over the workers)."""
     from twisted.internet import reactor
 
     from pystrands import Backend, BackendService
@@ -72,7 +73,8 @@ def run_rooms(port: int, delay: float) -> None:
                 return self.broker.send_private_message(context.client_id, message)
             return self.broker.send_room_message(context.room_id, message)
 
-    BackendService(Rooms(), f"tcp:host=127.0.0.1:port={port}", reactor=reactor).startService()
+    for _ in range(connections):
+        BackendService(Rooms(), f"tcp:host=127.0.0.1:port={port}", reactor=reactor).startService()
     reactor.run()
 
 
@@ -133,11 +135,17 @@ def main() -> None:
     parser.add_argument("kind", choices=sorted(KINDS))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay-ms", type=float, default=0.0, help="handler time per message")
+    parser.add_argument("--connections", type=int, default=1, help="connections to the broker (rooms only)")
     args = parser.parse_args()
+    if args.connections != 1 and args.kind != "rooms":
+        parser.error("--connections is for the rooms backend only")
     if args.kind != "raw":
         import pystrands
         print(f"backend {args.kind}: pystrands from {pystrands.__file__}", file=sys.stderr, flush=True)
-    KINDS[args.kind](args.port, args.delay_ms / 1000)
+    if args.kind == "rooms":
+        run_rooms(args.port, args.delay_ms / 1000, args.connections)
+    else:
+        KINDS[args.kind](args.port, args.delay_ms / 1000)
 
 
 if __name__ == "__main__":

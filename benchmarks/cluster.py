@@ -65,9 +65,15 @@ from run import (
 )
 
 SINGLE, WORKERS, NODES = "1 node", "--workers 2", "2 nodes over Redis"
-SETUPS = [SINGLE, WORKERS, NODES]
+#: ``--workers 2`` with the backend's connections on one worker: the other forwards its clients' events.
+WORKERS_ONE = "--workers 2, backend on one"
+SETUPS = [SINGLE, WORKERS, WORKERS_ONE, NODES]
 ROOMS = 10
 SIZE = 100
+#: The backend's connections to the broker: with ``--workers 2``, one per worker, as a user would run it.
+CONNECTIONS = 2
+#: Backend starts allowed until the kernel spreads its connections as a set-up needs (each start: 1 in 2).
+DRAWS = 12
 TAG = 8  # the first bytes of a message: the sender's number, so that it knows its own one in a room
 
 
@@ -261,17 +267,46 @@ def setup(name: str, params: Params) -> Iterator[Running]:
         for ws_port, tcp_port in ports:
             flags = ["--ws-port", str(ws_port), "--tcp-port", str(tcp_port)]
             flags += [] if redis_url is None else ["--redis", redis_url]
-            flags += ["--workers", "2"] if name == WORKERS else []
+            flags += ["--workers", "2"] if name in (WORKERS, WORKERS_ONE) else []
             pids.append(stack.enter_context(process(f"{name} broker", broker + flags)).pid)
             wait_listening(ws_port, params.timeout)
             wait_listening(tcp_port, params.timeout)
-        if name == WORKERS:
+        if name in (WORKERS, WORKERS_ONE):
             deadline = time.monotonic() + params.timeout
             while len(_children(pids[0])) < 2 and time.monotonic() < deadline:
                 time.sleep(0.1)
-        backend = [sys.executable, str(BENCH / "backends.py"), "rooms", "--port", str(ports[0][1])]
-        backend_pid = stack.enter_context(process("rooms backend", backend)).pid
+        backend = [sys.executable, str(BENCH / "backends.py"), "rooms", "--port", str(ports[0][1]),
+                   "--connections", str(CONNECTIONS)]
+        for _ in range(DRAWS):
+            backend_stack = stack.enter_context(ExitStack())
+            backend_pid = backend_stack.enter_context(process("rooms backend", backend)).pid
+            if name not in (WORKERS, WORKERS_ONE):
+                break
+            if (min(_backends_per_worker(redis_url, CONNECTIONS, params.timeout)) > 0) == (name == WORKERS):
+                break
+            backend_stack.close()  # the kernel did not spread the connections as this set-up needs: draw again
+            _backends_per_worker(redis_url, 0, params.timeout)
+        else:
+            raise BackendFailed(f"the kernel did not spread the backend's connections as needed in {DRAWS} draws")
         yield Running([ws for ws, _ in ports], pids, backend_pid, None if redis is None else redis.pid)
+
+
+def _backends_per_worker(redis_url: str | None, total: int, timeout: float) -> list[int]:
+    """The 2 workers' backend counts once they add up to ``total``, from the nodes' ``alive`` keys in
+    Redis (each holds its node's backend count, set again as soon as a backend comes or goes)."""
+    assert redis_url is not None
+    port = redis_url.rsplit(":", 1)[1].split("/")[0]
+    script = ("local r = {} for _, k in ipairs(redis.call('keys', 'pystrands:alive:*')) do"
+              " r[#r + 1] = redis.call('get', k) end return r")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        replies = subprocess.run(["redis-cli", "-p", port, "--no-raw", "eval", script, "0"], capture_output=True,
+                                 text=True, check=True).stdout
+        counts = [int(line.split('"')[1]) for line in replies.splitlines() if '"' in line]
+        if sum(counts) == total and len(counts) == 2:
+            return counts
+        time.sleep(0.1)
+    raise BackendFailed(f"the workers did not report {total} backend connections in Redis")
 
 
 def measure(name: str, workload: str, params: Params) -> dict[str, float]:
