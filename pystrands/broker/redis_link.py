@@ -38,8 +38,6 @@ log = Logger()
 CONNECT_TIMEOUT = 5.0
 #: Seconds the connections get to close when the node stops (what is written flushed), before they are cut.
 CLOSE_TIMEOUT = 2.0
-#: A PUBLISH command in RESP, Redis' protocol: channel length, channel, payload length, payload.
-_PUBLISH = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
 
 
 @functools.cache
@@ -55,11 +53,6 @@ def _protocols() -> tuple[type[Any], type[Any]]:
         def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
             """A message on a subscribed channel (bytes, as Redis sent it)."""
             self.link.on_message(channel, message)
-
-        def tryConvertData(self, data: Any) -> Any:
-            """As hiredis parsed it: without a charset or number conversion txredisapi's own only
-            copies each message's list, which was half its cost of receiving a message."""
-            return data
 
     return txredisapi.RedisProtocol, Subscriber
 
@@ -163,18 +156,8 @@ class RedisLink:
             result.addErrback(lambda _: None)
 
     def publish(self, channel: bytes, payload: bytes) -> Deferred[int] | None:
-        """PUBLISH; fires with the number of subscribers that got it. None (not sent) while unreachable.
-
-        The one command of every message, so it skips txredisapi's generic command path (its
-        encoder alone cost more than the rest of a publish, BENCHMARKS.md section 5): the command
-        is written here, its reply taken in turn from txredisapi's reply queue and parser.
-        """
-        connection = self._commands.connection
-        if connection is None or not self.up:
-            return None
-        connection.transport.write(_PUBLISH % (len(channel), channel, len(payload), payload))
-        reply: Deferred[int] = connection.replyQueue.get().addCallback(connection.handle_reply)
-        return reply
+        """PUBLISH; fires with the number of subscribers that got it. None (not sent) while unreachable."""
+        return self.command(b"PUBLISH", channel, payload)
 
     # -- subscriptions ------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""RedisLink against a real Redis, in this process: what its own PUBLISH command carries, and its answers."""
+"""RedisLink against a real Redis, in this process: what a publish carries, and its answers."""
 
 from __future__ import annotations
 
