@@ -33,6 +33,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from .. import wire
+from ..errors import ProtocolError
 from . import cluster_wire, extensions
 from .cluster_wire import ClusterWireError
 from .config import BrokerConfig
@@ -188,6 +189,8 @@ class ClusterBroker(Broker):
         self._timers: list[IDelayedCall] = []
         self._unpublished_reported = 0
         self._rejected_reported = 0
+        #: The largest cluster message: an event of the largest line, each of its bytes escaped once in JSON.
+        self._payload_limit = 2 * self._event_limit + 1024
 
     # -- life cycle ------------------------------------------------------
 
@@ -287,6 +290,8 @@ class ClusterBroker(Broker):
     def _received(self, channel: bytes, payload: bytes) -> None:
         """A message on a watched channel: act on it; skip (and count) whatever is not a cluster message."""
         try:
+            if len(payload) > self._payload_limit:
+                raise ClusterWireError(f"over {self._payload_limit} bytes")
             kind, origin, fields = cluster_wire.decode(payload)
             if origin == self.node:
                 return
@@ -575,15 +580,17 @@ class ClusterBroker(Broker):
 
     def _on_event(self, channel: bytes, origin: str, client_id: str | None, final: bool, frame: str) -> None:
         self._own_channel(channel)
-        if not frame.endswith("\n") or "\n" in frame[:-1]:
-            raise ClusterWireError("a forwarded event must be one line")
+        line = frame.encode()
+        if len(line) > self._event_limit:
+            raise ClusterWireError(f"a forwarded event over the backends' line limit ({self._event_limit} bytes)")
+        _check_event(client_id, final, line)
         if client_id is not None:
             guests = self._guests.setdefault(origin, {})
             if final:
                 guests.pop(client_id, None)
             else:
                 guests.setdefault(client_id, {"client_id": client_id})
-        Broker._route(self, client_id, frame.encode(), final)
+        Broker._route(self, client_id, line, final)
 
     # -- handshakes judged on another node -------------------------------------------
 
@@ -639,6 +646,9 @@ class ClusterBroker(Broker):
 
     def _on_judge(self, channel: bytes, origin: str, request_id: str, params: dict[str, Any]) -> None:
         self._own_channel(channel)
+        if params.keys() != _HANDSHAKE.keys() or any(not isinstance(params[key], kind)
+                                                     for key, kind in _HANDSHAKE.items()):
+            raise ClusterWireError("a forwarded handshake that is not a connection_request's params")
         if not self.backends:
             self._verdict(origin, request_id, 503, "no backend is connected")
             return
@@ -695,6 +705,41 @@ class ClusterBroker(Broker):
         self._own_channel(channel)
         if self._guests.get(origin, {}).pop(client_id, None) is not None:
             self._unassign(client_id)
+
+
+#: The params of a forwarded handshake (a ``connection_request``'s), by JSON type.
+_HANDSHAKE = {"headers": dict, "url": str, "remote_addr": str, "query": dict}
+#: The events a node forwards for a client of its own, by action: whether each is the client's last.
+_CLIENT_EVENTS = {wire.NEW_CONNECTION: False, wire.NEW_MESSAGE: False, wire.DISCONNECTED: True}
+
+
+def _check_event(client_id: str | None, final: bool, line: bytes) -> None:
+    """ClusterWireError unless ``line`` is an event a node forwards: one frame line, about ``client_id``.
+
+    A client's ``new_connection``, ``new_message`` (with its text) or ``disconnected`` (its last),
+    whose context names that client; or, about no client, the ``error`` of a handshake refused for want
+    of a backend. So what reaches a backend through Redis is what a node would send it.
+    """
+    if not line.endswith(b"\n") or b"\n" in line[:-1]:
+        raise ClusterWireError("a forwarded event must be one line")
+    try:
+        frame = wire.decode_frame(line[:-1])
+    except ProtocolError as exc:
+        raise ClusterWireError(f"a forwarded event that is not a frame: {exc}") from None
+    params = frame.params
+    context = params.get("context")
+    if not isinstance(context, dict):
+        raise ClusterWireError("a forwarded event without a context")
+    if client_id is None:
+        if frame.action != wire.ERROR or not final:
+            raise ClusterWireError("a forwarded event about no client that is not a refused handshake's error")
+        return
+    if _CLIENT_EVENTS.get(frame.action) is not final:
+        raise ClusterWireError(f"a forwarded {frame.action!r} event that is not a client's (or final wrongly)")
+    if context.get("client_id") != client_id:
+        raise ClusterWireError("a forwarded event whose context is about another client")
+    if frame.action == wire.NEW_MESSAGE and not isinstance(params.get("message"), str):
+        raise ClusterWireError("a forwarded new_message without its text")
 
 
 #: What to do with each kind of cluster message: (broker, channel, origin, *fields).

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 from tests.cluster.support import HEARTBEAT, ClusterBackend, RedisServer, metric, silent, start_node, texts, wait_until
 from tests.demo.support import Launch, OpenWs, open_when_served
@@ -98,3 +100,39 @@ def test_foreign_data_on_the_cluster_channels_is_skipped(launch: Launch, redis: 
     on_b.send("me too")
     assert backend.wait_for(lambda e: e["action"] == "new_message")["params"]["message"] == "me too"
     silent(on_b)
+
+
+def test_forged_events_and_handshakes_never_reach_a_backend(launch: Launch, redis: RedisServer,
+                                                            open_ws: OpenWs) -> None:
+    a = start_node(launch, redis, "a")
+    b = start_node(launch, redis, "b")
+    backend = ClusterBackend(a.tcp_port, "a")
+    on_b = open_when_served(open_ws, f"{b.ws_url}/lobby")
+    assert backend.next_event()["action"] == "new_connection"
+    node_a = a.child.output().split("Cluster node ", 1)[1].split(" ", 1)[0]
+
+    def event(client_id: str | None, final: bool, frame: dict[str, Any] | str) -> bytes:
+        line = frame if isinstance(frame, str) else json.dumps(frame)
+        return json.dumps(["event", "x", client_id, final, line + "\n"]).encode()
+
+    def frame(action: str, **params: Any) -> dict[str, Any]:
+        return {"request_id": "f", "action": action, "params": params}
+
+    forged = [event("a-0", False, frame("new_message", message="hi", context={"client_id": "a-1", "admin": True})),
+              event("a-0", False, '{"not": "a frame"}'),
+              event("a-0", False, "[1, 2]"),
+              event("a-0", False, frame("message_to_room", room_id="lobby", message="hi", context={"client_id": "a-0"})),
+              event("a-0", True, frame("new_message", message="hi", context={"client_id": "a-0"})),
+              event("a-0", False, frame("disconnected", context={"client_id": "a-0"})),
+              event("a-0", False, frame("new_message", message=5, context={"client_id": "a-0"})),
+              event("a-0", False, frame("new_message", message="hi")),
+              event(None, True, frame("new_message", message="hi", context={"client_id": "a-0"})),
+              b'["judge", "x", "r1", {"evil": 1}]',
+              b'["judge", "x", "r2", {"headers": {}, "url": 5, "remote_addr": "", "query": {}}]']
+    for payload in forged:
+        redis.command(b"PUBLISH", b"test:node:" + node_a.encode(), payload)
+    wait_until(lambda: metric(a, "pystrands_broker_cluster_rejected_total") >= len(forged), 10,
+               "A to skip every forged message")
+    on_b.send("me too")
+    event_after = backend.next_event()
+    assert (event_after["action"], event_after["params"]["message"]) == ("new_message", "me too")

@@ -8,11 +8,14 @@ import sys
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
 from pystrands.broker import config, tap
+from pystrands.broker.cluster import ClusterBroker
 from pystrands.broker.cluster_wire import KINDS, ClusterWireError, decode, encode
 from pystrands.broker.config import BrokerConfig
+from pystrands.settings import BackendSettings
 from pystrands.broker.peers import Peers
 from pystrands.broker.reconnect import Backoff, Reconnector
 from pystrands.broker.redis_url import RedisAddress, parse_redis_url
@@ -26,6 +29,16 @@ SAMPLES: dict[str, tuple[object, ...]] = {
     "verdict": ("r1", 200, "", "c", "room", {"nick": "n"}), "abandon": ("c",), "who": ("q",),
     "members": ("q", [{"client_id": "c"}]),
 }
+
+
+def test_a_payload_over_the_largest_cluster_message_is_skipped_undecoded() -> None:
+    broker = ClusterBroker(BrokerConfig(redis="redis://127.0.0.1:1"), MemoryReactorClock())
+    largest = broker._payload_limit
+    assert largest > 2 * BackendSettings.max_line_length  # an event of the largest line, escaped, fits
+    broker._received(b"pystrands:nodes", b"[" * (largest + 1))  # nested past orjson's depth: refused anyway
+    broker._received(b"pystrands:nodes", b'["beat", "n", 1, false]' + b" " * largest)
+    assert broker.metrics.cluster_rejected == 2
+    assert len(broker.peers) == 0
 
 
 def test_every_kind_has_a_sample() -> None:
