@@ -191,6 +191,7 @@ class ClusterBroker(Broker):
         self._rejected_reported = 0
         #: The largest cluster message: an event of the largest line, each of its bytes escaped once in JSON.
         self._payload_limit = 2 * self._event_limit + 1024
+        self._own_starts = cluster_wire.starts_of(self.node)
 
     # -- life cycle ------------------------------------------------------
 
@@ -289,6 +290,8 @@ class ClusterBroker(Broker):
 
     def _received(self, channel: bytes, payload: bytes) -> None:
         """A message on a watched channel: act on it; skip (and count) whatever is not a cluster message."""
+        if payload.startswith(self._own_starts):
+            return  # this node's own publish, back on a channel it watches (a room it has members of)
         try:
             if len(payload) > self._payload_limit:
                 raise ClusterWireError(f"over {self._payload_limit} bytes")

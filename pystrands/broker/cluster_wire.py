@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["KINDS", "ClusterWireError", "decode", "encode"]
+__all__ = ["KINDS", "ClusterWireError", "decode", "encode", "starts_of"]
 
 _TEXT = (str,)
 _OPTIONAL_TEXT = (str, type(None))
@@ -65,6 +65,12 @@ class ClusterWireError(ValueError):
 def encode(kind: str, origin: str, *fields: Any) -> bytes:
     """One cluster message (the caller passes the fields ``KINDS`` lists for ``kind``)."""
     return orjson.dumps([kind, origin, *fields])
+
+
+def starts_of(origin: str) -> tuple[bytes, ...]:
+    """How every message :func:`encode` makes for ``origin`` starts, up to the origin's closing quote:
+    a node recognises what it published itself without decoding it."""
+    return tuple(encode(kind, origin)[:-1] for kind in KINDS)
 
 
 def decode(payload: bytes) -> tuple[str, str, list[Any]]:

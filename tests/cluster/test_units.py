@@ -13,7 +13,7 @@ from twisted.python import usage
 
 from pystrands.broker import config, tap
 from pystrands.broker.cluster import ClusterBroker
-from pystrands.broker.cluster_wire import KINDS, ClusterWireError, decode, encode
+from pystrands.broker.cluster_wire import KINDS, ClusterWireError, decode, encode, starts_of
 from pystrands.broker.config import BrokerConfig
 from pystrands.settings import BackendSettings
 from pystrands.broker.peers import Peers
@@ -39,6 +39,14 @@ def test_a_payload_over_the_largest_cluster_message_is_skipped_undecoded() -> No
     broker._received(b"pystrands:nodes", b'["beat", "n", 1, false]' + b" " * largest)
     assert broker.metrics.cluster_rejected == 2
     assert len(broker.peers) == 0
+
+
+@pytest.mark.parametrize("kind", sorted(SAMPLES))
+def test_a_node_recognises_its_own_messages_by_their_start(kind: str) -> None:
+    own = starts_of("0123456789abcdef")
+    assert encode(kind, "0123456789abcdef", *SAMPLES[kind]).startswith(own)
+    for other in ("0123456789abcde", "0123456789abcdef0", "x"):
+        assert not encode(kind, other, *SAMPLES[kind]).startswith(own)
 
 
 def test_every_kind_has_a_sample() -> None:
