@@ -204,6 +204,7 @@ class ClusterBroker(Broker):
         self.link.start()
         self._every(self.config.cluster_heartbeat, self._beat)
         self._every(self.config.cluster_heartbeat / 8, self._check_peers)
+        self._every(self.config.cluster_heartbeat, lambda: self.link.probe(self.config.cluster_heartbeat))
         log.info("Cluster node {node} of cluster {name} on {redis}", node=self.node,
                  name=self.config.cluster_name, redis=str(self.link.address))
 
@@ -619,12 +620,14 @@ class ClusterBroker(Broker):
         else subscribe to the client's and its room's channels before the upgrade, so that what a
         backend sends in answer to ``new_connection`` reaches the client.
 
-        Without Redis, or if the question gets no answer, the node's own check (made before) is all.
+        Without Redis, or if Redis does not answer within ``min(auth_timeout, 1 s)`` (each step: the
+        question, then the subscriptions), the node's own check (made before) is all.
         """
         client_channel = self.channels.client(admission.client_id)
         asked = self.link.command(b"PUBSUB", b"NUMSUB", client_channel)
         if asked is None:
             return admission
+        deadline = min(self.config.auth_timeout, 1.0)
 
         def answered(reply: Any) -> Deferred[Admission]:
             if isinstance(reply, list) and len(reply) == 2 and isinstance(reply[1], int) and reply[1] > 0:
@@ -635,9 +638,10 @@ class ClusterBroker(Broker):
                 raise HandshakeRefused(409, "client_id already in use")
             self.link.watch(client_channel)
             self.link.watch(self.channels.room(admission.room_id))
-            return self.link.settled().addCallback(lambda _: admission)
+            settled = self.link.settled().addTimeout(deadline, self.clock)
+            return settled.addErrback(lambda _: None).addCallback(lambda _: admission)
 
-        return asked.addErrback(lambda _: None).addCallback(answered)
+        return asked.addTimeout(deadline, self.clock).addErrback(lambda _: None).addCallback(answered)
 
     def _refuse_forwarded(self, request_id: str, status: int, reason: str) -> None:
         pending = self._handshakes.pop(request_id)

@@ -30,7 +30,7 @@ from .outbox import send_at_once
 from .reconnect import Backoff, Reconnector
 from .redis_url import RedisAddress
 
-__all__ = ["CLOSE_TIMEOUT", "RedisLink"]
+__all__ = ["CLOSE_TIMEOUT", "WAITING_LIMIT", "RedisLink"]
 
 log = Logger()
 
@@ -38,6 +38,8 @@ log = Logger()
 CONNECT_TIMEOUT = 5.0
 #: Seconds the connections get to close when the node stops (what is written flushed), before they are cut.
 CLOSE_TIMEOUT = 2.0
+#: Bytes of commands Redis may leave unanswered; past it a publish is refused (and counted lost), not queued.
+WAITING_LIMIT = 64 * 1024 * 1024
 
 
 @functools.cache
@@ -101,6 +103,8 @@ class RedisLink:
         self._on_state = on_state
         self._wanted: set[bytes] = set()
         self._in_flight = 0
+        #: Bytes of the commands sent and not answered yet.
+        self._waiting = 0
         self._settling: list[Deferred[None]] = []
         self._reactor = reactor
         endpoint = _endpoint(reactor, address)
@@ -142,12 +146,29 @@ class RedisLink:
     # -- publishing and commands --------------------------------------------------
 
     def command(self, *args: bytes | int | str) -> Deferred[Any] | None:
-        """Run a Redis command; None (nothing sent) while Redis is unreachable."""
+        """Run a Redis command; None (nothing sent) while Redis is unreachable, or while the bytes of
+        the commands it has not answered yet would pass WAITING_LIMIT (a stalled Redis)."""
         connection = self._commands.connection
         if connection is None or not self.up:
             return None
+        size = sum(len(arg) for arg in args if isinstance(arg, bytes))
+        if self._waiting + size > WAITING_LIMIT:
+            return None
+        self._waiting += size
         result: Deferred[Any] = connection.execute_command(*args)
+        return result.addBoth(self._unwait, size)
+
+    def _unwait(self, result: object, size: int) -> object:
+        self._waiting -= size
         return result
+
+    def probe(self, timeout: float) -> None:
+        """PING both connections; one that does not answer within ``timeout`` seconds is cut, so that
+        a stalled Redis (connected, silent) is reported and reconnected to as a lost one is."""
+        for connection in (self._commands.connection, self._subscriber.connection):
+            if connection is not None:
+                cut = self._reactor.callLater(timeout, connection.transport.abortConnection)
+                connection.execute_command(b"PING", apply_timeout=False).addBoth(_cancel, cut)
 
     def fire(self, *args: bytes | int | str) -> None:
         """Run a command whose outcome does not matter (skipped while Redis is unreachable)."""
@@ -228,6 +249,12 @@ class RedisLink:
         if not self._down_told:
             self._down_told = True
             self._on_state(False, why)
+
+
+def _cancel(result: object, call: Any) -> None:
+    """An answer in time: the cut it would have got is called off."""
+    if call.active():
+        call.cancel()
 
 
 def _endpoint(reactor: Any, address: RedisAddress) -> IStreamClientEndpoint:

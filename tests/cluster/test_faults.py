@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from typing import Any
 
@@ -136,3 +138,23 @@ def test_forged_events_and_handshakes_never_reach_a_backend(launch: Launch, redi
     on_b.send("me too")
     event_after = backend.next_event()
     assert (event_after["action"], event_after["params"]["message"]) == ("new_message", "me too")
+
+
+def test_a_stalled_redis_neither_hangs_handshakes_nor_goes_unnoticed(launch: Launch, redis: RedisServer,
+                                                                     open_ws: OpenWs) -> None:
+    a = start_node(launch, redis, "a", "--cluster-heartbeat", "4")  # the probe cuts a stalled Redis after 4 to 8 s
+    backend = ClusterBackend(a.tcp_port, "a")
+    first = open_when_served(open_ws, f"{a.ws_url}/lobby")
+    assert backend.next_event()["action"] == "new_connection"
+    assert redis.process is not None
+    os.kill(redis.process.pid, signal.SIGSTOP)  # connected, and silent
+    try:
+        started = time.monotonic()
+        second = open_ws(f"{a.ws_url}/lobby")  # judged by A's own backend; Redis' check gives up after 1 s
+        assert time.monotonic() - started < 3
+        backend.send("message_to_room", {"room_id": "lobby", "message": "served alone"})
+        assert texts(first, 1) == texts(second, 1) == ["served alone"]
+        wait_until(lambda: "is unreachable" in a.child.output(), 2 * 4 + 3, "A to notice the stall")
+    finally:
+        os.kill(redis.process.pid, signal.SIGCONT)
+    wait_until(lambda: a.child.output().count("connected to Redis") >= 2, 10, "A to reconnect")
