@@ -380,6 +380,7 @@ class ClusterBroker(Broker):
         super().backend_lost(backend)
         if had:
             self._beat()
+            self._flush_queue()  # what waits here for a backend goes to another node's, if this was the last
 
     def backend_frame(self, frame: wire.Frame, line: bytes, backend: BackendLink) -> None:
         """As one node, then publish what reaches clients of other nodes."""
@@ -588,6 +589,9 @@ class ClusterBroker(Broker):
         if len(line) > self._event_limit:
             raise ClusterWireError(f"a forwarded event over the backends' line limit ({self._event_limit} bytes)")
         _check_event(client_id, final, line)
+        if not self.backends:  # the last one left while this event was on its way: on to another node
+            self._route(client_id, line, final)
+            return
         if client_id is not None:
             guests = self._guests.setdefault(origin, {})
             if final:

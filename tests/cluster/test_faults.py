@@ -158,3 +158,20 @@ def test_a_stalled_redis_neither_hangs_handshakes_nor_goes_unnoticed(launch: Lau
     finally:
         os.kill(redis.process.pid, signal.SIGCONT)
     wait_until(lambda: a.child.output().count("connected to Redis") >= 2, 10, "A to reconnect")
+
+
+def test_an_event_forwarded_to_a_node_whose_last_backend_left_goes_on_to_another(launch: Launch, redis: RedisServer,
+                                                                                 open_ws: OpenWs) -> None:
+    a = start_node(launch, redis, "a")
+    b = start_node(launch, redis, "b")
+    backend = ClusterBackend(b.tcp_port, "b")
+    open_when_served(open_ws, f"{a.ws_url}/lobby")  # A knows B has a backend
+    assert backend.next_event()["action"] == "new_connection"
+    node_a = a.child.output().split("Cluster node ", 1)[1].split(" ", 1)[0]
+    frame = {"request_id": "f", "action": "new_message", "params": {"message": "in flight",
+                                                                    "context": {"client_id": "c-1"}}}
+    redis.command(b"PUBLISH", b"test:node:" + node_a.encode(),
+                  json.dumps(["event", "x", "c-1", False, json.dumps(frame) + "\n"]).encode())
+    got = backend.wait_for(lambda e: e["action"] == "new_message", timeout=5)
+    assert got["params"]["message"] == "in flight"
+    assert metric(a, "pystrands_broker_queued_events") == 0
