@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
@@ -113,8 +113,9 @@ class BrokerConfig:
     #: more than one needs a cluster to join (see :mod:`pystrands.broker.workers`).
     workers: int = 1
     #: ``redis://[[user]:password@]host[:port][/db]`` (``rediss://`` for TLS): this broker is then one
-    #: node of the cluster that this Redis and ``cluster_name`` name (see docs/CLUSTER.md).
-    redis: str | None = None
+    #: node of the cluster that this Redis and ``cluster_name`` name (see docs/CLUSTER.md). Left out of the
+    #: repr: it may carry a password.
+    redis: str | None = field(default=None, repr=False)
     #: The cluster's name: several clusters may share one Redis.
     cluster_name: str = "pystrands"
     #: Seconds between a node's heartbeats in Redis; the others forget a killed node within 2 of them.

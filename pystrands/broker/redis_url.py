@@ -8,7 +8,7 @@ never joins its cluster. No I/O and no Twisted here.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 __all__ = ["DEFAULT_PORT", "RedisAddress", "check_cluster_name", "parse_redis_url"]
@@ -24,7 +24,7 @@ class RedisAddress:
     host: str
     port: int = DEFAULT_PORT
     db: int = 0
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a log line, a traceback or a repr
     username: str | None = None
     tls: bool = False
 

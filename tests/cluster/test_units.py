@@ -177,6 +177,9 @@ def test_redis_urls(url: str, address: RedisAddress) -> None:
 
 def test_a_redis_address_hides_its_password() -> None:
     assert str(parse_redis_url("rediss://user:pw@h:1/2")) == "rediss://user:***@h:1/2"
+    assert "s3cret" not in repr(parse_redis_url("rediss://user:s3cret@h:1/2"))
+    assert "s3cret" not in repr(BrokerConfig(redis="redis://:s3cret@h:1/2"))
+    assert parse_redis_url("rediss://user:s3cret@h:1/2").password == "s3cret"
 
 
 @pytest.mark.parametrize(("url", "why"), [
