@@ -15,10 +15,10 @@ from pystrands.broker import config, tap
 from pystrands.broker.cluster import ClusterBroker
 from pystrands.broker.cluster_wire import KINDS, ClusterWireError, decode, encode, starts_of
 from pystrands.broker.config import BrokerConfig
-from pystrands.settings import BackendSettings
 from pystrands.broker.peers import Peers
 from pystrands.broker.reconnect import Backoff, Reconnector
 from pystrands.broker.redis_url import RedisAddress, parse_redis_url
+from pystrands.settings import BackendSettings
 
 # -- cluster messages ---------------------------------------------------------------------
 
