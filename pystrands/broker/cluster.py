@@ -585,6 +585,8 @@ class ClusterBroker(Broker):
 
     def _on_event(self, channel: bytes, origin: str, client_id: str | None, final: bool, frame: str) -> None:
         self._own_channel(channel)
+        if origin not in self.peers:  # only a node heard beating forwards (its beat is published first)
+            raise ClusterWireError(f"a forwarded event from {origin!r}, a node not heard from")
         line = frame.encode()
         if len(line) > self._event_limit:
             raise ClusterWireError(f"a forwarded event over the backends' line limit ({self._event_limit} bytes)")

@@ -130,6 +130,7 @@ def test_forged_events_and_handshakes_never_reach_a_backend(launch: Launch, redi
               event("a-0", False, frame("new_message", message=5, context={"client_id": "a-0"})),
               event("a-0", False, frame("new_message", message="hi")),
               event(None, True, frame("new_message", message="hi", context={"client_id": "a-0"})),
+              event("a-0", False, frame("new_message", message="hi", context={"client_id": "a-0"})),  # from "x"
               b'["judge", "x", "r1", {"evil": 1}]',
               b'["judge", "x", "r2", {"headers": {}, "url": 5, "remote_addr": "", "query": {}}]']
     for payload in forged:
@@ -168,10 +169,11 @@ def test_an_event_forwarded_to_a_node_whose_last_backend_left_goes_on_to_another
     backend = ClusterBackend(b.tcp_port, "b")
     wait_until(lambda: metric(a, "pystrands_broker_cluster_nodes_with_backends") == 1, 10, "A to hear B's backend")
     node_a = a.child.output().split("Cluster node ", 1)[1].split(" ", 1)[0]
+    node_b = b.child.output().split("Cluster node ", 1)[1].split(" ", 1)[0]
     frame = {"request_id": "f", "action": "new_message", "params": {"message": "in flight",
                                                                     "context": {"client_id": "c-1"}}}
     redis.command(b"PUBLISH", b"test:node:" + node_a.encode(),
-                  json.dumps(["event", "x", "c-1", False, json.dumps(frame) + "\n"]).encode())
+                  json.dumps(["event", node_b, "c-1", False, json.dumps(frame) + "\n"]).encode())  # as if B had
     got = backend.wait_for(lambda e: e["action"] == "new_message", timeout=5)
     assert got["params"]["message"] == "in flight"
     assert metric(a, "pystrands_broker_queued_events") == 0
