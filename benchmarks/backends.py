@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import socket
-from typing import Any
 import sys
+from typing import Any
 
 ECHO_FROM = b'"action":"new_message"'
 ECHO_TO = b'"action":"message_to_connection"'
@@ -51,6 +51,30 @@ def run_twisted(port: int, delay: float) -> None:
             return self.broker.send_private_message(context.client_id, message)
 
     BackendService(Echo(), f"tcp:host=127.0.0.1:port={port}", reactor=reactor).startService()
+    reactor.run()
+
+
+def run_rooms(port: int, delay: float, connections: int = 1) -> None:
+    """The cluster benchmark's backend (Twisted-native): ``/ws/echo/<id>`` gets its messages back,
+    ``/ws/room/<room>/<id>`` joins ``<room>`` and each message goes to the whole room; ``connections``
+    connections to the broker (with ``--workers``, the kernel spreads them over the workers)."""
+    from twisted.internet import reactor
+
+    from pystrands import Backend, BackendService
+
+    class Rooms(Backend):
+        def on_connection_request(self, request: Any) -> bool:
+            parts = request.url.split("/")
+            request.context.room_id = f"room:{parts[3]}" if parts[2] == "room" else "echo"
+            return True
+
+        def on_message(self, message: str, context: Any) -> object:
+            if context.room_id == "echo":
+                return self.broker.send_private_message(context.client_id, message)
+            return self.broker.send_room_message(context.room_id, message)
+
+    for _ in range(connections):
+        BackendService(Rooms(), f"tcp:host=127.0.0.1:port={port}", reactor=reactor).startService()
     reactor.run()
 
 
@@ -101,7 +125,8 @@ def run_app(port: int, delay: float) -> None:
     app.run()
 
 
-KINDS = {"raw": run_raw, "twisted": run_twisted, "client": run_client, "async": run_async, "app": run_app}
+KINDS = {"raw": run_raw, "twisted": run_twisted, "rooms": run_rooms, "client": run_client, "async": run_async,
+         "app": run_app}
 
 
 def main() -> None:
@@ -110,11 +135,17 @@ def main() -> None:
     parser.add_argument("kind", choices=sorted(KINDS))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay-ms", type=float, default=0.0, help="handler time per message")
+    parser.add_argument("--connections", type=int, default=1, help="connections to the broker (rooms only)")
     args = parser.parse_args()
+    if args.connections != 1 and args.kind != "rooms":
+        parser.error("--connections is for the rooms backend only")
     if args.kind != "raw":
         import pystrands
         print(f"backend {args.kind}: pystrands from {pystrands.__file__}", file=sys.stderr, flush=True)
-    KINDS[args.kind](args.port, args.delay_ms / 1000)
+    if args.kind == "rooms":
+        run_rooms(args.port, args.delay_ms / 1000, args.connections)
+    else:
+        KINDS[args.kind](args.port, args.delay_ms / 1000)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Run with the dev venv's Python, one command per benchmark:
     python benchmarks/run.py e2e          # 4: WebSocket clients -> embedded broker -> backend
     python benchmarks/run.py broker       # 5: the broker end to end on wsload.py, beside its ceiling
     python benchmarks/run.py all          # all five, one chart
+    python benchmarks/run.py cluster      # 6: 1 node, --workers 2, 2 nodes over Redis (cluster.py; not in "all")
     add --quick for the seconds-long smoke form CI runs.
 
 This process is the broker simulator (``broker_sim``); every backend runs
@@ -703,7 +704,7 @@ def draw_chart(panels: list[dict[str, Any]], path: Path, public_python: Path | N
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the chosen benchmark(s)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["setup", *BENCHMARKS, "all"])
+    parser.add_argument("command", choices=["setup", *BENCHMARKS, "cluster", "all"])
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke form (small N, one round)")
     parser.add_argument("--rounds", type=int, help="repetitions per backend (default 3, quick 1)")
     parser.add_argument("--no-public", action="store_true", help="skip the public package (no venv, no network)")
@@ -714,6 +715,10 @@ def main(argv: list[str] | None = None) -> int:
         params = Params(**{**params.__dict__, "rounds": args.rounds})
     if args.command == "setup":
         return 0 if ensure_venv(chart=True) else 1
+    if args.command == "cluster":  # needs redis-server, not the public venv; not part of "all"
+        import cluster
+
+        return cluster.main(["--quick"] * args.quick + ["--rounds", str(args.rounds)] * bool(args.rounds))
     public_python = None if args.no_public else ensure_venv(chart=not args.quick)
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]};"
           f" public pystrands {'from ' + str(PUBLIC_VENV.relative_to(REPO)) if public_python else 'SKIPPED'}")

@@ -46,6 +46,10 @@ def server(args: list[str]) -> int:
                                     [LogLevelFilterPredicate(LogLevel.info)])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     fit_file_limit(options["config"])
+    if options["config"].workers > 1:
+        from .broker.workers import run_supervisor
+
+        return run_supervisor(options, reactor)
     service = BrokerService(options["config"], reactor)
     exit_code = 0
 

@@ -2,15 +2,16 @@
 
 The same :class:`Options` serve ``python -m pystrands server`` and
 ``twistd pystrands-broker``. As with the reference broker, the environment
-variables ``PYSTRAND_WS_PORT``, ``PYSTRAND_TCP_PORT`` and
-``PYSTRAND_QUEUE_SIZE`` take precedence over the flags.
+variables ``PYSTRAND_WS_PORT``, ``PYSTRAND_TCP_PORT``,
+``PYSTRAND_QUEUE_SIZE`` and ``PYSTRAND_REDIS_URL`` take precedence over the flags.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
@@ -18,6 +19,7 @@ from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from ..options import PackageOptions, parse_numbers, settings_error
 from ..settings import BackendSettings, check_integer, check_number
 from .guards import OriginPolicy
+from .redis_url import check_cluster_name, parse_redis_url
 
 __all__ = ["ENVIRONMENT", "MAX_MESSAGE_SIZE", "BrokerConfig", "Options", "check_server_endpoint", "parse_origins"]
 
@@ -26,6 +28,7 @@ ENVIRONMENT = {
     "PYSTRAND_WS_PORT": "ws-port",
     "PYSTRAND_TCP_PORT": "tcp-port",
     "PYSTRAND_QUEUE_SIZE": "queue-size",
+    "PYSTRAND_REDIS_URL": "redis",
 }
 
 MiB = 1024 * 1024
@@ -33,6 +36,8 @@ MiB = 1024 * 1024
 EVENT_ENVELOPE = 64 * 1024
 #: The largest ``max_message_size``: its event must fit the backend library's default line limit.
 MAX_MESSAGE_SIZE = BackendSettings.max_line_length - EVENT_ENVELOPE
+#: The most ``workers``: a typo should not start thousands of processes.
+MAX_WORKERS = 256
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,17 @@ class BrokerConfig:
     #: Server endpoint string of a listener of its own for ``/metrics`` (e.g.
     #: ``tcp:9100:interface=127.0.0.1``); when set, metrics are served there and not on the WebSocket port.
     metrics_endpoint: str | None = None
+    #: Broker processes on this machine sharing both ports through ``SO_REUSEPORT`` (Linux only);
+    #: more than one needs a cluster to join (see :mod:`pystrands.broker.workers`).
+    workers: int = 1
+    #: ``redis://[[user]:password@]host[:port][/db]`` (``rediss://`` for TLS): this broker is then one
+    #: node of the cluster that this Redis and ``cluster_name`` name (see docs/CLUSTER.md). Left out of the
+    #: repr: it may carry a password.
+    redis: str | None = field(default=None, repr=False)
+    #: The cluster's name: several clusters may share one Redis.
+    cluster_name: str = "pystrands"
+    #: Seconds between a node's heartbeats in Redis; the others forget a killed node within 2 of them.
+    cluster_heartbeat: float = 5.0
 
     def __post_init__(self) -> None:
         check_integer("ws_port", self.ws_port, minimum=0, maximum=65535)
@@ -145,6 +161,26 @@ class BrokerConfig:
             raise ValueError("backend_token must be a non-empty str or None")
         if self.static is not None and not os.path.isdir(self.static):
             raise ValueError(f"static {self.static!r} is not a directory")
+        if self.redis is not None:
+            parse_redis_url(self.redis)
+        check_cluster_name(self.cluster_name)
+        check_number("cluster_heartbeat", self.cluster_heartbeat, minimum=0, inclusive=False)
+        check_integer("workers", self.workers, minimum=1, maximum=MAX_WORKERS)
+        if self.workers > 1:
+            self._check_workers()
+
+    def _check_workers(self) -> None:
+        """Several workers listen on plain ports of their own, shared through SO_REUSEPORT."""
+        if not sys.platform.startswith("linux"):
+            raise ValueError(f"workers must be 1 on {sys.platform}: several workers share the ports"
+                             " through SO_REUSEPORT's load balancing, which only Linux has")
+        if self.redis is None:
+            raise ValueError(f"workers above 1 needs --redis (redis=): the {self.workers} workers are"
+                             " nodes of one cluster, which meets in Redis")
+        for name in ("ws_endpoint", "tcp_endpoint", "metrics_endpoint"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"workers must be 1 with --{name.replace('_', '-')}: workers share plain"
+                                 " ports (--ws-port, --tcp-port); a metrics listener would be one port per worker")
 
     @property
     def ws_listen(self) -> str:
@@ -191,6 +227,8 @@ _NUMERIC_OPTIONS = {
     "client-write-timeout": float,
     "write-timeout": float,
     "max-client-rate": float,
+    "cluster-heartbeat": float,
+    "workers": int,
 }
 
 
@@ -246,6 +284,14 @@ class Options(PackageOptions):
         ["metrics-endpoint", None, None,
          ("Twisted server endpoint of a listener of its own for /metrics (e.g. tcp:9100:interface=127.0.0.1);"
           " the WebSocket port then does not serve /metrics.")],
+        ["redis", None, None,
+         ("Join the cluster of this Redis: redis://[:password@]host:port/db, rediss:// for TLS"
+          " (env PYSTRAND_REDIS_URL wins).")],
+        ["cluster-name", None, _DEFAULTS.cluster_name, "Name of the cluster in that Redis (several may share one)."],
+        ["cluster-heartbeat", None, _DEFAULTS.cluster_heartbeat,
+         "Seconds between a node's heartbeats; the others forget a killed node within two."],
+        ["workers", None, _DEFAULTS.workers,
+         "Broker processes sharing both ports (SO_REUSEPORT, Linux); more than 1 needs a cluster (--redis)."],
     ]
 
     optFlags: ClassVar[list[list[Any]]] = [
@@ -274,6 +320,8 @@ class Options(PackageOptions):
                 metrics=bool(self["metrics"]),
                 metrics_endpoint=self["metrics-endpoint"],
                 allowed_origins=parse_origins(self["allowed-origins"]),
+                redis=self["redis"],
+                cluster_name=self["cluster-name"],
             )
         except (TypeError, ValueError) as exc:
             raise settings_error(exc, label) from None

@@ -44,7 +44,15 @@ Metric names (all prefixed ``pystrands_broker_``):
     full queue), ``client_write`` (a client dropped: its socket took nothing
     for ``client_write_timeout`` or let ``max_client_buffer`` pile up),
     ``backend`` (a backend connection dropped: write timeout, buffer, or a
-    failed ``auth``).
+    failed ``auth``), ``cluster_unpublished`` (a message for other cluster nodes
+    that could not be published to Redis: unreachable, or the connection was
+    lost before Redis confirmed it; see docs/CLUSTER.md).
+``cluster_rejected_total``
+    counter: payloads on the cluster's Redis channels that were not cluster
+    messages (foreign or corrupt), skipped.
+``cluster_redis_up``, ``cluster_nodes``, ``cluster_nodes_with_backends``
+    gauges of a cluster node only: 1 while both its Redis connections are
+    up (else 0); the other nodes it hears; those of them with a backend.
 ``backend_in_flight_requests{backend}``, ``backend_load{backend}``, ``backend_buffered_bytes{backend}``
     gauges per connected backend: connection requests sent to it and not yet
     answered; clients and handshakes routed to it; bytes waiting for its
@@ -112,6 +120,10 @@ class BrokerMetrics:
         self.client_write_drops = 0
         #: Backend connections dropped.
         self.backend_drops = 0
+        #: Cluster messages that could not be published (Redis unreachable, or lost with the connection).
+        self.cluster_unpublished = 0
+        #: Payloads on the cluster's channels that were not cluster messages, skipped.
+        self.cluster_rejected = 0
         #: Round trip of connection requests, in seconds.
         self.round_trip = Histogram(
             PREFIX + "connection_request_seconds",
@@ -179,7 +191,13 @@ class _Collector(Collector):
         dropped.add_metric(["queue_overflow"], broker.queue.dropped)
         dropped.add_metric(["client_write"], metrics.client_write_drops)
         dropped.add_metric(["backend"], metrics.backend_drops)
+        dropped.add_metric(["cluster_unpublished"], metrics.cluster_unpublished)
         yield dropped
+        yield CounterMetricFamily(PREFIX + "cluster_rejected",
+                                  "Payloads on the cluster's Redis channels that were not cluster messages.",
+                                  value=metrics.cluster_rejected)
+        for name, (text, value) in broker.cluster_gauges().items():
+            yield GaugeMetricFamily(PREFIX + name, text, value=value)
         yield from self._per_backend(broker)
 
     def _per_backend(self, broker: Broker) -> Iterator[Metric]:
@@ -241,11 +259,12 @@ def add_status_pages(root: IResource, broker: Broker, metrics: bool) -> None:
     """Put ``/healthz``, ``/readyz`` and (if ``metrics``) ``/metrics`` under ``root``.
 
     ``/healthz``: 200 ``ok`` while the broker runs (it answers, so it runs);
-    ``/readyz``: 200 while at least one backend is connected, else 503.
+    ``/readyz``: 200 while a backend can take a handshake (one is connected here or, for a cluster
+    node, on a node it can reach), else 503.
     """
     root.putChild(b"healthz", StatusPage(lambda: (200, b"ok\n")))
     root.putChild(b"readyz", StatusPage(
-        lambda: (200, b"ready\n") if broker.backends else (503, b"no backend is connected\n")))
+        lambda: (200, b"ready\n") if broker.ready else (503, b"no backend is connected\n")))
     if metrics:
         root.putChild(b"metrics", MetricsPage(broker.metrics))
 

@@ -137,6 +137,10 @@ class Rooms(Generic[_Client]):
         """The connected client with this id, or None."""
         return self._clients.get(client_id)
 
+    def occupied(self, room_id: str) -> bool:
+        """True while the room has a member here."""
+        return room_id in self._rooms
+
     def members(self, room_id: str) -> list[_Client]:
         """The clients of a room, each once (a copy: sending may remove clients)."""
         return list(self._rooms.get(room_id, {}).values())

@@ -14,13 +14,13 @@ backend drains, so a busy client slows down instead of breaking the link.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from .. import wire
 from ..settings import BackendSettings
@@ -124,6 +124,8 @@ class _Pending:
     answer: Deferred[Admission]
     backend: BackendLink
     timeout: IDelayedCall
+    #: Reserve the client id here on acceptance (not for a cluster node's handshake judged for another node).
+    reserve: bool = True
 
 
 class Broker:
@@ -146,6 +148,15 @@ class Broker:
         self.metrics = BrokerMetrics(self)
 
     @property
+    def ready(self) -> bool:
+        """True while a backend can judge a handshake (for ``/readyz``): one is connected here."""
+        return bool(self.backends)
+
+    def cluster_gauges(self) -> dict[str, tuple[str, float]]:
+        """A cluster node's state for ``/metrics``: name -> (help, value); nothing for a single broker."""
+        return {}
+
+    @property
     def handshaking(self) -> int:
         """Handshakes under way: waiting for a backend's answer, or accepted and not yet upgraded."""
         return len(self._pending) + self.rooms.claimed() - len(self.rooms)
@@ -163,6 +174,10 @@ class Broker:
         self._heartbeat = None
         for request_id in list(self._pending):
             self._refuse(request_id, 503, "the broker is stopping")
+
+    def shutdown(self) -> Deferred[None]:
+        """After :meth:`stop` and the connections' closing: let go of the rest (a cluster node's Redis)."""
+        return succeed(None)
 
     def _beat(self) -> None:
         # callLater, not LoopingCall: LoopingCall() imports (so installs) the global reactor.
@@ -252,19 +267,33 @@ class Broker:
     # -- extension requests (docs/PROTOCOL-EXTENSIONS.md) ----------------------
 
     def _extension(self, backend: BackendLink, frame: wire.Frame, line: bytes) -> None:
-        """Carry out one extension request and reply to it: ok with a result, or not ok with why."""
+        """Carry out one extension request and reply to it: ok with a result, or not ok with why.
+
+        A handler may return a Deferred (a cluster node asking the others): the reply waits for it.
+        """
         try:
-            result = _EXTENSIONS[frame.action](self, frame.params)
-        except extensions.BadParams as exc:
+            result = getattr(self, _EXTENSIONS[frame.action])(frame.params)
+        except Exception as exc:
+            self._refuse_request(backend, frame, line, exc)
+            return
+        if isinstance(result, Deferred):
+            result.addCallbacks(lambda value: self._reply(backend, frame, line, value),
+                                lambda failure: self._refuse_request(backend, frame, line, failure.value))
+        else:
+            self._reply(backend, frame, line, result)
+
+    def _refuse_request(self, backend: BackendLink, frame: wire.Frame, line: bytes, exc: BaseException) -> None:
+        if isinstance(exc, extensions.BadParams):
             log.warn("Refused a backend's {action} request ({why}): {excerpt}", action=frame.action,
                      why=str(exc), excerpt=wire.excerpt(line))
             backend.send(extensions.refusal_frame(frame.request_id, str(exc)))
             return
-        except Exception:
-            log.failure("A backend's {action} request failed: {excerpt}", action=frame.action,
-                        excerpt=wire.excerpt(line))
-            backend.send(extensions.refusal_frame(frame.request_id, "the broker failed to carry it out"))
-            return
+        log.failure("A backend's {action} request failed: {excerpt}", Failure(exc, type(exc), exc.__traceback__),
+                    action=frame.action,
+                    excerpt=wire.excerpt(line))
+        backend.send(extensions.refusal_frame(frame.request_id, "the broker failed to carry it out"))
+
+    def _reply(self, backend: BackendLink, frame: wire.Frame, line: bytes, result: Any) -> None:
         reply = extensions.reply_frame(frame.request_id, result)
         if len(reply) > self._event_limit:  # the library would skip it, and the request time out
             why = f"the reply would be {len(reply)} bytes, over the backends' line limit"
@@ -317,13 +346,17 @@ class Broker:
                 wire.ERROR, {"error": NO_BACKEND, "context": handshake.failed_context()}), True)
             self.metrics.handshake("unavailable")
             return fail(HandshakeRefused(503, "no backend is connected"))
+        return self._ask_backend(handshake.params())
+
+    def _ask_backend(self, params: dict[str, Any], reserve: bool = True) -> Deferred[Admission]:
+        """Send a ``connection_request`` to the least-loaded backend; its answer, or HandshakeRefused."""
         backend = self._least_loaded()
         request_id = str(uuid.uuid4())
-        frame = wire.encode_frame(wire.CONNECTION_REQUEST, handshake.params(), request_id)
+        frame = wire.encode_frame(wire.CONNECTION_REQUEST, params, request_id)
         answer: Deferred[Admission] = Deferred()
         timeout = self.clock.callLater(self.config.auth_timeout, self._refuse, request_id, 403,
                                        "the backend did not answer in time")
-        self._pending[request_id] = _Pending(answer, backend, timeout)
+        self._pending[request_id] = _Pending(answer, backend, timeout, reserve)
         backend.load += 1
         backend.send(frame)
         return answer
@@ -354,7 +387,7 @@ class Broker:
             self._refuse(request_id, 403, "rejected by the backend")
         elif not self._usable(line, client_id=client_id, room_id=room_id):
             self._refuse(request_id, 403, "the backend's answer was not usable")
-        elif not self.rooms.reserve(client_id):
+        elif pending.reserve and not self.rooms.reserve(client_id):
             log.warn("Refused a handshake: client_id {client_id!r} is already connected",
                      client_id=client_id)
             self._refuse(request_id, 409, "client_id already in use")
@@ -444,11 +477,12 @@ class Broker:
             backend.load -= 1
 
 
-#: The extension requests the router answers, by action (each announced in ``hello``).
-_EXTENSIONS: dict[str, Callable[[Broker, dict[str, Any]], Any]] = {
-    extensions.ROOM_MEMBERS: Broker._room_members,
-    extensions.DISCONNECT_CLIENT: Broker._disconnect_client,
-    extensions.JOIN_ROOM: Broker._join_room,
-    extensions.LEAVE_ROOM: Broker._leave_room,
-    extensions.SET_METADATA: Broker._set_metadata,
+#: The extension requests the router answers: action (each announced in ``hello``) -> the method
+#: (by name, so that a cluster node's router can answer them cluster-wide).
+_EXTENSIONS: dict[str, str] = {
+    extensions.ROOM_MEMBERS: "_room_members",
+    extensions.DISCONNECT_CLIENT: "_disconnect_client",
+    extensions.JOIN_ROOM: "_join_room",
+    extensions.LEAVE_ROOM: "_leave_room",
+    extensions.SET_METADATA: "_set_metadata",
 }

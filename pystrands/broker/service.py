@@ -92,7 +92,7 @@ class BrokerService(Service):
             from twisted.internet import reactor  # the outermost layer's choice: the global one
             self.reactor = reactor
         super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
-        self.broker = Broker(self.config, reactor)
+        self.broker = _router(self.config, reactor)
         self.backends = BackendFactory(self.broker)
         self.websockets = WebSocketFactory(self.broker)
         listeners = [
@@ -147,6 +147,7 @@ class BrokerService(Service):
                           lambda client: client.abort("the broker is stopping"))
         backends = list(backend_factory.connections)
         await self._close(backends, lambda backend: backend.close(), lambda backend: backend.abort())
+        await broker.shutdown()
 
     async def _close(self, connections: Iterable[Any], close: Any, abort: Any) -> None:
         """Close each connection; abort those still open after ``stop_timeout``."""
@@ -160,6 +161,15 @@ class BrokerService(Service):
         await gone
         if deadline.active():
             deadline.cancel()
+
+
+def _router(config: BrokerConfig, reactor: Any) -> Broker:
+    """One broker's router; a cluster node's with ``redis`` (only then is the cluster code imported)."""
+    if config.redis is None:
+        return Broker(config, reactor)
+    from .cluster import ClusterBroker
+
+    return ClusterBroker(config, reactor)
 
 
 def describe(address: IAddress) -> str:

@@ -50,8 +50,17 @@ def _check_free(option: str, port: int, interface: str) -> None:
 
 
 def makeService(options: Options) -> IService:
-    """The BrokerService that ``twistd pystrands-broker`` runs; it stops twistd if a port is taken."""
+    """What ``twistd pystrands-broker`` runs (a BrokerService, or with ``--workers`` their supervisor).
+
+    It stops twistd if a port is taken or the workers keep failing.
+    """
     fit_file_limit(options["config"])
+    if options["config"].workers > 1:
+        from .workers import WorkerSupervisor, worker_arguments
+
+        supervisor = WorkerSupervisor(options["config"], worker_arguments(options))
+        supervisor.failed.addErrback(_cannot_listen)
+        return supervisor
     service = BrokerService(options["config"])
     service.when_listening().addErrback(_cannot_listen)
     return service

@@ -1,0 +1,773 @@
+"""One node of a broker cluster over Redis: the router, with rooms, sends and backends made cluster-wide.
+
+:class:`ClusterBroker` is a :class:`~pystrands.broker.router.Broker` that
+also publishes what other nodes must see and acts on what they publish.
+The single-node broker never imports this module: without ``--redis``
+nothing here runs. docs/CLUSTER.md is the design; in short:
+
+* what a backend sends is delivered here at once and published once, on
+  the channel of the room, of the client, or of the whole cluster; a node
+  is subscribed to the channel of each room it has members of and of each
+  client it holds, so every other member gets it exactly once, and in the
+  order its backend sent it (one publishing connection per node, one
+  subscribed connection per node: Redis keeps that order);
+* a node without a backend of its own forwards its clients' handshakes and
+  events to a node with one, on that node's channel, sticky per client;
+* heartbeats on the nodes channel (and a key per node with an expiry) tell
+  who is alive and has backends; a node silent for 1.5 heartbeats is
+  forgotten: no more forwarding to it, and its clients leave its backends;
+* while Redis is unreachable the node serves its own clients alone; what it
+  could not publish is counted (``dropped_total{reason="cluster_unpublished"}``)
+  and logged.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from .. import wire
+from ..errors import ProtocolError
+from . import cluster_wire, extensions
+from .cluster_wire import ClusterWireError
+from .config import BrokerConfig
+from .peers import Peers
+from .redis_link import CLOSE_TIMEOUT, RedisLink
+from .redis_url import parse_redis_url
+from .rooms import Rooms
+from .router import Admission, BackendLink, Broker, Client, Handshake, HandshakeRefused
+
+__all__ = ["ClusterBroker", "ClusterRooms"]
+
+log = Logger()
+
+_Client = TypeVar("_Client")
+
+#: Heartbeats a node may miss before the others forget it (checked 8 times a heartbeat: within 2 in all).
+SILENCE = 1.5
+#: Seconds a ``room_members`` request waits for the other nodes' members before answering with what it has.
+QUERY_TIMEOUT = 2.0
+#: The extension requests about one client, carried out by the node that holds the client.
+_CLIENT_REQUESTS: dict[str, Callable[[dict[str, Any]], tuple[Any, ...]]] = {
+    extensions.DISCONNECT_CLIENT: extensions.close_params,
+    extensions.JOIN_ROOM: extensions.membership_params,
+    extensions.LEAVE_ROOM: extensions.membership_params,
+    extensions.SET_METADATA: extensions.metadata_params,
+}
+
+
+class Channels:
+    """The Redis channel and key names of one cluster (all prefixed by its name)."""
+
+    def __init__(self, cluster_name: str) -> None:
+        self.prefix = cluster_name.encode() + b":"
+        #: Heartbeats and goodbyes of every node.
+        self.nodes = self.prefix + b"nodes"
+        #: Broadcasts.
+        self.everyone = self.prefix + b"all"
+        self._room = self.prefix + b"room:"
+        self._client = self.prefix + b"client:"
+        self._node = self.prefix + b"node:"
+
+    def room(self, room_id: str) -> bytes:
+        """The channel of a room's messages."""
+        return self._room + room_id.encode()
+
+    def client(self, client_id: str) -> bytes:
+        """The channel of what is sent to one client."""
+        return self._client + client_id.encode()
+
+    def node(self, node: str) -> bytes:
+        """The channel of what is meant for one node."""
+        return self._node + node.encode()
+
+    def node_key(self, node: str) -> bytes:
+        """The key saying a node is alive (with an expiry)."""
+        return self.prefix + b"alive:" + node.encode()
+
+    def room_of(self, channel: bytes) -> str | None:
+        """The room of a room channel; None for any other channel."""
+        return channel[len(self._room):].decode() if channel.startswith(self._room) else None
+
+    def client_of(self, channel: bytes) -> str | None:
+        """The client of a client channel; None for any other channel."""
+        return channel[len(self._client):].decode() if channel.startswith(self._client) else None
+
+
+class ClusterRooms(Rooms[_Client]):
+    """:class:`~pystrands.broker.rooms.Rooms` that keeps the node subscribed to its rooms' and clients' channels."""
+
+    def __init__(self, link: RedisLink, channels: Channels) -> None:
+        super().__init__()
+        self._link = link
+        self._channels = channels
+
+    def add(self, client_id: str, room_id: str, client: _Client) -> None:
+        """Connect a client: watch its channel and its room's."""
+        super().add(client_id, room_id, client)
+        self._link.watch(self._channels.client(client_id))
+        self._link.watch(self._channels.room(room_id))
+
+    def remove(self, client_id: str) -> None:
+        """Forget a client: stop watching its channel and the rooms it leaves empty here."""
+        rooms = self.rooms_of(client_id)
+        connected = self.client(client_id) is not None
+        super().remove(client_id)
+        if connected:
+            self._link.unwatch(self._channels.client(client_id))
+        for room_id in rooms:
+            self._left(room_id)
+
+    def join(self, client_id: str, room_id: str) -> list[str] | None:
+        """Put a client in a room, and watch the room's channel."""
+        rooms = super().join(client_id, room_id)
+        if rooms is not None:
+            self._link.watch(self._channels.room(room_id))
+        return rooms
+
+    def leave(self, client_id: str, room_id: str) -> list[str] | None:
+        """Take a client out of a room; stop watching it once empty here."""
+        rooms = super().leave(client_id, room_id)
+        if rooms is not None:
+            self._left(room_id)
+        return rooms
+
+    def _left(self, room_id: str) -> None:
+        if not self.occupied(room_id):
+            self._link.unwatch(self._channels.room(room_id))
+
+
+@dataclass
+class _Forwarded:
+    """A handshake of a client here, judged by a backend of another node."""
+
+    answer: Deferred[Admission]
+    node: str
+    timeout: IDelayedCall
+
+
+@dataclass
+class _Query:
+    """A ``room_members`` request waiting for the other nodes' members."""
+
+    answer: Deferred[list[dict[str, Any]]]
+    members: list[dict[str, Any]]
+    timeout: IDelayedCall
+    expected: int | None = None
+    replies: int = 0
+    nodes: set[str] = field(default_factory=set)
+
+
+class ClusterBroker(Broker):
+    """The router of one node of a cluster (see the module docstring)."""
+
+    def __init__(self, config: BrokerConfig, clock: Any) -> None:
+        assert config.redis is not None  # BrokerService makes a ClusterBroker only with it
+        #: This node's id, fresh at each start.
+        self.node = uuid.uuid4().hex[:16]
+        self.channels = Channels(config.cluster_name)
+        #: The two connections to Redis.
+        self.link = RedisLink(clock, parse_redis_url(config.redis), self._received, self._redis_state,
+                              max_delay=config.cluster_heartbeat)
+        #: The other nodes.
+        self.peers = Peers(clock, SILENCE * config.cluster_heartbeat)
+        super().__init__(config, clock)  # after the above: its metrics registry reads them at once
+        self.rooms: ClusterRooms[Client] = ClusterRooms(self.link, self.channels)
+        #: Clients here whose events go to another node's backends: client id -> node.
+        self._forwarded: dict[str, str] = {}
+        self._handshakes: dict[str, _Forwarded] = {}
+        #: Clients of other nodes whose events our backends get: node -> client id -> context.
+        self._guests: dict[str, dict[str, dict[str, Any]]] = {}
+        self._queries: dict[str, _Query] = {}
+        self._asks: dict[str, tuple[Deferred[bool], IDelayedCall]] = {}
+        self._timers: list[IDelayedCall] = []
+        self._unpublished_reported = 0
+        self._rejected_reported = 0
+        #: The largest cluster message: an event of the largest line, each of its bytes escaped once in JSON.
+        self._payload_limit = 2 * self._event_limit + 1024
+        self._own_starts = cluster_wire.starts_of(self.node)
+
+    # -- life cycle ------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the backends' heartbeats, connect to Redis, and beat in the cluster."""
+        super().start()
+        self.link.watch(self.channels.nodes)
+        self.link.watch(self.channels.everyone)
+        self.link.watch(self.channels.node(self.node))
+        self.link.start()
+        self._every(self.config.cluster_heartbeat, self._beat)
+        self._every(self.config.cluster_heartbeat / 8, self._check_peers)
+        self._every(self.config.cluster_heartbeat, lambda: self.link.probe(self.config.cluster_heartbeat))
+        log.info("Cluster node {node} of cluster {name} on {redis}", node=self.node,
+                 name=self.config.cluster_name, redis=str(self.link.address))
+
+    def stop(self) -> None:
+        """Stop beating; handshakes waiting for another node get 503."""
+        super().stop()
+        for timer in self._timers:
+            if timer.active():
+                timer.cancel()
+        self._timers = []
+        for request_id in list(self._handshakes):
+            self._refuse_forwarded(request_id, 503, "the broker is stopping")
+
+    def shutdown(self) -> Deferred[None]:
+        """Say goodbye to the cluster, then close the connections to Redis.
+
+        Redis answers in order: once the last command is answered, every publish before it has
+        been confirmed, so none is counted lost by the closing (an unresponsive Redis gets
+        ``CLOSE_TIMEOUT`` seconds).
+        """
+        self.link.fire(b"PUBLISH", self.channels.nodes, cluster_wire.encode("bye", self.node))
+        last = self.link.command(b"DEL", self.channels.node_key(self.node))
+        if last is None:
+            return self.link.stop()
+        last.addTimeout(CLOSE_TIMEOUT, self.clock)
+        return last.addBoth(lambda _: self.link.stop())
+
+    def _every(self, seconds: float, action: Callable[[], object]) -> None:
+        """Call ``action`` every ``seconds`` until :meth:`stop` (callLater: no global reactor)."""
+        def tick() -> None:
+            self._timers[index] = self.clock.callLater(seconds, tick)
+            action()
+
+        index = len(self._timers)
+        self._timers.append(self.clock.callLater(seconds, tick))
+
+    @property
+    def ready(self) -> bool:
+        """A backend here, or on a node this one can reach: a load balancer may send it clients."""
+        return bool(self.backends) or (self.link.up and bool(self.peers.with_backends()))
+
+    def cluster_gauges(self) -> dict[str, tuple[str, float]]:
+        """Redis up, the other nodes, those with a backend."""
+        return {"cluster_redis_up": ("1 while both connections to Redis are up.", float(self.link.up)),
+                "cluster_nodes": ("Other nodes of the cluster heard from.", float(len(self.peers))),
+                "cluster_nodes_with_backends": ("Other nodes with a backend.", float(len(self.peers.with_backends())))}
+
+    # -- Redis ----------------------------------------------------------------
+
+    def _redis_state(self, up: bool, why: str) -> None:
+        if not up:
+            log.warn("Cluster node {node}: Redis {redis} is unreachable ({why}); serving this node's"
+                     " clients alone, reconnecting", node=self.node, redis=str(self.link.address), why=why)
+            return
+        log.info("Cluster node {node}: connected to Redis {redis}", node=self.node, redis=str(self.link.address))
+        self._report_losses()
+        self.peers.respite()
+        self._beat(answer=True)
+        self._flush_queue()
+
+    def _publish(self, channel: bytes, payload: bytes) -> bool:
+        """Publish; False (counted, logged once an outage) when it cannot be sent."""
+        published = self.link.publish(channel, payload)
+        if published is None:
+            self._unpublished()
+            return False
+        published.addErrback(lambda _: self._unpublished())
+        return True
+
+    def _unpublished(self) -> None:
+        if self.metrics.cluster_unpublished == self._unpublished_reported:
+            log.warn("Cluster node {node}: a message for other nodes could not be published to Redis;"
+                     " counting such losses in dropped_total{{reason=\"cluster_unpublished\"}} until Redis"
+                     " is back", node=self.node)
+        self.metrics.cluster_unpublished += 1
+
+    def _report_losses(self) -> None:
+        lost = self.metrics.cluster_unpublished - self._unpublished_reported
+        if lost:
+            self._unpublished_reported = self.metrics.cluster_unpublished
+            log.warn("Cluster node {node}: {lost} messages for other nodes could not be published while Redis"
+                     " was unreachable ({total} since start)", node=self.node, lost=lost,
+                     total=self.metrics.cluster_unpublished)
+
+    def _received(self, channel: bytes, payload: bytes) -> None:
+        """A message on a watched channel: act on it; skip (and count) whatever is not a cluster message."""
+        if payload.startswith(self._own_starts):
+            return  # this node's own publish, back on a channel it watches (a room it has members of)
+        try:
+            if len(payload) > self._payload_limit:
+                raise ClusterWireError(f"over {self._payload_limit} bytes")
+            kind, origin, fields = cluster_wire.decode(payload)
+            if origin == self.node:
+                return
+            _HANDLERS[kind](self, channel, origin, *fields)
+        except (ClusterWireError, UnicodeDecodeError, extensions.BadParams) as exc:
+            self._rejected(channel, payload, str(exc))
+        except Exception:
+            self.metrics.cluster_rejected += 1
+            log.failure("Cluster node {node}: acting on a message on {channel!r} failed: {excerpt}",
+                        node=self.node, channel=channel, excerpt=wire.excerpt(payload))
+
+    def _rejected(self, channel: bytes, payload: bytes, why: str) -> None:
+        self.metrics.cluster_rejected += 1
+        count = self.metrics.cluster_rejected
+        if count - self._rejected_reported >= 1000 or self._rejected_reported == 0 or count == 1:
+            self._rejected_reported = count
+            log.warn("Cluster node {node}: skipped a payload on {channel!r} that is not a cluster message ({why}):"
+                     " {excerpt} ({count} so far; logged again after 1000 more)", node=self.node,
+                     channel=channel, why=why, excerpt=wire.excerpt(payload), count=count)
+
+    # -- heartbeats ---------------------------------------------------------------
+
+    def _beat(self, answer: bool = False) -> None:
+        """Say this node is alive and how many backends it has; ``answer``: the others beat back now."""
+        seconds = self.config.cluster_heartbeat
+        self.link.fire(b"SET", self.channels.node_key(self.node), str(len(self.backends)).encode(),
+                       b"PX", int(2 * seconds * 1000))
+        # Not counted when unpublished: a heartbeat is no message, and the next one says the same.
+        self.link.fire(b"PUBLISH", self.channels.nodes,
+                       cluster_wire.encode("beat", self.node, len(self.backends), answer))
+
+    def _check_peers(self) -> None:
+        if not self.link.up:
+            return  # this node hears no one: silence says nothing about the others
+        for node in self.peers.silent():
+            log.warn("Cluster node {node}: node {peer} fell silent; forgotten", node=self.node, peer=node)
+            self._gone(node)
+
+    def _on_beat(self, channel: bytes, origin: str, backends: int, answer: bool) -> None:
+        if channel != self.channels.nodes or backends < 0:
+            raise ClusterWireError("a heartbeat off the nodes channel, or with a negative count")
+        before = self.peers.heard(origin, backends)
+        if before is None:
+            log.info("Cluster node {node}: node {peer} joined ({backends} backends)", node=self.node,
+                     peer=origin, backends=backends)
+        if answer:
+            self._beat()
+        if backends and not before:
+            self._flush_queue()
+        elif not backends and before:
+            self._unstick(origin)
+
+    def _on_bye(self, channel: bytes, origin: str) -> None:
+        if channel != self.channels.nodes:
+            raise ClusterWireError("a goodbye off the nodes channel")
+        if self.peers.forget(origin):
+            log.info("Cluster node {node}: node {peer} left", node=self.node, peer=origin)
+            self._gone(origin)
+
+    def _gone(self, node: str) -> None:
+        """A node is gone: no more forwarding to it; its clients leave our backends; its handshakes get 503."""
+        self._unstick(node)
+        for request_id in [rid for rid, pending in self._handshakes.items() if pending.node == node]:
+            self._refuse_forwarded(request_id, 503, "the node of the backend judging the handshake went away")
+        for client_id, context in self._guests.pop(node, {}).items():
+            Broker._route(self, client_id, wire.encode_frame(wire.DISCONNECTED, {"context": context}), True)
+
+    def _unstick(self, node: str) -> None:
+        for client_id in [cid for cid, owner in self._forwarded.items() if owner == node]:
+            del self._forwarded[client_id]
+
+    # -- backends ---------------------------------------------------------------
+
+    def backend_ready(self, backend: BackendLink) -> None:
+        """A backend here: the others learn it at once."""
+        super().backend_ready(backend)
+        self._beat()
+
+    def backend_lost(self, backend: BackendLink) -> None:
+        """A backend gone: the others learn it at once."""
+        had = backend in self.backends
+        super().backend_lost(backend)
+        if had:
+            self._beat()
+            self._flush_queue()  # what waits here for a backend goes to another node's, if this was the last
+
+    def backend_frame(self, frame: wire.Frame, line: bytes, backend: BackendLink) -> None:
+        """As one node, then publish what reaches clients of other nodes."""
+        action, params = frame.action, frame.params
+        if action == wire.MESSAGE_TO_CONNECTION:
+            conn_id, message = params.get("conn_id"), params.get("message")
+            if isinstance(conn_id, str) and isinstance(message, str) and self.rooms.client(conn_id) is None:
+                self._publish(self.channels.client(conn_id), cluster_wire.encode("to", self.node, message))
+                return
+        super().backend_frame(frame, line, backend)
+        if action == wire.MESSAGE_TO_ROOM:
+            room_id, message = params.get("room_id"), params.get("message")
+            if isinstance(room_id, str) and isinstance(message, str):
+                self._publish(self.channels.room(room_id), cluster_wire.encode("room", self.node, message))
+        elif action == wire.BROADCAST:
+            message = params.get("message")
+            if isinstance(message, str):
+                self._publish(self.channels.everyone, cluster_wire.encode("all", self.node, message))
+
+    # -- sends from other nodes' backends -------------------------------------------
+
+    def _on_room(self, channel: bytes, origin: str, message: str) -> None:
+        room_id = self._room_channel(channel)
+        members = self.rooms.members(room_id)
+        for client in members:
+            client.send_text(message)
+        self.metrics.sent_room += len(members)
+
+    def _on_all(self, channel: bytes, origin: str, message: str) -> None:
+        if channel != self.channels.everyone:
+            raise ClusterWireError("a broadcast off the cluster's channel")
+        everyone = self.rooms.everyone()
+        for client in everyone:
+            client.send_text(message)
+        self.metrics.sent_broadcast += len(everyone)
+
+    def _on_to(self, channel: bytes, origin: str, message: str) -> None:
+        target = self.rooms.client(self._client_channel(channel))
+        if target is not None:
+            target.send_text(message)
+            self.metrics.sent_connection += 1
+
+    def _room_channel(self, channel: bytes) -> str:
+        room_id = self.channels.room_of(channel)
+        if room_id is None:
+            raise ClusterWireError("a room message off a room channel")
+        return room_id
+
+    def _client_channel(self, channel: bytes) -> str:
+        client_id = self.channels.client_of(channel)
+        if client_id is None:
+            raise ClusterWireError("a client message off a client channel")
+        return client_id
+
+    def _own_channel(self, channel: bytes) -> None:
+        if channel != self.channels.node(self.node):
+            raise ClusterWireError("a node's message off that node's channel")
+
+    # -- extension requests, cluster-wide ---------------------------------------------
+
+    def _room_members(self, params: dict[str, Any]) -> Any:
+        """This node's members at once, then the other nodes' (those subscribed to the room answer)."""
+        members = super()._room_members(params)
+        room_id = extensions.room_params(params)
+        query_id = uuid.uuid4().hex
+        published = self.link.publish(self.channels.room(room_id), cluster_wire.encode("who", self.node, query_id))
+        if published is None:
+            self._unpublished()
+            return members  # Redis unreachable: this node's members are all it can know
+        answer: Deferred[list[dict[str, Any]]] = Deferred()
+        query = self._queries[query_id] = _Query(answer, members, self.clock.callLater(
+            QUERY_TIMEOUT, self._end_query, query_id, True))
+        own = 1 if self.rooms.occupied(room_id) else 0
+        published.addCallbacks(lambda count: self._expect(query_id, count - own),
+                               lambda _: self._end_query(query_id, True))
+        return query.answer
+
+    def _expect(self, query_id: str, replies: int) -> None:
+        query = self._queries.get(query_id)
+        if query is not None:
+            query.expected = replies
+            if query.replies >= replies:
+                self._end_query(query_id, False)
+
+    def _on_who(self, channel: bytes, origin: str, query_id: str) -> None:
+        room_id = self._room_channel(channel)
+        members = [client.admission.context for client in self.rooms.members(room_id)]
+        self._publish(self.channels.node(origin), cluster_wire.encode("members", self.node, query_id, members))
+
+    def _on_members(self, channel: bytes, origin: str, query_id: str, members: list[Any]) -> None:
+        self._own_channel(channel)
+        query = self._queries.get(query_id)
+        if query is None or origin in query.nodes:
+            return
+        query.nodes.add(origin)
+        query.replies += 1
+        query.members.extend(member for member in members if isinstance(member, dict))
+        if query.expected is not None and query.replies >= query.expected:
+            self._end_query(query_id, False)
+
+    def _end_query(self, query_id: str, late: bool) -> None:
+        query = self._queries.pop(query_id, None)
+        if query is None:
+            return
+        if late:
+            log.warn("Cluster node {node}: room_members answered with the members of {count} other nodes;"
+                     " others did not answer within {seconds}s", node=self.node, count=query.replies,
+                     seconds=QUERY_TIMEOUT)
+        elif query.timeout.active():
+            query.timeout.cancel()
+        query.answer.callback(query.members)
+
+    def _disconnect_client(self, params: dict[str, Any]) -> Any:
+        return self._client_request(extensions.DISCONNECT_CLIENT, params) or super()._disconnect_client(params)
+
+    def _join_room(self, params: dict[str, Any]) -> Any:
+        return self._client_request(extensions.JOIN_ROOM, params) or super()._join_room(params)
+
+    def _leave_room(self, params: dict[str, Any]) -> Any:
+        return self._client_request(extensions.LEAVE_ROOM, params) or super()._leave_room(params)
+
+    def _set_metadata(self, params: dict[str, Any]) -> Any:
+        return self._client_request(extensions.SET_METADATA, params) or super()._set_metadata(params)
+
+    def _client_request(self, action: str, params: dict[str, Any]) -> Deferred[bool] | None:
+        """For a client of another node: ask the node that holds it, whose answer comes once the
+        request is in effect there (false at once if no node holds it). None: do it here."""
+        client_id = _CLIENT_REQUESTS[action](params)[0]
+        if self.rooms.client(client_id) is not None:
+            return None
+        request_id = uuid.uuid4().hex
+        published = self.link.publish(self.channels.client(client_id),
+                                      cluster_wire.encode("ask", self.node, request_id, action, params))
+        if published is None:
+            self._unpublished()
+            raise extensions.BadParams("the client is not on this node, and Redis (the other nodes) is unreachable")
+        answer: Deferred[bool] = Deferred()
+        self._asks[request_id] = (answer, self.clock.callLater(QUERY_TIMEOUT, self._asked, request_id, None))
+        published.addCallbacks(lambda count: None if count else self._asked(request_id, False),
+                               lambda _: self._asked(request_id, None))
+        return answer
+
+    def _asked(self, request_id: str, result: bool | None) -> None:
+        """The end of a request about a client of another node: its result, or None (no answer)."""
+        asked = self._asks.pop(request_id, None)
+        if asked is None:
+            return
+        answer, timeout = asked
+        if timeout.active():
+            timeout.cancel()
+        if result is None:
+            answer.errback(extensions.BadParams("the node holding the client did not answer in time"))
+        else:
+            answer.callback(result)
+
+    def _on_ask(self, channel: bytes, origin: str, request_id: str, action: str, params: dict[str, Any]) -> None:
+        check = _CLIENT_REQUESTS.get(action)
+        if check is None or check(params)[0] != self._client_channel(channel):
+            raise ClusterWireError(f"a {action!r} request not about the channel's client")
+        result = bool(getattr(Broker, "_" + action)(self, params))
+        # A room joined is in effect once its channel is subscribed: what is sent to it then reaches the client.
+        self.link.settled().addCallback(lambda _: self._publish(
+            self.channels.node(origin), cluster_wire.encode("done", self.node, request_id, result)))
+
+    def _on_done(self, channel: bytes, origin: str, request_id: str, result: bool) -> None:
+        self._own_channel(channel)
+        self._asked(request_id, result)
+
+    # -- events of clients here, for backends of other nodes ---------------------------------
+
+    def _target(self, client_id: str | None) -> str | None:
+        """The node whose backends get this client's events, if not this one."""
+        if self.backends or not self.link.up:
+            return None
+        nodes = self.peers.with_backends()
+        if not nodes:
+            return None
+        return nodes[hash(client_id) % len(nodes)]
+
+    def _route(self, client_id: str | None, frame: bytes, final: bool) -> BackendLink | None:
+        """A client's event: to the node its events go to (sticky), else as one node."""
+        node = None
+        if client_id is not None:
+            node = self._forwarded.pop(client_id, None) if final else self._forwarded.get(client_id)
+        if node is None or not self.link.up or not self.peers.backends(node):
+            node = self._target(client_id)
+            if node is None:
+                return super()._route(client_id, frame, final)
+            if client_id is not None and not final:
+                self._forwarded[client_id] = node
+        self._publish(self.channels.node(node), cluster_wire.encode("event", self.node, client_id, final,
+                                                                    frame.decode()))
+        return None
+
+    def _flush_queue(self) -> None:
+        """Events queued while no backend was anywhere: to a node that has one now."""
+        if self.backends or not self.link.up or not self.peers.with_backends() or not len(self.queue):
+            return
+        log.info("Forwarding {count} queued events to other nodes' backends", count=len(self.queue))
+        for client_id, frame, final in self.queue.drain():
+            self._route(client_id, frame, final)
+
+    def _on_event(self, channel: bytes, origin: str, client_id: str | None, final: bool, frame: str) -> None:
+        self._own_channel(channel)
+        if origin not in self.peers:  # only a node heard beating forwards (its beat is published first)
+            raise ClusterWireError(f"a forwarded event from {origin!r}, a node not heard from")
+        line = frame.encode()
+        if len(line) > self._event_limit:
+            raise ClusterWireError(f"a forwarded event over the backends' line limit ({self._event_limit} bytes)")
+        _check_event(client_id, final, line)
+        if not self.backends:  # the last one left while this event was on its way: on to another node
+            self._route(client_id, line, final)
+            return
+        if client_id is not None:
+            guests = self._guests.setdefault(origin, {})
+            if final:
+                guests.pop(client_id, None)
+            else:
+                guests.setdefault(client_id, {"client_id": client_id})
+        Broker._route(self, client_id, line, final)
+
+    # -- handshakes judged on another node -------------------------------------------
+
+    def request_connection(self, handshake: Handshake) -> Deferred[Admission]:
+        """Ask a backend here, or one on another node when there is none here; then check that no
+        other node holds a client with the accepted id."""
+        request_id = uuid.uuid4().hex
+        node = self._target(request_id)
+        if node is None:
+            return super().request_connection(handshake).addCallback(self._only_here)
+        if not self._publish(self.channels.node(node),
+                             cluster_wire.encode("judge", self.node, request_id, handshake.params())):
+            self.metrics.handshake("unavailable")
+            return fail(HandshakeRefused(503, "the cluster's Redis is unreachable"))
+        answer: Deferred[Admission] = Deferred()
+        timeout = self.clock.callLater(self.config.auth_timeout, self._refuse_forwarded, request_id, 403,
+                                       "the backend did not answer in time")
+        self._handshakes[request_id] = _Forwarded(answer, node, timeout)
+        return answer.addCallback(self._only_here)
+
+    def _only_here(self, admission: Admission) -> Deferred[Admission] | Admission:
+        """409 if another node holds a client with this id (its client channel has a subscriber);
+        else subscribe to the client's and its room's channels before the upgrade, so that what a
+        backend sends in answer to ``new_connection`` reaches the client.
+
+        Without Redis, or if Redis does not answer within ``min(auth_timeout, 1 s)`` (each step: the
+        question, then the subscriptions), the node's own check (made before) is all.
+        """
+        client_channel = self.channels.client(admission.client_id)
+        asked = self.link.command(b"PUBSUB", b"NUMSUB", client_channel)
+        if asked is None:
+            return admission
+        deadline = min(self.config.auth_timeout, 1.0)
+
+        def answered(reply: Any) -> Deferred[Admission]:
+            if isinstance(reply, list) and len(reply) == 2 and isinstance(reply[1], int) and reply[1] > 0:
+                log.warn("Refused a handshake: client_id {client_id!r} is connected to another node",
+                         client_id=admission.client_id)
+                self.abandon(admission)
+                self.metrics.handshake_refused(409, timed_out=False)
+                raise HandshakeRefused(409, "client_id already in use")
+            self.link.watch(client_channel)
+            self.link.watch(self.channels.room(admission.room_id))
+            settled = self.link.settled().addTimeout(deadline, self.clock)
+            return settled.addErrback(lambda _: None).addCallback(lambda _: admission)
+
+        return asked.addTimeout(deadline, self.clock).addErrback(lambda _: None).addCallback(answered)
+
+    def _refuse_forwarded(self, request_id: str, status: int, reason: str) -> None:
+        pending = self._handshakes.pop(request_id)
+        timed_out = not pending.timeout.active()
+        if not timed_out:
+            pending.timeout.cancel()
+        self.metrics.handshake_refused(status, timed_out=timed_out)
+        pending.answer.errback(HandshakeRefused(status, reason))
+
+    def _on_judge(self, channel: bytes, origin: str, request_id: str, params: dict[str, Any]) -> None:
+        self._own_channel(channel)
+        if params.keys() != _HANDSHAKE.keys() or any(not isinstance(params[key], kind)
+                                                     for key, kind in _HANDSHAKE.items()):
+            raise ClusterWireError("a forwarded handshake that is not a connection_request's params")
+        if not self.backends:
+            self._verdict(origin, request_id, 503, "no backend is connected")
+            return
+        answer = self._ask_backend(params, reserve=False)
+        answer.addCallbacks(self._judged, self._not_judged, (origin, request_id), errbackArgs=(origin, request_id))
+
+    def _judged(self, admission: Admission, origin: str, request_id: str) -> None:
+        self._guests.setdefault(origin, {})[admission.client_id] = admission.context
+        self._publish(self.channels.node(origin), cluster_wire.encode(
+            "verdict", self.node, request_id, 200, "", admission.client_id, admission.room_id, admission.metadata))
+
+    def _not_judged(self, failure: Any, origin: str, request_id: str) -> None:
+        failure.trap(HandshakeRefused)
+        self._verdict(origin, request_id, failure.value.status, failure.value.reason)
+
+    def _verdict(self, origin: str, request_id: str, status: int, reason: str) -> None:
+        self._publish(self.channels.node(origin),
+                      cluster_wire.encode("verdict", self.node, request_id, status, reason, None, None, None))
+
+    def _on_verdict(self, channel: bytes, origin: str, request_id: str, status: int, reason: str,
+                    client_id: str | None, room_id: str | None, metadata: Any) -> None:
+        self._own_channel(channel)
+        pending = self._handshakes.get(request_id)
+        accepted = status == 200 and client_id is not None and room_id is not None
+        if pending is None or pending.node != origin:
+            if accepted:  # too late: the judging node must forget the client
+                self._publish(self.channels.node(origin), cluster_wire.encode("abandon", self.node, client_id))
+            return
+        if not accepted:
+            self._refuse_forwarded(request_id, status if 400 <= status < 600 else 403, reason)
+            return
+        assert client_id is not None and room_id is not None  # accepted says so
+        if not self.rooms.reserve(client_id):
+            log.warn("Refused a handshake: client_id {client_id!r} is already connected", client_id=client_id)
+            self._publish(self.channels.node(origin), cluster_wire.encode("abandon", self.node, client_id))
+            self._refuse_forwarded(request_id, 409, "client_id already in use")
+            return
+        del self._handshakes[request_id]
+        pending.timeout.cancel()
+        self._forwarded[client_id] = origin
+        pending.answer.callback(Admission(client_id, room_id, {} if metadata is None else metadata))
+
+    def abandon(self, admission: Admission) -> None:
+        """An accepted client gone before the upgrade: the node that judged it forgets it too."""
+        node = self._forwarded.pop(admission.client_id, None)
+        super().abandon(admission)
+        self.link.unwatch(self.channels.client(admission.client_id))  # subscribed by _only_here
+        if not self.rooms.occupied(admission.room_id):
+            self.link.unwatch(self.channels.room(admission.room_id))
+        if node is not None:
+            self._publish(self.channels.node(node), cluster_wire.encode("abandon", self.node, admission.client_id))
+
+    def _on_abandon(self, channel: bytes, origin: str, client_id: str) -> None:
+        self._own_channel(channel)
+        if self._guests.get(origin, {}).pop(client_id, None) is not None:
+            self._unassign(client_id)
+
+
+#: The params of a forwarded handshake (a ``connection_request``'s), by JSON type.
+_HANDSHAKE = {"headers": dict, "url": str, "remote_addr": str, "query": dict}
+#: The events a node forwards for a client of its own, by action: whether each is the client's last.
+_CLIENT_EVENTS = {wire.NEW_CONNECTION: False, wire.NEW_MESSAGE: False, wire.DISCONNECTED: True}
+
+
+def _check_event(client_id: str | None, final: bool, line: bytes) -> None:
+    """ClusterWireError unless ``line`` is an event a node forwards: one frame line, about ``client_id``.
+
+    A client's ``new_connection``, ``new_message`` (with its text) or ``disconnected`` (its last),
+    whose context names that client; or, about no client, the ``error`` of a handshake refused for want
+    of a backend. So what reaches a backend through Redis is what a node would send it.
+    """
+    if not line.endswith(b"\n") or b"\n" in line[:-1]:
+        raise ClusterWireError("a forwarded event must be one line")
+    try:
+        frame = wire.decode_frame(line[:-1])
+    except ProtocolError as exc:
+        raise ClusterWireError(f"a forwarded event that is not a frame: {exc}") from None
+    params = frame.params
+    context = params.get("context")
+    if not isinstance(context, dict):
+        raise ClusterWireError("a forwarded event without a context")
+    if client_id is None:
+        if frame.action != wire.ERROR or not final:
+            raise ClusterWireError("a forwarded event about no client that is not a refused handshake's error")
+        return
+    if _CLIENT_EVENTS.get(frame.action) is not final:
+        raise ClusterWireError(f"a forwarded {frame.action!r} event that is not a client's (or final wrongly)")
+    if context.get("client_id") != client_id:
+        raise ClusterWireError("a forwarded event whose context is about another client")
+    if frame.action == wire.NEW_MESSAGE and not isinstance(params.get("message"), str):
+        raise ClusterWireError("a forwarded new_message without its text")
+
+
+#: What to do with each kind of cluster message: (broker, channel, origin, *fields).
+_HANDLERS: dict[str, Any] = {
+    "room": ClusterBroker._on_room,
+    "all": ClusterBroker._on_all,
+    "to": ClusterBroker._on_to,
+    "ask": ClusterBroker._on_ask,
+    "done": ClusterBroker._on_done,
+    "beat": ClusterBroker._on_beat,
+    "bye": ClusterBroker._on_bye,
+    "event": ClusterBroker._on_event,
+    "judge": ClusterBroker._on_judge,
+    "verdict": ClusterBroker._on_verdict,
+    "abandon": ClusterBroker._on_abandon,
+    "who": ClusterBroker._on_who,
+    "members": ClusterBroker._on_members,
+}

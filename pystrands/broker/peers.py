@@ -1,0 +1,63 @@
+"""The other nodes of a cluster, as their heartbeats tell: which are alive, and how many backends each has.
+
+No I/O: the cluster feeds it heartbeats and asks it which nodes fell
+silent. Tested with a ``Clock``.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IReactorTime
+
+__all__ = ["Peers"]
+
+
+class Peers:
+    """Nodes heard within the last ``silence`` seconds, each with its count of backends."""
+
+    def __init__(self, clock: IReactorTime, silence: float) -> None:
+        self.clock = clock
+        self.silence = silence
+        self._backends: dict[str, int] = {}
+        self._deadlines: dict[str, float] = {}
+
+    def __contains__(self, node: object) -> bool:
+        return node in self._backends
+
+    def __len__(self) -> int:
+        return len(self._backends)
+
+    def heard(self, node: str, backends: int) -> int | None:
+        """A heartbeat from ``node``: its backends before (None if it was not known)."""
+        before = self._backends.get(node)
+        self._backends[node] = backends
+        self._deadlines[node] = self.clock.seconds() + self.silence
+        return before
+
+    def forget(self, node: str) -> bool:
+        """Forget ``node`` (it said goodbye); False if it was not known."""
+        self._deadlines.pop(node, None)
+        return self._backends.pop(node, None) is not None
+
+    def silent(self) -> list[str]:
+        """Forget the nodes not heard for ``silence`` seconds, and name them."""
+        now = self.clock.seconds()
+        gone = [node for node, deadline in self._deadlines.items() if deadline <= now]
+        for node in gone:
+            self.forget(node)
+        return gone
+
+    def respite(self) -> None:
+        """After this node could not hear anyone: every node gets ``silence`` seconds from now, and counts
+        no backends until it beats again (until then it may not be listening yet)."""
+        deadline = self.clock.seconds() + self.silence
+        for node in self._deadlines:
+            self._deadlines[node] = deadline
+            self._backends[node] = 0
+
+    def backends(self, node: str) -> int:
+        """The backends ``node`` has (0 if unknown)."""
+        return self._backends.get(node, 0)
+
+    def with_backends(self) -> list[str]:
+        """The nodes that have a backend, in a stable order."""
+        return sorted(node for node, count in self._backends.items() if count > 0)

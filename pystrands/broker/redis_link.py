@@ -1,0 +1,291 @@
+"""A node's link to Redis: one connection that publishes and runs commands, one that is subscribed.
+
+The typed face of ``txredisapi`` (which has no annotations; docs/CLUSTER.md
+says why it was chosen): the rest of the broker sees :class:`RedisLink`
+only. txredisapi parses RESP (with ``hiredis`` when installed); this module
+connects through the given reactor, reconnects with a backoff
+(:mod:`.reconnect`), re-subscribes after each reconnection, and never
+queues: a publish while Redis is unreachable returns None at once, for the
+caller to count, instead of piling up in memory.
+
+Everything is bytes (``charset=None``): data that is not UTF-8 on a
+channel reaches :attr:`on_message` as it came, for the caller to judge.
+txredisapi imports the global reactor when imported, so it is imported
+when a link is made (the reactor is chosen by then), not with this module.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from .outbox import send_at_once
+from .reconnect import Backoff, Reconnector
+from .redis_url import RedisAddress
+
+__all__ = ["CLOSE_TIMEOUT", "WAITING_LIMIT", "RedisLink"]
+
+log = Logger()
+
+#: Seconds a connection attempt to Redis may take.
+CONNECT_TIMEOUT = 5.0
+#: Seconds the connections get to close when the node stops (what is written flushed), before they are cut.
+CLOSE_TIMEOUT = 2.0
+#: Bytes of commands Redis may leave unanswered; past it a publish is refused (and counted lost), not queued.
+WAITING_LIMIT = 64 * 1024 * 1024
+
+
+@functools.cache
+def _protocols() -> tuple[type[Any], type[Any]]:
+    """txredisapi's protocols: the one for commands, and one for pub/sub that hands messages to its link."""
+    import txredisapi  # type: ignore[import-untyped]  # no annotations: this module is its typed face
+
+    class Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]  # txredisapi is untyped
+        """The subscribed connection: each pub/sub message goes to the link."""
+
+        link: RedisLink
+
+        def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+            """A message on a subscribed channel (bytes, as Redis sent it)."""
+            self.link.on_message(channel, message)
+
+    return txredisapi.RedisProtocol, Subscriber
+
+
+class _Factory(Factory[Any]):
+    """Builds one txredisapi protocol per connection, logged in to the address's user and database."""
+
+    isLazy = False
+    noisy = False
+
+    def __init__(self, address: RedisAddress, protocol: type[Any], link: RedisLink) -> None:
+        self._address = address
+        self._protocol = protocol
+        self._link = link
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """A protocol speaking bytes, with the URL's password and database."""
+        address = self._address
+        connection = self._protocol(charset=None, password=address.password, dbid=address.db or None,
+                                    convertNumbers=False, username=address.username)
+        connection.factory = self
+        connection.link = self._link
+        return connection
+
+    # txredisapi's protocol calls these when AUTH or SELECT fails, then drops the connection.
+    def stopTrying(self) -> None:
+        """Redis refused the login: keep retrying (an operator may fix Redis), but say so."""
+
+    def connectionError(self, why: str) -> None:
+        """Redis refused the login: the link logs it (once until it is connected)."""
+        self._link.refused(why)
+
+
+class RedisLink:
+    """Two connections to one Redis, kept up until :meth:`stop`.
+
+    ``on_message(channel, payload)`` gets every message of the subscribed
+    channels; ``on_state(up, why)`` is called when both connections become
+    usable and when either is lost (or the first attempt fails).
+    """
+
+    def __init__(self, reactor: Any, address: RedisAddress, on_message: Callable[[bytes, bytes], None],
+                 on_state: Callable[[bool, str], None], max_delay: float) -> None:
+        self.address = address
+        self.on_message = on_message
+        self._on_state = on_state
+        self._wanted: set[bytes] = set()
+        self._in_flight = 0
+        #: Bytes of the commands sent and not answered yet.
+        self._waiting = 0
+        self._settling: list[Deferred[None]] = []
+        self._reactor = reactor
+        endpoint = _endpoint(reactor, address)
+        commands, subscriber = _protocols()
+        self._commands: Reconnector[Any] = Reconnector(
+            reactor, lambda: _connect(endpoint, _Factory(address, commands, self)),
+            self._command_up, self._down, Backoff(min(0.25, max_delay), max_delay))
+        self._subscriber: Reconnector[Any] = Reconnector(
+            reactor, lambda: _connect(endpoint, _Factory(address, subscriber, self)),
+            self._subscriber_up, self._down, Backoff(min(0.25, max_delay), max_delay))
+        self.up = False
+        self._down_told = False
+        self._refusal_told = False
+
+    def start(self) -> None:
+        """Connect both, and keep them connected."""
+        self._commands.start()
+        self._subscriber.start()
+
+    def stop(self) -> Deferred[None]:
+        """Stop reconnecting and close both connections (cut after CLOSE_TIMEOUT); fires once closed."""
+        self._commands.stop()
+        self._subscriber.stop()
+        closing = [self._close(connection) for connection in (self._commands.connection, self._subscriber.connection)
+                   if connection is not None]
+        return gatherResults(closing).addCallback(lambda _: None) if closing else succeed(None)
+
+    def _close(self, connection: Any) -> Deferred[None]:
+        gone: Deferred[Any] = connection.whenDisconnected()
+        connection.transport.loseConnection()
+        cut = self._reactor.callLater(CLOSE_TIMEOUT, connection.transport.abortConnection)
+
+        def closed(_: object) -> None:
+            if cut.active():
+                cut.cancel()
+
+        return gone.addCallback(closed)
+
+    # -- publishing and commands --------------------------------------------------
+
+    def command(self, *args: bytes | int | str) -> Deferred[Any] | None:
+        """Run a Redis command; None (nothing sent) while Redis is unreachable, or while the bytes of
+        the commands it has not answered yet would pass WAITING_LIMIT (a stalled Redis)."""
+        connection = self._commands.connection
+        if connection is None or not self.up:
+            return None
+        size = sum(len(arg) for arg in args if isinstance(arg, bytes))
+        if self._waiting + size > WAITING_LIMIT:
+            return None
+        self._waiting += size
+        result: Deferred[Any] = connection.execute_command(*args)
+        return result.addBoth(self._unwait, size)
+
+    def _unwait(self, result: object, size: int) -> object:
+        self._waiting -= size
+        return result
+
+    def probe(self, timeout: float) -> None:
+        """PING both connections; one that does not answer within ``timeout`` seconds is cut, so that
+        a stalled Redis (connected, silent) is reported and reconnected to as a lost one is."""
+        for connection in (self._commands.connection, self._subscriber.connection):
+            if connection is not None:
+                cut = self._reactor.callLater(timeout, connection.transport.abortConnection)
+                connection.execute_command(b"PING", apply_timeout=False).addBoth(_cancel, cut)
+
+    def fire(self, *args: bytes | int | str) -> None:
+        """Run a command whose outcome does not matter (skipped while Redis is unreachable)."""
+        result = self.command(*args)
+        if result is not None:
+            result.addErrback(lambda _: None)
+
+    def publish(self, channel: bytes, payload: bytes) -> Deferred[int] | None:
+        """PUBLISH; fires with the number of subscribers that got it. None (not sent) while unreachable."""
+        return self.command(b"PUBLISH", channel, payload)
+
+    # -- subscriptions ------------------------------------------------------------
+
+    def watch(self, channel: bytes) -> None:
+        """Be subscribed to ``channel`` from now on, across reconnections."""
+        if channel not in self._wanted:
+            self._wanted.add(channel)
+            self._send(b"SUBSCRIBE", channel)
+
+    def unwatch(self, channel: bytes) -> None:
+        """No longer be subscribed to ``channel``."""
+        if channel in self._wanted:
+            self._wanted.discard(channel)
+            self._send(b"UNSUBSCRIBE", channel)
+
+    def watching(self, channel: bytes) -> bool:
+        """True if ``channel`` is one of the subscriptions."""
+        return channel in self._wanted
+
+    def settled(self) -> Deferred[None]:
+        """Fires once Redis has answered every (un)subscription sent so far (at once if none waits)."""
+        if not self._in_flight:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._settling.append(waiter)
+        return waiter
+
+    def _send(self, command: bytes, channel: bytes) -> None:
+        # One channel per command: txredisapi pairs one reply with each command.
+        connection = self._subscriber.connection
+        if connection is not None:
+            self._in_flight += 1
+            connection.execute_command(command, channel, apply_timeout=False).addBoth(self._answered)
+
+    def _answered(self, _: object) -> None:
+        """A (un)subscription answered, or lost with its connection."""
+        self._in_flight -= 1
+        if not self._in_flight:
+            waiters, self._settling = self._settling, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    # -- connection states --------------------------------------------------------
+
+    def _command_up(self, connection: Any) -> None:
+        self._check_up()
+
+    def _subscriber_up(self, connection: Any) -> None:
+        for channel in sorted(self._wanted):
+            self._send(b"SUBSCRIBE", channel)
+        self._check_up()
+
+    def _check_up(self) -> None:
+        if not self.up and self._commands.connection is not None and self._subscriber.connection is not None:
+            self.up = True
+            self._down_told = self._refusal_told = False
+            self._on_state(True, "")
+
+    def refused(self, why: str) -> None:
+        """Redis refused a connection's AUTH or SELECT: log it once until connected (it is retried)."""
+        if not self._refusal_told:
+            self._refusal_told = True
+            log.error("Redis {address} refused the cluster's connection: {why}", address=str(self.address), why=why)
+
+    def _down(self, why: str) -> None:
+        """Either connection lost, or an attempt failed: told once until both are up again."""
+        self.up = False
+        if not self._down_told:
+            self._down_told = True
+            self._on_state(False, why)
+
+
+def _cancel(result: object, call: Any) -> None:
+    """An answer in time: the cut it would have got is called off."""
+    if call.active():
+        call.cancel()
+
+
+def _endpoint(reactor: Any, address: RedisAddress) -> IStreamClientEndpoint:
+    endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, address.host, address.port,
+                                                       timeout=CONNECT_TIMEOUT)
+    if address.tls:
+        from twisted.internet.ssl import optionsForClientTLS  # needs pyOpenSSL: the "tls" extra
+
+        endpoint = wrapClientTLS(optionsForClientTLS(address.host), endpoint)
+    return endpoint
+
+
+def _connect(endpoint: IStreamClientEndpoint, factory: _Factory) -> Deferred[tuple[Any, Deferred[None]]]:
+    """Connect, wait until logged in (AUTH, SELECT), then give the connection and its loss."""
+
+    def connected(connection: Any) -> Deferred[tuple[Any, Deferred[None]]]:
+        send_at_once(connection.transport)  # a publish waits for no acknowledgement of the one before
+        lost: Deferred[None] = connection.whenDisconnected().addCallback(lambda _: None)
+        either: Deferred[tuple[Any, Deferred[None]]] = Deferred()
+
+        def ready(_: object) -> None:
+            if not either.called:
+                either.callback((connection, lost))
+
+        def closed(_: object) -> None:
+            # A connection lost while logging in fails the attempt instead of hanging it.
+            if not either.called:
+                either.errback(ConnectionError("Redis closed the connection while logging in"))
+
+        connection.whenConnected().addCallback(ready)
+        connection.whenDisconnected().addCallback(closed)
+        return either
+
+    return endpoint.connect(factory).addCallback(connected)

@@ -1,0 +1,115 @@
+"""RedisLink against a real Redis, in this process: what a publish carries, and its answers."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred
+
+from pystrands.broker import redis_link
+from pystrands.broker.redis_link import RedisLink
+from pystrands.broker.redis_url import parse_redis_url
+from tests.cluster.support import RedisServer
+
+
+async def _linked(server: RedisServer, received: list[tuple[bytes, bytes]]) -> RedisLink:
+    """A link subscribed to ``chan``, once both its connections are up and the subscription answered."""
+    from twisted.internet import reactor
+
+    up: Deferred[None] = Deferred()
+    link = RedisLink(reactor, parse_redis_url(server.url), lambda channel, payload: received.append((channel, payload)),
+                     lambda ok, why: up.callback(None) if ok and not up.called else None, max_delay=1.0)
+    link.watch(b"chan")
+    link.start()
+    await up
+    await link.settled()
+    return link
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_publish_carries_any_bytes_and_answers_with_the_subscriber_count(redis: RedisServer) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    received: list[tuple[bytes, bytes]] = []
+    link = await _linked(redis, received)
+    try:
+        payloads = [b"", b"\r\n$3\r\n*1\r\n", bytes(range(256)) * 40, "é🙂".encode()]
+        counts = [await published for payload in payloads if (published := link.publish(b"chan", payload))]
+        assert counts == [1, 1, 1, 1]
+        assert await link.publish(b"nobody", b"x") == 0  # type: ignore[misc]
+        assert await link.command(b"PING") == b"PONG"  # replies still pair with their commands
+        for _ in range(50):
+            if len(received) == len(payloads):
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        assert received == [(b"chan", payload) for payload in payloads]
+    finally:
+        await link.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_publish_refused_by_redis_or_cut_by_a_lost_connection_fails(redis: RedisServer) -> None:
+    link = await _linked(redis, [])
+    try:
+        await link.command(b"ACL", b"SETUSER", b"default", b"-publish")  # type: ignore[misc]
+        with pytest.raises(Exception, match="NOPERM"):
+            await link.publish(b"chan", b"x")  # type: ignore[misc]
+        assert await link.command(b"PING") == b"PONG"
+        await link.command(b"CLIENT", b"PAUSE", b"5000", b"ALL")  # type: ignore[misc]
+        cut = link.publish(b"chan", b"y")
+        assert cut is not None
+        redis.stop()
+        with pytest.raises(Exception, match="Lost connection"):
+            await cut
+        assert link.publish(b"chan", b"z") is None
+    finally:
+        await link.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_publishes_redis_has_not_answered_are_capped_in_bytes(redis: RedisServer,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redis_link, "WAITING_LIMIT", 1_000_000)
+    link = await _linked(redis, [])
+    try:
+        payload = b"x" * 100_000  # with b"PUBLISH" and b"chan": 100,011 bytes each
+        sent = [link.publish(b"chan", payload) for _ in range(10)]  # no reactor turn: none answered yet
+        assert [published is None for published in sent] == [False] * 9 + [True]
+        assert [await published for published in sent[:9]] == [1] * 9
+        assert await link.publish(b"chan", payload) == 1  # type: ignore[misc]  # answered: room again
+    finally:
+        await link.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stalled_redis_is_found_by_the_probe_and_its_connections_cut(redis: RedisServer) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    states: list[bool] = []
+    up: Deferred[None] = Deferred()
+
+    def state(ok: bool, why: str) -> None:
+        states.append(ok)
+        if ok and not up.called:
+            up.callback(None)
+
+    link = RedisLink(reactor, parse_redis_url(redis.url), lambda channel, payload: None, state, max_delay=1.0)
+    link.start()
+    await up
+    assert redis.process is not None
+    os.kill(redis.process.pid, signal.SIGSTOP)
+    try:
+        link.probe(0.3)
+        for _ in range(40):
+            if False in states:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        assert states == [True, False] and not link.up
+    finally:
+        os.kill(redis.process.pid, signal.SIGCONT)
+        await link.stop()
