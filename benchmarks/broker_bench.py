@@ -72,7 +72,8 @@ def free_port() -> int:
 
 
 def wait_listening(port: int, timeout: float = 20.0) -> None:
-    """Return once 127.0.0.1:``port`` accepts connections."""
+    """Return once 127.0.0.1:``port`` accepts connections; TimeoutError (an OSError, which run.py's
+    ``process()`` reports with the process's output) after ``timeout``."""
     import socket
 
     deadline = time.monotonic() + timeout
@@ -82,7 +83,7 @@ def wait_listening(port: int, timeout: float = 20.0) -> None:
             return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
 
 
 def wait_ready(port: int, timeout: float = 20.0) -> None:

@@ -47,13 +47,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from broker_bench import free_port, wait_listening
 from run import (
     BENCH,
     RESULTS,
     BackendFailed,
     _cpu_seconds,
     cell,
-    free_port,
     over,
     print_spread,
     print_table,
@@ -61,7 +61,6 @@ from run import (
     round_ratios,
     summary,
     verdict,
-    wait_listening,
 )
 
 SINGLE, WORKERS, NODES = "1 node", "--workers 2", "2 nodes over Redis"
