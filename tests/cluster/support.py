@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import itertools
-import json
-import queue
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +16,7 @@ from typing import Any
 from websockets.sync.client import ClientConnection
 
 from tests.demo.support import Broker, Launch, start_broker
-from tests.reliability.support import raw_backend
+from tests.reliability.support import AutoBackend
 
 __all__ = ["ClusterBackend", "RedisServer", "metric", "ready", "silent", "start_node", "texts", "wait_until"]
 
@@ -100,7 +97,7 @@ def start_node(launch: Launch, redis: RedisServer, name: str, *flags: str, clust
     return node
 
 
-class ClusterBackend:
+class ClusterBackend(AutoBackend):
     """A raw backend served by a thread: accepts every handshake on ``/ws/<room>`` as ``<name>-<n>``.
 
     Every other frame but heartbeats and ``hello`` is queued for the test, in the order the broker wrote it.
@@ -110,29 +107,18 @@ class ClusterBackend:
         self.name = name
         #: The id of every accepted client, if given (else ``<name>-<n>``).
         self.client_id = client_id
-        self.conn = raw_backend(tcp_port)
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._lock = threading.Lock()
-        self._ids = itertools.count()
         self._requests = itertools.count()
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__(tcp_port)
 
-    def _serve(self) -> None:
-        while (line := self.conn.lines.get()) is not None:
-            frame = json.loads(line)
-            if frame["action"] == "connection_request":
-                client_id = self.client_id or f"{self.name}-{next(self._ids)}"
-                self.send("response", {"accepted": True, "client_id": client_id,
-                                       "room_id": frame["params"]["url"].rsplit("/", 1)[-1],
-                                       "metadata": {"by": self.name}}, frame["request_id"])
-            elif frame["action"] not in ("heartbeat", "hello"):
-                self.events.put(frame)
+    def admission(self, request: dict[str, Any]) -> dict[str, Any]:
+        params = super().admission(request)
+        return {**params, "client_id": self.client_id or f"{self.name}-{params['client_id'].split('-')[-1]}",
+                "metadata": {"by": self.name}}
 
-    def send(self, action: str, params: dict[str, Any], request_id: str | None = None) -> str:
-        """Write one frame (from any thread); its request id."""
+    def send(self, action: str, params: dict[str, Any], request_id: str | None = None) -> str:  # type: ignore[override]
+        """Write one frame of ``action`` (from any thread); its request id."""
         request_id = request_id or f"{self.name}-r{next(self._requests)}"
-        with self._lock:
-            self.conn.send_frame({"request_id": request_id, "action": action, "params": params})
+        self.write({"request_id": request_id, "action": action, "params": params})
         return request_id
 
     def request(self, action: str, params: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
@@ -140,22 +126,6 @@ class ClusterBackend:
         request_id = self.send(action, params)
         return self.wait_for(lambda event: event["action"] == "reply" and event["request_id"] == request_id,
                              timeout)["params"]
-
-    def next_event(self, timeout: float = 10.0) -> dict[str, Any]:
-        try:
-            return self.events.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"backend {self.name} got no event within {timeout}s") from None
-
-    def wait_for(self, wanted: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
-        """The first event for which ``wanted`` is true, skipping others."""
-        deadline = time.monotonic() + timeout
-        while not wanted(event := self.next_event(max(0.0, deadline - time.monotonic()))):
-            pass
-        return event
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 def texts(ws: ClientConnection, count: int, timeout: float = 5.0) -> list[str]:

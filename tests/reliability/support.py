@@ -155,6 +155,9 @@ class AutoBackend:
     the broker wrote them, and may send frames of its own.
     """
 
+    #: Who the failure messages name.
+    name = "the broker's backend"
+
     def __init__(self, tcp_port: int, token: str | None = None) -> None:
         self.conn = raw_backend(tcp_port, token)
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -162,27 +165,32 @@ class AutoBackend:
         self._ids = itertools.count()
         threading.Thread(target=self._serve, daemon=True).start()
 
+    def admission(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The ``response`` params for a ``connection_request`` frame: accepted, with a fresh client id."""
+        return {"accepted": True, "client_id": f"client-{next(self._ids)}",
+                "room_id": request["params"]["url"].rsplit("/", 1)[-1], "metadata": {}}
+
     def _serve(self) -> None:
         while (line := self.conn.lines.get()) is not None:
             frame = json.loads(line)
             if frame["action"] == "connection_request":
-                self.send({"request_id": frame["request_id"], "action": "response", "params": {
-                    "accepted": True, "client_id": f"client-{next(self._ids)}",
-                    "room_id": frame["params"]["url"].rsplit("/", 1)[-1], "metadata": {}}})
+                self.write({"request_id": frame["request_id"], "action": "response", "params": self.admission(frame)})
             elif frame["action"] not in ("heartbeat", "hello"):
                 self.events.put(frame)
 
-    def send(self, frame: dict[str, Any]) -> None:
+    def write(self, frame: dict[str, Any]) -> None:
         """Write one frame (from any thread)."""
         with self._lock:
             self.conn.send_frame(frame)
+
+    send = write
 
     def next_event(self, timeout: float = 10.0) -> dict[str, Any]:
         """The next event frame from the broker (not a handshake, not a heartbeat)."""
         try:
             return self.events.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"the broker sent no event within {timeout}s") from None
+            raise AssertionError(f"{self.name} got no event within {timeout}s") from None
 
     def wait_for(self, wanted: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
         """The first event for which ``wanted`` is true, skipping others."""
