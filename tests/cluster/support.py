@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import socket
 import subprocess
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from websockets.sync.client import ClientConnection
 
 from tests.demo.support import Broker, Launch, start_broker
@@ -30,8 +32,10 @@ class RedisServer:
     def __init__(self, directory: Path, port: int, *options: str) -> None:
         executable = shutil.which("redis-server")
         if executable is None:
-            raise AssertionError("the cluster tests need Debian's redis-server (apt-get install redis-server;"
-                                 " .ci/run installs it)")
+            why = "the cluster tests need Debian's redis-server (apt-get install redis-server; .ci/run installs it)"
+            if os.environ.get("CI"):
+                pytest.fail(why)
+            pytest.skip(why)
         self.executable = executable
         self.directory = directory
         self.port = port
