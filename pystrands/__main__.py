@@ -45,30 +45,45 @@ def server(args: list[str]) -> int:
     observer = FilteringLogObserver(textFileLogObserver(sys.stderr),
                                     [LogLevelFilterPredicate(LogLevel.info)])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-    fit_file_limit(options["config"])
-    if options["config"].workers > 1:
-        from .broker.workers import run_supervisor
-
-        return run_supervisor(options, reactor)
-    service = BrokerService(options["config"], reactor)
+    config = options["config"]
+    fit_file_limit(config)
     exit_code = 0
 
+    def stop_with(failure: Failure) -> None:
+        """A port in use, or workers that keep failing: say why on stderr, and exit 1."""
+        nonlocal exit_code
+        exit_code = 1
+        print(f"pystrands server: {failure.getErrorMessage()}", file=sys.stderr)
+        if reactor.running:
+            reactor.stop()
+
+    if config.workers > 1:
+        from .broker.workers import WorkerSupervisor, worker_arguments
+
+        supervisor = WorkerSupervisor(config, worker_arguments(options), reactor)
+
+        def workers_listening(ports: tuple[int, int]) -> None:
+            print(f"PyStrands broker: {config.workers} workers, WebSocket on port {ports[0]} (/ws/...),"
+                  f" backends on {config.tcp_interface or '*'}:{ports[1]}", flush=True)
+
+        supervisor.ready.addCallback(workers_listening)
+        supervisor.failed.addErrback(stop_with)
+        reactor.addSystemEventTrigger("before", "shutdown", supervisor.stopService)
+        reactor.callWhenRunning(supervisor.startService)
+        reactor.run()
+        return exit_code
+
+    service = BrokerService(config, reactor)
+
     def listening(ports: tuple[int, int]) -> None:
-        config = options["config"]
         websocket = f"port {ports[0]}" if config.ws_endpoint is None else describe(service.ws_address)
         backends = (f"{config.tcp_interface or '*'}:{ports[1]}" if config.tcp_endpoint is None
                     else describe(service.tcp_address))
         print(f"PyStrands broker: WebSocket on {websocket} (/ws/...), backends on {backends}", flush=True)
         reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
 
-    def cannot_listen(failure: Failure) -> None:
-        nonlocal exit_code
-        exit_code = 1
-        print(f"pystrands server: {failure.getErrorMessage()}", file=sys.stderr)
-        reactor.stop()
-
     reactor.callWhenRunning(service.startService)
-    service.when_listening().addCallbacks(listening, cannot_listen)
+    service.when_listening().addCallbacks(listening, stop_with)
     reactor.run()
     return exit_code
 

@@ -40,7 +40,7 @@ from ..settings import check_integer, check_number
 from .config import ENVIRONMENT, BrokerConfig, Options
 from .reuseport import reuseport_socket
 
-__all__ = ["RestartPolicy", "WorkerSlot", "WorkerSupervisor", "WorkersFailed", "run_supervisor", "run_worker",
+__all__ = ["RestartPolicy", "WorkerSlot", "WorkerSupervisor", "WorkersFailed", "run_worker",
            "worker_arguments"]
 
 log = Logger()
@@ -325,31 +325,6 @@ def worker_arguments(options: Options) -> list[str]:
         if options[name]:
             arguments.append(f"--{name}")
     return arguments
-
-
-def run_supervisor(options: Options, reactor: Any) -> int:
-    """``python -m pystrands server --workers N``: supervise until stopped; the exit status."""
-    config: BrokerConfig = options["config"]
-    supervisor = WorkerSupervisor(config, worker_arguments(options), reactor)
-    exit_code = 0
-
-    def listening(ports: tuple[int, int]) -> None:
-        print(f"PyStrands broker: {config.workers} workers, WebSocket on port {ports[0]} (/ws/...),"
-              f" backends on {config.tcp_interface or '*'}:{ports[1]}", flush=True)
-
-    def gave_up(failure: Failure) -> None:
-        nonlocal exit_code
-        exit_code = 1
-        print(f"pystrands server: {failure.getErrorMessage()}", file=sys.stderr)
-        if reactor.running:
-            reactor.stop()
-
-    supervisor.ready.addCallback(listening)
-    supervisor.failed.addErrback(gave_up)
-    reactor.addSystemEventTrigger("before", "shutdown", supervisor.stopService)
-    reactor.callWhenRunning(supervisor.startService)
-    reactor.run()
-    return exit_code
 
 
 def run_worker(arguments: list[str]) -> int:
