@@ -89,7 +89,6 @@ class RunningBroker:
         """
         before = self.thread.call(lambda: len(self.broker.backends))
         sock = socket.create_connection(("127.0.0.1", self.tcp_port), timeout=TIMEOUT)
-        sock.settimeout(None)
         conn = BackendConnection(sock)
         self._sockets.append(conn)
         if token is not None:

@@ -118,3 +118,28 @@ def test_stopping_forgets_what_was_gathered(served: Any) -> None:
     thread.call(write_and_stop)
     assert read_until_closed(client) == b""
     assert b"".join(server.sends) == b""
+
+
+def test_a_peer_whose_send_fails_does_not_strand_the_others_of_its_turn(served: Any) -> None:
+    thread, accepted, client = served
+    port = accepted[0].transport.getHost().port
+    second = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    try:
+        thread.wait_for(lambda: len(accepted) == 2, "the second connection to be accepted")
+        broken, healthy = accepted
+
+        def fail(data: bytes) -> object:
+            raise RuntimeError("a broken transport")
+
+        def write_both() -> None:
+            broken.transport.writeSomeData = fail
+            broken.outbox.write(b"lost")
+            healthy.outbox.write(b"delivered")
+
+        thread.call(write_both)
+        thread.call(lambda: None)  # the next turn: the gathered writes were sent or failed
+        assert healthy.sends == [b"delivered"]
+        thread.call(healthy.outbox.close)
+        assert read_until_closed(second) == b"delivered"
+    finally:
+        second.close()

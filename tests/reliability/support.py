@@ -141,7 +141,6 @@ class Ticker:
 def raw_backend(tcp_port: int, token: str | None = None) -> BackendConnection:
     """A backend that is a plain socket (the test reads and writes frames), optionally authenticated."""
     conn = BackendConnection(socket.create_connection(("127.0.0.1", tcp_port), timeout=5.0))
-    conn.sock.settimeout(None)
     if token is not None:
         conn.send_frame({"request_id": "auth", "action": "auth", "params": {"token": token}})
     return conn
@@ -163,6 +162,8 @@ class AutoBackend:
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self._lock = threading.Lock()
         self._ids = itertools.count()
+        #: Why the serving thread stopped early (a frame it could not take), reported by ``next_event``.
+        self.broken: Exception | None = None
         threading.Thread(target=self._serve, daemon=True).start()
 
     def admission(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -171,12 +172,16 @@ class AutoBackend:
                 "room_id": request["params"]["url"].rsplit("/", 1)[-1], "metadata": {}}
 
     def _serve(self) -> None:
-        while (line := self.conn.lines.get()) is not None:
-            frame = json.loads(line)
-            if frame["action"] == "connection_request":
-                self.write({"request_id": frame["request_id"], "action": "response", "params": self.admission(frame)})
-            elif frame["action"] not in ("heartbeat", "hello"):
-                self.events.put(frame)
+        try:
+            while (line := self.conn.lines.get()) is not None:
+                frame = json.loads(line)
+                if frame["action"] == "connection_request":
+                    self.write({"request_id": frame["request_id"], "action": "response",
+                                "params": self.admission(frame)})
+                elif frame["action"] not in ("heartbeat", "hello"):
+                    self.events.put(frame)
+        except Exception as error:  # reported to the test, not lost in a thread
+            self.broken = error
 
     def write(self, frame: dict[str, Any]) -> None:
         """Write one frame (from any thread)."""
@@ -190,7 +195,8 @@ class AutoBackend:
         try:
             return self.events.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"{self.name} got no event within {timeout}s") from None
+            broken = f" (it stopped serving: {self.broken!r})" if self.broken is not None else ""
+            raise AssertionError(f"{self.name} got no event within {timeout}s{broken}") from None
 
     def wait_for(self, wanted: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
         """The first event for which ``wanted`` is true, skipping others."""

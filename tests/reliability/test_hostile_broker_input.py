@@ -52,8 +52,11 @@ class Side:
         self.observer = self.client("watch")
 
     def client(self, room: str) -> ClientConnection:
-        """A WebSocket client in ``room`` (the good backend accepts it)."""
-        return open_when_served(open_client, f"{self.broker.ws_url}/{room}")
+        """A WebSocket client in ``room`` (the good backend accepts it); a failure quotes the broker's log."""
+        try:
+            return open_when_served(open_client, f"{self.broker.ws_url}/{room}")
+        except (OSError, InvalidStatus) as error:
+            raise self.broker.child.fail(f"no client could open in room {room!r} ({error!r})") from error
 
     def assert_unaffected(self) -> None:
         """A ping from the good backend reaches the observer, and one from the observer reaches the backend."""

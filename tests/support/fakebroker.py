@@ -27,6 +27,9 @@ class BackendConnection:
     """One backend's TCP connection, seen from the fake broker."""
 
     def __init__(self, sock: socket.socket) -> None:
+        # Blocking before the reader starts: a recv begun under a connect timeout would keep it, and
+        # a quiet spell that long would end the reader as if the connection had closed.
+        sock.settimeout(None)
         self.sock = sock
         self.lines: queue.Queue[bytes | None] = queue.Queue()
         self.closed = threading.Event()
@@ -117,7 +120,6 @@ class FakeBroker:
             sock, _ = self.listener.accept()
         except socket.timeout:
             raise AssertionError(f"no backend connected within {timeout}s") from None
-        sock.settimeout(None)
         conn = BackendConnection(sock)
         self.connections.append(conn)
         return conn

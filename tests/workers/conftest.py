@@ -101,7 +101,6 @@ class Supervisor:
         """A raw TCP backend that the kernel handed to ``worker`` (others that went elsewhere are closed)."""
         for _ in range(attempts):
             sock = socket.create_connection(("127.0.0.1", self.tcp_port), timeout=TIMEOUT)
-            sock.settimeout(None)
             connection = BackendConnection(sock)
             assert connection.recv_frame()["action"] == "hello"
             landed = int(self.wait_log(r"\[worker (\d+) pid \d+\] .*Backend connected")[1])
