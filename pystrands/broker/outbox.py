@@ -31,6 +31,7 @@ from weakref import WeakKeyDictionary
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from .._internals import write_at_once
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from .._typing import IConnectedTransport
 
 __all__ = ["GATHER_LIMIT", "Outbox", "send_at_once"]
+
+log = Logger()
 
 #: Bytes an Outbox gathers in a turn before it hands them to the transport without waiting for the turn's end.
 GATHER_LIMIT = 64 * 1024
@@ -70,9 +73,13 @@ class _Turn:
         self.pending.append(outbox)
 
     def send(self) -> None:
+        """Send every gathered outbox; one that fails is logged and does not strand the others' writes."""
         pending, self.pending = self.pending, []
         for outbox in pending:
-            outbox.send_gathered()
+            try:
+                outbox.send_gathered()
+            except Exception:
+                log.failure("Sending the gathered writes to {transport} failed", transport=outbox.transport)
 
 
 _TURNS: WeakKeyDictionary[IReactorTime, _Turn] = WeakKeyDictionary()
