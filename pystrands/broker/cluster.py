@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from .. import wire
@@ -38,7 +38,7 @@ from . import cluster_wire, extensions
 from .cluster_wire import ClusterWireError
 from .config import BrokerConfig
 from .peers import Peers
-from .redis_link import CLOSE_TIMEOUT, RedisLink
+from .redis_link import CLOSE_TIMEOUT, Link, LinkFactory, RedisLink
 from .redis_url import parse_redis_url
 from .rooms import Rooms
 from .router import Admission, BackendLink, Broker, Client, Handshake, HandshakeRefused
@@ -103,7 +103,7 @@ class Channels:
 class ClusterRooms(Rooms[_Client]):
     """:class:`~pystrands.broker.rooms.Rooms` that keeps the node subscribed to its rooms' and clients' channels."""
 
-    def __init__(self, link: RedisLink, channels: Channels) -> None:
+    def __init__(self, link: Link, channels: Channels) -> None:
         super().__init__()
         self._link = link
         self._channels = channels
@@ -167,14 +167,15 @@ class _Query:
 class ClusterBroker(Broker):
     """The router of one node of a cluster (see the module docstring)."""
 
-    def __init__(self, config: BrokerConfig, clock: Any) -> None:
-        assert config.redis is not None  # BrokerService makes a ClusterBroker only with it
+    def __init__(self, config: BrokerConfig, clock: IReactorTime, link: LinkFactory = RedisLink) -> None:
+        if config.redis is None:
+            raise ValueError("a cluster node needs the redis setting (the URL of the cluster's Redis)")
         #: This node's id, fresh at each start.
         self.node = uuid.uuid4().hex[:16]
         self.channels = Channels(config.cluster_name)
-        #: The two connections to Redis.
-        self.link = RedisLink(clock, parse_redis_url(config.redis), self._received, self._redis_state,
-                              max_delay=config.cluster_heartbeat)
+        #: The two connections to Redis (``link`` makes them: the Clock tests give an in-memory stand-in).
+        self.link = link(clock, parse_redis_url(config.redis), self._received, self._redis_state,
+                         config.cluster_heartbeat)
         #: The other nodes.
         self.peers = Peers(clock, SILENCE * config.cluster_heartbeat)
         super().__init__(config, clock)  # after the above: its metrics registry reads them at once
@@ -453,7 +454,8 @@ class ClusterBroker(Broker):
         answer: Deferred[list[dict[str, Any]]] = Deferred()
         query = self._queries[query_id] = _Query(answer, members, self.clock.callLater(
             QUERY_TIMEOUT, self._end_query, query_id, True))
-        own = 1 if self.rooms.occupied(room_id) else 0
+        # Counted by Redis if subscribed: with a member here, or a handshake into the room under way.
+        own = 1 if self.link.watching(self.channels.room(room_id)) else 0
         published.addCallbacks(lambda count: self._expect(query_id, count - own),
                                lambda _: self._end_query(query_id, True))
         return query.answer

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
@@ -30,7 +30,7 @@ from .outbox import send_at_once
 from .reconnect import Backoff, Reconnector
 from .redis_url import RedisAddress
 
-__all__ = ["CLOSE_TIMEOUT", "WAITING_LIMIT", "RedisLink"]
+__all__ = ["CLOSE_TIMEOUT", "WAITING_LIMIT", "Link", "LinkFactory", "RedisLink"]
 
 log = Logger()
 
@@ -40,6 +40,50 @@ CONNECT_TIMEOUT = 5.0
 CLOSE_TIMEOUT = 2.0
 #: Bytes of commands Redis may leave unanswered; past it a publish is refused (and counted lost), not queued.
 WAITING_LIMIT = 64 * 1024 * 1024
+
+
+class Link(Protocol):
+    """What a cluster node uses of its link to Redis: :class:`RedisLink`'s public face (the Clock
+    tests put an in-memory stand-in with the same face in its place)."""
+
+    address: RedisAddress
+    #: True while both connections are up.
+    up: bool
+
+    def start(self) -> None:
+        """Connect, and keep connected."""
+
+    def stop(self) -> Deferred[None]:
+        """Disconnect for good; fires once closed."""
+
+    def command(self, *args: bytes | int | str) -> Deferred[Any] | None:
+        """Run a command: its reply; None (nothing sent) while Redis is unreachable."""
+
+    def fire(self, *args: bytes | int | str) -> None:
+        """Run a command whose outcome does not matter."""
+
+    def publish(self, channel: bytes, payload: bytes) -> Deferred[int] | None:
+        """PUBLISH: the count of subscribers that got it; None (not sent) while unreachable."""
+
+    def probe(self, timeout: float) -> None:
+        """Cut a connection that does not answer within ``timeout`` seconds."""
+
+    def watch(self, channel: bytes) -> None:
+        """Be subscribed to ``channel``, across reconnections."""
+
+    def unwatch(self, channel: bytes) -> None:
+        """No longer be subscribed to ``channel``."""
+
+    def watching(self, channel: bytes) -> bool:
+        """True if ``channel`` is one of the subscriptions."""
+
+    def settled(self) -> Deferred[None]:
+        """Fires once Redis has answered every (un)subscription sent so far."""
+
+
+#: Makes a node's link: (reactor, address, on_message(channel, payload), on_state(up, why), max_delay).
+LinkFactory = Callable[[IReactorTime, RedisAddress, Callable[[bytes, bytes], None], Callable[[bool, str], None], float],
+                       Link]
 
 
 @functools.cache
