@@ -4,7 +4,7 @@ A supervisor (this module, an ``IService``) holds the WebSocket and backend
 ports bound with ``SO_REUSEPORT`` (bound, not listening: it takes no
 connection, but no other program can take the ports while workers restart,
 and port 0 becomes one port for all), then starts each worker as
-``python -m pystrands.broker.workers <the same options>``: an ordinary
+``python -m pystrands.broker.workers SUPERVISOR_PID <the same options>``: an ordinary
 ``pystrands server`` that listens on those ports through the
 ``pystrands-reuseport`` endpoint (:mod:`~pystrands.broker.reuseport`), so
 the kernel spreads new connections over the workers. The workers meet as
@@ -217,7 +217,7 @@ class WorkerSupervisor(Service):
     def worker_command(self) -> list[str]:
         """The command line of every worker: the options, then the shared ports as endpoints."""
         config, (ws_port, tcp_port) = self.config, self.ports
-        return [sys.executable, "-m", __name__, *self.arguments,
+        return [sys.executable, "-m", __name__, str(os.getpid()), *self.arguments,
                 "--ws-endpoint", _reuseport(ws_port, config.ws_interface),
                 "--tcp-endpoint", _reuseport(tcp_port, config.tcp_interface)]
 
@@ -327,22 +327,42 @@ def worker_arguments(options: Options) -> list[str]:
     return arguments
 
 
-def run_worker(arguments: list[str]) -> int:
+def run_worker(supervisor: int, arguments: list[str]) -> int:
     """One worker: ``python -m pystrands server`` that leaves Ctrl-C to its supervisor and dies with it.
 
     The terminal sends SIGINT to the whole process group; the supervisor
     passes it on as SIGTERM, so the worker ignores it (two stops would be one
-    too many). On Linux the worker gets SIGTERM if the supervisor dies.
+    too many). On Linux the worker gets SIGTERM if its parent dies; a parent
+    that is no longer ``supervisor`` (the pid of the supervisor that started
+    it) died before that was asked, so the worker exits 1 at once.
     """
+    check_integer("the supervisor's pid", supervisor, minimum=1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:
+        print(f"pystrands worker: its supervisor (pid {supervisor}) is gone; not starting", file=sys.stderr)
+        return 1
     from ..__main__ import server
 
     return server(arguments)
 
 
+def main(argv: list[str]) -> int:
+    """``python -m pystrands.broker.workers SUPERVISOR_PID [server options]``: how the supervisor starts a worker."""
+    try:
+        supervisor = int(argv[0])
+    except (IndexError, ValueError):
+        print("usage: python -m pystrands.broker.workers SUPERVISOR_PID [pystrands server options]", file=sys.stderr)
+        return 2
+    try:
+        return run_worker(supervisor, argv[1:])
+    except ValueError as exc:
+        print(f"pystrands worker: {exc}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(run_worker(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))
