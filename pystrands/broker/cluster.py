@@ -91,6 +91,10 @@ class Channels:
         """The key saying a node is alive (with an expiry)."""
         return self.prefix + b"alive:" + node.encode()
 
+    def claim(self, client_id: str) -> bytes:
+        """The key naming the node that holds a client id (with an expiry)."""
+        return self.prefix + b"claim:" + client_id.encode()
+
     def room_of(self, channel: bytes) -> str | None:
         """The room of a room channel; None for any other channel."""
         return channel[len(self._room):].decode() if channel.startswith(self._room) else None
@@ -115,11 +119,12 @@ class ClusterRooms(Rooms[_Client]):
         self._link.watch(self._channels.room(room_id))
 
     def remove(self, client_id: str) -> None:
-        """Forget a client: stop watching its channel and the rooms it leaves empty here."""
+        """Forget a client: let its id go, stop watching its channel and the rooms it leaves empty here."""
         rooms = self.rooms_of(client_id)
         connected = self.client(client_id) is not None
         super().remove(client_id)
         if connected:
+            self._link.fire(b"DEL", self._channels.claim(client_id))
             self._link.unwatch(self._channels.client(client_id))
         for room_id in rooms:
             self._left(room_id)
@@ -193,6 +198,8 @@ class ClusterBroker(Broker):
         #: The largest cluster message: an event of the largest line, each of its bytes escaped once in JSON.
         self._payload_limit = 2 * self._event_limit + 1024
         self._own_starts = cluster_wire.starts_of(self.node)
+        #: Milliseconds a node's key and its clients' claims live without a heartbeat renewing them.
+        self._expiry = int(2 * config.cluster_heartbeat * 1000)
 
     # -- life cycle ------------------------------------------------------
 
@@ -320,10 +327,13 @@ class ClusterBroker(Broker):
     # -- heartbeats ---------------------------------------------------------------
 
     def _beat(self, answer: bool = False) -> None:
-        """Say this node is alive and how many backends it has; ``answer``: the others beat back now."""
-        seconds = self.config.cluster_heartbeat
-        self.link.fire(b"SET", self.channels.node_key(self.node), str(len(self.backends)).encode(),
-                       b"PX", int(2 * seconds * 1000))
+        """Say this node is alive and how many backends it has, and renew its clients' claims;
+        ``answer``: the others beat back now."""
+        expiry = self._expiry
+        self.link.fire(b"SET", self.channels.node_key(self.node), str(len(self.backends)).encode(), b"PX", expiry)
+        node = self.node.encode()
+        for client in self.rooms.everyone():  # re-made if lost (a Redis restarted without persistence)
+            self.link.fire(b"SET", self.channels.claim(client.admission.client_id), node, b"PX", expiry)
         # Not counted when unpublished: a heartbeat is no message, and the next one says the same.
         self.link.fire(b"PUBLISH", self.channels.nodes,
                        cluster_wire.encode("beat", self.node, len(self.backends), answer))
@@ -624,32 +634,34 @@ class ClusterBroker(Broker):
         return answer.addCallback(self._only_here)
 
     def _only_here(self, admission: Admission) -> Deferred[Admission] | Admission:
-        """409 if another node holds a client with this id (its client channel has a subscriber);
-        else subscribe to the client's and its room's channels before the upgrade, so that what a
-        backend sends in answer to ``new_connection`` reaches the client.
+        """Claim the client id in Redis (``SET NX``: of two nodes, one gets it), 409 if another node
+        holds it; then subscribe to the client's and its room's channels before the upgrade, so that
+        what a backend sends in answer to ``new_connection`` reaches the client.
 
         Without Redis, or if Redis does not answer within ``min(auth_timeout, 1 s)`` (each step: the
-        question, then the subscriptions), the node's own check (made before) is all.
+        claim, then the subscriptions), the node's own check (made before) is all; the heartbeats
+        make the claim later.
         """
-        client_channel = self.channels.client(admission.client_id)
-        asked = self.link.command(b"PUBSUB", b"NUMSUB", client_channel)
+        asked = self.link.command(b"SET", self.channels.claim(admission.client_id), self.node.encode(),
+                                  b"NX", b"PX", self._expiry)
         if asked is None:
             return admission
         deadline = min(self.config.auth_timeout, 1.0)
 
         def answered(reply: Any) -> Deferred[Admission]:
-            if isinstance(reply, list) and len(reply) == 2 and isinstance(reply[1], int) and reply[1] > 0:
+            if reply is None:  # Redis' answer when the key exists: another node holds the id
                 log.warn("Refused a handshake: client_id {client_id!r} is connected to another node",
                          client_id=admission.client_id)
-                self.abandon(admission)
+                self._let_go(admission)
                 self.metrics.handshake_refused(409, timed_out=False)
                 raise HandshakeRefused(409, "client_id already in use")
-            self.link.watch(client_channel)
+            self.link.watch(self.channels.client(admission.client_id))
             self.link.watch(self.channels.room(admission.room_id))
             settled = self.link.settled().addTimeout(deadline, self.clock)
             return settled.addErrback(lambda _: None).addCallback(lambda _: admission)
 
-        return asked.addTimeout(deadline, self.clock).addErrback(lambda _: None).addCallback(answered)
+        unanswered = b"unanswered"  # not None: Redis did not say the id is held
+        return asked.addTimeout(deadline, self.clock).addErrback(lambda _: unanswered).addCallback(answered)
 
     def _refuse_forwarded(self, request_id: str, status: int, reason: str) -> None:
         pending = self._handshakes.pop(request_id)
@@ -707,7 +719,12 @@ class ClusterBroker(Broker):
         pending.answer.callback(Admission(client_id, room_id, {} if metadata is None else metadata))
 
     def abandon(self, admission: Admission) -> None:
-        """An accepted client gone before the upgrade: the node that judged it forgets it too."""
+        """An accepted client gone before the upgrade: its claim goes, and the node that judged it forgets it."""
+        self.link.fire(b"DEL", self.channels.claim(admission.client_id))
+        self._let_go(admission)
+
+    def _let_go(self, admission: Admission) -> None:
+        """Forget an accepted client before its upgrade, and tell the node that judged it."""
         node = self._forwarded.pop(admission.client_id, None)
         super().abandon(admission)
         self.link.unwatch(self.channels.client(admission.client_id))  # subscribed by _only_here

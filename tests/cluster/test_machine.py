@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 
 from pystrands import wire
 from pystrands.broker.router import Admission
-from tests.cluster.memory import MemoryBackend, MemoryRedis, Node
+from tests.cluster.memory import HEARTBEAT, MemoryBackend, MemoryRedis, Node
 
 
 def nodes(count: int, **settings: Any) -> tuple[Clock, MemoryRedis, list[Node]]:
@@ -18,6 +18,13 @@ def nodes(count: int, **settings: Any) -> tuple[Clock, MemoryRedis, list[Node]]:
     started = [Node(redis, **settings) for _ in range(count)]
     redis.run()
     return clock, redis, started
+
+
+def passes(clock: Clock, redis: MemoryRedis, seconds: float) -> None:
+    """Let ``seconds`` pass in steps of a tenth of a heartbeat, Redis carrying out what each step sent."""
+    for _ in range(round(seconds / (HEARTBEAT / 10))):
+        clock.advance(HEARTBEAT / 10)
+        redis.run()
 
 
 def admitted(node: Node, backend: MemoryBackend, client_id: str, redis: MemoryRedis) -> Admission:
@@ -45,3 +52,26 @@ def test_room_members_does_not_wait_for_a_handshake_of_its_own_in_the_room() -> 
     redis.run()
     assert [[member["client_id"] for member in reply["result"]] for reply in replies(backend_a)] == [["on-b"]]
     assert not a.broker._queries  # answered without waiting for its timeout
+
+
+def test_one_client_id_accepted_on_two_nodes_at_once_is_taken_by_one_and_refused_409_on_the_other() -> None:
+    clock, redis, (a, b) = nodes(2)
+    backend_a, backend_b = a.backend(), b.backend()
+    redis.run()
+    on_a, on_b = a.handshake(), b.handshake()
+    backend_a.accept(backend_a.requests()[-1], "same")
+    backend_b.accept(backend_b.requests()[-1], "same")  # both asked Redis before either subscribed
+    redis.run()
+    outcomes = on_a + on_b
+    assert sorted(type(outcome).__name__ for outcome in outcomes) == ["Admission", "HandshakeRefused"]
+    assert [outcome.status for outcome in outcomes if not isinstance(outcome, Admission)] == [409]
+    winner, [admission] = (a, on_a) if isinstance(on_a[0], Admission) else (b, on_b)
+    assert redis.get(b"test:claim:same") == winner.broker.node.encode()
+    client = winner.connect(admission)
+    passes(clock, redis, 5 * HEARTBEAT)
+    assert redis.get(b"test:claim:same") == winner.broker.node.encode()  # renewed by the heartbeats
+    winner.broker.client_disconnected(client)
+    redis.run()
+    assert redis.get(b"test:claim:same") is None
+    assert isinstance(admitted(a if winner is b else b, backend_a if winner is b else backend_b, "same", redis),
+                      Admission)  # free again, on the other node

@@ -193,7 +193,7 @@ def test_a_client_id_is_refused_while_another_node_holds_it(launch: Launch, redi
     assert refused.value.response.status_code == 409
     held.close()
     first.wait_for(lambda e: e["action"] == "disconnected")
-    wait_until(lambda: redis.subscribers(b"test:client:same") == 0, 5, "A to let the id go")
+    wait_until(lambda: redis.command(b"EXISTS", b"test:claim:same") == b":0", 5, "A to let the id go")
     assert open_ws(f"{b.ws_url}/lobby")  # free again
 
 
