@@ -357,7 +357,7 @@ class ClusterBroker(Broker):
         if backends and not before:
             self._flush_queue()
         elif not backends and before:
-            self._unstick(origin)
+            self._unstick(origin, alive=True)
 
     def _on_bye(self, channel: bytes, origin: str) -> None:
         if channel != self.channels.nodes:
@@ -368,15 +368,19 @@ class ClusterBroker(Broker):
 
     def _gone(self, node: str) -> None:
         """A node is gone: no more forwarding to it; its clients leave our backends; its handshakes get 503."""
-        self._unstick(node)
+        self._unstick(node, alive=False)
         for request_id in [rid for rid, pending in self._handshakes.items() if pending.node == node]:
             self._refuse_forwarded(request_id, 503, "the node of the backend judging the handshake went away")
         for client_id, context in self._guests.pop(node, {}).items():
             Broker._route(self, client_id, wire.encode_frame(wire.DISCONNECTED, {"context": context}), True)
 
-    def _unstick(self, node: str) -> None:
+    def _unstick(self, node: str, alive: bool) -> None:
+        """The clients forwarded to ``node`` move at their next event; a node still ``alive`` is told
+        to forget them (else, when this node goes, it would give its backends a second goodbye)."""
         for client_id in [cid for cid, owner in self._forwarded.items() if owner == node]:
             del self._forwarded[client_id]
+            if alive:
+                self._publish(self.channels.node(node), cluster_wire.encode("abandon", self.node, client_id))
 
     # -- backends ---------------------------------------------------------------
 
@@ -610,9 +614,16 @@ class ClusterBroker(Broker):
             guests = self._guests.setdefault(origin, {})
             if final:
                 guests.pop(client_id, None)
-            else:
-                guests.setdefault(client_id, {"client_id": client_id})
+            elif client_id not in guests:
+                self._guest_room(origin)
+                guests[client_id] = {"client_id": client_id}
         Broker._route(self, client_id, line, final)
+
+    def _guest_room(self, origin: str) -> None:
+        """ClusterWireError if ``origin`` has as many clients here as a node may hold (``max_clients``)."""
+        if len(self._guests.get(origin, ())) >= self.config.max_clients:
+            raise ClusterWireError(f"a client forwarded by node {origin!r} past max_clients"
+                                   f" ({self.config.max_clients}) of its clients here")
 
     # -- handshakes judged on another node -------------------------------------------
 
@@ -676,6 +687,9 @@ class ClusterBroker(Broker):
         if params.keys() != _HANDSHAKE.keys() or any(not isinstance(params[key], kind)
                                                      for key, kind in _HANDSHAKE.items()):
             raise ClusterWireError("a forwarded handshake that is not a connection_request's params")
+        if origin not in self.peers:  # only a node heard beating forwards (its beat is published first)
+            raise ClusterWireError(f"a forwarded handshake from {origin!r}, a node not heard from")
+        self._guest_room(origin)
         if not self.backends:
             self._verdict(origin, request_id, 503, "no backend is connected")
             return

@@ -7,6 +7,7 @@ from typing import Any
 from twisted.internet.task import Clock
 
 from pystrands import wire
+from pystrands.broker import cluster_wire
 from pystrands.broker.router import Admission
 from tests.cluster.memory import HEARTBEAT, MemoryBackend, MemoryRedis, Node
 
@@ -75,3 +76,44 @@ def test_one_client_id_accepted_on_two_nodes_at_once_is_taken_by_one_and_refused
     assert redis.get(b"test:claim:same") is None
     assert isinstance(admitted(a if winner is b else b, backend_a if winner is b else backend_b, "same", redis),
                       Admission)  # free again, on the other node
+
+
+def test_a_client_that_moves_to_another_node_is_abandoned_by_the_old_one() -> None:
+    clock, redis, (a, b, c) = nodes(3)
+    first = b.backend()
+    redis.run()
+    client = a.connect(admitted(a, first, "x", redis))  # A has no backend: B's judged it
+    redis.run()
+    backend_c = c.backend()
+    b.broker.backend_lost(first)  # B has no backend left: A's client moves to C at its next event
+    redis.run()
+    a.broker.client_message(client, "moved")
+    redis.run()
+    assert backend_c.events(wire.NEW_MESSAGE) == [(wire.NEW_MESSAGE, "moved")]
+    second = b.backend()
+    a.link.cut()  # A falls silent: C and B forget it, and its clients leave their backends
+    passes(clock, redis, 2 * HEARTBEAT)
+    assert backend_c.events(wire.DISCONNECTED) == [(wire.DISCONNECTED, "x")]
+    assert second.events(wire.DISCONNECTED) == []  # B was told when x left it, so no second goodbye
+
+
+def event(origin: Node, client_id: str, message: str = "hi") -> bytes:
+    frame = wire.encode_frame(wire.NEW_MESSAGE, {"message": message, "context": {"client_id": client_id}})
+    return cluster_wire.encode("event", origin.broker.node, client_id, False, frame.decode())
+
+
+def test_guests_of_one_origin_are_bounded_and_handshakes_come_only_from_known_nodes() -> None:
+    _, redis, (a, b) = nodes(2, max_clients=2)
+    backend = a.backend()
+    redis.run()
+    for client_id in ("g1", "g2", "g3", "g1"):
+        b.link.publish(b"test:node:" + a.broker.node.encode(), event(b, client_id, client_id))
+    redis.run()
+    assert backend.events(wire.NEW_MESSAGE) == [(wire.NEW_MESSAGE, "g1"), (wire.NEW_MESSAGE, "g2"),
+                                                (wire.NEW_MESSAGE, "g1")]
+    assert a.broker.metrics.cluster_rejected == 1
+    judge = cluster_wire.encode("judge", "stranger", "r1", {"headers": {}, "url": "/ws/x", "remote_addr": "",
+                                                             "query": {}})
+    b.link.publish(b"test:node:" + a.broker.node.encode(), judge)
+    redis.run()
+    assert backend.requests() == [] and a.broker.metrics.cluster_rejected == 2
