@@ -13,14 +13,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from twisted.logger import ILogObserver
     from twisted.python.failure import Failure
+
+    from .broker.worker_log import WorkerOutput
 
 USAGE = ("usage: python -m pystrands server [--ws-port 8080] [--tcp-port 8081] [--queue-size 1000] [...]"
          " | python -m pystrands --version")
 
 
-def server(args: list[str]) -> int:
-    """Run the embedded broker until interrupted."""
+def server(args: list[str], log_observer: ILogObserver | None = None) -> int:
+    """Run the embedded broker until interrupted; its log (info and above) to ``log_observer``, text on stderr
+    when None."""
     from twisted.logger import (
         FilteringLogObserver,
         LogLevel,
@@ -42,7 +46,7 @@ def server(args: list[str]) -> int:
 
     from twisted.internet import reactor  # the outermost entry point picks the global reactor
 
-    observer = FilteringLogObserver(textFileLogObserver(sys.stderr),
+    observer = FilteringLogObserver(log_observer or textFileLogObserver(sys.stderr),
                                     [LogLevelFilterPredicate(LogLevel.info)])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     config = options["config"]
@@ -60,7 +64,7 @@ def server(args: list[str]) -> int:
     if config.workers > 1:
         from .broker.workers import WorkerSupervisor, worker_arguments
 
-        supervisor = WorkerSupervisor(config, worker_arguments(options), reactor)
+        supervisor = WorkerSupervisor(config, worker_arguments(options), reactor, relay=print_worker_output)
 
         def workers_listening(ports: tuple[int, int]) -> None:
             print(f"PyStrands broker: {config.workers} workers, WebSocket on port {ports[0]} (/ws/...),"
@@ -86,6 +90,16 @@ def server(args: list[str]) -> int:
     service.when_listening().addCallbacks(listening, stop_with)
     reactor.run()
     return exit_code
+
+
+def print_worker_output(output: WorkerOutput) -> None:
+    """The CLI's relay of its workers' lines: stdout to our stdout; the log to our stderr, each line after
+    ``[worker N pid P]``."""
+    if output.stream == "stdout":
+        print(output.text, flush=True)
+        return
+    for line in output.text.split("\n"):
+        print(f"[worker {output.number} pid {output.pid}] {line}", file=sys.stderr, flush=True)
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {"server": server}

@@ -10,6 +10,10 @@ and port 0 becomes one port for all), then starts each worker as
 the kernel spreads new connections over the workers. The workers meet as
 nodes of the cluster named by ``--redis`` and ``--cluster-name``.
 
+Each worker logs to its stderr as JSON, one event a line; the supervisor
+hands every line its workers write to its ``relay``, by default to
+``twisted.logger`` (:mod:`~pystrands.broker.worker_log`).
+
 Stopping the supervisor (Ctrl-C, SIGTERM) sends SIGTERM to every worker,
 which closes its clients with 1001 as a single broker does. A worker that
 dies is started again after a delay that doubles while it keeps dying
@@ -25,7 +29,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
@@ -39,9 +43,9 @@ from twisted.python.failure import Failure
 from ..settings import check_integer, check_number
 from .config import ENVIRONMENT, BrokerConfig, Options
 from .reuseport import reuseport_socket
+from .worker_log import Relay, log_output, worker_log_observer, worker_output
 
-__all__ = ["RestartPolicy", "WorkerSlot", "WorkerSupervisor", "WorkersFailed", "run_worker",
-           "worker_arguments"]
+__all__ = ["RestartPolicy", "WorkerSlot", "WorkerSupervisor", "WorkersFailed", "run_worker", "worker_arguments"]
 
 log = Logger()
 
@@ -122,7 +126,7 @@ class WorkerSlot:
 
 
 class WorkerProtocol(ProcessProtocol):
-    """Watches one worker process: its ready line on stdout, its log on stderr, its end."""
+    """Watches one worker process: its ready line on stdout, its other lines for the relay, its end."""
 
     def __init__(self, supervisor: WorkerSupervisor, slot: WorkerSlot) -> None:
         self.supervisor = supervisor
@@ -135,18 +139,20 @@ class WorkerProtocol(ProcessProtocol):
         return lines
 
     def outReceived(self, data: bytes) -> None:
-        """The worker's ready line marks it listening; other lines go to our stdout."""
+        """The worker's ready line marks it listening; other lines go to the relay."""
         for line in self._lines(1, data):
             if line.startswith(READY_LINE) and not self.slot.ready:
                 self.supervisor.worker_listening(self.slot)
             else:
-                print(line.decode(errors="replace"), flush=True)
+                self._relay("stdout", line)
 
     def errReceived(self, data: bytes) -> None:
-        """The worker's log lines go to our stderr, each after the worker's number and pid."""
+        """The worker's log events, and anything else it writes on stderr, go to the relay."""
         for line in self._lines(2, data):
-            print(f"[worker {self.slot.number} pid {self.slot.pid}] {line.decode(errors='replace')}",
-                  file=sys.stderr, flush=True)
+            self._relay("stderr", line)
+
+    def _relay(self, stream: Literal["stdout", "stderr"], line: bytes) -> None:
+        self.supervisor.relay(worker_output(self.slot.number, self.slot.pid, stream, line.decode(errors="replace")))
 
     def processEnded(self, reason: Failure) -> None:
         """Tell the supervisor how the worker ended."""
@@ -171,15 +177,20 @@ class WorkerSupervisor(Service):
     (see :func:`worker_arguments`). :attr:`ready` fires with (WebSocket port,
     backend port) once every worker listens; :attr:`failed` fails with
     :class:`WorkersFailed` if the supervisor gives up, and then stops every worker.
+    ``relay`` gets every line the workers write but their ready lines.
     """
 
     def __init__(self, config: BrokerConfig, arguments: list[str], reactor: Any = None,
-                 policy: RestartPolicy | None = None, stop_timeout: float = 10.0) -> None:
+                 policy: RestartPolicy | None = None, stop_timeout: float = 10.0,
+                 relay: Relay = log_output) -> None:
         if not isinstance(config, BrokerConfig):
             raise TypeError(f"config must be a BrokerConfig, not {type(config).__name__}")
         if not isinstance(arguments, list) or not all(isinstance(each, str) for each in arguments):
             raise TypeError(f"arguments must be a list of str, not {arguments!r}")
+        if not callable(relay):
+            raise TypeError(f"relay must be callable, not {type(relay).__name__}")
         self.config = config
+        self.relay = relay
         self.arguments = arguments
         self.reactor = reactor
         self.policy = policy or RestartPolicy()
@@ -334,7 +345,8 @@ def run_worker(supervisor: int, arguments: list[str]) -> int:
     passes it on as SIGTERM, so the worker ignores it (two stops would be one
     too many). On Linux the worker gets SIGTERM if its parent dies; a parent
     that is no longer ``supervisor`` (the pid of the supervisor that started
-    it) died before that was asked, so the worker exits 1 at once.
+    it) died before that was asked, so the worker exits 1 at once. Its log
+    goes to stderr as JSON, one event a line, for the supervisor to relay.
     """
     check_integer("the supervisor's pid", supervisor, minimum=1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -347,7 +359,7 @@ def run_worker(supervisor: int, arguments: list[str]) -> int:
         return 1
     from ..__main__ import server
 
-    return server(arguments)
+    return server(arguments, worker_log_observer(sys.stderr))
 
 
 def main(argv: list[str]) -> int:

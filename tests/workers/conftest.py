@@ -31,6 +31,8 @@ from tests.support.ports import free_port
 
 TIMEOUT = 10.0
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+#: A timestamp as twisted.logger's text observers write it.
+TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}"
 READY = re.compile(r"PyStrands broker: (\d+) workers, WebSocket on port (\d+) .*backends on [^:]+:(\d+)")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from tests.support.ports import free_port
 
-from .conftest import ROOT, TIMEOUT, Supervisor, serve_echo
+from .conftest import ROOT, TIME, TIMEOUT, Supervisor, serve_echo
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 
@@ -130,9 +131,22 @@ def test_ctrl_c_to_the_process_group_stops_everyone_once(start_workers) -> None:
     assert not any("Traceback" in line or "SIGINT" in line for line in supervisor.log if "[worker" in line)
 
 
-def test_twistd_runs_the_workers_and_stops_them(redis_url: str) -> None:
+def test_the_cli_prints_each_worker_log_line_after_the_workers_number_and_pid(start_workers) -> None:
+    supervisor = start_workers(2)
+    supervisor.backend_on(2).close()
+    line = supervisor.log[-1]  # the one backend_on waited for
+    match = re.fullmatch(rf"\[worker 2 pid (\d+)\] {TIME} \[pystrands\.broker\.backends#info\] Backend connected: .*",
+                         line)
+    assert match, line
+    assert int(match[1]) == supervisor.worker_pids()[2]
+
+
+def test_twistd_runs_the_workers_logs_their_events_and_stops_them(redis_url: str) -> None:
+    """Under twistd a worker's log event is one event of twistd's log: the worker's namespace and level, one
+    timestamp, the worker's text after ``[worker N pid P]`` (not a line of the supervisor's stderr)."""
+    tcp_port = free_port()
     twistd = subprocess.Popen([TWISTD, "-n", "--pidfile=", "--logfile=-", "pystrands-broker", "--workers", "2",
-                               "--redis", redis_url, "--ws-port", "0", "--tcp-port", "0"],
+                               "--redis", redis_url, "--ws-port", "0", "--tcp-port", str(tcp_port)],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         supervisor = Supervisor(twistd, ready=False)
@@ -140,10 +154,20 @@ def test_twistd_runs_the_workers_and_stops_them(redis_url: str) -> None:
         supervisor.wait_log(r"Worker \d \(pid \d+\) listens")
         pids = supervisor.worker_pids()
         assert len(pids) == 2
+        with socket.create_connection(("127.0.0.1", tcp_port), timeout=TIMEOUT):
+            line = supervisor.wait_log(r"Backend connected").string
+        match = re.fullmatch(rf"{TIME} \[pystrands\.broker\.backends#info\] \[worker ([12]) pid (\d+)\] Backend"
+                             r" connected: [^\[]*", line)
+        assert match, line
+        assert pids[int(match[1])] == int(match[2])
         assert supervisor.stop(signal.SIGTERM) in (0, -signal.SIGTERM)  # twistd ends by the signal it got
         for pid in pids.values():
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
+        stopping = {line.split("] ", 1)[1] for line in supervisor.log if "Received SIGTERM, shutting down." in line}
+        assert stopping == {f"[worker {number} pid {pid}] Received SIGTERM, shutting down."  # legacy events: [-]
+                            for number, pid in pids.items()} | {"Received SIGTERM, shutting down."}  # and twistd's
+        assert not any("stderr#" in line for line in supervisor.log), supervisor.log
     finally:
         twistd.kill()
         twistd.wait(TIMEOUT)
