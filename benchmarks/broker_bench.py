@@ -23,7 +23,6 @@ import os
 import pstats
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import wsload
+from processes import REPO, free_port, process, wait_listening
 
 BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
 
 
 @dataclass(frozen=True)
@@ -62,30 +61,6 @@ QUICK_SCENARIOS = [Scenario("echo, 10 clients", "echo", 10), Scenario("room, 20 
 SERVERS = ("broker", "ceiling")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_listening(port: int, timeout: float = 20.0) -> None:
-    """Return once 127.0.0.1:``port`` accepts connections; TimeoutError (an OSError, which run.py's
-    ``process()`` reports with the process's output) after ``timeout``."""
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
-
-
 def wait_ready(port: int, timeout: float = 20.0) -> None:
     """Return once the broker on ``port`` has a backend (its ``/readyz`` answers 200)."""
     import urllib.error
@@ -101,24 +76,6 @@ def wait_ready(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"no backend connected to the broker on port {port} after {timeout}s")
 
 
-@contextmanager
-def spawned(command: list[str], path: Path = REPO) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``command`` with ``path`` (this repository) first on the module path; always kill it."""
-    env = {**os.environ, "PYTHONPATH": str(path)}
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(command, stdout=log, stderr=log, env=env, cwd=tempfile.gettempdir())
-    try:
-        yield proc
-    except Exception as exc:
-        log.seek(0)
-        tail = log.read().decode(errors="replace").strip().splitlines()[-6:]
-        raise RuntimeError(f"{' '.join(command[1:3])}: {exc}" + "".join(f"\n    | {line}" for line in tail)) from None
-    finally:
-        proc.kill()
-        proc.wait()
-        log.close()
-
-
 def backend_command(kind: str, port: int) -> list[str]:
     """The Twisted-native echo backend of backends.py, or the room backend below."""
     if kind == "room":
@@ -126,36 +83,42 @@ def backend_command(kind: str, port: int) -> list[str]:
     return [sys.executable, str(BENCH / "backends.py"), kind, "--port", str(port)]
 
 
+def url(ws_port: int, kind: str) -> str:
+    """The URL template (wsload.py) of ``kind``'s clients; in the room scenario each names its room in the query."""
+    return f"ws://127.0.0.1:{ws_port}/ws/bench" + ("?room=r{room}" if kind == "room" else "")
+
+
 @contextmanager
-def server(name: str, backend: str, path: Path = REPO) -> Iterator[tuple[str, dict[str, int]]]:
-    """The server under test listening: its WebSocket URL, and the pids whose CPU to read.
+def server(name: str, backend: str, path: Path = REPO) -> Iterator[tuple[int, dict[str, list[int]]]]:
+    """The server under test listening: its WebSocket port, and the pids whose CPU to read.
 
     The broker's ``pystrands`` comes from ``path`` (another checkout, to compare); the backend's from this one.
     """
     ws_port = free_port()
     if name == "ceiling":
-        with spawned([sys.executable, str(BENCH / "wsload.py"), "serve", "--port", str(ws_port)]) as proc:
+        command = [sys.executable, str(BENCH / "wsload.py"), "serve", "--port", str(ws_port)]
+        with process("ceiling (wsload.py serve)", command) as proc:
             wait_listening(ws_port)
-            yield f"ws://127.0.0.1:{ws_port}/ws/bench", {"server": proc.pid}
+            yield ws_port, {"server": [proc.pid]}
         return
     tcp_port = free_port()
     command = [sys.executable, "-m", "pystrands", "server", "--ws-port", str(ws_port), "--tcp-port", str(tcp_port)]
-    with spawned(command, path) as proc:
+    with process("embedded broker", command, path) as proc:
         wait_listening(ws_port)
-        with spawned(backend_command(backend, tcp_port)) as back:
+        with process(f"{backend} backend", backend_command(backend, tcp_port)) as back:
             wait_ready(ws_port)
-            yield f"ws://127.0.0.1:{ws_port}/ws/bench", {"server": proc.pid, "backend": back.pid}
+            yield ws_port, {"server": [proc.pid], "backend": [back.pid]}
 
 
 def measure(name: str, scenarios: list[Scenario], seconds: float, path: Path = REPO) -> dict[str, dict[str, float]]:
     """Each scenario against a fresh ``name`` server (one per backend kind): label -> figures."""
     results: dict[str, dict[str, float]] = {}
     for backend in sorted({scenario.backend for scenario in scenarios}):
-        with server(name, backend, path) as (url, pids):
+        with server(name, backend, path) as (ws_port, pids):
             for scenario in scenarios:
                 if scenario.backend == backend:
-                    results[scenario.label] = wsload.load(url, scenario.kind, scenario.clients, seconds,
-                                                          watch=pids)
+                    results[scenario.label] = wsload.load(url(ws_port, scenario.kind), scenario.kind,
+                                                          scenario.clients, seconds, watch=pids)
     return results
 
 
@@ -196,15 +159,15 @@ def bench_broker(quick: bool, rounds: int, progress: Any = None) -> dict[str, An
     rows = []
     for scenario in scenarios:
         label = scenario.label
-        ratios = [b["msgs_per_s"] / c["msgs_per_s"] for b, c in zip(runs["broker"][label], runs["ceiling"][label],
-                                                                    strict=True)]
-        rows.append([label, cell(column("broker", label, "msgs_per_s")), cell(column("broker", label, "p50_us")),
+        ratios = [b["delivered_per_s"] / c["delivered_per_s"]
+                  for b, c in zip(runs["broker"][label], runs["ceiling"][label], strict=True)]
+        rows.append([label, cell(column("broker", label, "delivered_per_s")), cell(column("broker", label, "p50_us")),
                      cell(column("broker", label, "p99_us")),
                      cell(column("broker", label, "server_cpu"), "{:.0%}"),
                      cell(column("broker", label, "server_us_per_msg"), "{:.1f}"),
                      cell(column("broker", label, "backend_cpu"), "{:.0%}"),
                      cell(column("broker", label, "load_cpu"), "{:.0%}"),
-                     cell(column("ceiling", label, "msgs_per_s")),
+                     cell(column("ceiling", label, "delivered_per_s")),
                      cell(column("ceiling", label, "server_us_per_msg"), "{:.1f}"),
                      cell(column("ceiling", label, "load_cpu"), "{:.0%}"),
                      cell(ratios, "{:.2f}x")])
@@ -216,7 +179,7 @@ def bench_broker(quick: bool, rounds: int, progress: Any = None) -> dict[str, An
                                                                                             strict=True)]))
     panels = [{"title": "Broker end to end vs the harness ceiling (delivered msgs/s)",
                "groups": [s.label for s in scenarios],
-               "series": {name: [summary(column(name, s.label, "msgs_per_s"))[0] for s in scenarios]
+               "series": {name: [summary(column(name, s.label, "delivered_per_s"))[0] for s in scenarios]
                           for name in SERVERS}},
               {"title": "Server CPU per delivered message (us)",
                "groups": [s.label for s in scenarios],
@@ -275,17 +238,16 @@ def profile(kind: str, clients: int, seconds: float, out: Path, top: int, path: 
     command = [sys.executable, __file__, "profiled-broker", "--ws-port", str(ws_port), "--tcp-port", str(tcp_port),
                "--out", str(out)]
     backend = "room" if kind == "room" else "twisted"
-    with spawned(command, path) as broker:
+    with process("profiled broker", command, path) as broker:
         wait_listening(ws_port)
-        with spawned(backend_command(backend, tcp_port)):
+        with process(f"{backend} backend", backend_command(backend, tcp_port)):
             wait_ready(ws_port)
-            figures = wsload.load(f"ws://127.0.0.1:{ws_port}/ws/bench", kind, clients, seconds,
-                                  watch={"server": broker.pid},
+            figures = wsload.load(url(ws_port, kind), kind, clients, seconds, watch={"server": [broker.pid]},
                                   at_start=lambda: os.kill(broker.pid, signal.SIGUSR1),
                                   at_end=lambda: os.kill(broker.pid, signal.SIGUSR2))
             broker.wait(30)
     delivered = figures["delivered"]
-    print(f"{delivered:,} messages delivered in the window ({figures['msgs_per_s']:,.0f}/s under the"
+    print(f"{delivered:,} messages delivered in the window ({figures['delivered_per_s']:,.0f}/s under the"
           f" profiler); broker {figures['server_us_per_msg']:.1f} us CPU per message")
     stats = pstats.Stats(str(out))
     stats.sort_stats("tottime").print_stats(top)
@@ -364,9 +326,9 @@ def compare(against: Path, rounds: int, quick: bool) -> None:
         this, that = runs["this"][scenario.label], runs["that"][scenario.label]
         ratio = [a["server_us_per_msg"] / b["server_us_per_msg"] for a, b in zip(this, that, strict=True)]
         print(f"  {scenario.label:36} this {cell([r['server_us_per_msg'] for r in this], '{:.1f}'):>11}"
-              f" ({cell([r['msgs_per_s'] for r in this]):>13})  that"
+              f" ({cell([r['delivered_per_s'] for r in this]):>13})  that"
               f" {cell([r['server_us_per_msg'] for r in that], '{:.1f}'):>11}"
-              f" ({cell([r['msgs_per_s'] for r in that]):>13})  this/that {cell(ratio, '{:.2f}')}")
+              f" ({cell([r['delivered_per_s'] for r in that]):>13})  this/that {cell(ratio, '{:.2f}')}")
 
 
 def main() -> None:

@@ -28,22 +28,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-import socket
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import broker_bench
 import broker_sim
+from processes import REPO, ChildFailed, cpu_seconds, free_port, process, wait_listening
 
 BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
 RESULTS = BENCH / "results"
 PUBLIC_VENV = BENCH / ".venv-public"
 PUBLIC_VERSION = "1.0.0"
@@ -59,6 +60,11 @@ class Spec:
     kind: str
     public: bool = False
     needs: str = ""  # a repo file that must exist (a face still being written may not yet)
+
+    @property
+    def path(self) -> Path | None:
+        """First on its process's module path: this repository, or nothing (the public package's venv)."""
+        return None if self.public else REPO
 
     def missing(self, public_python: Path | None) -> str | None:
         """Why this backend cannot run now, or None."""
@@ -127,22 +133,12 @@ def ensure_venv(chart: bool) -> Path | None:
 # -- one backend in its own process ------------------------------------------
 
 
-class BackendFailed(Exception):
-    """A backend process did not connect, died, or broke the protocol."""
-
-
 def _proc_status(pid: int, field: str) -> int:
     """A kB field of /proc/PID/status (VmRSS, VmHWM) in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     raise KeyError(field)
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds of process ``pid``, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -158,27 +154,7 @@ class Running:
 
     def cpu(self) -> float:
         """CPU seconds the backend has used so far."""
-        return _cpu_seconds(self.pid)
-
-
-@contextmanager
-def process(label: str, command: list[str], public: bool = False) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``command`` (our code, or the public package's); always kill it; failures carry its stderr."""
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    if not public:
-        env["PYTHONPATH"] = str(REPO)
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(command, stdout=log, stderr=log, env=env, cwd=tempfile.gettempdir())
-    try:
-        yield proc
-    except (OSError, broker_sim.SimulatorError, BackendFailed) as exc:
-        log.seek(0)
-        tail = log.read().decode(errors="replace").strip().splitlines()[-6:]
-        raise BackendFailed(f"{label}: {exc}" + "".join(f"\n    | {line}" for line in tail)) from None
-    finally:
-        proc.kill()
-        proc.wait()
-        log.close()
+        return cpu_seconds(self.pid)
 
 
 def backend_command(spec: Spec, public_python: Path | None, port: int, delay_ms: float = 0.0) -> list[str]:
@@ -194,11 +170,11 @@ def backend(spec: Spec, public_python: Path | None, delay_ms: float = 0.0,
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.settimeout(0.2)
         command = backend_command(spec, public_python, listener.getsockname()[1], delay_ms)
-        with process(spec.label, command, spec.public) as proc:
+        with process(spec.label, command, spec.path) as proc:
             deadline = time.monotonic() + connect_timeout
             while True:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise BackendFailed("did not connect")
+                    raise ChildFailed("did not connect")
                 try:
                     sock, _ = listener.accept()
                     break
@@ -298,7 +274,7 @@ def rounds_of(specs: list[Spec], public_python: Path | None, rounds: int,
             try:
                 entry["runs"].append(measure(spec))
                 PROGRESS.done(spec.label, started)
-            except BackendFailed as exc:
+            except ChildFailed as exc:
                 PROGRESS.failed(spec.label)
                 print(f"  round {number + 1}/{rounds}: {spec.label}: FAILED", flush=True)
                 entry.pop("runs")
@@ -593,30 +569,30 @@ def bench_memory(params: Params, public_python: Path | None) -> dict[str, Any]:
 
 def measure_e2e(spec: Spec, public_python: Path | None, params: Params) -> dict[str, float]:
     """The embedded broker and ``spec`` in processes of their own, loaded by loadgen.py at each client count."""
-    ws_port, tcp_port = broker_bench.free_port(), broker_bench.free_port()
+    ws_port, tcp_port = free_port(), free_port()
     broker = [sys.executable, "-m", "pystrands", "server", "--ws-port", str(ws_port), "--tcp-port", str(tcp_port)]
     result: dict[str, float] = {}
     with process("embedded broker", broker) as broker_proc:
-        broker_bench.wait_listening(ws_port, params.timeout)
-        with process(spec.label, backend_command(spec, public_python, tcp_port), spec.public):
+        wait_listening(ws_port, params.timeout)
+        with process(spec.label, backend_command(spec, public_python, tcp_port), spec.path):
             for clients in params.e2e_clients:
                 command = [sys.executable, str(BENCH / "loadgen.py"), "--url", f"ws://127.0.0.1:{ws_port}/ws/bench",
                            "--clients", str(clients), "--seconds", str(params.e2e_seconds),
                            "--timeout", str(params.timeout)]
-                cpu, broker_cpu, start = os.times(), _cpu_seconds(broker_proc.pid), time.monotonic()
+                cpu, broker_cpu, start = os.times(), cpu_seconds(broker_proc.pid), time.monotonic()
                 try:
                     done = subprocess.run(command, capture_output=True, text=True,
                                           timeout=params.timeout * 2 + params.e2e_seconds)
                 except subprocess.TimeoutExpired:
-                    raise BackendFailed(f"loadgen with {clients} clients timed out") from None
+                    raise ChildFailed(f"loadgen with {clients} clients timed out") from None
                 if done.returncode:
-                    raise BackendFailed(f"loadgen with {clients} clients failed: {done.stderr.strip()[-400:]}")
+                    raise ChildFailed(f"loadgen with {clients} clients failed: {done.stderr.strip()[-400:]}")
                 wall, now = time.monotonic() - start, os.times()
                 figures = json.loads(done.stdout.splitlines()[-1])
                 result.update({f"{clients}:{key}": figures[key] for key in ("msgs_per_s", "p50_us", "p99_us")})
                 result[f"{clients}:loadgen_cpu"] = (now.children_user + now.children_system
                                                     - cpu.children_user - cpu.children_system) / wall
-                result[f"{clients}:broker_cpu"] = (_cpu_seconds(broker_proc.pid) - broker_cpu) / wall
+                result[f"{clients}:broker_cpu"] = (cpu_seconds(broker_proc.pid) - broker_cpu) / wall
     return result
 
 

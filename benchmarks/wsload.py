@@ -1,26 +1,35 @@
 """A raw-frame WebSocket load generator cheap enough not to be the bottleneck, and its own ceiling.
 
     python benchmarks/wsload.py load --url ws://127.0.0.1:P/ws/bench --clients 100 --scenario echo
+    python benchmarks/wsload.py load --url 'ws://127.0.0.1:P/ws/bench?room=r{room}' --scenario room
     python benchmarks/wsload.py serve --port P     # the do-nothing echo / room server (the ceiling)
 
-``load`` starts ``--procs`` worker processes (this file, ``worker``), each
-with its share of the clients on a plain ``asyncio.Protocol`` per socket: no
-WebSocket library, every frame it sends built and masked once before the run
-(the mask is fixed per client, which RFC 6455 allows a client to do and a
-server cannot tell), every frame it receives read from its 2-byte header.
-Workers connect their clients, say ``ready``, and are told on stdin when the
-measured window starts and ends (``time.monotonic`` is one clock for every
-process of the machine); a message counts if it arrives inside the window.
-Each prints one JSON line: messages received, round trips in microseconds.
+The load of both the broker benchmark (``broker_bench.py``) and the cluster
+benchmark (``cluster.py``). ``load`` starts ``--procs`` worker processes (this
+file, ``worker``), each with its share of the clients on a plain
+``asyncio.Protocol`` per socket: no WebSocket library, every frame it sends
+built and masked once before the run (the mask is fixed per client, which RFC
+6455 allows a client to do and a server cannot tell), every frame it receives
+read from its 2-byte header. Workers connect their clients, say ``ready``, and
+are told on stdin when the measured window starts and ends (``time.monotonic``
+is one clock for every process of the machine); a message counts if it arrives
+inside the window. Each prints one JSON line: messages received, round trips in
+microseconds.
+
+A client's URL is a template: ``{client}`` becomes its number, ``{room}`` its
+room (number % ``--rooms``). With several URLs (``--url`` again, one per node
+of a cluster) client n connects to URL n // rooms % (their count), so that the
+members of a room alternate between the nodes as a load balancer would spread
+them. A handshake the server refuses (a cluster node answers 503 until it hears
+of a backend) is tried again every 0.2 s until the timeout.
 
 Scenarios (``--scenario``):
 
 ``echo``
     Each client keeps one message in flight: send, wait for its echo, repeat.
 ``room``
-    Clients connect to ``?room=N`` (``--rooms`` rooms, round robin); each
-    keeps one of its own messages in flight, and counts every message of its
-    room it receives: one message sent is ``members`` delivered.
+    Each client keeps one of its own messages in flight, and counts every
+    message of its room it receives: one message sent is ``members`` delivered.
 ``flood``
     Each client keeps ``--window`` messages in flight, sending as many as came
     back, in one write, after each read: the sender never waits for a round trip.
@@ -43,14 +52,16 @@ import hashlib
 import json
 import os
 import struct
-import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from processes import ChildFailed, cpu_seconds, process
 from websockets.speedups import apply_mask
 
 SCENARIOS = ("echo", "room", "flood")
@@ -144,7 +155,8 @@ class Client(asyncio.Protocol):
             if end < 0:
                 return
             if not buffer.startswith(b"HTTP/1.1 101"):
-                self.opened.set_exception(ConnectionError(bytes(buffer[:end]).decode(errors="replace")))
+                status = bytes(buffer[:end]).split(b"\r\n", 1)[0]
+                self.opened.set_exception(ConnectionRefusedError(status.decode(errors="replace")))
                 return
             self.handshaking = False
             del buffer[:end + 4]
@@ -180,19 +192,25 @@ class Worker:
         self.times: list[float] = []
         self.failure: str | None = None
 
-    async def connect(self, url: str, first: int, count: int, rooms: int) -> None:
-        """Open ``count`` clients (numbered from ``first``), a few at a time."""
-        parts = urlsplit(url)
+    async def connect(self, urls: list[str], first: int, count: int, rooms: int) -> None:
+        """Open ``count`` clients (numbered from ``first``), a few at a time, each on its URL (module docstring)."""
         loop = asyncio.get_running_loop()
         gate = asyncio.Semaphore(CONNECTS_AT_ONCE)
 
         async def open_one(index: int) -> Client:
-            path = parts.path + (f"?room=r{index % rooms}" if self.scenario == "room" else "")
+            parts = urlsplit(urls[index // rooms % len(urls)].format(client=index, room=index % rooms))
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
             async with gate:
-                _, client = await loop.create_connection(
-                    lambda: Client(self, index, path, parts.netloc), parts.hostname, parts.port)
-                await asyncio.wait_for(client.opened, 30)
-                return client
+                while True:
+                    _, client = await loop.create_connection(
+                        lambda: Client(self, index, path, parts.netloc), parts.hostname or "", parts.port or 80)
+                    try:
+                        await client.opened
+                        return client
+                    except ConnectionError:  # refused (503 while a node knows no backend) or cut: again
+                        assert client.transport is not None
+                        client.transport.close()
+                    await asyncio.sleep(0.2)
 
         self.clients = list(await asyncio.gather(*(open_one(first + i) for i in range(count))))
 
@@ -234,7 +252,7 @@ class Worker:
 async def run_worker(args: argparse.Namespace) -> None:
     """Connect, say ready, wait for ``go START END``, run, print the JSON result."""
     worker = Worker(args.scenario, args.size, args.window)
-    await worker.connect(args.url, args.first, args.clients, args.rooms)
+    await asyncio.wait_for(worker.connect(args.url, args.first, args.clients, args.rooms), args.timeout)
     print("ready", flush=True)
     loop = asyncio.get_running_loop()
     line = await loop.run_in_executor(None, sys.stdin.readline)
@@ -253,49 +271,53 @@ async def run_worker(args: argparse.Namespace) -> None:
 # -- the coordinator ---------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds of process ``pid`` so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def percentile(ordered: list[float], fraction: float) -> float:
     """The value at ``fraction`` of a sorted list (0.0 if empty)."""
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] if ordered else 0.0
 
 
-def load(url: str, scenario: str, clients: int, seconds: float, *, procs: int = 2, rooms: int = 10,
-         size: int = 100, window: int = 32, warmup: float = 0.5, watch: dict[str, int] | None = None,
-         timeout: float = 120.0, at_start: Callable[[], object] = lambda: None,
-         at_end: Callable[[], object] = lambda: None) -> dict[str, Any]:
-    """Run a scenario; messages/s delivered, round trips, and the CPU share of each ``watch`` pid and of the load.
+def load(url: str | Sequence[str], scenario: str, clients: int, seconds: float, *, procs: int = 2,
+         rooms: int = 10, size: int = 100, window: int = 32, warmup: float = 0.5,
+         watch: dict[str, list[int]] | None = None, timeout: float = 120.0,
+         at_start: Callable[[], object] = lambda: None, at_end: Callable[[], object] = lambda: None) -> dict[str, Any]:
+    """Run a scenario on ``url`` (or one URL per node; module docstring): what was delivered, round trips, CPU shares.
 
-    ``at_start`` and ``at_end`` are called as the measured window opens and closes.
-
-    CPU shares are in cores (1.0 = one core busy for the whole window), read
-    from ``/proc`` at the window's two ends.
+    Figures: ``delivered`` messages and ``round_trips`` (a client's own
+    message back) in the window, and each per second; ``p50_us``/``p99_us``
+    round trip; ``load_cpu``, the workers' CPU; for each ``watch`` name (its
+    pids, their child processes counted too) ``NAME_cpu`` and
+    ``NAME_us_per_msg``, its CPU microseconds per delivered message. CPU shares
+    are in cores (1.0 = one core busy for the whole window), read from
+    ``/proc`` at the window's two ends. ``at_start`` and ``at_end`` are called
+    as the window opens and closes. A run in which no message came back is a
+    ChildFailed, as is a worker that fails.
     """
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario must be one of {SCENARIOS}, not {scenario!r}")
     if clients < 1 or procs < 1 or seconds <= 0:
         raise ValueError("clients, procs and seconds must be positive")
+    urls = [url] if isinstance(url, str) else list(url)
+    if not urls:
+        raise ValueError("no URL to load")
+    for each in urls:
+        parts = urlsplit(each)
+        if parts.scheme != "ws" or not parts.hostname or not parts.port:
+            raise ValueError(f"a URL must be ws://HOST:PORT/PATH, not {each!r}")
     procs = min(procs, clients)
     shares = [clients // procs + (i < clients % procs) for i in range(procs)]
-    workers = []
-    first = 0
-    for share in shares:
-        command = [sys.executable, __file__, "worker", "--url", url, "--scenario", scenario, "--clients",
-                   str(share), "--first", str(first), "--rooms", str(rooms), "--size", str(size),
-                   "--window", str(window)]
-        workers.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
-        first += share
-    try:
-        deadline = time.monotonic() + timeout
-        for worker in workers:
+    firsts = [sum(shares[:i]) for i in range(procs)]
+    with ExitStack() as stack:
+        workers = []
+        for number, (first, share) in enumerate(zip(firsts, shares, strict=True)):
+            command = [sys.executable, str(Path(__file__).resolve()), "worker", "--scenario", scenario,
+                       "--clients", str(share), "--first", str(first), "--rooms", str(rooms), "--size", str(size),
+                       "--window", str(window), "--timeout", str(timeout)]
+            command += [argument for each in urls for argument in ("--url", each)]
+            workers.append(stack.enter_context(process(f"load worker {number}", command, piped=True)))
+        for number, worker in enumerate(workers):
             assert worker.stdout is not None
-            if worker.stdout.readline().strip() != "ready" or time.monotonic() > deadline:
-                raise RuntimeError(f"a load worker did not connect its clients (exit {worker.poll()})")
+            if worker.stdout.readline().strip() != "ready":
+                raise ChildFailed(f"load worker {number} did not connect its clients")
         start = time.monotonic() + warmup
         end = start + seconds
         for worker in workers:
@@ -303,33 +325,36 @@ def load(url: str, scenario: str, clients: int, seconds: float, *, procs: int = 
             worker.stdin.write(f"go {start} {end}\n")
             worker.stdin.flush()
         watched = dict(watch or {})
-        watched.update({f"load{i}": worker.pid for i, worker in enumerate(workers)})
+        watched.update({f"load{i}": [worker.pid] for i, worker in enumerate(workers)})
         time.sleep(max(0.0, start - time.monotonic()))
         at_start()
-        before = {name: cpu_seconds(pid) for name, pid in watched.items()}
+        before = {name: sum(map(cpu_seconds, pids)) for name, pids in watched.items()}
         time.sleep(max(0.0, end - time.monotonic()))
-        after = {name: cpu_seconds(pid) for name, pid in watched.items()}
+        after = {name: sum(map(cpu_seconds, pids)) for name, pids in watched.items()}
         at_end()
-        outputs = [worker.communicate(timeout=timeout)[0] for worker in workers]
-    finally:
-        for worker in workers:
-            worker.kill()
-            worker.wait()
-    results = [json.loads(output.strip().splitlines()[-1]) for output in outputs]
-    failures = [result["failure"] for result in results if result["failure"]]
-    if failures:
-        raise RuntimeError(failures[0])
+        results = []
+        for number, worker in enumerate(workers):
+            lines = worker.communicate(timeout=timeout)[0].strip().splitlines()
+            if not lines:
+                raise ChildFailed(f"load worker {number} printed no result (exit {worker.returncode})")
+            results.append(json.loads(lines[-1]))
+        failures = [result["failure"] for result in results if result["failure"]]
+        if failures:
+            raise ChildFailed(failures[0])
+        times = sorted(t for result in results for t in result["times_us"])
+        if not times:
+            raise ChildFailed("no message came back in the measured window")
     count = sum(result["count"] for result in results)
-    times = sorted(t for result in results for t in result["times_us"])
     cpu = {name: (after[name] - before[name]) / seconds for name in watched}
     figures: dict[str, Any] = {
-        "scenario": scenario, "clients": clients, "delivered": count, "msgs_per_s": count / seconds,
+        "scenario": scenario, "clients": clients, "delivered": count, "round_trips": len(times),
+        "delivered_per_s": count / seconds, "round_trips_per_s": len(times) / seconds,
         "p50_us": percentile(times, 0.5), "p99_us": percentile(times, 0.99),
         "load_cpu": sum(value for name, value in cpu.items() if name.startswith("load")),
     }
     for name in watch or {}:
         figures[f"{name}_cpu"] = cpu[name]
-        figures[f"{name}_us_per_msg"] = cpu[name] * seconds / count * 1e6 if count else 0.0
+        figures[f"{name}_us_per_msg"] = cpu[name] * seconds / count * 1e6
     return figures
 
 
@@ -416,7 +441,9 @@ def main() -> None:
     """``load``, ``worker`` (a process of ``load``) or ``serve``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["load", "worker", "serve"])
-    parser.add_argument("--url", default="ws://127.0.0.1:8080/ws/bench")
+    parser.add_argument("--url", action="append", default=[],
+                        help="a URL template (module docstring); again for several nodes"
+                             " (default ws://127.0.0.1:8080/ws/bench)")
     parser.add_argument("--port", type=int, default=8080, help="serve: the port")
     parser.add_argument("--scenario", choices=SCENARIOS, default="echo")
     parser.add_argument("--clients", type=int, default=10)
@@ -426,16 +453,19 @@ def main() -> None:
     parser.add_argument("--rooms", type=int, default=10)
     parser.add_argument("--size", type=int, default=100, help="message bytes")
     parser.add_argument("--window", type=int, default=32, help="flood: messages in flight per client")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to connect the clients")
     parser.add_argument("--watch", type=int, action="append", default=[], help="load: a pid whose CPU to report")
     args = parser.parse_args()
+    args.url = args.url or ["ws://127.0.0.1:8080/ws/bench"]
     if args.command == "serve":
         asyncio.run(serve(args.port))
     elif args.command == "worker":
         asyncio.run(run_worker(args))
     else:
-        watch = {f"pid{pid}": pid for pid in args.watch}
+        watch = {f"pid{pid}": [pid] for pid in args.watch}
         print(json.dumps(load(args.url, args.scenario, args.clients, args.seconds, procs=args.procs,
-                              rooms=args.rooms, size=args.size, window=args.window, watch=watch)))
+                              rooms=args.rooms, size=args.size, window=args.window, watch=watch,
+                              timeout=args.timeout)))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The broker benchmark (``run.py broker``, issue 16): its frame code, its bad input, and its quick form.
+"""The broker benchmark (``run.py broker``, issue 16): frame code, bad input, child processes, quick form.
 
 The frame reader is what every figure of the benchmark is counted with, so
 it is checked against ``websockets``' own frame writer, byte for byte and
@@ -7,8 +7,10 @@ split at every position.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,8 @@ from websockets.streams import StreamReader
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-import wsload  # noqa: E402  (benchmarks/ is not a package)
+import processes  # noqa: E402  (benchmarks/ is not a package)
+import wsload  # noqa: E402
 
 
 def parsed_by_websockets(data: bytes, mask: bool) -> Frame:
@@ -80,3 +83,39 @@ def test_quick_form_prints_a_figure_for_every_scenario_on_both_servers() -> None
         ratio = cells[-1]
         assert ratio.endswith("x") and float(ratio[:-1]) > 0, line
         assert "-" not in cells[cells.index("clients") + 1:], line
+
+
+@pytest.mark.parametrize("urls", [[], ["http://127.0.0.1:1/ws/x"], ["ws://127.0.0.1/ws/x"], ["ws:///ws/x"]])
+def test_load_refuses_bad_urls(urls: list[str]) -> None:
+    with pytest.raises(ValueError, match="URL"):
+        wsload.load(urls, "echo", 2, 1.0)
+
+
+def test_clients_of_a_room_alternate_between_the_urls() -> None:
+    """Two ceiling servers, each its own rooms: 20 clients in 10 rooms split over both get only their own
+    messages back (one delivered per round trip); on one server, each message reaches both members (two)."""
+    with ExitStack() as stack:
+        ports = []
+        for _ in range(2):
+            port = processes.free_port()
+            stack.enter_context(processes.process("ceiling", [sys.executable, str(BENCH / "wsload.py"), "serve",
+                                                              "--port", str(port)]))
+            processes.wait_listening(port)
+            ports.append(port)
+        urls = [f"ws://127.0.0.1:{port}/ws/bench?room=r{{room}}" for port in ports]
+        split = wsload.load(urls, "room", 20, 0.3, rooms=10, warmup=0.1, timeout=20)
+        joined = wsload.load(urls[:1], "room", 20, 0.3, rooms=10, warmup=0.1, timeout=20)
+    assert split["delivered"] / split["round_trips"] < 1.2, split
+    assert joined["delivered"] / joined["round_trips"] > 1.8, joined
+
+
+def test_a_failure_while_a_child_runs_quotes_its_output_and_the_child_is_killed() -> None:
+    printer = [sys.executable, "-c", "print('started')"]
+    quoted = r"^printer: boom\n  printer, its last output:\n    \| started$"
+    with pytest.raises(processes.ChildFailed, match=quoted), processes.process("printer", printer) as child:
+        child.wait(20)
+        raise OSError("boom")
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    with pytest.raises(processes.ChildFailed, match=r"^sleeper: boom$"), processes.process("sleeper", sleeper) as child:
+        raise ValueError("boom")
+    assert child.returncode == -signal.SIGKILL
