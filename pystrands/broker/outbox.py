@@ -76,10 +76,15 @@ class _Turn:
         """Send every gathered outbox; one that fails is logged and does not strand the others' writes."""
         pending, self.pending = self.pending, []
         for outbox in pending:
-            try:
-                outbox.send_gathered()
-            except Exception:
-                log.failure("Sending the gathered writes to {transport} failed", transport=outbox.transport)
+            _send_logged(outbox)
+
+
+def _send_logged(outbox: Outbox) -> None:
+    """Send ``outbox``'s gathered writes; a failure is logged, not raised."""
+    try:
+        outbox.send_gathered()
+    except Exception:
+        log.failure("Sending the gathered writes to {transport} failed", transport=outbox.transport)
 
 
 _TURNS: WeakKeyDictionary[IReactorTime, _Turn] = WeakKeyDictionary()
