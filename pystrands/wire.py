@@ -53,6 +53,7 @@ __all__ = [
     "excerpt",
     "join_room_request",
     "leave_room_request",
+    "new_message_frame",
     "private_message_frame",
     "response_frame",
     "room_members_request",
@@ -186,6 +187,18 @@ def encode_frame(action: str, params: dict[str, Any], request_id: str | None = N
     except orjson.JSONEncodeError as exc:
         raise TypeError(f"{action} frame cannot be encoded as JSON: {exc}") from None
     return body + b"\n"
+
+
+def new_message_frame(message: str, context: bytes) -> bytes:
+    """A ``new_message`` event, ``context`` given already encoded as JSON: the bytes of
+    ``encode_frame(NEW_MESSAGE, {"message": message, "context": ...})``, without building and encoding
+    the context again for each message (the broker keeps each client's encoded)."""
+    try:
+        encoded = orjson.dumps(message)
+    except orjson.JSONEncodeError as exc:
+        raise TypeError(f"{NEW_MESSAGE} frame cannot be encoded as JSON: {exc}") from None
+    return b'{"request_id":"s%d","action":"new_message","params":{"message":%b,"context":%b}}\n' % (
+        next(_send_ids), encoded, context)
 
 
 def _require_str(name: str, value: object) -> None:

@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -102,10 +103,28 @@ class Admission:
     room_id: str
     metadata: Any
     context: dict[str, Any] = field(init=False)
+    _context_json: bytes | None = field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.context = {"client_id": self.client_id, "room_id": self.room_id,
                         "metadata": self.metadata, "rooms": [self.room_id]}
+
+    @property
+    def context_json(self) -> bytes:
+        """``context`` as JSON, encoded once and again only after a change: each message's event splices it in."""
+        if self._context_json is None:
+            self._context_json = orjson.dumps(self.context)
+        return self._context_json
+
+    def set_rooms(self, rooms: list[str]) -> None:
+        """The client's rooms changed."""
+        self.context["rooms"] = rooms
+        self._context_json = None
+
+    def set_metadata(self, metadata: Any) -> None:
+        """The client's metadata changed."""
+        self.metadata = self.context["metadata"] = metadata
+        self._context_json = None
 
 
 class HandshakeRefused(Exception):
@@ -324,9 +343,9 @@ class Broker:
 
     def _new_rooms(self, client_id: str, rooms: list[str] | None) -> bool:
         client = self.rooms.client(client_id) if rooms is not None else None
-        if client is None:
+        if client is None or rooms is None:
             return False
-        client.admission.context["rooms"] = rooms
+        client.admission.set_rooms(rooms)
         return True
 
     def _set_metadata(self, params: dict[str, Any]) -> bool:
@@ -334,7 +353,7 @@ class Broker:
         client = self.rooms.client(client_id)
         if client is None:
             return False
-        client.admission.metadata = client.admission.context["metadata"] = metadata
+        client.admission.set_metadata(metadata)
         return True
 
     # -- handshakes ----------------------------------------------------------
@@ -416,7 +435,7 @@ class Broker:
         """Route a client's message; False when the client must wait for its backend (see go_on)."""
         self.metrics.messages_in += 1
         admission = client.admission
-        frame = wire.encode_frame(wire.NEW_MESSAGE, {"message": message, "context": admission.context})
+        frame = wire.new_message_frame(message, admission.context_json)
         if len(frame) > self._event_limit:
             log.warn("Closed WebSocket client {client_id!r}: its message makes an event of {size} bytes,"
                      " over the backends' line limit ({limit})", client_id=admission.client_id,

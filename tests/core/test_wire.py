@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import orjson
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -80,6 +81,19 @@ def test_encode_is_compact_json_with_one_newline() -> None:
 def test_encode_refuses_what_json_cannot_carry() -> None:
     with pytest.raises(TypeError, match="cannot be encoded"):
         wire.encode_frame("response", {"metadata": {"when": object()}})
+
+
+@given(st.text(), st.dictionaries(st.text(), st.text() | st.integers(-(2 ** 63), 2 ** 63 - 1) | st.lists(st.text())))
+def test_new_message_frame_is_the_encoded_event_with_the_context_spliced_in(message: str, context: dict) -> None:
+    frame = wire.new_message_frame(message, orjson.dumps(context))
+    request_id = json.loads(frame)["request_id"]
+    assert frame == wire.encode_frame(wire.NEW_MESSAGE, {"message": message, "context": context}, request_id)
+    assert request_id != json.loads(wire.new_message_frame(message, b"{}"))["request_id"]
+
+
+def test_new_message_frame_refuses_what_json_cannot_carry() -> None:
+    with pytest.raises(TypeError, match="new_message frame cannot be encoded"):
+        wire.new_message_frame("lone \ud800 surrogate", b"{}")
 
 
 def test_builders_match_the_transcript_frames() -> None:
