@@ -52,7 +52,8 @@ def _check_free(option: str, port: int, interface: str) -> None:
 def makeService(options: Options) -> IService:
     """What ``twistd pystrands-broker`` runs (a BrokerService, or with ``--workers`` their supervisor).
 
-    It stops twistd if a port is taken or the workers keep failing.
+    It stops twistd if a port is taken or the workers keep failing. The
+    workers' log events go to twistd's log (the supervisor's default relay).
     """
     fit_file_limit(options["config"])
     if options["config"].workers > 1:

@@ -364,16 +364,15 @@ def run_worker(supervisor: int, arguments: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     """``python -m pystrands.broker.workers SUPERVISOR_PID [server options]``: how the supervisor starts a worker."""
-    try:
-        supervisor = int(argv[0])
-    except (IndexError, ValueError):
+    if not argv or not argv[0].lstrip("-").isdigit():
         print("usage: python -m pystrands.broker.workers SUPERVISOR_PID [pystrands server options]", file=sys.stderr)
         return 2
     try:
-        return run_worker(supervisor, argv[1:])
+        supervisor = check_integer("the supervisor's pid", int(argv[0]), minimum=1)
     except ValueError as exc:
         print(f"pystrands worker: {exc}", file=sys.stderr)
         return 2
+    return run_worker(supervisor, argv[1:])
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ def test_workers_end_when_their_supervisor_is_killed(start_workers) -> None:
     ([], "usage: python -m pystrands.broker.workers SUPERVISOR_PID [pystrands server options]"),
     (["--ws-port", "0"], "usage: python -m pystrands.broker.workers SUPERVISOR_PID [pystrands server options]"),
     (["0"], "pystrands worker: the supervisor's pid must be >= 1, not 0"),
+    (["-3", "--ws-port", "0"], "pystrands worker: the supervisor's pid must be >= 1, not -3"),
 ])
 def test_a_worker_started_without_a_supervisor_pid_is_a_usage_error(arguments: list[str], error: str) -> None:
     done = subprocess.run([sys.executable, "-m", "pystrands.broker.workers", *arguments], cwd=ROOT,
