@@ -38,6 +38,7 @@ from . import cluster_wire, extensions
 from .cluster_wire import ClusterWireError
 from .config import BrokerConfig
 from .peers import Peers
+from .queue import EventQueue
 from .redis_link import CLOSE_TIMEOUT, Link, LinkFactory, RedisLink
 from .redis_url import parse_redis_url
 from .rooms import Rooms
@@ -51,6 +52,10 @@ _Client = TypeVar("_Client")
 
 #: Heartbeats a node may miss before the others forget it (checked 8 times a heartbeat: within 2 in all).
 SILENCE = 1.5
+#: Heartbeats a node's note that the others forgot it waits for that node to read it (after a cut from Redis).
+FORGOT_MEMORY = 60
+#: The close code and reason of a client whose node learns that the cluster forgot it.
+CUT_OFF = (1012, "this node was cut off from the cluster; reconnect")
 #: Seconds a ``room_members`` request waits for the other nodes' members before answering with what it has.
 QUERY_TIMEOUT = 2.0
 #: The extension requests about one client, carried out by the node that holds the client.
@@ -90,6 +95,10 @@ class Channels:
     def node_key(self, node: str) -> bytes:
         """The key saying a node is alive (with an expiry)."""
         return self.prefix + b"alive:" + node.encode()
+
+    def forgot_key(self, node: str) -> bytes:
+        """The key telling a node, when it hears Redis again, that the others forgot it meanwhile."""
+        return self.prefix + b"forgot:" + node.encode()
 
     def claim(self, client_id: str) -> bytes:
         """The key naming the node that holds a client id (with an expiry)."""
@@ -183,10 +192,14 @@ class ClusterBroker(Broker):
                          config.cluster_heartbeat)
         #: The other nodes.
         self.peers = Peers(clock, SILENCE * config.cluster_heartbeat)
+        #: Events of forwarded clients whose node is unconfirmed (Redis just came back): until it beats or is forgotten.
+        self._held: EventQueue[tuple[str, bytes, bool]] = EventQueue(config.queue_size)
         super().__init__(config, clock)  # after the above: its metrics registry reads them at once
         self.rooms: ClusterRooms[Client] = ClusterRooms(self.link, self.channels)
         #: Clients here whose events go to another node's backends: client id -> node.
         self._forwarded: dict[str, str] = {}
+        #: Forwarded clients closed because the cluster forgot this node: their backends had their goodbye.
+        self._disowned: set[str] = set()
         self._handshakes: dict[str, _Forwarded] = {}
         #: Clients of other nodes whose events our backends get: node -> client id -> context.
         self._guests: dict[str, dict[str, dict[str, Any]]] = {}
@@ -255,10 +268,12 @@ class ClusterBroker(Broker):
         return bool(self.backends) or (self.link.up and bool(self.peers.with_backends()))
 
     def cluster_gauges(self) -> dict[str, tuple[str, float]]:
-        """Redis up, the other nodes, those with a backend."""
+        """Redis up, the other nodes, those with a backend, the events held for nodes unconfirmed."""
         return {"cluster_redis_up": ("1 while both connections to Redis are up.", float(self.link.up)),
                 "cluster_nodes": ("Other nodes of the cluster heard from.", float(len(self.peers))),
-                "cluster_nodes_with_backends": ("Other nodes with a backend.", float(len(self.peers.with_backends())))}
+                "cluster_nodes_with_backends": ("Other nodes with a backend.", float(len(self.peers.with_backends()))),
+                "cluster_held_events": ("Events of clients held for their node, not heard since Redis came back.",
+                                        float(len(self._held)))}
 
     # -- Redis ----------------------------------------------------------------
 
@@ -272,6 +287,9 @@ class ClusterBroker(Broker):
         self.peers.respite()
         self._beat(answer=True)
         self._flush_queue()
+        asked = self.link.command(b"GET", self.channels.forgot_key(self.node))  # forgotten while cut off?
+        if asked is not None:
+            asked.addCallbacks(lambda note: None if note is None else self._forgotten(), lambda _: None)
 
     def _publish(self, channel: bytes, payload: bytes) -> bool:
         """Publish; False (counted, logged once an outage) when it cannot be sent."""
@@ -344,20 +362,53 @@ class ClusterBroker(Broker):
         for node in self.peers.silent():
             log.warn("Cluster node {node}: node {peer} fell silent; forgotten", node=self.node, peer=node)
             self._gone(node)
+            # It may be alive, cut off or stalled: it learns it now, or from the key once it hears Redis again.
+            self.link.fire(b"SET", self.channels.forgot_key(node), self.node.encode(), b"PX",
+                           FORGOT_MEMORY * self._expiry // 2)
+            self.link.fire(b"PUBLISH", self.channels.nodes, cluster_wire.encode("forgot", self.node, node))
 
     def _on_beat(self, channel: bytes, origin: str, backends: int, answer: bool) -> None:
         if channel != self.channels.nodes or backends < 0:
             raise ClusterWireError("a heartbeat off the nodes channel, or with a negative count")
+        unconfirmed = self.peers.unconfirmed(origin)
         before = self.peers.heard(origin, backends)
         if before is None:
             log.info("Cluster node {node}: node {peer} joined ({backends} backends)", node=self.node,
                      peer=origin, backends=backends)
         if answer:
             self._beat()
-        if backends and not before:
-            self._flush_queue()
-        elif not backends and before:
+        lost_backends = not backends and bool(before)
+        if lost_backends:
             self._unstick(origin, alive=True)
+        if unconfirmed or lost_backends:
+            self._flush_held()
+        if backends and (not before or unconfirmed):
+            self._flush_queue()
+
+    def _on_forgot(self, channel: bytes, origin: str, node: str) -> None:
+        if channel != self.channels.nodes:
+            raise ClusterWireError("a note of a forgotten node off the nodes channel")
+        if node == self.node:
+            self._forgotten()
+
+    def _forgotten(self) -> None:
+        """The others forgot this node (silent too long: cut off from Redis, or stalled). They gave their
+        backends a goodbye for its forwarded clients and moved their own clients off its backends; so its
+        forwarded clients are closed (1012: they reconnect, and start again with a backend), and its
+        backends get a goodbye for the other nodes' clients."""
+        self.link.fire(b"DEL", self.channels.forgot_key(self.node))
+        closing = [(client_id, client) for client_id in list(self._forwarded)
+                   if (client := self.rooms.client(client_id)) is not None]
+        log.warn("Cluster node {node}: the other nodes forgot this node while it was silent; closing its {count}"
+                 " clients served by their backends, and letting go of their clients", node=self.node,
+                 count=len(closing))
+        for client_id, client in closing:
+            del self._forwarded[client_id]
+            self._disowned.add(client_id)
+            client.close(*CUT_OFF)
+        for origin in list(self._guests):
+            self._let_guests_go(origin)
+        self._flush_held()
 
     def _on_bye(self, channel: bytes, origin: str) -> None:
         if channel != self.channels.nodes:
@@ -371,7 +422,12 @@ class ClusterBroker(Broker):
         self._unstick(node, alive=False)
         for request_id in [rid for rid, pending in self._handshakes.items() if pending.node == node]:
             self._refuse_forwarded(request_id, 503, "the node of the backend judging the handshake went away")
-        for client_id, context in self._guests.pop(node, {}).items():
+        self._let_guests_go(node)
+        self._flush_held()
+
+    def _let_guests_go(self, origin: str) -> None:
+        """The clients of ``origin`` served here leave this node's backends (``disconnected``)."""
+        for client_id, context in self._guests.pop(origin, {}).items():
             Broker._route(self, client_id, wire.encode_frame(wire.DISCONNECTED, {"context": context}), True)
 
     def _unstick(self, node: str, alive: bool) -> None:
@@ -577,19 +633,49 @@ class ClusterBroker(Broker):
         return nodes[hash(client_id) % len(nodes)]
 
     def _route(self, client_id: str | None, frame: bytes, final: bool) -> BackendLink | None:
-        """A client's event: to the node its events go to (sticky), else as one node."""
-        node = None
+        """A client's event: to the node its events go to (sticky; held while that node is unconfirmed or
+        Redis unreachable), else to a node with a backend when there is none here, else as one node."""
         if client_id is not None:
-            node = self._forwarded.pop(client_id, None) if final else self._forwarded.get(client_id)
-        if node is None or not self.link.up or not self.peers.backends(node):
-            node = self._target(client_id)
-            if node is None:
-                return super()._route(client_id, frame, final)
-            if client_id is not None and not final:
-                self._forwarded[client_id] = node
+            if client_id in self._disowned:  # closed as the cluster forgot this node: its goodbye was given
+                if final:
+                    self._disowned.discard(client_id)
+                return None
+            node = self._forwarded.get(client_id)
+            if node is not None:
+                if not self.link.up or self.peers.unconfirmed(node):
+                    self._hold(client_id, frame, final)
+                    return None
+                if self.peers.backends(node):
+                    if final:
+                        del self._forwarded[client_id]
+                    self._forward(node, client_id, frame, final)
+                    return None
+                del self._forwarded[client_id]  # its node went, or has no backend left: the client moves on
+                if node in self.peers:
+                    self._publish(self.channels.node(node), cluster_wire.encode("abandon", self.node, client_id))
+        node = self._target(client_id)
+        if node is None:
+            return super()._route(client_id, frame, final)
+        if client_id is not None and not final:
+            self._forwarded[client_id] = node
+        self._forward(node, client_id, frame, final)
+        return None
+
+    def _forward(self, node: str, client_id: str | None, frame: bytes, final: bool) -> None:
         self._publish(self.channels.node(node), cluster_wire.encode("event", self.node, client_id, final,
                                                                     frame.decode()))
-        return None
+
+    def _hold(self, client_id: str, frame: bytes, final: bool) -> None:
+        """Keep an event for its node until it beats or is forgotten; past ``queue_size``, the oldest is lost."""
+        dropped = self._held.dropped
+        self._held.put((client_id, frame, final))
+        if self._held.dropped > dropped:
+            self._unpublished()
+
+    def _flush_held(self) -> None:
+        """The held events, routed again: to their node now confirmed, or on to another one."""
+        for client_id, frame, final in list(self._held.drain()):
+            self._route(client_id, frame, final)
 
     def _flush_queue(self) -> None:
         """Events queued while no backend was anywhere: to a node that has one now."""
@@ -801,6 +887,7 @@ _HANDLERS: dict[str, Any] = {
     "judge": ClusterBroker._on_judge,
     "verdict": ClusterBroker._on_verdict,
     "abandon": ClusterBroker._on_abandon,
+    "forgot": ClusterBroker._on_forgot,
     "who": ClusterBroker._on_who,
     "members": ClusterBroker._on_members,
 }

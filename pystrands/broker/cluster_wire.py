@@ -42,6 +42,8 @@ KINDS: dict[str, tuple[tuple[type, ...], ...]] = {
     "beat": (_NUMBER, _FLAG),
     # A node that stops, on the nodes channel.
     "bye": (),
+    # A node forgotten for its silence, on the nodes channel: its id (it may be alive, and must know).
+    "forgot": (_TEXT,),
     # A client's event for a backend on another node, on that node's channel: client id, final, frame.
     "event": (_OPTIONAL_TEXT, _FLAG, _TEXT),
     # A handshake for a backend on another node, on that node's channel: request id, connection_request params.

@@ -19,6 +19,7 @@ class Peers:
         self.silence = silence
         self._backends: dict[str, int] = {}
         self._deadlines: dict[str, float] = {}
+        self._unconfirmed: set[str] = set()
 
     def __contains__(self, node: object) -> bool:
         return node in self._backends
@@ -31,11 +32,13 @@ class Peers:
         before = self._backends.get(node)
         self._backends[node] = backends
         self._deadlines[node] = self.clock.seconds() + self.silence
+        self._unconfirmed.discard(node)
         return before
 
     def forget(self, node: str) -> bool:
         """Forget ``node`` (it said goodbye); False if it was not known."""
         self._deadlines.pop(node, None)
+        self._unconfirmed.discard(node)
         return self._backends.pop(node, None) is not None
 
     def silent(self) -> list[str]:
@@ -47,17 +50,21 @@ class Peers:
         return gone
 
     def respite(self) -> None:
-        """After this node could not hear anyone: every node gets ``silence`` seconds from now, and counts
-        no backends until it beats again (until then it may not be listening yet)."""
+        """After this node could not hear anyone: every node gets ``silence`` seconds from now, and is
+        unconfirmed until it beats again (until then it may not be listening yet)."""
         deadline = self.clock.seconds() + self.silence
         for node in self._deadlines:
             self._deadlines[node] = deadline
-            self._backends[node] = 0
+        self._unconfirmed.update(self._deadlines)
+
+    def unconfirmed(self, node: str) -> bool:
+        """True for a node not heard since :meth:`respite`: it may come back as it was, or be forgotten."""
+        return node in self._unconfirmed
 
     def backends(self, node: str) -> int:
         """The backends ``node`` has (0 if unknown)."""
         return self._backends.get(node, 0)
 
     def with_backends(self) -> list[str]:
-        """The nodes that have a backend, in a stable order."""
-        return sorted(node for node, count in self._backends.items() if count > 0)
+        """The confirmed nodes that have a backend, in a stable order."""
+        return sorted(node for node, count in self._backends.items() if count > 0 and node not in self._unconfirmed)

@@ -57,6 +57,8 @@ def test_a_killed_node_is_forgotten_within_two_heartbeats(launch: Launch, redis:
     backend_c = ClusterBackend(c.tcp_port, "c")
     time.sleep(HEARTBEAT)
 
+    # The design forgets within 1.625 heartbeats; the bounds below leave the rest of 2 heartbeats and 1.5 s
+    # for processes on a loaded machine, and still fail a node that is never forgotten.
     kill(a.child)  # B stops forwarding its client's events to A, and sends them to C
     killed = time.monotonic()
     n = 0
@@ -66,16 +68,16 @@ def test_a_killed_node_is_forgotten_within_two_heartbeats(launch: Launch, redis:
         try:
             event = backend_c.next_event(0.1)
         except AssertionError:
-            assert time.monotonic() - killed < 2 * HEARTBEAT + 1.0, "B kept forwarding to the dead node"
+            assert time.monotonic() - killed <= 2 * HEARTBEAT + 1.5, "B kept forwarding to the dead node"
             continue
         assert event["action"] == "new_message" and event["params"]["context"]["client_id"] == "a-0"
         break
-    assert time.monotonic() - killed <= 2 * HEARTBEAT + 0.5
+    assert time.monotonic() - killed <= 2 * HEARTBEAT + 1.5
 
     kill(b.child)  # C's backend hears that B's client is gone
     killed = time.monotonic()
-    gone = backend_c.wait_for(lambda e: e["action"] == "disconnected", timeout=2 * HEARTBEAT + 2)
-    assert time.monotonic() - killed <= 2 * HEARTBEAT + 0.5
+    gone = backend_c.wait_for(lambda e: e["action"] == "disconnected", timeout=2 * HEARTBEAT + 3)
+    assert time.monotonic() - killed <= 2 * HEARTBEAT + 1.5
     assert gone["params"]["context"]["client_id"] == "a-0"
 
 

@@ -117,3 +117,71 @@ def test_guests_of_one_origin_are_bounded_and_handshakes_come_only_from_known_no
     b.link.publish(b"test:node:" + a.broker.node.encode(), judge)
     redis.run()
     assert backend.requests() == [] and a.broker.metrics.cluster_rejected == 2
+
+
+def test_a_forwarded_client_keeps_its_node_across_a_redis_restart() -> None:
+    _, redis, (a, b, c) = nodes(3)
+    judge = b.backend()
+    redis.run()
+    client = a.connect(admitted(a, judge, "x", redis))
+    other = c.backend()
+    redis.run()
+    for node in (a, b, c):
+        node.link.cut()
+    a.link.restore()
+    c.link.restore()  # C beats first: B is not heard yet
+    redis.run()
+    a.broker.client_message(client, "during")
+    redis.run()
+    assert other.events(wire.NEW_MESSAGE) == []  # held for B, which may well still be there
+    b.link.restore()
+    redis.run()
+    assert judge.events(wire.NEW_CONNECTION, wire.NEW_MESSAGE) == [(wire.NEW_CONNECTION, "x"),
+                                                                  (wire.NEW_MESSAGE, "during")]
+    a.broker.client_message(client, "after")
+    redis.run()
+    assert judge.events(wire.NEW_MESSAGE) == [(wire.NEW_MESSAGE, "during"), (wire.NEW_MESSAGE, "after")]
+    assert other.frames[1:] == []  # hello only
+
+
+def test_a_forwarded_client_moves_on_once_its_node_stays_silent_after_a_redis_restart() -> None:
+    clock, redis, (a, b, c) = nodes(3)
+    judge = b.backend()
+    redis.run()
+    client = a.connect(admitted(a, judge, "x", redis))
+    other = c.backend()
+    redis.run()
+    for node in (a, b, c):
+        node.link.cut()
+    a.link.restore()
+    c.link.restore()
+    redis.run()
+    a.broker.client_message(client, "held")
+    a.broker.client_message(client, "held too")
+    redis.run()
+    assert other.events(wire.NEW_MESSAGE) == []
+    passes(clock, redis, 2 * HEARTBEAT)  # B is forgotten: x's events go on to C, in order
+    assert other.events(wire.NEW_MESSAGE) == [(wire.NEW_MESSAGE, "held"), (wire.NEW_MESSAGE, "held too")]
+
+
+def test_a_node_that_learns_it_was_forgotten_closes_its_forwarded_clients_and_lets_its_guests_go() -> None:
+    clock, redis, (a, b) = nodes(2)
+    judge = b.backend()
+    redis.run()
+    client = a.connect(admitted(a, judge, "x", redis))
+    own = a.backend()
+    redis.run()
+    b.link.publish(b"test:node:" + a.broker.node.encode(), event(b, "g"))  # a client of B, served by A
+    redis.run()
+    assert own.events(wire.NEW_MESSAGE) == [(wire.NEW_MESSAGE, "hi")]
+    a.link.cut()  # cut off from Redis alone: B forgets A, and x leaves B's backend
+    passes(clock, redis, 2 * HEARTBEAT)
+    assert judge.events(wire.DISCONNECTED) == [(wire.DISCONNECTED, "x")]
+    a.link.restore()
+    redis.run()
+    assert client.closed == (1012, "this node was cut off from the cluster; reconnect")
+    assert own.events(wire.DISCONNECTED) == [(wire.DISCONNECTED, "g")]  # B's client went to another node
+    a.broker.client_disconnected(client)  # the WebSocket closes: B's backend got its goodbye already
+    passes(clock, redis, HEARTBEAT)
+    assert judge.events(wire.DISCONNECTED) == [(wire.DISCONNECTED, "x")]
+    assert len(b.broker.peers) == 1  # A is back in the cluster

@@ -25,7 +25,8 @@ from pystrands.settings import BackendSettings
 SAMPLES: dict[str, tuple[object, ...]] = {
     "room": ("hello",), "all": ("hello",), "to": ("hi",),
     "ask": ("a1", "join_room", {"client_id": "c", "room_id": "r"}), "done": ("a1", True),
-    "beat": (2, True), "bye": (), "event": (None, True, '{"action":"error"}\n'), "judge": ("r1", {"url": "/ws/x"}),
+    "beat": (2, True), "bye": (), "forgot": ("n2",), "event": (None, True, '{"action":"error"}\n'),
+    "judge": ("r1", {"url": "/ws/x"}),
     "verdict": ("r1", 200, "", "c", "room", {"nick": "n"}), "abandon": ("c",), "who": ("q",),
     "members": ("q", [{"client_id": "c"}]),
 }
@@ -96,11 +97,11 @@ def test_peers_forget_a_silent_node() -> None:
     assert "b" not in peers and "a" in peers and peers.backends("b") == 0
     clock.advance(0.9)
     assert peers.silent() == []
-    peers.respite()  # after this node was cut off: everyone gets a full silence again, and no backends
-    assert "a" in peers and peers.with_backends() == []
+    peers.respite()  # after this node was cut off: everyone gets a full silence again, unconfirmed
+    assert "a" in peers and peers.unconfirmed("a") and peers.backends("a") == 1 and peers.with_backends() == []
     clock.advance(1.4)
     assert peers.silent() == []
-    assert peers.heard("a", 1) == 0 and peers.with_backends() == ["a"]
+    assert peers.heard("a", 1) == 1 and not peers.unconfirmed("a") and peers.with_backends() == ["a"]
     clock.advance(1.5)
     assert peers.silent() == ["a"] and len(peers) == 0
     assert peers.forget("a") is False
