@@ -165,7 +165,7 @@ def test_twistd_runs_the_workers_logs_their_events_and_stops_them(redis_url: str
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
         stopping = {line.split("] ", 1)[1] for line in supervisor.log if "Received SIGTERM, shutting down." in line}
-        assert stopping == {f"[worker {number} pid {pid}] Received SIGTERM, shutting down."  # legacy events: [-]
+        assert stopping == {f"[worker {number} pid {pid}] Received SIGTERM, shutting down."  # after the system
                             for number, pid in pids.items()} | {"Received SIGTERM, shutting down."}  # and twistd's
         assert not any("stderr#" in line for line in supervisor.log), supervisor.log
     finally:
