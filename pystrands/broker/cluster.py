@@ -23,8 +23,9 @@ nothing here runs. docs/CLUSTER.md is the design; in short:
 
 from __future__ import annotations
 
+import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -44,7 +45,7 @@ from .redis_url import parse_redis_url
 from .rooms import Rooms
 from .router import Admission, BackendLink, Broker, Client, Handshake, HandshakeRefused
 
-__all__ = ["ClusterBroker", "ClusterRooms"]
+__all__ = ["ClusterBroker", "ClusterRooms", "password_on_command_line"]
 
 log = Logger()
 
@@ -228,6 +229,9 @@ class ClusterBroker(Broker):
         self._every(self.config.cluster_heartbeat, lambda: self.link.probe(self.config.cluster_heartbeat))
         log.info("Cluster node {node} of cluster {name} on {redis}", node=self.node,
                  name=self.config.cluster_name, redis=str(self.link.address))
+        if password_on_command_line(self.config.redis or "", sys.argv):
+            log.warn("The Redis URL on the command line carries a password, which ps shows to every user of"
+                     " this machine; give the URL in the environment variable PYSTRAND_REDIS_URL instead")
 
     def stop(self) -> None:
         """Stop beating; handshakes waiting for another node get 503."""
@@ -837,6 +841,11 @@ class ClusterBroker(Broker):
         self._own_channel(channel)
         if self._guests.get(origin, {}).pop(client_id, None) is not None:
             self._unassign(client_id)
+
+
+def password_on_command_line(url: str, argv: Sequence[str]) -> bool:
+    """True if the Redis ``url`` has a password and stands in ``argv`` (``--redis URL`` or ``--redis=URL``)."""
+    return parse_redis_url(url).password is not None and any(url in argument for argument in argv)
 
 
 #: The params of a forwarded handshake (a ``connection_request``'s), by JSON type.

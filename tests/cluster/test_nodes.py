@@ -90,7 +90,14 @@ def test_a_redis_with_a_password_and_a_database(launch: Launch, tmp_path: Path, 
     try:
         url = f"redis://:s3%20cr3t@127.0.0.1:{redis.port}/5"
         a = start_node(launch, redis, "a", url=url)
-        b = start_node(launch, redis, "b", url=url)
+        ws_port, tcp_port = free_port(), free_port()
+        child = launch(["-m", "pystrands", "server", "--ws-port", str(ws_port), "--tcp-port", str(tcp_port),
+                        "--cluster-name", "test"], name="b", env={"PYSTRAND_REDIS_URL": url})
+        child.wait_for_output("connected to Redis")
+        b = Broker(child, ws_port, tcp_port)
+        warning = "give the URL in the environment variable PYSTRAND_REDIS_URL instead"
+        assert a.child.output().count(warning) == 1  # its password is on the command line, which ps shows
+        assert warning not in b.child.output()
         backend = ClusterBackend(a.tcp_port, "a")
         on_b = open_when_served(open_ws, f"{b.ws_url}/lobby")
         backend.wait_for(lambda e: e["action"] == "new_connection")

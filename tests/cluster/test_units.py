@@ -12,7 +12,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
 from pystrands.broker import config, tap
-from pystrands.broker.cluster import ClusterBroker
+from pystrands.broker.cluster import ClusterBroker, password_on_command_line
 from pystrands.broker.cluster_wire import KINDS, ClusterWireError, decode, encode, starts_of
 from pystrands.broker.config import BrokerConfig
 from pystrands.broker.peers import Peers
@@ -181,6 +181,14 @@ def test_a_redis_address_hides_its_password() -> None:
     assert "s3cret" not in repr(parse_redis_url("rediss://user:s3cret@h:1/2"))
     assert "s3cret" not in repr(BrokerConfig(redis="redis://:s3cret@h:1/2"))
     assert parse_redis_url("rediss://user:s3cret@h:1/2").password == "s3cret"
+
+
+def test_a_password_on_the_command_line_is_found() -> None:
+    url = "redis://:s3cret@h:1/2"
+    assert password_on_command_line(url, ["pystrands", "server", "--redis", url])
+    assert password_on_command_line(url, ["twistd", "pystrands-broker", f"--redis={url}"])
+    assert not password_on_command_line(url, ["pystrands", "server"])  # from PYSTRAND_REDIS_URL
+    assert not password_on_command_line("redis://h:1/2", ["pystrands", "server", "--redis", "redis://h:1/2"])
 
 
 @pytest.mark.parametrize(("url", "why"), [
