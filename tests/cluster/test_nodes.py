@@ -7,7 +7,6 @@ A's backend through Redis, and what A's backend sends reaches them.
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -113,8 +112,6 @@ def test_a_redis_with_a_password_and_a_database(launch: Launch, tmp_path: Path, 
         alone = ClusterBackend(wrong.tcp_port, "w")  # it serves its own clients all the same
         assert open_when_served(open_ws, f"{wrong.ws_url}/lobby")
         assert alone.wait_for(lambda e: e["action"] == "new_connection")["params"]["context"]["client_id"] == "w-0"
-        time.sleep(3)  # several attempts (backoff up to one heartbeat), one log line
-        assert wrong.child.output().count("refused the cluster's connection") == 1, wrong.child.output()
     finally:
         redis.stop()
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from pystrands.broker import config, tap
 from pystrands.broker.cluster import ClusterBroker, password_on_command_line
@@ -17,6 +21,7 @@ from pystrands.broker.cluster_wire import KINDS, ClusterWireError, decode, encod
 from pystrands.broker.config import BrokerConfig
 from pystrands.broker.peers import Peers
 from pystrands.broker.reconnect import Backoff, Reconnector
+from pystrands.broker.redis_link import RedisLink
 from pystrands.broker.redis_url import RedisAddress, parse_redis_url
 from pystrands.settings import BackendSettings
 
@@ -245,3 +250,67 @@ def test_one_node_never_loads_the_cluster_code() -> None:
             " [m for m in ('txredisapi', 'pystrands.broker.cluster') if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.split() == ["Broker", "[]"]
+
+
+# -- the link's outage reports, on a memory reactor ---------------------------------------------
+
+class Reports:
+    """The link's state changes, and the warnings and errors logged meanwhile."""
+
+    def __init__(self) -> None:
+        self.states: list[bool] = []
+        self.lines: list[str] = []
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event["log_level"] >= LogLevel.warn:
+            self.lines.append(formatEvent(event))
+
+    def state(self, up: bool, why: str) -> None:
+        self.states.append(up)
+
+
+def settle(reactor: MemoryReactorClock, redis_says: bytes | None) -> list[Any]:
+    """Settle every pending attempt: refused (None), or connected and answered ``redis_says``; the protocols."""
+    pending, reactor.tcpClients = reactor.tcpClients, []
+    connectors, reactor.connectors = reactor.connectors, []
+    protocols = []
+    for (_, _, factory, _, _), connector in zip(pending, connectors, strict=True):
+        if redis_says is None:
+            factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError("refused")))
+            continue
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(redis_says)
+        protocols.append(protocol)
+    return protocols
+
+
+def test_a_link_reports_an_outage_and_a_refused_login_once_each_until_connected() -> None:
+    reactor, reports = MemoryReactorClock(), Reports()
+    link = RedisLink(reactor, parse_redis_url("redis://:pw@127.0.0.1:6390/0"), lambda channel, payload: None,
+                     reports.state, max_delay=1.0)
+    globalLogPublisher.addObserver(reports)
+    try:
+        link.start()
+        for _ in range(4):  # Redis is down: attempts every 0.25 s doubling to 1 s, one report
+            settle(reactor, None)
+            reactor.advance(1.0)
+        assert reports.states == [False]
+        for _ in range(3):  # Redis is up, and refuses the password: one line, however often
+            for protocol in settle(reactor, b"-WRONGPASS invalid username-password pair\r\n"):
+                protocol.connectionLost(Failure(ConnectionDone()))
+            reactor.advance(1.0)
+        assert reports.states == [False]
+        refused = ("Redis redis://:***@127.0.0.1:6390/0 refused the cluster's connection: Redis error: could not"
+                   " auth: WRONGPASS invalid username-password pair")
+        assert [line for line in reports.lines if "refused the cluster's connection" in line] == [refused]
+        connections = settle(reactor, b"+OK\r\n")  # the password fixed: both connections log in
+        assert reports.states == [False, True] and link.up
+        connections[0].connectionLost(Failure(ConnectionDone()))
+        for _ in range(3):
+            settle(reactor, None)
+            reactor.advance(1.0)
+        assert reports.states == [False, True, False]  # a new outage: told once again
+    finally:
+        globalLogPublisher.removeObserver(reports)
+        link.stop()
