@@ -185,3 +185,91 @@ def test_a_node_that_learns_it_was_forgotten_closes_its_forwarded_clients_and_le
     passes(clock, redis, HEARTBEAT)
     assert judge.events(wire.DISCONNECTED) == [(wire.DISCONNECTED, "x")]
     assert len(b.broker.peers) == 1  # A is back in the cluster
+
+
+def test_a_verdict_after_the_handshake_timed_out_makes_the_judging_node_forget_the_client() -> None:
+    clock, redis, (a, b) = nodes(2, auth_timeout=1.0)
+    judge = b.backend()
+    redis.run()
+    outcome = a.handshake()
+    redis.run()
+    clock.advance(1.0)  # A gives up: 403
+    assert [(type(result).__name__, result.status) for result in outcome] == [("HandshakeRefused", 403)]
+    judge.accept(judge.requests()[-1], "late")  # B's backend accepts after all: A says abandon
+    redis.run()
+    assert judge.load == 0 and not b.broker._guests.get(a.broker.node)
+    assert redis.get(b"test:claim:late") is None
+
+
+def test_a_handshake_waiting_on_a_node_that_goes_silent_gets_503() -> None:
+    clock, redis, (a, b) = nodes(2, auth_timeout=10.0)
+    b.backend()
+    redis.run()
+    outcome = a.handshake()
+    redis.run()
+    b.link.cut()
+    passes(clock, redis, 2 * HEARTBEAT)
+    assert [(type(result).__name__, result.status) for result in outcome] == [("HandshakeRefused", 503)]
+
+
+def test_with_no_backend_anywhere_events_wait_and_go_to_the_first_backend_on_any_node() -> None:
+    _, redis, (a, b) = nodes(2)
+    outcome = a.handshake()
+    redis.run()
+    assert [(type(result).__name__, result.status) for result in outcome] == [("HandshakeRefused", 503)]
+    assert len(a.broker.queue) == 1  # the refused handshake's error event, as on one node
+    first = b.backend()
+    redis.run()
+    assert [frame.action for frame in first.frames] == [wire.HELLO, wire.ERROR]
+    assert len(a.broker.queue) == 0
+
+
+def test_an_event_on_its_way_to_a_node_whose_last_backend_leaves_goes_on_to_another() -> None:
+    _, redis, (a, b, c) = nodes(3)
+    judge = b.backend()
+    redis.run()
+    client = a.connect(admitted(a, judge, "x", redis))
+    other = c.backend()
+    redis.run()
+    a.broker.client_message(client, "in flight")  # published to B ...
+    b.broker.backend_lost(judge)  # ... whose backend leaves before B reads it
+    redis.run()
+    assert other.events(wire.NEW_MESSAGE) == [(wire.NEW_MESSAGE, "in flight")]
+    assert len(b.broker.queue) == 0
+
+
+def test_a_backend_reaches_clients_of_every_node_once_in_order() -> None:
+    _, redis, (a, b) = nodes(2)
+    backend = b.backend()
+    redis.run()
+    here = b.connect(admitted(b, backend, "here", redis))
+    lobby = a.connect(admitted(a, backend, "lobby-x", redis))
+    kitchen_admission = a.handshake("/ws/kitchen")
+    redis.run()
+    backend.reply(wire.RESPONSE, {"accepted": True, "client_id": "kitchen-y", "room_id": "kitchen", "metadata": None},
+                  backend.requests()[-1].request_id)
+    redis.run()
+    kitchen = a.connect(kitchen_admission[0])
+    redis.run()
+    backend.reply(wire.MESSAGE_TO_ROOM, {"room_id": "lobby", "message": "room"})
+    backend.reply(wire.BROADCAST, {"message": "all"})
+    backend.reply(wire.MESSAGE_TO_CONNECTION, {"conn_id": "kitchen-y", "message": "to"})
+    redis.run()
+    assert (here.texts, lobby.texts, kitchen.texts) == (["room", "all"], ["room", "all"], ["all", "to"])
+
+
+def test_a_request_about_a_client_of_another_node_is_answered_once_in_effect_there() -> None:
+    _, redis, (a, b) = nodes(2)
+    backend = b.backend()
+    redis.run()
+    client = a.connect(admitted(a, backend, "x", redis))
+    redis.run()
+    backend.reply("join_room", {"client_id": "x", "room_id": "kitchen"}, "j1")
+    backend.reply("join_room", {"client_id": "nobody", "room_id": "kitchen"}, "j2")
+    redis.run()
+    answers = {frame.request_id: frame.params for frame in backend.frames if frame.action == wire.REPLY}
+    assert answers == {"j1": {"ok": True, "result": True}, "j2": {"ok": True, "result": False}}
+    assert a.link.watching(b"test:room:kitchen")
+    backend.reply(wire.MESSAGE_TO_ROOM, {"room_id": "kitchen", "message": "joined"})
+    redis.run()
+    assert client.texts == ["joined"]
