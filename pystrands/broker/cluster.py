@@ -193,6 +193,7 @@ class ClusterBroker(Broker):
                          config.cluster_heartbeat)
         #: The other nodes.
         self.peers = Peers(clock, SILENCE * config.cluster_heartbeat)
+        self._password_shown = password_on_command_line(config.redis, sys.argv)
         #: Events of forwarded clients whose node is unconfirmed (Redis just came back): until it beats or is forgotten.
         self._held: EventQueue[tuple[str, bytes, bool]] = EventQueue(config.queue_size)
         super().__init__(config, clock)  # after the above: its metrics registry reads them at once
@@ -229,7 +230,7 @@ class ClusterBroker(Broker):
         self._every(self.config.cluster_heartbeat, lambda: self.link.probe(self.config.cluster_heartbeat))
         log.info("Cluster node {node} of cluster {name} on {redis}", node=self.node,
                  name=self.config.cluster_name, redis=str(self.link.address))
-        if password_on_command_line(self.config.redis or "", sys.argv):
+        if self._password_shown:
             log.warn("The Redis URL on the command line carries a password, which ps shows to every user of"
                      " this machine; give the URL in the environment variable PYSTRAND_REDIS_URL instead")
 

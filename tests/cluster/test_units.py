@@ -215,6 +215,8 @@ def test_bad_redis_urls_say_why(url: str, why: str) -> None:
 
 
 def test_bad_cluster_settings() -> None:
+    with pytest.raises(ValueError, match="needs the redis setting"):
+        ClusterBroker(BrokerConfig(), Clock())
     with pytest.raises(TypeError, match="redis must be a redis:// or rediss:// URL, not int"):
         BrokerConfig(redis=6379)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="cluster_name"):
