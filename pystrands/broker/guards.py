@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from twisted.internet.interfaces import IReactorTime
 from websockets.frames import Frame, Opcode
 
-__all__ = ["AddressSlots", "MessageAssembler", "OriginPolicy", "TokenBucket", "TooManyFragments"]
+__all__ = ["AddressSlots", "MessageAssembler", "OriginPolicy", "TokenBucket", "TooManyFragments", "decode_message"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _PATTERN = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>(\*\.)?[^/:*\s]+|\[[0-9a-f:.]+\])"
@@ -191,14 +191,14 @@ class MessageAssembler:
             data = b"".join(chunks)
             chunks.clear()
         elif frame.fin:
-            return _decode(data, opcode is Opcode.TEXT)
+            return decode_message(data, opcode is Opcode.TEXT)
         else:
             self._chunks.append(data)
             self._text = opcode is Opcode.TEXT
             return None
-        return _decode(data, self._text)
+        return decode_message(data, self._text)
 
 
-def _decode(data: bytes, text: bool) -> str:
+def decode_message(data: bytes, text: bool) -> str:
     """Text must be UTF-8; binary messages reach backends as strings, as with the reference broker."""
     return data.decode("utf-8") if text else data.decode("utf-8", "replace")

@@ -1,8 +1,9 @@
-"""The broker's fast frame reader (``simple_frames``) and its frame-boundary tracker, sans I/O.
+"""The broker's fast message reader (``simple_messages``) and its frame-boundary tracker, sans I/O.
 
-``simple_frames`` must read exactly what websockets' own parser reads for the
-frames it takes, and take nothing else: every other frame is left to the
-protocol, which enforces the rules. ``FrameBoundary`` must say "between two
+``simple_messages`` must read exactly the messages websockets' own parser and
+the broker's assembler read for the frames it takes, and take nothing else:
+every other frame (text that is not UTF-8 included) is left to the protocol,
+which enforces the rules. ``FrameBoundary`` must say "between two
 frames" exactly at frame ends, whatever the reads' sizes.
 """
 
@@ -13,7 +14,8 @@ import os
 import pytest
 from websockets.frames import Frame, Opcode
 
-from pystrands.broker.websocket import FrameBoundary, simple_frames
+from pystrands.broker.guards import decode_message
+from pystrands.broker.websocket import FrameBoundary, simple_messages
 
 
 def masked(opcode: Opcode, payload: bytes, fin: bool = True, rsv1: bool = False) -> bytes:
@@ -23,12 +25,13 @@ def masked(opcode: Opcode, payload: bytes, fin: bool = True, rsv1: bool = False)
 
 
 def test_whole_text_and_binary_frames_are_read_as_websockets_wrote_them() -> None:
-    payloads = [b"", b"hi", os.urandom(125), os.urandom(126), os.urandom(65535)]
-    data = b"".join(masked(Opcode.TEXT if i % 2 else Opcode.BINARY, p) for i, p in enumerate(payloads))
-    frames, used = simple_frames(data, 1 << 20)
+    texts = [b"", "caf\u00e9 \U0001f600".encode() * 9, b"t" * 126, "\u00e9".encode() * 30000]
+    binaries = [b"hi", os.urandom(125), os.urandom(126), os.urandom(65535)]
+    frames = [(Opcode.TEXT, p) for p in texts] + [(Opcode.BINARY, p) for p in binaries]
+    data = b"".join(masked(opcode, p) for opcode, p in frames)
+    messages, used = simple_messages(data, 1 << 20)
     assert used == len(data)
-    assert [(f.opcode, f.data, f.fin) for f in frames] == [
-        (Opcode.TEXT if i % 2 else Opcode.BINARY, p, True) for i, p in enumerate(payloads)]
+    assert messages == [decode_message(p, opcode is Opcode.TEXT) for opcode, p in frames]
 
 
 @pytest.mark.parametrize("other", [
@@ -40,18 +43,19 @@ def test_whole_text_and_binary_frames_are_read_as_websockets_wrote_them() -> Non
     Frame(Opcode.TEXT, b"not masked").serialize(mask=False),
     masked(Opcode.TEXT, b"x" * 65536),  # a 64-bit length
     masked(Opcode.TEXT, b"x" * 101),  # over max_size below
+    masked(Opcode.TEXT, b"ok\xff\xfe"),  # not UTF-8: the protocol's side closes with 1007
 ])
 def test_everything_else_stops_the_fast_reader_and_is_left_to_the_protocol(other: bytes) -> None:
     first = masked(Opcode.TEXT, b"ok")
-    frames, used = simple_frames(first + other + masked(Opcode.TEXT, b"after"), 100)
-    assert [f.data for f in frames] == [b"ok"] and used == len(first)
+    messages, used = simple_messages(first + other + masked(Opcode.TEXT, b"after"), 100)
+    assert messages == ["ok"] and used == len(first)
 
 
 @pytest.mark.parametrize("cut", [1, 2, 5, 6, 7, 10])
 def test_an_incomplete_frame_is_left_to_the_protocol(cut: int) -> None:
     first, second = masked(Opcode.TEXT, b"ok"), masked(Opcode.TEXT, b"a" * 200)
-    frames, used = simple_frames(first + second[:cut], 1000)
-    assert [f.data for f in frames] == [b"ok"] and used == len(first)
+    messages, used = simple_messages(first + second[:cut], 1000)
+    assert messages == ["ok"] and used == len(first)
 
 
 @pytest.mark.parametrize("size", [1, 2, 7, 100, 4096])

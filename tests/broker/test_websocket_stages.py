@@ -563,6 +563,16 @@ def test_invalid_utf8_closes_with_1007() -> None:
     assert h.backend.messages() == []
 
 
+def test_messages_read_before_a_text_that_is_not_utf8_are_delivered_and_none_after() -> None:
+    """In one read: the messages before the bad one reach the backend in order, then 1007, nothing after."""
+    h = Harness()
+    sock = h.open()
+    sock.send(text("one") + client_frame(BINARY, b"two") + client_frame(TEXT, b"ok\xff") + text("never"))
+    [frame] = sock.frames()
+    assert close_code(frame) == 1007
+    assert h.backend.messages() == ["one", "two"]
+
+
 def test_a_message_over_max_message_size_closes_with_1009() -> None:
     """A message bigger than max_message_size closes the socket with 1009 and is not delivered."""
     h = Harness(max_message_size=1000)
