@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import time
 from typing import Any
+
+import pytest
 
 from tests.cluster.support import HEARTBEAT, ClusterBackend, RedisServer, metric, silent, start_node, texts, wait_until
 from tests.demo.support import Launch, OpenWs, open_when_served
@@ -179,3 +182,39 @@ def test_an_event_forwarded_to_a_node_whose_last_backend_left_goes_on_to_another
     got = backend.wait_for(lambda e: e["action"] == "new_message", timeout=5)
     assert got["params"]["message"] == "in flight"
     assert metric(a, "pystrands_broker_queued_events") == 0
+
+
+def test_a_forwarded_client_keeps_its_backend_across_a_redis_restart(launch: Launch, redis: RedisServer,
+                                                                     open_ws: OpenWs) -> None:
+    a = start_node(launch, redis, "a")
+    b = start_node(launch, redis, "b")
+    c = start_node(launch, redis, "c")
+    backends = {"a": ClusterBackend(a.tcp_port, "a"), "b": ClusterBackend(b.tcp_port, "b")}
+    wait_until(lambda: metric(c, "pystrands_broker_cluster_nodes_with_backends") == 2, 10, "C to hear both backends")
+    on_c = open_when_served(open_ws, f"{c.ws_url}/lobby")  # judged by A's or B's backend
+    judged: dict[str, str] = {}
+
+    def connected() -> bool:
+        for name, backend in backends.items():
+            with contextlib.suppress(AssertionError):  # nothing yet from this one
+                event = backend.next_event(0.05)
+                if event["action"] == "new_connection":
+                    judged[name] = event["params"]["context"]["client_id"]
+        return bool(judged)
+
+    wait_until(connected, 10, "C's client to reach a backend")
+    [(judge, on_c_judge)] = judged.items()
+    other = next(backend for name, backend in backends.items() if name != judge)
+
+    redis.stop()
+    wait_until(lambda: all("is unreachable" in node.child.output() for node in (a, b, c)), 10, "the nodes to notice")
+    on_c.send("during the outage")  # held by C for its client's node, whichever node beats first once back
+    redis.start()
+    wait_until(lambda: all(node.child.output().count("connected to Redis") == 2 for node in (a, b, c)), 15,
+               "the nodes to reconnect")
+    on_c.send("after the restart")
+    for text in ("during the outage", "after the restart"):
+        got = backends[judge].wait_for(lambda e: e["action"] == "new_message", timeout=10)
+        assert (got["params"]["message"], got["params"]["context"]["client_id"]) == (text, on_c_judge)
+    with pytest.raises(AssertionError):
+        other.wait_for(lambda e: e["action"] == "new_message", timeout=2 * HEARTBEAT)
