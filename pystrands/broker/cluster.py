@@ -137,7 +137,7 @@ class ClusterRooms(Rooms[_Client]):
             self._link.fire(b"DEL", self._channels.claim(client_id))
             self._link.unwatch(self._channels.client(client_id))
         for room_id in rooms:
-            self._left(room_id)
+            self.vacated(room_id)
 
     def join(self, client_id: str, room_id: str) -> list[str] | None:
         """Put a client in a room, and watch the room's channel."""
@@ -150,10 +150,11 @@ class ClusterRooms(Rooms[_Client]):
         """Take a client out of a room; stop watching it once empty here."""
         rooms = super().leave(client_id, room_id)
         if rooms is not None:
-            self._left(room_id)
+            self.vacated(room_id)
         return rooms
 
-    def _left(self, room_id: str) -> None:
+    def vacated(self, room_id: str) -> None:
+        """Stop watching a room's channel if the room has no member here."""
         if not self.occupied(room_id):
             self._link.unwatch(self._channels.room(room_id))
 
@@ -833,8 +834,7 @@ class ClusterBroker(Broker):
         node = self._forwarded.pop(admission.client_id, None)
         super().abandon(admission)
         self.link.unwatch(self.channels.client(admission.client_id))  # subscribed by _only_here
-        if not self.rooms.occupied(admission.room_id):
-            self.link.unwatch(self.channels.room(admission.room_id))
+        self.rooms.vacated(admission.room_id)
         if node is not None:
             self._publish(self.channels.node(node), cluster_wire.encode("abandon", self.node, admission.client_id))
 
@@ -885,7 +885,7 @@ def _check_event(client_id: str | None, final: bool, line: bytes) -> None:
 
 
 #: What to do with each kind of cluster message: (broker, channel, origin, *fields).
-_HANDLERS: dict[str, Any] = {
+_HANDLERS: dict[str, Callable[..., None]] = {
     "room": ClusterBroker._on_room,
     "all": ClusterBroker._on_all,
     "to": ClusterBroker._on_to,
