@@ -227,6 +227,7 @@ class ClusterBroker(Broker):
         self.link.watch(self.channels.node(self.node))
         self.link.start()
         self._every(self.config.cluster_heartbeat, self._beat)
+        self._every(self.config.cluster_heartbeat, self._renew_claims)
         self._every(self.config.cluster_heartbeat / 8, self._check_peers)
         self._every(self.config.cluster_heartbeat, lambda: self.link.probe(self.config.cluster_heartbeat))
         log.info("Cluster node {node} of cluster {name} on {redis}", node=self.node,
@@ -292,6 +293,7 @@ class ClusterBroker(Broker):
         self._report_losses()
         self.peers.respite()
         self._beat(answer=True)
+        self._renew_claims()
         self._flush_queue()
         asked = self.link.command(b"GET", self.channels.forgot_key(self.node))  # forgotten while cut off?
         if asked is not None:
@@ -351,16 +353,18 @@ class ClusterBroker(Broker):
     # -- heartbeats ---------------------------------------------------------------
 
     def _beat(self, answer: bool = False) -> None:
-        """Say this node is alive and how many backends it has, and renew its clients' claims;
-        ``answer``: the others beat back now."""
-        expiry = self._expiry
-        self.link.fire(b"SET", self.channels.node_key(self.node), str(len(self.backends)).encode(), b"PX", expiry)
-        node = self.node.encode()
-        for client in self.rooms.everyone():  # re-made if lost (a Redis restarted without persistence)
-            self.link.fire(b"SET", self.channels.claim(client.admission.client_id), node, b"PX", expiry)
+        """Say this node is alive and how many backends it has; ``answer``: the others beat back now."""
+        self.link.fire(b"SET", self.channels.node_key(self.node), str(len(self.backends)).encode(),
+                       b"PX", self._expiry)
         # Not counted when unpublished: a heartbeat is no message, and the next one says the same.
         self.link.fire(b"PUBLISH", self.channels.nodes,
                        cluster_wire.encode("beat", self.node, len(self.backends), answer))
+
+    def _renew_claims(self) -> None:
+        """Renew the claims of this node's clients (made again if lost: a Redis restarted without persistence)."""
+        node = self.node.encode()
+        for client in self.rooms.everyone():
+            self.link.fire(b"SET", self.channels.claim(client.admission.client_id), node, b"PX", self._expiry)
 
     def _check_peers(self) -> None:
         if not self.link.up:

@@ -128,9 +128,11 @@ def test_a_forwarded_client_keeps_its_node_across_a_redis_restart() -> None:
     redis.run()
     for node in (a, b, c):
         node.link.cut()
+    redis.keys.clear()  # restarted without persistence
     a.link.restore()
     c.link.restore()  # C beats first: B is not heard yet
     redis.run()
+    assert redis.get(b"test:claim:x") == a.broker.node.encode()  # claimed again
     a.broker.client_message(client, "during")
     redis.run()
     assert other.events(wire.NEW_MESSAGE) == []  # held for B, which may well still be there
