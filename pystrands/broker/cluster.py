@@ -98,7 +98,7 @@ class Channels:
         return self.prefix + b"alive:" + node.encode()
 
     def forgot_key(self, node: str) -> bytes:
-        """The key telling a node, when it hears Redis again, that the others forgot it meanwhile."""
+        """The set of the nodes that forgot a node, for it to read when it hears Redis again."""
         return self.prefix + b"forgot:" + node.encode()
 
     def claim(self, client_id: str) -> bytes:
@@ -295,9 +295,9 @@ class ClusterBroker(Broker):
         self._beat(answer=True)
         self._renew_claims()
         self._flush_queue()
-        asked = self.link.command(b"GET", self.channels.forgot_key(self.node))  # forgotten while cut off?
+        asked = self.link.command(b"SMEMBERS", self.channels.forgot_key(self.node))  # forgotten while cut off?
         if asked is not None:
-            asked.addCallbacks(lambda note: None if note is None else self._forgotten(), lambda _: None)
+            asked.addCallbacks(self._read_forgetters, lambda _: None)
 
     def _publish(self, channel: bytes, payload: bytes) -> bool:
         """Publish; False (counted, logged once an outage) when it cannot be sent."""
@@ -373,8 +373,9 @@ class ClusterBroker(Broker):
             log.warn("Cluster node {node}: node {peer} fell silent; forgotten", node=self.node, peer=node)
             self._gone(node)
             # It may be alive, cut off or stalled: it learns it now, or from the key once it hears Redis again.
-            self.link.fire(b"SET", self.channels.forgot_key(node), self.node.encode(), b"PX",
-                           FORGOT_MEMORY * self._expiry // 2)
+            key = self.channels.forgot_key(node)
+            self.link.fire(b"SADD", key, self.node.encode())
+            self.link.fire(b"PEXPIRE", key, FORGOT_MEMORY * self._expiry // 2)
             self.link.fire(b"PUBLISH", self.channels.nodes, cluster_wire.encode("forgot", self.node, node))
 
     def _on_beat(self, channel: bytes, origin: str, backends: int, answer: bool) -> None:
@@ -399,24 +400,31 @@ class ClusterBroker(Broker):
         if channel != self.channels.nodes:
             raise ClusterWireError("a note of a forgotten node off the nodes channel")
         if node == self.node:
-            self._forgotten()
+            self.link.fire(b"SREM", self.channels.forgot_key(self.node), origin.encode())
+            self._forgotten({origin})
 
-    def _forgotten(self) -> None:
-        """The others forgot this node (silent too long: cut off from Redis, or stalled). They gave their
-        backends a goodbye for its forwarded clients and moved their own clients off its backends; so its
-        forwarded clients are closed (1012: they reconnect, and start again with a backend), and its
-        backends get a goodbye for the other nodes' clients."""
-        self.link.fire(b"DEL", self.channels.forgot_key(self.node))
-        closing = [(client_id, client) for client_id in list(self._forwarded)
-                   if (client := self.rooms.client(client_id)) is not None]
-        log.warn("Cluster node {node}: the other nodes forgot this node while it was silent; closing its {count}"
-                 " clients served by their backends, and letting go of their clients", node=self.node,
-                 count=len(closing))
+    def _read_forgetters(self, members: Any) -> None:
+        """The nodes that forgot this one while it could not hear them (SMEMBERS), taken out of the set."""
+        forgetters = {member.decode() for member in members} if isinstance(members, (list, set)) else set()
+        if forgetters:
+            self.link.fire(b"SREM", self.channels.forgot_key(self.node), *sorted(node.encode() for node in forgetters))
+            self._forgotten(forgetters)
+
+    def _forgotten(self, by: set[str]) -> None:
+        """The nodes ``by`` forgot this one (silent too long: cut off from Redis, or stalled). They gave
+        their backends a goodbye for its clients forwarded there and moved their own clients off its
+        backends; so those clients of its own are closed (1012: they reconnect, and start again with a
+        backend), and its backends get a goodbye for those nodes' clients."""
+        closing = [(client_id, client) for client_id, node in list(self._forwarded.items())
+                   if node in by and (client := self.rooms.client(client_id)) is not None]
+        log.warn("Cluster node {node}: nodes {by} forgot this node while it was silent; closing its {count} clients"
+                 " served by their backends, and letting go of their clients", node=self.node,
+                 by=", ".join(sorted(by)), count=len(closing))
         for client_id, client in closing:
             del self._forwarded[client_id]
             self._disowned.add(client_id)
             client.close(*CUT_OFF)
-        for origin in list(self._guests):
+        for origin in by:
             self._let_guests_go(origin)
         self._flush_held()
 

@@ -35,7 +35,8 @@ class MemoryRedis:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.subscribers: dict[bytes, set[MemoryLink]] = {}
-        self.keys: dict[bytes, tuple[bytes, float | None]] = {}
+        #: Key -> (a string, or a set's members; the time it expires at, if any).
+        self.keys: dict[bytes, tuple[Any, float | None]] = {}
         #: Every command carried out, in order.
         self.log: list[tuple[bytes, ...]] = []
         self._work: deque[Callable[[], None]] = deque()
@@ -58,7 +59,7 @@ class MemoryRedis:
         for links in self.subscribers.values():
             links.discard(link)
 
-    def get(self, key: bytes) -> bytes | None:
+    def get(self, key: bytes) -> Any:
         value, expiry = self.keys.get(key, (None, None))
         if expiry is not None and expiry <= self.clock.seconds():
             del self.keys[key]
@@ -86,6 +87,25 @@ class MemoryRedis:
             return b"OK"
         if name == b"GET":
             return self.get(rest[0])
+        if name == b"SADD":
+            members = self.get(rest[0]) or set()
+            self.keys[rest[0]] = (members | set(rest[1:]), self.keys.get(rest[0], (None, None))[1])
+            return len(self.keys[rest[0]][0]) - len(members)
+        if name == b"SREM":
+            members = self.get(rest[0]) or set()
+            if members - set(rest[1:]):
+                self.keys[rest[0]] = (members - set(rest[1:]), self.keys[rest[0]][1])
+            else:
+                self.keys.pop(rest[0], None)
+            return len(members & set(rest[1:]))
+        if name == b"SMEMBERS":
+            return sorted(self.get(rest[0]) or ())
+        if name == b"PEXPIRE":
+            value = self.get(rest[0])
+            if value is None:
+                return 0
+            self.keys[rest[0]] = (value, self.clock.seconds() + int(rest[1]) / 1000)
+            return 1
         if name == b"DEL":
             return sum(self.keys.pop(key, None) is not None for key in rest)
         if name == b"PUBSUB" and rest[0] == b"NUMSUB":

@@ -167,26 +167,44 @@ def test_a_forwarded_client_moves_on_once_its_node_stays_silent_after_a_redis_re
 
 
 def test_a_node_that_learns_it_was_forgotten_closes_its_forwarded_clients_and_lets_its_guests_go() -> None:
-    clock, redis, (a, b) = nodes(2)
+    clock, redis, (a, b, c) = nodes(3)
     judge = b.backend()
     redis.run()
     client = a.connect(admitted(a, judge, "x", redis))
     own = a.backend()
     redis.run()
-    b.link.publish(b"test:node:" + a.broker.node.encode(), event(b, "g"))  # a client of B, served by A
+    for node, client_id in ((b, "g"), (c, "h")):  # a client of B and one of C, served by A's backend
+        node.link.publish(b"test:node:" + a.broker.node.encode(), event(node, client_id, client_id))
     redis.run()
-    assert own.events(wire.NEW_MESSAGE) == [(wire.NEW_MESSAGE, "hi")]
-    a.link.cut()  # cut off from Redis alone: B forgets A, and x leaves B's backend
+    assert own.events(wire.NEW_MESSAGE) == [(wire.NEW_MESSAGE, "g"), (wire.NEW_MESSAGE, "h")]
+    a.link.cut()  # A is cut off from Redis: B forgets it, and x leaves B's backend ...
+    c.link.cut()  # ... but C, cut off too, cannot hear that A is silent: it keeps it
     passes(clock, redis, 2 * HEARTBEAT)
     assert judge.events(wire.DISCONNECTED) == [(wire.DISCONNECTED, "x")]
     a.link.restore()
+    c.link.restore()
     redis.run()
     assert client.closed == (1012, "this node was cut off from the cluster; reconnect")
-    assert own.events(wire.DISCONNECTED) == [(wire.DISCONNECTED, "g")]  # B's client went to another node
+    assert own.events(wire.DISCONNECTED) == [(wire.DISCONNECTED, "g")]  # B's client went elsewhere, C's did not
+    assert redis.get(b"test:forgot:" + a.broker.node.encode()) is None  # read once
     a.broker.client_disconnected(client)  # the WebSocket closes: B's backend got its goodbye already
     passes(clock, redis, HEARTBEAT)
     assert judge.events(wire.DISCONNECTED) == [(wire.DISCONNECTED, "x")]
-    assert len(b.broker.peers) == 1  # A is back in the cluster
+    assert len(b.broker.peers) == 2  # A (and C) are back in the cluster
+
+
+def test_a_node_forgotten_while_it_still_hears_redis_learns_it_from_the_note() -> None:
+    _, redis, (a, b) = nodes(2)
+    judge = b.backend()
+    redis.run()
+    client = a.connect(admitted(a, judge, "x", redis))
+    redis.run()
+    b.link.publish(b"test:nodes", cluster_wire.encode("forgot", b.broker.node, a.broker.node))  # as after a stall
+    redis.run()
+    assert client.closed == (1012, "this node was cut off from the cluster; reconnect")
+    a.broker.client_disconnected(client)
+    redis.run()
+    assert judge.events(wire.DISCONNECTED) == []  # B gave its backend the goodbye when it forgot A
 
 
 def test_a_verdict_after_the_handshake_timed_out_makes_the_judging_node_forget_the_client() -> None:
