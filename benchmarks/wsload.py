@@ -129,7 +129,7 @@ class Client(asyncio.BufferedProtocol):
 
     It reads into its worker's one chunk (``asyncio.BufferedProtocol``):
     asyncio's plain ``Protocol`` makes a 256 KiB ``bytes`` per read, which
-    glibc maps and unmaps for each (3 system calls a read, most of what this
+    glibc maps, shrinks and unmaps (3 system calls a read, most of what this
     generator cost per message).
     """
 
@@ -166,8 +166,9 @@ class Client(asyncio.BufferedProtocol):
             if end < 0:
                 return
             if not buffer.startswith(b"HTTP/1.1 101"):
-                status = bytes(buffer[:end]).split(b"\r\n", 1)[0]
-                self.opened.set_exception(ConnectionRefusedError(status.decode(errors="replace")))
+                if not self.opened.done():  # the refusal's body may come in a later read
+                    status = bytes(buffer[:end]).split(b"\r\n", 1)[0]
+                    self.opened.set_exception(ConnectionRefusedError(status.decode(errors="replace")))
                 return
             self.handshaking = False
             del buffer[:end + 4]
