@@ -375,10 +375,14 @@ def load(url: str | Sequence[str], scenario: str, clients: int, seconds: float, 
 # -- the ceiling: a do-nothing server on the same frame code -----------------------------
 
 
-class EchoServer(asyncio.Protocol):
-    """The least a WebSocket server does per message: parse, unmask, answer in one write per read."""
+class EchoServer(asyncio.BufferedProtocol):
+    """The least a WebSocket server does per message: parse, unmask, answer in one write per read.
+
+    Like the clients, it reads into one chunk (no 256 KiB ``bytes`` per read).
+    """
 
     rooms: dict[str, set[EchoServer]] = {}  # noqa: RUF012  # one server per process: the rooms of all its sockets
+    chunk = memoryview(bytearray(READ_SIZE))  # one server per process: every socket reads here, one at a time
 
     def __init__(self) -> None:
         self.buffer = bytearray()
@@ -391,11 +395,15 @@ class EchoServer(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Where the next read goes: the process's chunk, whose bytes ``buffer_updated`` takes at once."""
+        return self.chunk
+
+    def buffer_updated(self, nbytes: int) -> None:
         """Answer the handshake, then each message."""
         assert self.transport is not None
         buffer = self.buffer
-        buffer += data
+        buffer += self.chunk[:nbytes]
         if not self.open:
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
