@@ -599,27 +599,46 @@ def test_a_binary_message_reaches_the_backend_as_text() -> None:
 
 
 def test_a_congested_backend_pauses_the_client_until_it_drains() -> None:
-    """While its backend is congested a client is paused, its messages waiting in order until the drain."""
+    """While its backend is congested a client's messages wait in order, and its next read pauses its socket
+    until the drain: what waits is at most one read beyond the one that met the congestion."""
     h = Harness()
     sock = h.open()
     h.backend.congested = True
     sock.send(text("1") + text("2") + text("3"))
     assert h.backend.messages() == ["1"]
+    assert not sock.paused
+    sock.send(text("4"))
+    assert h.backend.messages() == ["1"]
     assert sock.paused
     h.backend.congested = False
     h.broker.backend_drained(h.backend)
-    assert h.backend.messages() == ["1", "2", "3"]
+    assert h.backend.messages() == ["1", "2", "3", "4"]
     assert not sock.paused
 
 
+def test_a_wait_that_ends_before_the_next_read_never_pauses_the_socket() -> None:
+    """The usual congestion: the backend drains within the reactor's next turn; the socket is never paused."""
+    h = Harness()
+    sock = h.open()
+    h.backend.congested = True
+    sock.send(text("1") + text("2"))
+    h.backend.congested = False
+    h.broker.backend_drained(h.backend)
+    sock.send(text("3"))
+    assert h.backend.messages() == ["1", "2", "3"]
+    assert not sock.paused and sock.transport.producerState == "producing"
+
+
 def test_the_clients_own_full_socket_pauses_its_reading() -> None:
-    """While the client's outbox is congested its socket is paused; the drain resumes it."""
+    """While the client's outbox is congested its socket is paused from its next read; the drain resumes it."""
     h = Harness()
     sock = h.open()
     outbox = sock.proto._outbox
     assert outbox is not None
     outbox.pauseProducing()  # as the transport does when its send buffer fills
+    sock.send(text("read"))
     assert sock.paused
+    assert h.backend.messages() == ["read"]
     outbox.resumeProducing()
     assert not sock.paused
 
@@ -690,8 +709,9 @@ def test_past_max_client_rate_messages_wait_and_none_is_lost() -> None:
     h = Harness(max_client_rate=2)
     sock = h.open()
     sent = [f"m{i}" for i in range(5)]
-    sock.send(b"".join(text(message) for message in sent))
+    sock.send(b"".join(text(message) for message in sent[:4]))
     assert h.backend.messages() == sent[:2]
+    sock.send(text(sent[4]))
     assert sock.paused
     for delivered in (3, 4):
         h.clock.advance(0.5)
@@ -720,7 +740,7 @@ def test_close_during_a_rate_pause_lets_the_clients_answer_be_read() -> None:
     """close() while rate-paused: reading goes on, so the client's close answer can be read."""
     h = Harness(max_client_rate=1, handshake_timeout=5)
     sock = h.open()
-    sock.send(text("a") + text("b"))
+    sock.send(text("a") + text("b"), text("c"))  # the second read, while "b" waits, pauses the socket
     assert sock.paused
     sock.proto.close(1000, "bye")
     h.clock.advance(1)  # the rate wait is over
@@ -728,7 +748,7 @@ def test_close_during_a_rate_pause_lets_the_clients_answer_be_read() -> None:
     sock.send(close_frame(1000))
     assert sock.closed_by_server and not sock.transport.disconnected
     sock.hang_up()
-    assert h.backend.messages() == ["a", "b"]
+    assert h.backend.messages() == ["a", "b", "c"]
     h.assert_all_released()
 
 
