@@ -17,9 +17,10 @@ socket's life on the WebSocket port:
     A well-formed handshake from an allowed origin waits for a backend's
     answer with its socket paused; bytes that came behind the head wait too.
 ``OPEN``
-    Messages go to the router. Reading pauses while this client's writes
-    back up, while its backend is congested, and past ``max_client_rate``;
-    pings keep it alive, silence past ``client_idle_timeout`` closes it.
+    Messages go to the router. They wait while this client's backend is
+    congested and past ``max_client_rate``, and reading pauses (from the next
+    read) while they wait or while this client's writes back up; pings keep
+    it alive, silence past ``client_idle_timeout`` closes it.
 ``REFUSED``
     An HTTP error was sent and our side half-closed; what the client still
     sends is read and dropped until it hangs up (``REFUSAL_LINGER`` seconds
@@ -78,6 +79,8 @@ MESSAGE_TOO_BIG = 1009
 MAX_HEAD = 64 * 1024
 #: Bytes of a read handed to the WebSocket parser at a time (see ``dataReceived``).
 PARSE_SLICE = 8 * 1024
+#: Past this many bytes in a read, a client that must wait stops being read at once (see ``_pause``).
+SMALL_READ = 8 * 1024
 #: Seconds a refused socket may stay open for its client to read the answer and hang up.
 REFUSAL_LINGER = 2.0
 #: websockets logs each connection at INFO through stdlib logging; the broker logs for itself.
@@ -177,10 +180,11 @@ class ClientConnection(Protocol):
         """Hand the bytes to the stage the socket is in."""
         stage = self.stage
         if stage is _OPEN:
+            size = len(data)
             if self._pauses and not self._not_reading:
                 self._stop_reading()
             self._last_heard = self.clock.seconds()
-            self._metrics.bytes_in += len(data)
+            self._metrics.bytes_in += size
             ws = self._ws
             if self._boundary.clear and not ws.expect_continuation_frame and ws.state is _WS_OPEN:
                 messages, used = simple_messages(data, self.config.max_message_size)
@@ -192,6 +196,8 @@ class ClientConnection(Protocol):
                     data = data[used:] if used < len(data) else b""
             if data:
                 self._parse(data)
+            if size > SMALL_READ and self._pauses and not self._not_reading:
+                self._stop_reading()
         elif stage is Stage.HEAD:
             self._read_head(data)
         elif stage is Stage.HTTP:
@@ -419,11 +425,14 @@ class ClientConnection(Protocol):
             self._resume("writes")
 
     def _pause(self, reason: str) -> None:
-        """Hold this client's messages for ``reason``; reading stops at its next read, if the wait lasts that long.
+        """Hold this client's messages for ``reason``; reading stops at the end of a read over
+        ``SMALL_READ`` bytes, else at the next read if the wait lasts that long.
 
         Most waits end within the reactor's next turn (a backend's socket drains), and pausing and
-        resuming a transport costs two ``epoll_ctl`` calls: stopping at the next read bounds what
-        waits to one read, and spares those calls for the waits that end first.
+        resuming a transport costs two ``epoll_ctl`` calls: stopping a client of small reads at its
+        next read spares those calls for the waits that end first, and bounds what waits to one small
+        read more. A busy client (big reads) stops at once, so that its next read does not go ahead
+        of other clients' messages when the backend drains.
         """
         self._pauses.add(reason)
 
