@@ -24,7 +24,7 @@ from websockets.frames import Close, Frame, Opcode
 from pystrands import wire
 from pystrands.broker.config import BrokerConfig
 from pystrands.broker.router import Broker
-from pystrands.broker.websocket import MAX_HEAD, REFUSAL_LINGER, ClientConnection, Stage, WebSocketFactory
+from pystrands.broker.websocket import MAX_HEAD, REFUSAL_LINGER, SMALL_READ, ClientConnection, Stage, WebSocketFactory
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 HOST = "broker.test:8080"
@@ -613,6 +613,21 @@ def test_a_congested_backend_pauses_the_client_until_it_drains() -> None:
     h.backend.congested = False
     h.broker.backend_drained(h.backend)
     assert h.backend.messages() == ["1", "2", "3", "4"]
+    assert not sock.paused
+
+
+def test_a_read_over_small_read_that_meets_a_wait_pauses_the_socket_at_once() -> None:
+    """A busy client (a big read) stops being read as soon as it must wait, as it did before the lazy pause."""
+    h = Harness()
+    sock = h.open()
+    h.backend.congested = True
+    messages = [f"{n:04d}" * 250 for n in range(SMALL_READ // 1000 + 1)]  # 1 KB each, past SMALL_READ together
+    sock.send(b"".join(text(message) for message in messages))
+    assert h.backend.messages() == messages[:1]
+    assert sock.paused
+    h.backend.congested = False
+    h.broker.backend_drained(h.backend)
+    assert h.backend.messages() == messages
     assert not sock.paused
 
 
