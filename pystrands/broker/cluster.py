@@ -41,6 +41,7 @@ from twisted.logger import Logger
 from .. import wire
 from ..errors import ProtocolError
 from . import cluster_wire, extensions
+from .claims import Claims
 from .cluster_wire import ClusterWireError
 from .config import BrokerConfig
 from .peers import Peers
@@ -62,6 +63,8 @@ SILENCE = 1.5
 FORGOT_MEMORY = 60
 #: The close code and reason of a client whose node learns that the cluster forgot it.
 CUT_OFF = (1012, "this node was cut off from the cluster; reconnect")
+#: The close code and reason of a client whose id another node claimed while this node's claim had expired.
+TAKEN = (1008, "client_id connected on another node")
 #: Seconds a ``room_members`` request waits for the other nodes' members before answering with what it has.
 QUERY_TIMEOUT = 2.0
 #: The extension requests about one client, carried out by the node that holds the client.
@@ -122,10 +125,11 @@ class Channels:
 class ClusterRooms(Rooms[_Client]):
     """:class:`~pystrands.broker.rooms.Rooms` that keeps the node subscribed to its rooms' and clients' channels."""
 
-    def __init__(self, link: Link, channels: Channels) -> None:
+    def __init__(self, link: Link, channels: Channels, claims: Claims) -> None:
         super().__init__()
         self._link = link
         self._channels = channels
+        self._claims = claims
 
     def add(self, client_id: str, room_id: str, client: _Client) -> None:
         """Connect a client: watch its channel and its room's."""
@@ -139,7 +143,7 @@ class ClusterRooms(Rooms[_Client]):
         connected = self.client(client_id) is not None
         super().remove(client_id)
         if connected:
-            self._link.fire(b"DEL", self._channels.claim(client_id))
+            self._claims.release(client_id)
             self._link.unwatch(self._channels.client(client_id))
         for room_id in rooms:
             self.vacated(room_id)
@@ -200,10 +204,15 @@ class ClusterBroker(Broker):
         #: The other nodes.
         self.peers = Peers(clock, SILENCE * config.cluster_heartbeat)
         self._password_shown = password_on_command_line(config.redis, sys.argv)
-        #: Events of forwarded clients whose node is unconfirmed (Redis just came back): until it beats or is forgotten.
-        self._held: EventQueue[tuple[str, bytes, bool]] = EventQueue(config.queue_size)
+        #: Milliseconds a node's key and its clients' claims live without a heartbeat renewing them.
+        self._expiry = int(2 * config.cluster_heartbeat * 1000)
+        self.claims = Claims(self.link, self.channels.claim, self.node, self._expiry)
+        #: Events held, as (origin node, client id, frame, final): of this node's forwarded clients whose node
+        #: is unconfirmed (Redis just came back), until it beats or is forgotten; of other nodes' clients,
+        #: forwarded here as this node's last backend left, until a node (this one included) has one.
+        self._held: EventQueue[tuple[str, str | None, bytes, bool]] = EventQueue(config.queue_size)
         super().__init__(config, clock)  # after the above: its metrics registry reads them at once
-        self.rooms: ClusterRooms[Client] = ClusterRooms(self.link, self.channels)
+        self.rooms: ClusterRooms[Client] = ClusterRooms(self.link, self.channels, self.claims)
         #: Clients here whose events go to another node's backends: client id -> node.
         self._forwarded: dict[str, str] = {}
         #: Forwarded clients closed because the cluster forgot this node: their backends had their goodbye.
@@ -214,13 +223,13 @@ class ClusterBroker(Broker):
         self._queries: dict[str, _Query] = {}
         self._asks: dict[str, tuple[Deferred[bool], IDelayedCall]] = {}
         self._timers: list[IDelayedCall] = []
+        #: When the other nodes' silence was last checked (a later check than due: this node stalled).
+        self._checked = 0.0
         self._unpublished_reported = 0
         self._rejected_reported = 0
         #: The largest cluster message: an event of the largest line, each of its bytes escaped once in JSON.
         self._payload_limit = 2 * self._event_limit + 1024
         self._own_starts = cluster_wire.starts_of(self.node)
-        #: Milliseconds a node's key and its clients' claims live without a heartbeat renewing them.
-        self._expiry = int(2 * config.cluster_heartbeat * 1000)
 
     # -- life cycle ------------------------------------------------------
 
@@ -233,6 +242,7 @@ class ClusterBroker(Broker):
         self.link.start()
         self._every(self.config.cluster_heartbeat, self._beat)
         self._every(self.config.cluster_heartbeat, self._renew_claims)
+        self._checked = self.clock.seconds()
         self._every(self.config.cluster_heartbeat / 8, self._check_peers)
         self._every(self.config.cluster_heartbeat, lambda: self.link.probe(self.config.cluster_heartbeat))
         log.info("Cluster node {node} of cluster {name} on {redis}", node=self.node,
@@ -304,14 +314,14 @@ class ClusterBroker(Broker):
         if asked is not None:
             asked.addCallbacks(self._read_forgetters, lambda _: None)
 
-    def _publish(self, channel: bytes, payload: bytes) -> bool:
-        """Publish; False (counted, logged once an outage) when it cannot be sent."""
+    def _publish(self, channel: bytes, payload: bytes) -> Deferred[int | None] | None:
+        """Publish: fires with the subscribers that got it (None if lost: counted); None (counted,
+        logged once an outage) when it cannot be sent."""
         published = self.link.publish(channel, payload)
         if published is None:
             self._unpublished()
-            return False
-        published.addErrback(lambda _: self._unpublished())
-        return True
+            return None
+        return published.addErrback(lambda _: self._unpublished())
 
     def _unpublished(self) -> None:
         if self.metrics.cluster_unpublished == self._unpublished_reported:
@@ -366,12 +376,29 @@ class ClusterBroker(Broker):
                        cluster_wire.encode("beat", self.node, len(self.backends), answer))
 
     def _renew_claims(self) -> None:
-        """Renew the claims of this node's clients (made again if lost: a Redis restarted without persistence)."""
-        node = self.node.encode()
-        for client in self.rooms.everyone():
-            self.link.fire(b"SET", self.channels.claim(client.admission.client_id), node, b"PX", self._expiry)
+        """Renew the claims of this node's clients (made again if lost: a Redis restarted without
+        persistence); close those whose id another node claimed meanwhile."""
+        self.claims.renew([client.admission.client_id for client in self.rooms.everyone()]).addCallback(self._taken)
+
+    def _taken(self, client_ids: list[str]) -> None:
+        """Another node holds these ids (claimed while this node's claims had expired: it was cut off
+        from Redis or stalled): this node's clients of those ids are closed, one id being one client."""
+        for client_id in client_ids:
+            client = self.rooms.client(client_id)
+            if client is not None:
+                log.warn("Cluster node {node}: closing WebSocket client {client_id!r}: another node claimed its"
+                         " id while this node's claim had expired", node=self.node, client_id=client_id)
+                client.close(*TAKEN)
 
     def _check_peers(self) -> None:
+        """Forget the nodes silent for SILENCE heartbeats (8 checks a heartbeat)."""
+        now, interval = self.clock.seconds(), self.config.cluster_heartbeat / 8
+        late, self._checked = now - self._checked - interval, now
+        if late > interval:
+            # This node's loop stalled: the overdue timers run before its sockets are read, so the beats
+            # heard meanwhile are still unread. The others get the time it lost; the next check judges.
+            self.peers.extend(late)
+            return
         if not self.link.up:
             return  # this node hears no one: silence says nothing about the others
         for node in self.peers.silent():
@@ -396,7 +423,7 @@ class ClusterBroker(Broker):
         lost_backends = not backends and bool(before)
         if lost_backends:
             self._unstick(origin, alive=True)
-        if unconfirmed or lost_backends:
+        if unconfirmed or lost_backends or (backends and not before):
             self._flush_held()
         if backends and (not before or unconfirmed):
             self._flush_queue()
@@ -464,8 +491,9 @@ class ClusterBroker(Broker):
     # -- backends ---------------------------------------------------------------
 
     def backend_ready(self, backend: BackendLink) -> None:
-        """A backend here: the others learn it at once."""
+        """A backend here: the others learn it at once; events held for a backend go to it."""
         super().backend_ready(backend)
+        self._flush_held()
         self._beat()
 
     def backend_lost(self, backend: BackendLink) -> None:
@@ -646,11 +674,12 @@ class ClusterBroker(Broker):
 
     # -- events of clients here, for backends of other nodes ---------------------------------
 
-    def _target(self, client_id: str | None) -> str | None:
-        """The node whose backends get this client's events, if not this one."""
+    def _target(self, client_id: str | None, origin: str | None = None) -> str | None:
+        """The node whose backends get this client's events, if not this one (nor ``origin``, the node
+        that holds the client, when this one relays them)."""
         if self.backends or not self.link.up:
             return None
-        nodes = self.peers.with_backends()
+        nodes = [node for node in self.peers.with_backends() if node != origin]
         if not nodes:
             return None
         return nodes[hash(client_id) % len(nodes)]
@@ -666,12 +695,12 @@ class ClusterBroker(Broker):
             node = self._forwarded.get(client_id)
             if node is not None:
                 if not self.link.up or self.peers.unconfirmed(node):
-                    self._hold(client_id, frame, final)
+                    self._hold(self.node, client_id, frame, final)
                     return None
                 if self.peers.backends(node):
                     if final:
                         del self._forwarded[client_id]
-                    self._forward(node, client_id, frame, final)
+                    self._forward(node, self.node, client_id, frame, final)
                     return None
                 del self._forwarded[client_id]  # its node went, or has no backend left: the client moves on
                 if node in self.peers:
@@ -681,24 +710,29 @@ class ClusterBroker(Broker):
             return super()._route(client_id, frame, final)
         if client_id is not None and not final:
             self._forwarded[client_id] = node
-        self._forward(node, client_id, frame, final)
+        self._forward(node, self.node, client_id, frame, final)
         return None
 
-    def _forward(self, node: str, client_id: str | None, frame: bytes, final: bool) -> None:
-        self._publish(self.channels.node(node), cluster_wire.encode("event", self.node, client_id, final,
+    def _forward(self, node: str, origin: str, client_id: str | None, frame: bytes, final: bool) -> None:
+        """A client's event to ``node``'s backends, as a client of ``origin`` (the node that holds it)."""
+        self._publish(self.channels.node(node), cluster_wire.encode("event", origin, client_id, final,
                                                                     frame.decode()))
 
-    def _hold(self, client_id: str, frame: bytes, final: bool) -> None:
-        """Keep an event for its node until it beats or is forgotten; past ``queue_size``, the oldest is lost."""
+    def _hold(self, origin: str, client_id: str | None, frame: bytes, final: bool) -> None:
+        """Keep an event (see ``_held``); past ``queue_size``, the oldest is lost (counted)."""
         dropped = self._held.dropped
-        self._held.put((client_id, frame, final))
+        self._held.put((origin, client_id, frame, final))
         if self._held.dropped > dropped:
             self._unpublished()
 
     def _flush_held(self) -> None:
-        """The held events, routed again: to their node now confirmed, or on to another one."""
-        for client_id, frame, final in list(self._held.drain()):
-            self._route(client_id, frame, final)
+        """The held events, routed again: this node's to their node now confirmed, or on to another one;
+        other nodes' to a backend here or on a node that has one (those of a node gone are dropped)."""
+        for origin, client_id, frame, final in list(self._held.drain()):
+            if origin == self.node:
+                self._route(client_id, frame, final)
+            elif origin in self.peers:
+                self._take(origin, client_id, frame, final)
 
     def _flush_queue(self) -> None:
         """Events queued while no backend was anywhere: to a node that has one now."""
@@ -716,15 +750,27 @@ class ClusterBroker(Broker):
         if len(line) > self._event_limit:
             raise ClusterWireError(f"a forwarded event over the backends' line limit ({self._event_limit} bytes)")
         _check_event(client_id, final, line)
-        if not self.backends:  # the last one left while this event was on its way: on to another node
-            self._route(client_id, line, final)
+        if self.backends and client_id is not None and not final and client_id not in self._guests.get(origin, {}):
+            self._guest_room(origin)
+        self._take(origin, client_id, line, final)
+
+    def _take(self, origin: str, client_id: str | None, line: bytes, final: bool) -> None:
+        """An event of a client of ``origin``: to a backend here (the client is ``origin``'s guest here).
+        With none here (the last one left while the event was on its way), on to a node that has one, still
+        as ``origin``'s client, for that node to give its backends the client's goodbye if ``origin`` goes;
+        or held until a node has one."""
+        if not self.backends:
+            node = self._target(client_id, origin)
+            if node is None:
+                self._hold(origin, client_id, line, final)
+            else:
+                self._forward(node, origin, client_id, line, final)
             return
         if client_id is not None:
             guests = self._guests.setdefault(origin, {})
             if final:
                 guests.pop(client_id, None)
             elif client_id not in guests:
-                self._guest_room(origin)
                 guests[client_id] = {"client_id": client_id}
         Broker._route(self, client_id, line, final)
 
@@ -743,8 +789,8 @@ class ClusterBroker(Broker):
         node = self._target(request_id)
         if node is None:
             return super().request_connection(handshake).addCallback(self._only_here)
-        if not self._publish(self.channels.node(node),
-                             cluster_wire.encode("judge", self.node, request_id, handshake.params())):
+        if self._publish(self.channels.node(node),
+                         cluster_wire.encode("judge", self.node, request_id, handshake.params())) is None:
             self.metrics.handshake("unavailable")
             return fail(HandshakeRefused(503, "the cluster's Redis is unreachable"))
         answer: Deferred[Admission] = Deferred()
@@ -762,8 +808,7 @@ class ClusterBroker(Broker):
         claim, then the subscriptions), the node's own check (made before) is all; the heartbeats
         make the claim later.
         """
-        asked = self.link.command(b"SET", self.channels.claim(admission.client_id), self.node.encode(),
-                                  b"NX", b"PX", self._expiry)
+        asked = self.claims.take(admission.client_id)
         if asked is None:
             return admission
         deadline = min(self.config.auth_timeout, 1.0)
@@ -806,9 +851,26 @@ class ClusterBroker(Broker):
         answer.addCallbacks(self._judged, self._not_judged, (origin, request_id), errbackArgs=(origin, request_id))
 
     def _judged(self, admission: Admission, origin: str, request_id: str) -> None:
-        self._guests.setdefault(origin, {})[admission.client_id] = admission.context
-        self._publish(self.channels.node(origin), cluster_wire.encode(
-            "verdict", self.node, request_id, 200, "", admission.client_id, admission.room_id, admission.metadata))
+        """A backend here accepted a handshake of ``origin``'s: the client is its guest here, unless
+        ``origin`` was forgotten meanwhile or no longer listens (no one will hear the verdict)."""
+        client_id = admission.client_id
+        if origin not in self.peers:
+            self._unassign(client_id)
+            return
+        self._guests.setdefault(origin, {})[client_id] = admission.context
+        published = self._publish(self.channels.node(origin), cluster_wire.encode(
+            "verdict", self.node, request_id, 200, "", client_id, admission.room_id, admission.metadata))
+        if published is not None:
+            published.addCallback(self._verdict_heard, origin, client_id)
+
+    def _verdict_heard(self, count: int | None, origin: str, client_id: str) -> None:
+        if count == 0:  # no subscriber: ``origin`` lost its connection to Redis, and the verdict with it
+            self._drop_guest(origin, client_id)
+
+    def _drop_guest(self, origin: str, client_id: str) -> None:
+        """``origin``'s client is no longer its guest here: its backend is free of it (no goodbye: it never came)."""
+        if self._guests.get(origin, {}).pop(client_id, None) is not None:
+            self._unassign(client_id)
 
     def _not_judged(self, failure: Any, origin: str, request_id: str) -> None:
         failure.trap(HandshakeRefused)
@@ -843,7 +905,7 @@ class ClusterBroker(Broker):
 
     def abandon(self, admission: Admission) -> None:
         """An accepted client gone before the upgrade: its claim goes, and the node that judged it forgets it."""
-        self.link.fire(b"DEL", self.channels.claim(admission.client_id))
+        self.claims.release(admission.client_id)
         self._let_go(admission)
 
     def _let_go(self, admission: Admission) -> None:
@@ -857,8 +919,7 @@ class ClusterBroker(Broker):
 
     def _on_abandon(self, channel: bytes, origin: str, client_id: str) -> None:
         self._own_channel(channel)
-        if self._guests.get(origin, {}).pop(client_id, None) is not None:
-            self._unassign(client_id)
+        self._drop_guest(origin, client_id)
 
 
 def password_on_command_line(url: str, argv: Sequence[str]) -> bool:

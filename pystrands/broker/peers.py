@@ -49,6 +49,11 @@ class Peers:
             self.forget(node)
         return gone
 
+    def extend(self, seconds: float) -> None:
+        """Give every node ``seconds`` more: this node could not listen that long (its loop stalled)."""
+        for node in self._deadlines:
+            self._deadlines[node] += seconds
+
     def respite(self) -> None:
         """After this node could not hear anyone: every node gets ``silence`` seconds from now, and is
         unconfirmed until it beats again (until then it may not be listening yet)."""

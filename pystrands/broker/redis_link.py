@@ -17,7 +17,7 @@ when a link is made (the reactor is chosen by then), not with this module.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -61,6 +61,9 @@ class Link(Protocol):
 
     def fire(self, *args: bytes | int | str) -> None:
         """Run a command whose outcome does not matter."""
+
+    def script(self, source: bytes, keys: Sequence[bytes], args: Sequence[bytes | int]) -> Deferred[Any] | None:
+        """Run a Lua script on ``keys`` with ``args``: its reply; None (nothing sent) while unreachable."""
 
     def publish(self, channel: bytes, payload: bytes) -> Deferred[int] | None:
         """PUBLISH: the count of subscribers that got it; None (not sent) while unreachable."""
@@ -192,6 +195,15 @@ class RedisLink:
     def command(self, *args: bytes | int | str) -> Deferred[Any] | None:
         """Run a Redis command; None (nothing sent) while Redis is unreachable, or while the bytes of
         the commands it has not answered yet would pass WAITING_LIMIT (a stalled Redis)."""
+        return self._run(lambda connection: connection.execute_command(*args), args)
+
+    def script(self, source: bytes, keys: Sequence[bytes], args: Sequence[bytes | int]) -> Deferred[Any] | None:
+        """Run a Lua script (txredisapi's ``eval``: EVALSHA once this connection has sent it, EVAL
+        before or when Redis no longer knows it); None as :meth:`command`."""
+        return self._run(lambda connection: connection.eval(source, list(keys), list(args)), (source, *keys, *args))
+
+    def _run(self, send: Callable[[Any], Deferred[Any]], args: Sequence[bytes | int | str]) -> Deferred[Any] | None:
+        """``send`` on the command connection, counting the bytes of ``args`` until Redis answers."""
         connection = self._commands.connection
         if connection is None or not self.up:
             return None
@@ -199,8 +211,7 @@ class RedisLink:
         if self._waiting + size > WAITING_LIMIT:
             return None
         self._waiting += size
-        result: Deferred[Any] = connection.execute_command(*args)
-        return result.addBoth(self._unwait, size)
+        return send(connection).addBoth(self._unwait, size)
 
     def _unwait(self, result: object, size: int) -> object:
         self._waiting -= size

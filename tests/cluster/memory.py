@@ -4,8 +4,9 @@ For the deterministic tests of the forwarding machine. :class:`MemoryRedis`
 stands behind the link's public face (:class:`~pystrands.broker.redis_link.Link`):
 what the nodes send it is carried out in order, one step at a time, when the
 test calls :meth:`MemoryRedis.run`, as one Redis would serve the nodes'
-connections. It knows the pub/sub and the few key commands a node runs; the
-tests against a real redis-server (``test_nodes.py``, ``test_faults.py``)
+connections. It knows the pub/sub, the few key commands a node runs, and the
+scripts of :mod:`pystrands.broker.claims` (in Python); the tests against a
+real redis-server (``test_nodes.py``, ``test_faults.py``, ``test_link.py``)
 check that a real Redis behaves so.
 """
 
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from pystrands import wire
+from pystrands.broker import claims
 from pystrands.broker.cluster import ClusterBroker
 from pystrands.broker.config import BrokerConfig
 from pystrands.broker.redis_url import RedisAddress
@@ -112,7 +114,22 @@ class MemoryRedis:
             return [rest[1], len(self.subscribers.get(rest[1], ()))]
         if name == b"PING":
             return b"PONG"
+        if name == b"EVAL":
+            return self.evaluate(rest[0], rest[2:2 + int(rest[1])], rest[2 + int(rest[1]):])
         raise ValueError(f"the memory Redis does not know {args!r}")
+
+    def evaluate(self, script: bytes, keys: tuple[bytes, ...], args: tuple[bytes, ...]) -> Any:
+        """What the claims' Lua scripts do, in Python (test_link.py runs the scripts on a real Redis)."""
+        if script == claims.RENEW:
+            node, expiry = args
+            taken = [key for key in keys if self.get(key) not in (None, node)]
+            for key in keys:
+                if key not in taken:
+                    self.execute((b"SET", key, node, b"PX", expiry))
+            return taken
+        if script == claims.RELEASE:
+            return self.execute((b"DEL", keys[0])) if self.get(keys[0]) == args[0] else 0
+        raise ValueError(f"the memory Redis does not know the script {script!r}")
 
 
 class MemoryLink:
@@ -180,6 +197,9 @@ class MemoryLink:
 
     def publish(self, channel: bytes, payload: bytes) -> Deferred[int] | None:
         return self.command(b"PUBLISH", channel, payload)
+
+    def script(self, source: bytes, keys: Sequence[bytes], args: Sequence[bytes | int]) -> Deferred[Any] | None:
+        return self.command(b"EVAL", source, len(keys), *keys, *args)
 
     def probe(self, timeout: float) -> None:
         """A memory Redis never stalls: nothing to find."""

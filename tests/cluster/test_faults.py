@@ -171,17 +171,19 @@ def test_an_event_forwarded_to_a_node_whose_last_backend_left_goes_on_to_another
                                                                                  open_ws: OpenWs) -> None:
     a = start_node(launch, redis, "a")
     b = start_node(launch, redis, "b")
+    c = start_node(launch, redis, "c")
     backend = ClusterBackend(b.tcp_port, "b")
-    wait_until(lambda: metric(a, "pystrands_broker_cluster_nodes_with_backends") == 1, 10, "A to hear B's backend")
+    wait_until(lambda: metric(a, "pystrands_broker_cluster_nodes_with_backends") == 1
+               and metric(a, "pystrands_broker_cluster_nodes") == 2, 10, "A to hear C, and B's backend")
     node_a = a.child.output().split("Cluster node ", 1)[1].split(" ", 1)[0]
-    node_b = b.child.output().split("Cluster node ", 1)[1].split(" ", 1)[0]
+    node_c = c.child.output().split("Cluster node ", 1)[1].split(" ", 1)[0]
     frame = {"request_id": "f", "action": "new_message", "params": {"message": "in flight",
                                                                     "context": {"client_id": "c-1"}}}
-    redis.command(b"PUBLISH", b"test:node:" + node_a.encode(),
-                  json.dumps(["event", node_b, "c-1", False, json.dumps(frame) + "\n"]).encode())  # as if B had
+    redis.command(b"PUBLISH", b"test:node:" + node_a.encode(),  # as if C had forwarded it when A had a backend
+                  json.dumps(["event", node_c, "c-1", False, json.dumps(frame) + "\n"]).encode())
     got = backend.wait_for(lambda e: e["action"] == "new_message", timeout=5)
     assert got["params"]["message"] == "in flight"
-    assert metric(a, "pystrands_broker_queued_events") == 0
+    assert metric(a, "pystrands_broker_queued_events") == metric(a, "pystrands_broker_cluster_held_events") == 0
 
 
 def test_a_forwarded_client_keeps_its_backend_across_a_redis_restart(launch: Launch, redis: RedisServer,

@@ -10,6 +10,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 
 from pystrands.broker import redis_link
+from pystrands.broker.claims import BATCH, Claims
 from pystrands.broker.redis_link import RedisLink
 from pystrands.broker.redis_url import parse_redis_url
 from tests.cluster.support import RedisServer
@@ -112,4 +113,31 @@ async def test_a_stalled_redis_is_found_by_the_probe_and_its_connections_cut(red
         assert states == [True, False] and not link.up
     finally:
         os.kill(redis.process.pid, signal.SIGCONT)
+        await link.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_claims_are_renewed_and_released_only_by_their_owner_through_the_lua_scripts(redis: RedisServer) -> None:
+    link = await _linked(redis, [])
+    try:
+        def key(client_id: str) -> bytes:
+            return b"c:claim:" + client_id.encode()
+
+        mine, theirs = Claims(link, key, "mine", 60_000), Claims(link, key, "theirs", 60_000)
+        assert await mine.take("x") == b"OK"
+        assert await theirs.take("x") is None  # SET NX: held
+        many = [f"id{number}" for number in range(2 * BATCH + 5)]  # three script calls
+        assert await theirs.renew(["x", *many]) == ["x"]  # not taken from its owner ...
+        assert await link.command(b"GET", key("x")) == b"mine"
+        assert await link.command(b"GET", key(many[-1])) == b"theirs"  # ... the others made
+        assert 0 < await link.command(b"PTTL", key(many[0])) <= 60_000  # type: ignore[operator]
+        assert not await theirs.release("x")
+        assert await link.command(b"GET", key("x")) == b"mine"  # not freed by another node
+        await link.command(b"SCRIPT", b"FLUSH")  # type: ignore[misc]  # Redis forgets the scripts: EVAL again
+        await link.command(b"DEL", key("x"))  # type: ignore[misc]  # as after a restart without persistence
+        assert await mine.renew(["x"]) == []
+        assert await link.command(b"GET", key("x")) == b"mine"  # made again
+        assert await mine.release("x")
+        assert await link.command(b"GET", key("x")) is None
+    finally:
         await link.stop()

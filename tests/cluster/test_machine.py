@@ -255,7 +255,33 @@ def test_an_event_on_its_way_to_a_node_whose_last_backend_leaves_goes_on_to_anot
     b.broker.backend_lost(judge)  # ... whose backend leaves before B reads it
     redis.run()
     assert other.events(wire.NEW_MESSAGE) == [(wire.NEW_MESSAGE, "in flight")]
-    assert len(b.broker.queue) == 0
+    assert len(b.broker.queue) == 0 and b.broker._forwarded == {}  # relayed, not taken for B's own client
+    assert c.broker._guests == {a.broker.node: {"x": {"client_id": "x"}}}  # still A's client
+    a.broker.client_message(client, "next")
+    b.broker.stop()
+    b.broker.shutdown()  # B goes: x, A's client, is not B's to say goodbye for
+    redis.run()
+    assert other.events(wire.NEW_MESSAGE, wire.DISCONNECTED) == [(wire.NEW_MESSAGE, "in flight"),
+                                                                (wire.NEW_MESSAGE, "next")]
+    a.broker.client_disconnected(client)
+    redis.run()
+    assert other.events(wire.DISCONNECTED) == [(wire.DISCONNECTED, "x")]  # once, when x goes
+
+
+def test_an_event_on_its_way_to_the_last_backend_of_the_cluster_waits_there_for_the_next_one() -> None:
+    _, redis, (a, b, c) = nodes(3)
+    judge = b.backend()
+    redis.run()
+    client = a.connect(admitted(a, judge, "x", redis))
+    redis.run()
+    a.broker.client_message(client, "in flight")
+    b.broker.backend_lost(judge)  # no backend left anywhere: B holds it, as A's client's
+    redis.run()
+    assert len(b.broker.queue) == 0 and len(b.broker._held) == 1
+    later = c.backend()
+    redis.run()
+    assert later.events(wire.NEW_MESSAGE) == [(wire.NEW_MESSAGE, "in flight")]
+    assert c.broker._guests == {a.broker.node: {"x": {"client_id": "x"}}} and b.broker._forwarded == {}
 
 
 def test_a_backend_reaches_clients_of_every_node_once_in_order() -> None:
@@ -293,3 +319,61 @@ def test_a_request_about_a_client_of_another_node_is_answered_once_in_effect_the
     backend.reply(wire.MESSAGE_TO_ROOM, {"room_id": "kitchen", "message": "joined"})
     redis.run()
     assert client.texts == ["joined"]
+
+
+def test_a_node_back_after_its_claim_expired_neither_takes_nor_frees_the_id_another_node_took() -> None:
+    clock, redis, (a, b, c) = nodes(3)
+    backend_a, backend_b, backend_c = a.backend(), b.backend(), c.backend()
+    redis.run()
+    on_a = a.connect(admitted(a, backend_a, "x", redis))
+    redis.run()
+    a.link.cut()  # A cut off (or stalled) past its claim's expiry
+    passes(clock, redis, 3 * HEARTBEAT)
+    assert redis.get(b"test:claim:x") is None
+    b.connect(admitted(b, backend_b, "x", redis))  # rightly: no node holds x
+    a.link.restore()
+    passes(clock, redis, HEARTBEAT)
+    assert redis.get(b"test:claim:x") == b.broker.node.encode()  # A's renewal did not take it back
+    assert on_a.closed == (1008, "client_id connected on another node")  # one id, one client
+    a.broker.client_disconnected(on_a)
+    redis.run()
+    assert redis.get(b"test:claim:x") == b.broker.node.encode()  # nor did A free it
+    outcome = c.handshake()
+    redis.run()
+    backend_c.accept(backend_c.requests()[-1], "x")
+    redis.run()
+    assert [(type(result).__name__, result.status) for result in outcome] == [("HandshakeRefused", 409)]
+
+
+def test_a_node_whose_own_loop_stalled_does_not_forget_the_nodes_whose_beats_it_has_not_read_yet() -> None:
+    clock, redis, (a, b) = nodes(2)
+    judge = b.backend()
+    redis.run()
+    client = a.connect(admitted(a, judge, "x", redis))
+    passes(clock, redis, 0.5 * HEARTBEAT)  # B's last beat heard 0.5 heartbeat ago
+    clock.advance(1.2 * HEARTBEAT)  # both loops stalled: the overdue timers run, nothing read yet
+    redis.run()  # then the sockets are read: the beats sent meanwhile
+    passes(clock, redis, 3 * HEARTBEAT)
+    assert [args for args in redis.log if args[0] == b"PUBLISH" and b'"forgot"' in args[2]] == []
+    assert (len(a.broker.peers), len(b.broker.peers)) == (1, 1)
+    assert client.closed is None and judge.events(wire.DISCONNECTED) == []
+
+
+def test_a_verdict_for_a_node_forgotten_or_deaf_meanwhile_leaves_no_guest_and_no_load() -> None:
+    clock, redis, (a, b) = nodes(2, auth_timeout=10.0)
+    judge = b.backend()
+    redis.run()
+    a.handshake()
+    a.handshake()
+    redis.run()
+    first, second = judge.requests()
+    a.link.cut()  # A is cut off while B's backend judges: its channel has no subscriber
+    redis.run()
+    judge.accept(first, "deaf")  # A not forgotten yet, but no one hears the verdict
+    redis.run()
+    passes(clock, redis, 2 * HEARTBEAT)
+    assert a.broker.node not in b.broker.peers
+    judge.accept(second, "forgotten")  # A forgotten
+    passes(clock, redis, HEARTBEAT)
+    assert b.broker._guests == {} and judge.load == 0
+    assert judge.events(wire.DISCONNECTED) == []  # neither client ever connected
