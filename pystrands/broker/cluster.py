@@ -307,12 +307,16 @@ class ClusterBroker(Broker):
         log.info("Cluster node {node}: connected to Redis {redis}", node=self.node, redis=str(self.link.address))
         self._report_losses()
         self.peers.respite()
-        self._beat(answer=True)
         self._renew_claims()
-        self._flush_queue()
-        asked = self.link.command(b"SMEMBERS", self.channels.forgot_key(self.node))  # forgotten while cut off?
+        self.link.settled().addCallback(lambda _: self._rejoin())
+
+    def _rejoin(self) -> None:
+        """Subscribed again (so no ``forgot`` note nor answer can be missed from now on): read which nodes
+        forgot this one meanwhile and act on it, then ask every node to beat (events held go on then)."""
+        asked = self.link.command(b"SMEMBERS", self.channels.forgot_key(self.node)) if self.link.up else None
         if asked is not None:
-            asked.addCallbacks(self._read_forgetters, lambda _: None)
+            asked.addCallbacks(self._read_forgetters, lambda _: None).addCallback(
+                lambda _: self._beat(answer=True) if self.link.up else None)
 
     def _publish(self, channel: bytes, payload: bytes) -> Deferred[int | None] | None:
         """Publish: fires with the subscribers that got it (None if lost: counted); None (counted,
@@ -432,6 +436,7 @@ class ClusterBroker(Broker):
         if channel != self.channels.nodes:
             raise ClusterWireError("a note of a forgotten node off the nodes channel")
         if node == self.node:
+            self._from_peer(origin, "a note that this node was forgotten")
             self.link.fire(b"SREM", self.channels.forgot_key(self.node), origin.encode())
             self._forgotten({origin})
 
@@ -486,7 +491,11 @@ class ClusterBroker(Broker):
         for client_id in [cid for cid, owner in self._forwarded.items() if owner == node]:
             del self._forwarded[client_id]
             if alive:
-                self._publish(self.channels.node(node), cluster_wire.encode("abandon", self.node, client_id))
+                self._tell_abandon(node, client_id)
+
+    def _tell_abandon(self, node: str, client_id: str) -> None:
+        """Tell ``node`` that this node's client no longer goes to its backends (they forget it, no goodbye)."""
+        self._publish(self.channels.node(node), cluster_wire.encode("abandon", self.node, client_id))
 
     # -- backends ---------------------------------------------------------------
 
@@ -560,6 +569,11 @@ class ClusterBroker(Broker):
     def _own_channel(self, channel: bytes) -> None:
         if channel != self.channels.node(self.node):
             raise ClusterWireError("a node's message off that node's channel")
+
+    def _from_peer(self, origin: str, what: str) -> None:
+        """ClusterWireError unless ``origin`` is a node heard beating (its beat is published before what it sends)."""
+        if origin not in self.peers:
+            raise ClusterWireError(f"{what} from {origin!r}, a node not heard from")
 
     # -- extension requests, cluster-wide ---------------------------------------------
 
@@ -702,9 +716,7 @@ class ClusterBroker(Broker):
                         del self._forwarded[client_id]
                     self._forward(node, self.node, client_id, frame, final)
                     return None
-                del self._forwarded[client_id]  # its node went, or has no backend left: the client moves on
-                if node in self.peers:
-                    self._publish(self.channels.node(node), cluster_wire.encode("abandon", self.node, client_id))
+                del self._forwarded[client_id]  # its node went (one left without backends is unstuck at its beat)
         node = self._target(client_id)
         if node is None:
             return super()._route(client_id, frame, final)
@@ -744,8 +756,7 @@ class ClusterBroker(Broker):
 
     def _on_event(self, channel: bytes, origin: str, client_id: str | None, final: bool, frame: str) -> None:
         self._own_channel(channel)
-        if origin not in self.peers:  # only a node heard beating forwards (its beat is published first)
-            raise ClusterWireError(f"a forwarded event from {origin!r}, a node not heard from")
+        self._from_peer(origin, "a forwarded event")
         line = frame.encode()
         if len(line) > self._event_limit:
             raise ClusterWireError(f"a forwarded event over the backends' line limit ({self._event_limit} bytes)")
@@ -841,8 +852,7 @@ class ClusterBroker(Broker):
         if params.keys() != _HANDSHAKE.keys() or any(not isinstance(params[key], kind)
                                                      for key, kind in _HANDSHAKE.items()):
             raise ClusterWireError("a forwarded handshake that is not a connection_request's params")
-        if origin not in self.peers:  # only a node heard beating forwards (its beat is published first)
-            raise ClusterWireError(f"a forwarded handshake from {origin!r}, a node not heard from")
+        self._from_peer(origin, "a forwarded handshake")
         self._guest_room(origin)
         if not self.backends:
             self._verdict(origin, request_id, 503, "no backend is connected")
@@ -884,18 +894,16 @@ class ClusterBroker(Broker):
                     client_id: str | None, room_id: str | None, metadata: Any) -> None:
         self._own_channel(channel)
         pending = self._handshakes.get(request_id)
-        accepted = status == 200 and client_id is not None and room_id is not None
-        if pending is None or pending.node != origin:
-            if accepted:  # too late: the judging node must forget the client
-                self._publish(self.channels.node(origin), cluster_wire.encode("abandon", self.node, client_id))
+        if status != 200 or client_id is None or room_id is None:
+            if pending is not None and pending.node == origin:
+                self._refuse_forwarded(request_id, status if 400 <= status < 600 else 403, reason)
             return
-        if not accepted:
-            self._refuse_forwarded(request_id, status if 400 <= status < 600 else 403, reason)
+        if pending is None or pending.node != origin:  # accepted too late: the judging node must forget the client
+            self._tell_abandon(origin, client_id)
             return
-        assert client_id is not None and room_id is not None  # accepted says so
         if not self.rooms.reserve(client_id):
             log.warn("Refused a handshake: client_id {client_id!r} is already connected", client_id=client_id)
-            self._publish(self.channels.node(origin), cluster_wire.encode("abandon", self.node, client_id))
+            self._tell_abandon(origin, client_id)
             self._refuse_forwarded(request_id, 409, "client_id already in use")
             return
         del self._handshakes[request_id]
@@ -915,7 +923,7 @@ class ClusterBroker(Broker):
         self.link.unwatch(self.channels.client(admission.client_id))  # subscribed by _only_here
         self.rooms.vacated(admission.room_id)
         if node is not None:
-            self._publish(self.channels.node(node), cluster_wire.encode("abandon", self.node, admission.client_id))
+            self._tell_abandon(node, admission.client_id)
 
     def _on_abandon(self, channel: bytes, origin: str, client_id: str) -> None:
         self._own_channel(channel)

@@ -164,15 +164,20 @@ class MemoryLink:
         self._on_state(False, why)
 
     def restore(self) -> None:
-        """Connected again: subscribed again to every channel it watches, then told."""
+        """Connected again: told, and subscribed again to every channel it watches."""
         self.redis.later(self._connected)
 
     def _connected(self) -> None:
+        """Both connections up: the node is told at once (as by ``RedisLink``), and the subscriptions,
+        sent on the other connection, are carried out after what it sends when told (the worst order
+        two connections allow)."""
         self._current = next(self._connection)
         self.up = True
-        for channel in sorted(self._wanted):
-            self._send(b"SUBSCRIBE", channel)
+        channels = sorted(self._wanted)
+        self._in_flight += len(channels)
         self._on_state(True, "")
+        for channel in channels:
+            self.redis.later(self._subscription(b"SUBSCRIBE", channel))
 
     def command(self, *args: bytes | int | str) -> Deferred[Any] | None:
         if not self.up:
@@ -225,11 +230,14 @@ class MemoryLink:
         return waiter
 
     def _send(self, command: bytes, channel: bytes) -> None:
-        if not self.up:
-            return
-        self._in_flight += 1
+        if self.up:
+            self._in_flight += 1
+            self.redis.later(self._subscription(command, channel))
 
+    def _subscription(self, command: bytes, channel: bytes) -> Callable[[], None]:
+        """Redis carrying out a (un)subscription (logged as a command, to check the order of things)."""
         def carry_out() -> None:
+            self.redis.log.append((command, channel))
             links = self.redis.subscribers.setdefault(channel, set())
             if command == b"SUBSCRIBE" and self.up:
                 links.add(self)
@@ -241,7 +249,7 @@ class MemoryLink:
                 for waiter in waiters:
                     waiter.callback(None)
 
-        self.redis.later(carry_out)
+        return carry_out
 
     def deliver(self, channel: bytes, payload: bytes) -> None:
         if self.up and self in self.redis.subscribers.get(channel, ()):

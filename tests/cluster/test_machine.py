@@ -377,3 +377,20 @@ def test_a_verdict_for_a_node_forgotten_or_deaf_meanwhile_leaves_no_guest_and_no
     passes(clock, redis, HEARTBEAT)
     assert b.broker._guests == {} and judge.load == 0
     assert judge.events(wire.DISCONNECTED) == []  # neither client ever connected
+
+
+def test_a_node_back_on_redis_reads_who_forgot_it_and_asks_for_beats_only_once_subscribed_again() -> None:
+    clock, redis, (a, b) = nodes(2)
+    a.link.cut()
+    passes(clock, redis, 2 * HEARTBEAT)
+    assert a.broker.node not in b.broker.peers
+    start = len(redis.log)
+    a.link.restore()
+    redis.run()
+    node = a.broker.node
+    done = redis.log[start:]
+    subscribed = max(done.index((b"SUBSCRIBE", channel)) for channel in (b"test:nodes", b"test:node:" + node.encode()))
+    read = done.index((b"SMEMBERS", b"test:forgot:" + node.encode()))
+    answer = done.index((b"PUBLISH", b"test:nodes", cluster_wire.encode("beat", node, 0, True)))
+    # Else a forgot note could fall between the read and the subscription, and answers be lost.
+    assert subscribed < read < answer
