@@ -32,6 +32,13 @@ class LineSplitter:
         """The lines that ``data`` completes, in order."""
         pieces = data.split(b"\n")
         rest = pieces.pop()
+        if (pieces and not self._partial and not self._discarding and len(data) <= self.max_length
+                and b"\r" not in data and b"" not in pieces):
+            # The usual read: whole lines, none too long, empty or ending in \r: no per-line work.
+            if rest:
+                self._partial.append(rest)
+                self._partial_size = len(rest)
+            return pieces
         lines: list[bytes] = []
         if pieces:
             first = pieces[0]
