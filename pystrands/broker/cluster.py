@@ -14,8 +14,9 @@ nothing here runs. docs/CLUSTER.md is the design; in short:
 * a node without a backend of its own forwards its clients' handshakes and
   events to a node with one, on that node's channel, sticky per client
   (held while that node is not heard again after a Redis outage);
-* a client id is claimed in Redis (``SET NX``, renewed by the heartbeats)
-  by the node that holds it, so one id is connected once in the cluster;
+* a client id is claimed in Redis (``SET NX``, renewed by the heartbeats,
+  freed at the end; :mod:`.claims` checks the owner) by the node that holds
+  it, so one id is connected once in the cluster;
 * heartbeats on the nodes channel (and a key per node with an expiry) tell
   who is alive and has backends; a node silent for 1.5 heartbeats is
   forgotten: no more forwarding to it, and its clients leave its backends;

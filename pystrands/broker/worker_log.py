@@ -32,12 +32,46 @@ from twisted.logger import (
     formatEventAsClassicLogText,
 )
 
-__all__ = ["Relay", "WorkerOutput", "log_output", "worker_log_observer", "worker_output"]
+__all__ = ["LINE_LIMIT", "Relay", "WorkerLines", "WorkerOutput", "log_output", "worker_log_observer", "worker_output"]
 
 log = Logger()
 
 #: The format of an event rebuilt from a worker's line: the worker's own text, as it formatted it.
 TEXT_FORMAT = "{worker_text}"
+#: Bytes of a worker's line without its newline the supervisor holds; past it, what it has is relayed as a line.
+LINE_LIMIT = 1024 * 1024
+
+
+class WorkerLines:
+    """One output stream of a worker, cut into lines (without their newline).
+
+    What comes without a newline is held up to ``limit`` bytes, then relayed as a line of its own (a
+    worker writing without newlines cannot make its supervisor hold its output whole), and whatever is
+    held when the worker ends is its last line (:meth:`end`): its last words are not lost.
+    """
+
+    def __init__(self, limit: int = LINE_LIMIT) -> None:
+        self.limit = limit
+        self._held: list[bytes] = []
+        self._size = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The lines ``data`` completes (or that pass the limit), in order."""
+        *lines, rest = data.split(b"\n")
+        if lines and self._held:
+            lines[0] = b"".join([*self._held, lines[0]])
+            self._held, self._size = [], 0
+        if rest:
+            self._held.append(rest)
+            self._size += len(rest)
+            if self._size >= self.limit:
+                lines.extend(self.end())
+        return lines
+
+    def end(self) -> list[bytes]:
+        """What is held (a line without its newline yet), as a line; none if nothing is."""
+        held, self._held, self._size = b"".join(self._held), [], 0
+        return [held] if held else []
 
 
 @dataclass(frozen=True)

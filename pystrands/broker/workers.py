@@ -43,7 +43,7 @@ from twisted.python.failure import Failure
 from ..settings import check_integer, check_number
 from .config import ENVIRONMENT, BrokerConfig, Options
 from .reuseport import reuseport_socket
-from .worker_log import Relay, log_output, worker_log_observer, worker_output
+from .worker_log import Relay, WorkerLines, log_output, worker_log_observer, worker_output
 
 __all__ = ["RestartPolicy", "WorkerSlot", "WorkerSupervisor", "WorkersFailed", "run_worker", "worker_arguments"]
 
@@ -132,15 +132,14 @@ class WorkerProtocol(ProcessProtocol):
         self.supervisor = supervisor
         self.slot = slot
         self.ended: Deferred[None] = Deferred()
-        self._partial = {1: b"", 2: b""}
-
-    def _lines(self, fd: int, data: bytes) -> list[bytes]:
-        *lines, self._partial[fd] = (self._partial[fd] + data).split(b"\n")
-        return lines
+        self._stdout, self._stderr = WorkerLines(), WorkerLines()
 
     def outReceived(self, data: bytes) -> None:
         """The worker's ready line marks it listening; other lines go to the relay."""
-        for line in self._lines(1, data):
+        self._out(self._stdout.feed(data))
+
+    def _out(self, lines: list[bytes]) -> None:
+        for line in lines:
             if line.startswith(READY_LINE) and not self.slot.ready:
                 self.supervisor.worker_listening(self.slot)
             else:
@@ -148,14 +147,19 @@ class WorkerProtocol(ProcessProtocol):
 
     def errReceived(self, data: bytes) -> None:
         """The worker's log events, and anything else it writes on stderr, go to the relay."""
-        for line in self._lines(2, data):
+        self._err(self._stderr.feed(data))
+
+    def _err(self, lines: list[bytes]) -> None:
+        for line in lines:
             self._relay("stderr", line)
 
     def _relay(self, stream: Literal["stdout", "stderr"], line: bytes) -> None:
         self.supervisor.relay(worker_output(self.slot.number, self.slot.pid, stream, line.decode(errors="replace")))
 
     def processEnded(self, reason: Failure) -> None:
-        """Tell the supervisor how the worker ended."""
+        """Relay the worker's last lines if they had no newline, and tell the supervisor how it ended."""
+        self._out(self._stdout.end())
+        self._err(self._stderr.end())
         self.supervisor.worker_ended(self.slot, reason)
         self.ended.callback(None)
 

@@ -6,6 +6,7 @@ import io
 import re
 
 import pytest
+from twisted.internet.error import ProcessDone
 from twisted.internet.task import Clock
 from twisted.logger import (
     LogEvent,
@@ -15,9 +16,10 @@ from twisted.logger import (
     formatEventAsClassicLogText,
     globalLogPublisher,
 )
+from twisted.python.failure import Failure
 
 from pystrands.broker import BrokerConfig
-from pystrands.broker.worker_log import WorkerOutput, log_output, worker_log_observer
+from pystrands.broker.worker_log import LINE_LIMIT, WorkerOutput, log_output, worker_log_observer
 from pystrands.broker.workers import RestartPolicy, WorkerProtocol, WorkerSlot, WorkerSupervisor
 
 from .conftest import TIME
@@ -127,3 +129,20 @@ def test_a_line_with_a_level_twisted_does_not_know_is_an_event_without_a_level()
     [output] = relayed
     assert output.event is not None and "log_level" not in output.event
     assert output.text.endswith(" [s] hi")
+
+
+def test_a_line_without_newline_is_relayed_once_past_the_limit_and_last_words_when_the_worker_ends() -> None:
+    protocol, relayed = watching()
+    chunk = b"x" * (LINE_LIMIT // 4)
+    for _ in range(3):
+        protocol.errReceived(chunk)
+    assert relayed == []  # held: the line may yet end
+    protocol.errReceived(chunk + b"y")
+    protocol.errReceived(b"z\n")
+    assert [len(each.text) for each in relayed] == [LINE_LIMIT + 1, 1]  # not held without end
+    protocol.outReceived(b"printed last")
+    protocol.errReceived(b'{"time": 0, "namespace": "n", "text": "logged last"}')
+    protocol.processEnded(Failure(ProcessDone(0)))
+    [printed, logged] = relayed[2:]
+    assert (printed.stream, printed.text) == ("stdout", "printed last")
+    assert logged.event is not None and re.fullmatch(TIME + r" \[n#-\] logged last", logged.text)
