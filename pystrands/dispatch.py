@@ -90,17 +90,17 @@ class KeyedDispatcher:
         queues = self._queues
         self.pending_events += 1
         self.pending_bytes += size
-        if key in queues:
+        if key not in queues and self._running < self.concurrency and not self._ready and not self._pumping:
+            queues[key] = None
+            self._running += 1
+            self._start(key, handler, args, size)
+        elif key in queues:
             queue = queues[key]
             if queue is None:
                 queue = queues[key] = deque()
             queue.append((handler, args, size))
-        elif self._running < self.concurrency and not self._ready and not self._pumping:
-            queues[key] = None
-            self._running += 1
-            self._start(key, handler, args, size)
         else:
-            self._queues[key] = deque(((handler, args, size),))
+            queues[key] = deque(((handler, args, size),))
             self._ready.append(key)
             self._pump()
         if not self._busy and (
@@ -141,7 +141,10 @@ class KeyedDispatcher:
             self._report(Failure(), handler)
             self._finished(key, size)
             return
-        if result is None:  # most handlers of the thread and asyncio faces (isinstance below costs more)
+        # Most results are None (the thread and asyncio faces) or a send's Deferred, fired with None:
+        # those are told apart first, as iscoroutine and isinstance against an ABC cost more.
+        if result is None or (type(result) is Deferred and result.called and result.result is None
+                              and not result.paused):
             self._finished(key, size)
             return
         if iscoroutine(result):

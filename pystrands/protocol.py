@@ -62,6 +62,7 @@ _request_ids = itertools.count(1)
 
 #: The broker's events that carry a ``context`` object (a client's, or for ``error`` the failed request's).
 _CONTEXT_EVENTS = frozenset({wire.NEW_MESSAGE, wire.NEW_CONNECTION, wire.DISCONNECTED, wire.ERROR})
+_NEW_MESSAGE = wire.NEW_MESSAGE  # read per frame: a module global is one lookup
 
 _CALLBACKS = ("on_connection_request", "on_new_connection", "on_message", "on_disconnect", "on_error")
 
@@ -385,12 +386,9 @@ class BrokerProtocol(LineReceiver):
         """Decode one line and hand its event on; a malformed one is logged and skipped."""
         try:
             request_id, action, params = wire.decode_frame(line)
-        except ProtocolError as exc:
-            log.warn("Skipped a malformed frame from the broker ({why}): {excerpt}",
-                     why=exc, excerpt=wire.excerpt(line))
-            return
-        try:
-            self._frame_received(request_id, action, params, len(line))
+            if (action in _CONTEXT_EVENTS and self._features_known) or not self._control_frame_received(
+                    request_id, action, params, len(line)):
+                self._event_received(request_id, action, params, len(line))
         except ProtocolError as exc:
             log.warn("Skipped a malformed frame from the broker ({why}): {excerpt}",
                      why=exc, excerpt=wire.excerpt(line))
@@ -399,41 +397,47 @@ class BrokerProtocol(LineReceiver):
             log.failure("Skipped a frame that could not be handled: {excerpt}", level=LogLevel.error,
                         excerpt=wire.excerpt(line))
 
-    def _frame_received(self, request_id: str, action: str, params: dict[str, Any], size: int) -> None:
-        factory = self.factory
-        backend = factory.backend
-        dispatch = factory.dispatcher.submit if factory.metrics is None else factory.metrics.counting(
-            factory.dispatcher.submit, action)
+    def _control_frame_received(self, request_id: str, action: str, params: dict[str, Any], size: int) -> bool:
+        """Handle a frame that is no client event, or the first frame; False when a client event remains to run."""
         if action == wire.HEARTBEAT:
             if not self._features_known:
                 self._features_settled()
-            return
+            return True
         if action == wire.REPLY:
             self._reply_received(request_id, params)
-            return
+            return True
         if action == wire.HELLO:
             self._hello_received(params)
-            return
+            return True
         if not self._features_known:
             self._features_settled()  # the first frame is no hello: the broker announces nothing
         if action == wire.CONNECTION_REQUEST:
-            dispatch(("request", request_id), size, answer_connection_request, backend, factory.send_frame,
-                     request_id, params)
-            return
+            factory = self.factory
+            _submit(factory, action)(("request", request_id), size, answer_connection_request, factory.backend,
+                                     factory.send_frame, request_id, params)
+            return True
         if action not in _CONTEXT_EVENTS:
             log.debug("Skipped a frame with unknown action {action!r}", action=action)
-            return
+            return True
+        return False
+
+    def _event_received(self, request_id: str, action: str, params: dict[str, Any], size: int) -> None:
+        """Hand a client's event (new_message, new_connection, disconnected, error) to its handler."""
         raw_context = params.get("context")
         if type(raw_context) is not dict:
             # The reference broker always sends one: without it, a handler would answer nobody.
-            factory._skipped_without_context(action=action, type=type(raw_context).__name__)
+            self.factory._skipped_without_context(action=action, type=type(raw_context).__name__)
             return
         context = context_from_wire(raw_context)
         # One client's events run in order; without a usable id, the frame stands alone.
-        key = context.client_id if type(context.client_id) is str else ("frame", request_id)
-        if action == wire.NEW_MESSAGE:
+        client_id = context.client_id
+        key = client_id if type(client_id) is str else ("frame", request_id)
+        factory = self.factory
+        backend = factory.backend
+        dispatch = _submit(factory, action)
+        if action == _NEW_MESSAGE:
             message = params.get("message")
-            if not isinstance(message, str):
+            if type(message) is not str and not isinstance(message, str):
                 log.warn("Skipped a new_message frame whose message is not a string but {type}",
                          type=type(message).__name__)
                 return
@@ -447,6 +451,13 @@ class BrokerProtocol(LineReceiver):
             if not isinstance(error, str):
                 error = "" if error is None else str(error)
             dispatch(key, size, backend.on_error, error, context)
+
+
+def _submit(factory: BrokerClientFactory, action: str) -> Callable[..., None]:
+    """The dispatcher's submit for ``action``'s events, counted when the factory has metrics."""
+    if factory.metrics is None:
+        return factory.dispatcher.submit
+    return factory.metrics.counting(factory.dispatcher.submit, action)
 
 
 def _no_hello(feature: str) -> NotSupportedError:
