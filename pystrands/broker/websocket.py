@@ -140,7 +140,7 @@ class ClientConnection(Protocol):
         self._boundary = FrameBoundary()
         #: Why this client must wait (OPEN): its backend, its rate, or its own writes.
         self._pauses: set[str] = set()
-        #: The transport is paused for ``_pauses`` (at the first read while they stand, see ``dataReceived``).
+        #: The transport is paused for ``_pauses`` (when, see ``_pause``).
         self._not_reading = False
         self._timer: IDelayedCall | None = None
         self._last_heard = 0.0
