@@ -745,7 +745,7 @@ class ClusterBroker(Broker):
             if origin == self.node:
                 self._route(client_id, frame, final)
             elif origin in self.peers:
-                self._take(origin, client_id, frame, final)
+                self._take(origin, client_id, frame, final, _check_event(client_id, final, frame))
 
     def _flush_queue(self) -> None:
         """Events queued while no backend was anywhere: to a node that has one now."""
@@ -761,14 +761,14 @@ class ClusterBroker(Broker):
         line = frame.encode()
         if len(line) > self._event_limit:
             raise ClusterWireError(f"a forwarded event over the backends' line limit ({self._event_limit} bytes)")
-        _check_event(client_id, final, line)
+        context = _check_event(client_id, final, line)
         if self.backends and client_id is not None and not final and client_id not in self._guests.get(origin, {}):
             self._guest_room(origin)
-        self._take(origin, client_id, line, final)
+        self._take(origin, client_id, line, final, context)
 
-    def _take(self, origin: str, client_id: str | None, line: bytes, final: bool) -> None:
-        """An event of a client of ``origin``: to a backend here (the client is ``origin``'s guest here).
-        With none here (the last one left while the event was on its way), on to a node that has one, still
+    def _take(self, origin: str, client_id: str | None, line: bytes, final: bool, context: dict[str, Any]) -> None:
+        """An event of a client of ``origin``: to a backend here (the client is ``origin``'s guest here,
+        with the ``context`` of its latest event: its goodbye if ``origin`` goes). With none here (the last one left while the event was on its way), on to a node that has one, still
         as ``origin``'s client, for that node to give its backends the client's goodbye if ``origin`` goes;
         or held until a node has one."""
         if not self.backends:
@@ -782,8 +782,8 @@ class ClusterBroker(Broker):
             guests = self._guests.setdefault(origin, {})
             if final:
                 guests.pop(client_id, None)
-            elif client_id not in guests:
-                guests[client_id] = {"client_id": client_id}
+            else:
+                guests[client_id] = context
         Broker._route(self, client_id, line, final)
 
     def _guest_room(self, origin: str) -> None:
@@ -942,8 +942,9 @@ _HANDSHAKE = {"headers": dict, "url": str, "remote_addr": str, "query": dict}
 _CLIENT_EVENTS = {wire.NEW_CONNECTION: False, wire.NEW_MESSAGE: False, wire.DISCONNECTED: True}
 
 
-def _check_event(client_id: str | None, final: bool, line: bytes) -> None:
-    """ClusterWireError unless ``line`` is an event a node forwards: one frame line, about ``client_id``.
+def _check_event(client_id: str | None, final: bool, line: bytes) -> dict[str, Any]:
+    """The context of ``line``, an event a node forwards (one frame line, about ``client_id``); else
+    ClusterWireError.
 
     A client's ``new_connection``, ``new_message`` (with its text) or ``disconnected`` (its last),
     whose context names that client; or, about no client, the ``error`` of a handshake refused for want
@@ -962,13 +963,14 @@ def _check_event(client_id: str | None, final: bool, line: bytes) -> None:
     if client_id is None:
         if frame.action != wire.ERROR or not final:
             raise ClusterWireError("a forwarded event about no client that is not a refused handshake's error")
-        return
+        return context
     if _CLIENT_EVENTS.get(frame.action) is not final:
         raise ClusterWireError(f"a forwarded {frame.action!r} event that is not a client's (or final wrongly)")
     if context.get("client_id") != client_id:
         raise ClusterWireError("a forwarded event whose context is about another client")
     if frame.action == wire.NEW_MESSAGE and not isinstance(params.get("message"), str):
         raise ClusterWireError("a forwarded new_message without its text")
+    return context
 
 
 #: What to do with each kind of cluster message: (broker, channel, origin, *fields).

@@ -256,7 +256,7 @@ def test_an_event_on_its_way_to_a_node_whose_last_backend_leaves_goes_on_to_anot
     redis.run()
     assert other.events(wire.NEW_MESSAGE) == [(wire.NEW_MESSAGE, "in flight")]
     assert len(b.broker.queue) == 0 and b.broker._forwarded == {}  # relayed, not taken for B's own client
-    assert c.broker._guests == {a.broker.node: {"x": {"client_id": "x"}}}  # still A's client
+    assert {node: list(guests) for node, guests in c.broker._guests.items()} == {a.broker.node: ["x"]}  # A's client
     a.broker.client_message(client, "next")
     b.broker.stop()
     b.broker.shutdown()  # B goes: x, A's client, is not B's to say goodbye for
@@ -281,7 +281,8 @@ def test_an_event_on_its_way_to_the_last_backend_of_the_cluster_waits_there_for_
     later = c.backend()
     redis.run()
     assert later.events(wire.NEW_MESSAGE) == [(wire.NEW_MESSAGE, "in flight")]
-    assert c.broker._guests == {a.broker.node: {"x": {"client_id": "x"}}} and b.broker._forwarded == {}
+    assert {node: list(guests) for node, guests in c.broker._guests.items()} == {a.broker.node: ["x"]}
+    assert b.broker._forwarded == {}
 
 
 def test_a_backend_reaches_clients_of_every_node_once_in_order() -> None:
@@ -394,3 +395,18 @@ def test_a_node_back_on_redis_reads_who_forgot_it_and_asks_for_beats_only_once_s
     answer = done.index((b"PUBLISH", b"test:nodes", cluster_wire.encode("beat", node, 0, True)))
     # Else a forgot note could fall between the read and the subscription, and answers be lost.
     assert subscribed < read < answer
+
+
+def test_the_goodbye_for_a_client_of_a_forgotten_node_has_the_context_of_its_latest_event() -> None:
+    clock, redis, (a, b) = nodes(2)
+    judge = b.backend()
+    redis.run()
+    client = a.connect(admitted(a, judge, "x", redis))
+    judge.reply("join_room", {"client_id": "x", "room_id": "kitchen"}, "j1")
+    redis.run()
+    a.broker.client_message(client, "from the kitchen")
+    redis.run()
+    a.link.cut()
+    passes(clock, redis, 2 * HEARTBEAT)
+    [goodbye] = [frame for frame in judge.frames if frame.action == wire.DISCONNECTED]
+    assert goodbye.params["context"]["rooms"] == ["lobby", "kitchen"]
