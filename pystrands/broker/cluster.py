@@ -768,9 +768,10 @@ class ClusterBroker(Broker):
 
     def _take(self, origin: str, client_id: str | None, line: bytes, final: bool, context: dict[str, Any]) -> None:
         """An event of a client of ``origin``: to a backend here (the client is ``origin``'s guest here,
-        with the ``context`` of its latest event: its goodbye if ``origin`` goes). With none here (the last one left while the event was on its way), on to a node that has one, still
-        as ``origin``'s client, for that node to give its backends the client's goodbye if ``origin`` goes;
-        or held until a node has one."""
+        with the ``context`` of its latest event: its goodbye if ``origin`` goes). With none here (the
+        last one left while the event was on its way), on to a node that has one, still as ``origin``'s
+        client, for that node to give its backends the client's goodbye if ``origin`` goes; or held
+        until a node has one."""
         if not self.backends:
             node = self._target(client_id, origin)
             if node is None:
