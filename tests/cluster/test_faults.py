@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.cluster.support import HEARTBEAT, ClusterBackend, RedisServer, metric, silent, start_node, texts, wait_until
 from tests.demo.support import Launch, OpenWs, open_when_served
@@ -220,3 +221,20 @@ def test_a_forwarded_client_keeps_its_backend_across_a_redis_restart(launch: Lau
         assert (got["params"]["message"], got["params"]["context"]["client_id"]) == (text, on_c_judge)
     with pytest.raises(AssertionError):
         other.wait_for(lambda e: e["action"] == "new_message", timeout=2 * HEARTBEAT)
+
+
+def test_a_node_whose_claim_another_node_took_closes_its_client_and_leaves_the_claim(launch: Launch,
+                                                                                    redis: RedisServer,
+                                                                                    open_ws: OpenWs) -> None:
+    a = start_node(launch, redis, "a")
+    ClusterBackend(a.tcp_port, "a")
+    client = open_when_served(open_ws, f"{a.ws_url}/lobby")
+    wait_until(lambda: redis.command(b"GET", b"test:claim:a-0") != b"$-1", 5, "A to claim a-0")
+    # As if A's claim had expired while it was cut off, and another node had claimed the id since.
+    redis.command(b"SET", b"test:claim:a-0", b"othernode", b"PX", b"60000")
+    with pytest.raises(ConnectionClosed) as closed:
+        client.recv(timeout=3 * HEARTBEAT)  # at A's next renewal (the Lua script)
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "client_id connected on another node")
+    time.sleep(HEARTBEAT)  # A's client gone: its release, then more renewals, ran
+    assert redis.command(b"GET", b"test:claim:a-0") == b"othernode"
