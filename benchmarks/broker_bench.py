@@ -256,17 +256,18 @@ def profile(kind: str, clients: int, seconds: float, out: Path, top: int, path: 
     print(f"per delivered message, profiled time ({total / delivered * 1e6:.1f} us in all; cProfile inflates"
           " call-heavy parts)")
     for name, seconds in parts.items():
-        print(f"  {name:58} {seconds / delivered * 1e6:6.1f} us  {seconds / total:5.1%}")
+        print(f"  {name:66} {seconds / delivered * 1e6:6.1f} us  {seconds / total:5.1%}")
 
 
 #: (file ending, function) -> its cumulative time, for the breakdown.
 _FUNCTIONS = {
     "parse": ("websockets/protocol.py", "receive_data"),
-    "simple": ("broker/websocket.py", "simple_frames"),
+    "simple": ("broker/websocket.py", "simple_messages"),
     "ws_read": ("broker/websocket.py", "dataReceived"),
     "assemble": ("broker/guards.py", "add"),
     "client_message": ("broker/router.py", "client_message"),
     "encode": ("pystrands/wire.py", "encode_frame"),
+    "encode_event": ("pystrands/wire.py", "new_message_frame"),
     "backend_send": ("broker/backends.py", "send"),
     "backend_read": ("broker/backends.py", "dataReceived"),
     "backend_frame": ("broker/router.py", "backend_frame"),
@@ -286,13 +287,14 @@ def breakdown(stats: pstats.Stats) -> dict[str, float]:
             if function == name and path.endswith(ending):
                 found[key] += row[3]
     parse = found["parse"] + found["simple"]
+    encode = found["encode"] + found["encode_event"]
     ws_dispatch = found["ws_read"] - parse - found["client_message"] - found["assemble"]
     parts = {
-        "WebSocket frame parse and unmask (simple_frames, websockets)": parse,
-        "UTF-8 check and message assembly": found["assemble"],
+        "WebSocket frame parse, unmask, UTF-8 (simple_messages, websockets)": parse,
+        "message assembly of fragments (websockets' path only)": found["assemble"],
         "routing a client message (router, minus encode and write)":
-            found["client_message"] - found["encode"] - found["backend_send"],
-        "JSON encode of the event (wire.encode_frame)": found["encode"],
+            found["client_message"] - encode - found["backend_send"],
+        "JSON encode of the event (wire.new_message_frame, encode_frame)": encode,
         "backend write (outbox, transport.write)": found["backend_send"],
         "backend reply parse (line split, JSON decode, checks)": found["backend_read"] - found["backend_frame"],
         "routing a backend reply (router, minus the client write)": found["backend_frame"] - found["send_text"],
