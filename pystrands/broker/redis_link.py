@@ -222,8 +222,8 @@ class RedisLink:
         a stalled Redis (connected, silent) is reported and reconnected to as a lost one is."""
         for connection in (self._commands.connection, self._subscriber.connection):
             if connection is not None:
-                cut = self._reactor.callLater(timeout, connection.transport.abortConnection)
-                connection.execute_command(b"PING", apply_timeout=False).addBoth(_cancel, cut)
+                cut = _Cut(self._reactor, timeout, connection.transport)
+                connection.execute_command(b"PING", apply_timeout=False).addBoth(cut.call_off)
 
     def fire(self, *args: bytes | int | str) -> None:
         """Run a command whose outcome does not matter (skipped while Redis is unreachable)."""
@@ -306,10 +306,26 @@ class RedisLink:
             self._on_state(False, why)
 
 
-def _cancel(result: object, call: Any) -> None:
-    """An answer in time: the cut it would have got is called off."""
-    if call.active():
-        call.cancel()
+class _Cut:
+    """Cuts a connection ``timeout`` seconds from now unless called off (by its answer) first.
+
+    Decided one reactor turn after the timer fires: when this process was blocked (a long callback),
+    the overdue timers run before the sockets are read, and an answer that came meanwhile must be
+    read first.
+    """
+
+    def __init__(self, reactor: Any, timeout: float, transport: Any) -> None:
+        self._reactor = reactor
+        self._transport = transport
+        self._call: Any = reactor.callLater(timeout, self._decide)
+
+    def _decide(self) -> None:
+        self._call = self._reactor.callLater(0, self._transport.abortConnection)
+
+    def call_off(self, result: object) -> None:
+        """An answer (or the connection's loss): no cut."""
+        if self._call.active():
+            self._call.cancel()
 
 
 def _endpoint(reactor: Any, address: RedisAddress) -> IStreamClientEndpoint:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import time
 
 import pytest
 import pytest_twisted
@@ -140,4 +142,46 @@ async def test_claims_are_renewed_and_released_only_by_their_owner_through_the_l
         assert await mine.release("x")
         assert await link.command(b"GET", key("x")) is None
     finally:
+        await link.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_that_came_while_this_process_was_blocked_saves_the_connection(redis: RedisServer) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.task import deferLater
+
+    assert redis.process is not None
+    pid = redis.process.pid
+
+    class Stall(Protocol):
+        """Blocks the reactor in a read, as a long callback does, while Redis answers."""
+
+        def dataReceived(self, data: bytes) -> None:
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.6)  # past the probe's deadline: the cut is overdue before Redis' answer is read
+
+    states: list[bool] = []
+    up: Deferred[None] = Deferred()
+
+    def state(ok: bool, why: str) -> None:
+        states.append(ok)
+        if ok and not up.called:
+            up.callback(None)
+
+    link = RedisLink(reactor, parse_redis_url(redis.url), lambda channel, payload: None, state, max_delay=1.0)
+    link.start()
+    await up
+    stalling = reactor.listenTCP(0, Factory.forProtocol(Stall), interface="127.0.0.1")
+    os.kill(pid, signal.SIGSTOP)  # the PONGs wait ...
+    try:
+        link.probe(0.3)
+        await deferLater(reactor, 0.1, lambda: None)  # the PINGs are written
+        with socket.create_connection(("127.0.0.1", stalling.getHost().port)) as trigger:
+            trigger.sendall(b"x")  # ... and come while the reactor is blocked in reading this
+            await deferLater(reactor, 1.0, lambda: None)
+        assert states == [True] and link.up
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        await stalling.stopListening()
         await link.stop()
