@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import sys
 import uuid
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -697,7 +698,9 @@ class ClusterBroker(Broker):
         nodes = [node for node in self.peers.with_backends() if node != origin]
         if not nodes:
             return None
-        return nodes[hash(client_id) % len(nodes)]
+        # The same choice on every node (hash() of a str differs between processes): a node relaying an
+        # event of another node's client picks the node that the client's own node picks next.
+        return nodes[zlib.crc32((client_id or "").encode()) % len(nodes)]
 
     def _route(self, client_id: str | None, frame: bytes, final: bool) -> BackendLink | None:
         """A client's event: to the node its events go to (sticky; held while that node is unconfirmed or

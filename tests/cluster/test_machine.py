@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -410,3 +414,24 @@ def test_the_goodbye_for_a_client_of_a_forgotten_node_has_the_context_of_its_lat
     passes(clock, redis, 2 * HEARTBEAT)
     [goodbye] = [frame for frame in judge.frames if frame.action == wire.DISCONNECTED]
     assert goodbye.params["context"]["rooms"] == ["lobby", "kitchen"]
+
+
+CHOICES = """
+from twisted.internet.task import Clock
+from tests.cluster.memory import MemoryRedis, Node
+node = Node(MemoryRedis(Clock()))
+node.link.up = True
+for peer in ("n1", "n2", "n3"):
+    node.broker.peers.heard(peer, 1)
+print([node.broker._target(f"c{number}") for number in range(40)])
+"""
+
+
+def test_every_node_picks_the_same_node_with_a_backend_for_a_client() -> None:
+    """Else an event relayed by a node that lost its last backend and the client's next events, sent by
+    its own node, reach two different nodes' backends."""
+    picks = {subprocess.run([sys.executable, "-c", CHOICES], env={**os.environ, "PYTHONHASHSEED": seed},
+                            cwd=Path(__file__).parents[2], capture_output=True, text=True, check=True,
+                            timeout=60).stdout
+             for seed in ("1", "2")}
+    assert len(picks) == 1
