@@ -875,7 +875,9 @@ class ClusterBroker(Broker):
         self._guests.setdefault(origin, {})[client_id] = admission.context
         published = self._publish(self.channels.node(origin), cluster_wire.encode(
             "verdict", self.node, request_id, 200, "", client_id, admission.room_id, admission.metadata))
-        if published is not None:
+        if published is None:  # Redis unreachable: ``origin`` will not hear it
+            self._drop_guest(origin, client_id)
+        else:
             published.addCallback(self._verdict_heard, origin, client_id)
 
     def _verdict_heard(self, count: int | None, origin: str, client_id: str) -> None:

@@ -435,3 +435,14 @@ def test_every_node_picks_the_same_node_with_a_backend_for_a_client() -> None:
                             timeout=60).stdout
              for seed in ("1", "2")}
     assert len(picks) == 1
+
+
+def test_a_verdict_that_cannot_be_published_leaves_no_guest_and_no_load() -> None:
+    _, redis, (a, b) = nodes(2, auth_timeout=10.0)
+    judge = b.backend()
+    redis.run()
+    a.handshake()
+    redis.run()
+    b.link.cut()  # B loses Redis while its backend judges
+    judge.accept(judge.requests()[-1], "unsaid")
+    assert not b.broker._guests.get(a.broker.node) and judge.load == 0
