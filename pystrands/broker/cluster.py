@@ -690,12 +690,11 @@ class ClusterBroker(Broker):
 
     # -- events of clients here, for backends of other nodes ---------------------------------
 
-    def _target(self, client_id: str | None, origin: str | None = None) -> str | None:
-        """The node whose backends get this client's events, if not this one (nor ``origin``, the node
-        that holds the client, when this one relays them)."""
+    def _target(self, client_id: str | None) -> str | None:
+        """The node whose backends get this client's events, if not this one."""
         if self.backends or not self.link.up:
             return None
-        nodes = [node for node in self.peers.with_backends() if node != origin]
+        nodes = self.peers.with_backends()
         if not nodes:
             return None
         # The same choice on every node (hash() of a str differs between processes): a node relaying an
@@ -774,9 +773,13 @@ class ClusterBroker(Broker):
         with the ``context`` of its latest event: its goodbye if ``origin`` goes). With none here (the
         last one left while the event was on its way), on to a node that has one, still as ``origin``'s
         client, for that node to give its backends the client's goodbye if ``origin`` goes; or held
-        until a node has one."""
+        until a node has one. Lost (counted) if ``origin`` has a backend now: it serves its client's
+        next events itself, and this one would leave the client on another node's books."""
         if not self.backends:
-            node = self._target(client_id, origin)
+            if self.peers.backends(origin):
+                self._unpublished()
+                return
+            node = self._target(client_id)
             if node is None:
                 self._hold(origin, client_id, line, final)
             else:

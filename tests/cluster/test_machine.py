@@ -446,3 +446,20 @@ def test_a_verdict_that_cannot_be_published_leaves_no_guest_and_no_load() -> Non
     b.link.cut()  # B loses Redis while its backend judges
     judge.accept(judge.requests()[-1], "unsaid")
     assert not b.broker._guests.get(a.broker.node) and judge.load == 0
+
+
+def test_an_event_on_its_way_to_a_node_whose_last_backend_leaves_is_not_relayed_once_its_own_node_has_one() -> None:
+    _, redis, (a, b, c) = nodes(3)
+    judge = b.backend()
+    redis.run()
+    client = a.connect(admitted(a, judge, "x", redis))
+    other, own = c.backend(), a.backend()  # A serves its new clients itself now; x stays with B
+    redis.run()
+    a.broker.client_message(client, "in flight")
+    b.broker.backend_lost(judge)
+    redis.run()
+    assert other.events(wire.NEW_MESSAGE) == [] and not c.broker._guests.get(a.broker.node)  # no stray guest
+    assert b.broker.metrics.cluster_unpublished == 1 and len(b.broker._held) == 0  # lost, counted
+    a.broker.client_message(client, "next")
+    redis.run()
+    assert own.events(wire.NEW_MESSAGE) == [(wire.NEW_MESSAGE, "next")]  # where A sends x's events now
