@@ -191,12 +191,17 @@ def new_message_frame(message: str, context: bytes) -> bytes:
     """A ``new_message`` event, ``context`` given already encoded as JSON: the bytes of
     ``encode_frame(NEW_MESSAGE, {"message": message, "context": ...})``, without building and encoding
     the context again for each message (the broker keeps each client's encoded)."""
-    try:
-        encoded = orjson.dumps(message)
-    except orjson.JSONEncodeError as exc:
-        raise TypeError(f"{NEW_MESSAGE} frame cannot be encoded as JSON: {exc}") from None
     return b'{"request_id":"s%d","action":"new_message","params":{"message":%b,"context":%b}}\n' % (
-        next(_send_ids), encoded, context)
+        next(_send_ids), _json_string(NEW_MESSAGE, message), context)
+
+
+def _json_string(action: str, value: str) -> bytes:
+    """``value`` as a JSON string, for frames written without building and encoding a dict each time;
+    TypeError as from ``encode_frame`` for a string JSON cannot carry (a lone surrogate)."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise TypeError(f"{action} frame cannot be encoded as JSON: {exc}") from None
 
 
 def _require_str(name: str, value: object) -> None:
@@ -220,20 +225,24 @@ def room_message_frame(room_id: str, message: str) -> bytes:
     """A message for every client in ``room_id``."""
     _require_str("room_id", room_id)
     _require_str("message", message)
-    return encode_frame(MESSAGE_TO_ROOM, {"room_id": room_id, "message": message})
+    return b'{"request_id":"s%d","action":"message_to_room","params":{"room_id":%b,"message":%b}}\n' % (
+        next(_send_ids), _json_string(MESSAGE_TO_ROOM, room_id), _json_string(MESSAGE_TO_ROOM, message))
 
 
 def private_message_frame(client_id: str, message: str) -> bytes:
     """A message for the one client ``client_id``."""
     _require_str("client_id", client_id)
     _require_str("message", message)
-    return encode_frame(MESSAGE_TO_CONNECTION, {"conn_id": client_id, "message": message})
+    return b'{"request_id":"s%d","action":"message_to_connection","params":{"conn_id":%b,"message":%b}}\n' % (
+        next(_send_ids), _json_string(MESSAGE_TO_CONNECTION, client_id),
+        _json_string(MESSAGE_TO_CONNECTION, message))
 
 
 def broadcast_frame(message: str) -> bytes:
     """A message for every connected client."""
     _require_str("message", message)
-    return encode_frame(BROADCAST, {"message": message})
+    return b'{"request_id":"s%d","action":"broadcast","params":{"message":%b}}\n' % (
+        next(_send_ids), _json_string(BROADCAST, message))
 
 
 def auth_frame(token: str) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import orjson
 import pytest
@@ -94,6 +95,33 @@ def test_new_message_frame_is_the_encoded_event_with_the_context_spliced_in(mess
 def test_new_message_frame_refuses_what_json_cannot_carry() -> None:
     with pytest.raises(TypeError, match="new_message frame cannot be encoded"):
         wire.new_message_frame("lone \ud800 surrogate", b"{}")
+
+
+#: The sends written without encoding a dict: (builder, action, the params it stands for).
+STRING_SENDS = [
+    (lambda a, b: wire.room_message_frame(a, b), wire.MESSAGE_TO_ROOM, lambda a, b: {"room_id": a, "message": b}),
+    (lambda a, b: wire.private_message_frame(a, b), wire.MESSAGE_TO_CONNECTION,
+     lambda a, b: {"conn_id": a, "message": b}),
+    (lambda a, b: wire.broadcast_frame(b), wire.BROADCAST, lambda a, b: {"message": b}),
+]
+
+
+@given(st.text(), st.text())
+def test_sends_are_byte_for_byte_the_encoded_frame(first: str, second: str) -> None:
+    for build, action, params in STRING_SENDS:
+        frame = build(first, second)
+        request_id = json.loads(frame)["request_id"]
+        assert frame == wire.encode_frame(action, params(first, second), request_id)
+        assert request_id != json.loads(build(first, second))["request_id"]
+
+
+@pytest.mark.parametrize(("build", "action", "params"), STRING_SENDS)
+def test_sends_refuse_what_json_cannot_carry_naming_the_action(build: Any, action: str, params: Any) -> None:
+    with pytest.raises(TypeError, match=f"{action} frame cannot be encoded"):
+        build("room", "lone \ud800 surrogate")
+    if action != wire.BROADCAST:
+        with pytest.raises(TypeError, match=f"{action} frame cannot be encoded"):
+            build("lone \udfff", "fine")
 
 
 def test_builders_match_the_transcript_frames() -> None:
