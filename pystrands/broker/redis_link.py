@@ -30,7 +30,7 @@ from .outbox import send_at_once
 from .reconnect import Backoff, Reconnector
 from .redis_url import RedisAddress
 
-__all__ = ["CLOSE_TIMEOUT", "WAITING_LIMIT", "Link", "LinkFactory", "RedisLink"]
+__all__ = ["CLOSE_TIMEOUT", "WAITING_LIMIT", "Link", "LinkFactory", "RedisLink", "Subscriptions"]
 
 log = Logger()
 
@@ -135,6 +135,66 @@ class _Factory(Factory[Any]):
         self._link.refused(why)
 
 
+class Subscriptions:
+    """The channels a link keeps subscribed across reconnections, and who waits for Redis to confirm them.
+
+    A link's bookkeeping apart from its connection, so that every link (the
+    tests' in-memory one too) keeps it alike. ``send(command, channel)`` sends
+    one SUBSCRIBE or UNSUBSCRIBE, False when no connection takes it; the link
+    calls :meth:`answered` once Redis has answered one it sent (or the
+    connection that carried it is lost).
+    """
+
+    def __init__(self, send: Callable[[bytes, bytes], bool]) -> None:
+        self._send = send
+        self._wanted: set[bytes] = set()
+        self._in_flight = 0
+        self._settling: list[Deferred[None]] = []
+
+    def watch(self, channel: bytes) -> None:
+        """Be subscribed to ``channel`` from now on, across reconnections."""
+        if channel not in self._wanted:
+            self._wanted.add(channel)
+            self._request(b"SUBSCRIBE", channel)
+
+    def unwatch(self, channel: bytes) -> None:
+        """No longer be subscribed to ``channel``."""
+        if channel in self._wanted:
+            self._wanted.discard(channel)
+            self._request(b"UNSUBSCRIBE", channel)
+
+    def watching(self, channel: bytes) -> bool:
+        """True if ``channel`` is one of the subscriptions."""
+        return channel in self._wanted
+
+    def resubscribe(self) -> None:
+        """A new connection: subscribe to every channel again (sorted, so that the order is repeatable)."""
+        for channel in sorted(self._wanted):
+            self._request(b"SUBSCRIBE", channel)
+
+    def settled(self) -> Deferred[None]:
+        """Fires once Redis has answered every (un)subscription sent so far (at once if none waits)."""
+        if not self._in_flight:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._settling.append(waiter)
+        return waiter
+
+    def answered(self, result: object = None) -> object:
+        """One (un)subscription answered, or lost with its connection; ``result`` passes through."""
+        self._in_flight -= 1
+        if not self._in_flight:
+            waiters, self._settling = self._settling, []
+            for waiter in waiters:
+                waiter.callback(None)
+        return result
+
+    def _request(self, command: bytes, channel: bytes) -> None:
+        self._in_flight += 1  # counted first: an answer may come back at once (a connection already lost)
+        if not self._send(command, channel):
+            self.answered()
+
+
 class RedisLink:
     """Two connections to one Redis, kept up until :meth:`stop`.
 
@@ -148,11 +208,9 @@ class RedisLink:
         self.address = address
         self.on_message = on_message
         self._on_state = on_state
-        self._wanted: set[bytes] = set()
-        self._in_flight = 0
+        self.subscriptions = Subscriptions(self._subscribe)
         #: Bytes of the commands sent and not answered yet.
         self._waiting = 0
-        self._settling: list[Deferred[None]] = []
         self._reactor = reactor
         endpoint = _endpoint(reactor, address)
         commands, subscriber = _protocols()
@@ -239,42 +297,27 @@ class RedisLink:
 
     def watch(self, channel: bytes) -> None:
         """Be subscribed to ``channel`` from now on, across reconnections."""
-        if channel not in self._wanted:
-            self._wanted.add(channel)
-            self._send(b"SUBSCRIBE", channel)
+        self.subscriptions.watch(channel)
 
     def unwatch(self, channel: bytes) -> None:
         """No longer be subscribed to ``channel``."""
-        if channel in self._wanted:
-            self._wanted.discard(channel)
-            self._send(b"UNSUBSCRIBE", channel)
+        self.subscriptions.unwatch(channel)
 
     def watching(self, channel: bytes) -> bool:
         """True if ``channel`` is one of the subscriptions."""
-        return channel in self._wanted
+        return self.subscriptions.watching(channel)
 
     def settled(self) -> Deferred[None]:
         """Fires once Redis has answered every (un)subscription sent so far (at once if none waits)."""
-        if not self._in_flight:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._settling.append(waiter)
-        return waiter
+        return self.subscriptions.settled()
 
-    def _send(self, command: bytes, channel: bytes) -> None:
+    def _subscribe(self, command: bytes, channel: bytes) -> bool:
         # One channel per command: txredisapi pairs one reply with each command.
         connection = self._subscriber.connection
-        if connection is not None:
-            self._in_flight += 1
-            connection.execute_command(command, channel, apply_timeout=False).addBoth(self._answered)
-
-    def _answered(self, _: object) -> None:
-        """A (un)subscription answered, or lost with its connection."""
-        self._in_flight -= 1
-        if not self._in_flight:
-            waiters, self._settling = self._settling, []
-            for waiter in waiters:
-                waiter.callback(None)
+        if connection is None:
+            return False
+        connection.execute_command(command, channel, apply_timeout=False).addBoth(self.subscriptions.answered)
+        return True
 
     # -- connection states --------------------------------------------------------
 
@@ -282,8 +325,7 @@ class RedisLink:
         self._check_up()
 
     def _subscriber_up(self, connection: Any) -> None:
-        for channel in sorted(self._wanted):
-            self._send(b"SUBSCRIBE", channel)
+        self.subscriptions.resubscribe()
         self._check_up()
 
     def _check_up(self) -> None:

@@ -24,6 +24,7 @@ from pystrands import wire
 from pystrands.broker import claims
 from pystrands.broker.cluster import ClusterBroker
 from pystrands.broker.config import BrokerConfig
+from pystrands.broker.redis_link import Subscriptions
 from pystrands.broker.redis_url import RedisAddress
 from pystrands.broker.router import Admission, Handshake
 
@@ -142,9 +143,9 @@ class MemoryLink:
         self.on_message = on_message
         self._on_state = on_state
         self.up = False
-        self._wanted: set[bytes] = set()
-        self._in_flight = 0
-        self._settling: list[Deferred[None]] = []
+        self.subscriptions = Subscriptions(self._subscribe)
+        #: While the node is told it is connected: the subscriptions, carried out after what it sends.
+        self._held: list[Callable[[], None]] | None = None
         #: Which connection is up: work sent on an earlier one fails, as on a lost connection.
         self._connection = itertools.count()
         self._current = -1
@@ -173,11 +174,12 @@ class MemoryLink:
         two connections allow)."""
         self._current = next(self._connection)
         self.up = True
-        channels = sorted(self._wanted)
-        self._in_flight += len(channels)
+        held = self._held = []
+        self.subscriptions.resubscribe()
+        self._held = None
         self._on_state(True, "")
-        for channel in channels:
-            self.redis.later(self._subscription(b"SUBSCRIBE", channel))
+        for work in held:
+            self.redis.later(work)
 
     def command(self, *args: bytes | int | str) -> Deferred[Any] | None:
         if not self.up:
@@ -210,32 +212,22 @@ class MemoryLink:
         """A memory Redis never stalls: nothing to find."""
 
     def watch(self, channel: bytes) -> None:
-        if channel not in self._wanted:
-            self._wanted.add(channel)
-            self._send(b"SUBSCRIBE", channel)
+        self.subscriptions.watch(channel)
 
     def unwatch(self, channel: bytes) -> None:
-        if channel in self._wanted:
-            self._wanted.discard(channel)
-            self._send(b"UNSUBSCRIBE", channel)
+        self.subscriptions.unwatch(channel)
 
     def watching(self, channel: bytes) -> bool:
-        return channel in self._wanted
+        return self.subscriptions.watching(channel)
 
     def settled(self) -> Deferred[None]:
-        if not self._in_flight:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._settling.append(waiter)
-        return waiter
+        return self.subscriptions.settled()
 
-    def _send(self, command: bytes, channel: bytes) -> None:
-        if self.up:
-            self._in_flight += 1
-            self.redis.later(self._subscription(command, channel))
+    def _subscribe(self, command: bytes, channel: bytes) -> bool:
+        """Redis carries out a (un)subscription in turn (logged as a command, to check the order of things)."""
+        if not self.up:
+            return False
 
-    def _subscription(self, command: bytes, channel: bytes) -> Callable[[], None]:
-        """Redis carrying out a (un)subscription (logged as a command, to check the order of things)."""
         def carry_out() -> None:
             self.redis.log.append((command, channel))
             links = self.redis.subscribers.setdefault(channel, set())
@@ -243,13 +235,13 @@ class MemoryLink:
                 links.add(self)
             else:
                 links.discard(self)
-            self._in_flight -= 1
-            if not self._in_flight:
-                waiters, self._settling = self._settling, []
-                for waiter in waiters:
-                    waiter.callback(None)
+            self.subscriptions.answered()
 
-        return carry_out
+        if self._held is not None:
+            self._held.append(carry_out)
+        else:
+            self.redis.later(carry_out)
+        return True
 
     def deliver(self, channel: bytes, payload: bytes) -> None:
         if self.up and self in self.redis.subscribers.get(channel, ()):

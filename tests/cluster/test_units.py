@@ -21,7 +21,7 @@ from pystrands.broker.cluster_wire import KINDS, ClusterWireError, decode, encod
 from pystrands.broker.config import BrokerConfig
 from pystrands.broker.peers import Peers
 from pystrands.broker.reconnect import Backoff, Reconnector
-from pystrands.broker.redis_link import RedisLink
+from pystrands.broker.redis_link import RedisLink, Subscriptions
 from pystrands.broker.redis_url import RedisAddress, parse_redis_url
 from pystrands.settings import BackendSettings
 
@@ -316,3 +316,32 @@ def test_a_link_reports_an_outage_and_a_refused_login_once_each_until_connected(
     finally:
         globalLogPublisher.removeObserver(reports)
         link.stop()
+
+
+def test_subscriptions_are_kept_once_each_and_settle_when_every_request_is_answered() -> None:
+    sent: list[tuple[bytes, bytes]] = []
+    connected = [True]
+
+    def send(command: bytes, channel: bytes) -> bool:
+        if connected[0]:
+            sent.append((command, channel))
+        return connected[0]
+
+    book = Subscriptions(send)
+    book.watch(b"b")
+    book.watch(b"a")
+    book.watch(b"a")  # kept once, asked once
+    assert sent == [(b"SUBSCRIBE", b"b"), (b"SUBSCRIBE", b"a")] and book.watching(b"a")
+    settled = book.settled()
+    book.answered()
+    assert not settled.called  # one answer still to come
+    assert book.answered("passed through") == "passed through"
+    assert settled.called and book.settled().called  # nothing waits: at once
+    connected[0] = False
+    book.unwatch(b"b")  # no connection: not sent, nothing to wait for, and no longer wanted
+    assert book.settled().called and not book.watching(b"b")
+    connected[0] = True
+    sent.clear()
+    book.watch(b"c")
+    book.resubscribe()  # a new connection: everything wanted, in order
+    assert sent == [(b"SUBSCRIBE", b"c"), (b"SUBSCRIBE", b"a"), (b"SUBSCRIBE", b"c")]
