@@ -30,7 +30,7 @@ from .outbox import send_at_once
 from .reconnect import Backoff, Reconnector
 from .redis_url import RedisAddress
 
-__all__ = ["CLOSE_TIMEOUT", "WAITING_LIMIT", "Link", "LinkFactory", "RedisLink", "Subscriptions"]
+__all__ = ["CLOSE_TIMEOUT", "WAITING_LIMIT", "Link", "LinkFactory", "RedisLink", "SubscribingLink", "Subscriptions"]
 
 log = Logger()
 
@@ -195,7 +195,29 @@ class Subscriptions:
             self.answered()
 
 
-class RedisLink:
+class SubscribingLink:
+    """The subscription calls of a link, answered by its :class:`Subscriptions`."""
+
+    subscriptions: Subscriptions
+
+    def watch(self, channel: bytes) -> None:
+        """Be subscribed to ``channel`` from now on, across reconnections."""
+        self.subscriptions.watch(channel)
+
+    def unwatch(self, channel: bytes) -> None:
+        """No longer be subscribed to ``channel``."""
+        self.subscriptions.unwatch(channel)
+
+    def watching(self, channel: bytes) -> bool:
+        """True if ``channel`` is one of the subscriptions."""
+        return self.subscriptions.watching(channel)
+
+    def settled(self) -> Deferred[None]:
+        """Fires once Redis has answered every (un)subscription sent so far (at once if none waits)."""
+        return self.subscriptions.settled()
+
+
+class RedisLink(SubscribingLink):
     """Two connections to one Redis, kept up until :meth:`stop`.
 
     ``on_message(channel, payload)`` gets every message of the subscribed
@@ -294,22 +316,6 @@ class RedisLink:
         return self.command(b"PUBLISH", channel, payload)
 
     # -- subscriptions ------------------------------------------------------------
-
-    def watch(self, channel: bytes) -> None:
-        """Be subscribed to ``channel`` from now on, across reconnections."""
-        self.subscriptions.watch(channel)
-
-    def unwatch(self, channel: bytes) -> None:
-        """No longer be subscribed to ``channel``."""
-        self.subscriptions.unwatch(channel)
-
-    def watching(self, channel: bytes) -> bool:
-        """True if ``channel`` is one of the subscriptions."""
-        return self.subscriptions.watching(channel)
-
-    def settled(self) -> Deferred[None]:
-        """Fires once Redis has answered every (un)subscription sent so far (at once if none waits)."""
-        return self.subscriptions.settled()
 
     def _subscribe(self, command: bytes, channel: bytes) -> bool:
         # One channel per command: txredisapi pairs one reply with each command.

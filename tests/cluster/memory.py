@@ -24,7 +24,7 @@ from pystrands import wire
 from pystrands.broker import claims
 from pystrands.broker.cluster import ClusterBroker
 from pystrands.broker.config import BrokerConfig
-from pystrands.broker.redis_link import Subscriptions
+from pystrands.broker.redis_link import SubscribingLink, Subscriptions
 from pystrands.broker.redis_url import RedisAddress
 from pystrands.broker.router import Admission, Handshake
 
@@ -133,7 +133,7 @@ class MemoryRedis:
         raise ValueError(f"the memory Redis does not know the script {script!r}")
 
 
-class MemoryLink:
+class MemoryLink(SubscribingLink):
     """The link of one node to a :class:`MemoryRedis`: the face of ``RedisLink``, in memory."""
 
     def __init__(self, redis: MemoryRedis, address: RedisAddress, on_message: Callable[[bytes, bytes], None],
@@ -210,18 +210,6 @@ class MemoryLink:
 
     def probe(self, timeout: float) -> None:
         """A memory Redis never stalls: nothing to find."""
-
-    def watch(self, channel: bytes) -> None:
-        self.subscriptions.watch(channel)
-
-    def unwatch(self, channel: bytes) -> None:
-        self.subscriptions.unwatch(channel)
-
-    def watching(self, channel: bytes) -> bool:
-        return self.subscriptions.watching(channel)
-
-    def settled(self) -> Deferred[None]:
-        return self.subscriptions.settled()
 
     def _subscribe(self, command: bytes, channel: bytes) -> bool:
         """Redis carries out a (un)subscription in turn (logged as a command, to check the order of things)."""

@@ -18,14 +18,24 @@ from pystrands.broker.redis_url import parse_redis_url
 from tests.cluster.support import RedisServer
 
 
-async def _linked(server: RedisServer, received: list[tuple[bytes, bytes]]) -> RedisLink:
-    """A link subscribed to ``chan``, once both its connections are up and the subscription answered."""
+async def _linked(server: RedisServer, received: list[tuple[bytes, bytes]], states: list[bool] | None = None,
+                  channel: bytes | None = b"chan") -> RedisLink:
+    """A link subscribed to ``channel`` (if any), once both its connections are up and the subscription
+    answered; what it receives goes to ``received``, each state it reports (up or not) to ``states``."""
     from twisted.internet import reactor
 
     up: Deferred[None] = Deferred()
+
+    def state(ok: bool, why: str) -> None:
+        if states is not None:
+            states.append(ok)
+        if ok and not up.called:
+            up.callback(None)
+
     link = RedisLink(reactor, parse_redis_url(server.url), lambda channel, payload: received.append((channel, payload)),
-                     lambda ok, why: up.callback(None) if ok and not up.called else None, max_delay=1.0)
-    link.watch(b"chan")
+                     state, max_delay=1.0)
+    if channel is not None:
+        link.watch(channel)
     link.start()
     await up
     await link.settled()
@@ -94,16 +104,7 @@ async def test_a_stalled_redis_is_found_by_the_probe_and_its_connections_cut(red
     from twisted.internet.task import deferLater
 
     states: list[bool] = []
-    up: Deferred[None] = Deferred()
-
-    def state(ok: bool, why: str) -> None:
-        states.append(ok)
-        if ok and not up.called:
-            up.callback(None)
-
-    link = RedisLink(reactor, parse_redis_url(redis.url), lambda channel, payload: None, state, max_delay=1.0)
-    link.start()
-    await up
+    link = await _linked(redis, [], states, channel=None)
     assert redis.process is not None
     os.kill(redis.process.pid, signal.SIGSTOP)
     try:
@@ -162,16 +163,7 @@ async def test_an_answer_that_came_while_this_process_was_blocked_saves_the_conn
             time.sleep(0.6)  # past the probe's deadline: the cut is overdue before Redis' answer is read
 
     states: list[bool] = []
-    up: Deferred[None] = Deferred()
-
-    def state(ok: bool, why: str) -> None:
-        states.append(ok)
-        if ok and not up.called:
-            up.callback(None)
-
-    link = RedisLink(reactor, parse_redis_url(redis.url), lambda channel, payload: None, state, max_delay=1.0)
-    link.start()
-    await up
+    link = await _linked(redis, [], states, channel=None)
     stalling = reactor.listenTCP(0, Factory.forProtocol(Stall), interface="127.0.0.1")
     os.kill(pid, signal.SIGSTOP)  # the PONGs wait ...
     try:

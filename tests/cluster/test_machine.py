@@ -123,8 +123,10 @@ def test_guests_of_one_origin_are_bounded_and_handshakes_come_only_from_known_no
     assert backend.requests() == [] and a.broker.metrics.cluster_rejected == 2
 
 
-def test_a_forwarded_client_keeps_its_node_across_a_redis_restart() -> None:
-    _, redis, (a, b, c) = nodes(3)
+def forwarded_through_a_redis_restart() -> tuple[Clock, MemoryRedis, list[Node], Any, MemoryBackend, MemoryBackend]:
+    """Client ``x`` of node A forwarded to B's backend (``judge``), C with a backend too (``other``); then
+    Redis restarted without persistence, and A and C connected again while B is not heard yet."""
+    clock, redis, (a, b, c) = nodes(3)
     judge = b.backend()
     redis.run()
     client = a.connect(admitted(a, judge, "x", redis))
@@ -132,10 +134,15 @@ def test_a_forwarded_client_keeps_its_node_across_a_redis_restart() -> None:
     redis.run()
     for node in (a, b, c):
         node.link.cut()
-    redis.keys.clear()  # restarted without persistence
+    redis.keys.clear()
     a.link.restore()
-    c.link.restore()  # C beats first: B is not heard yet
+    c.link.restore()
     redis.run()
+    return clock, redis, [a, b, c], client, judge, other
+
+
+def test_a_forwarded_client_keeps_its_node_across_a_redis_restart() -> None:
+    _, redis, (a, b, _), client, judge, other = forwarded_through_a_redis_restart()
     assert redis.get(b"test:claim:x") == a.broker.node.encode()  # claimed again
     a.broker.client_message(client, "during")
     redis.run()
@@ -151,17 +158,7 @@ def test_a_forwarded_client_keeps_its_node_across_a_redis_restart() -> None:
 
 
 def test_a_forwarded_client_moves_on_once_its_node_stays_silent_after_a_redis_restart() -> None:
-    clock, redis, (a, b, c) = nodes(3)
-    judge = b.backend()
-    redis.run()
-    client = a.connect(admitted(a, judge, "x", redis))
-    other = c.backend()
-    redis.run()
-    for node in (a, b, c):
-        node.link.cut()
-    a.link.restore()
-    c.link.restore()
-    redis.run()
+    clock, redis, (a, _, _), client, _, other = forwarded_through_a_redis_restart()
     a.broker.client_message(client, "held")
     a.broker.client_message(client, "held too")
     redis.run()
