@@ -30,7 +30,7 @@ from .outbox import send_at_once
 from .reconnect import Backoff, Reconnector
 from .redis_url import RedisAddress
 
-__all__ = ["CLOSE_TIMEOUT", "WAITING_LIMIT", "Link", "LinkFactory", "RedisLink", "SubscribingLink", "Subscriptions"]
+__all__ = ["CLOSE_TIMEOUT", "WAITING_LIMIT", "Link", "LinkBase", "LinkFactory", "RedisLink", "Subscriptions"]
 
 log = Logger()
 
@@ -195,10 +195,24 @@ class Subscriptions:
             self.answered()
 
 
-class SubscribingLink:
-    """The subscription calls of a link, answered by its :class:`Subscriptions`."""
+class LinkBase:
+    """What every link answers alike from its :meth:`command` and its :class:`Subscriptions`."""
 
     subscriptions: Subscriptions
+
+    def command(self, *args: bytes | int | str) -> Deferred[Any] | None:
+        """Run a Redis command; None (nothing sent) while Redis is unreachable."""
+        raise NotImplementedError
+
+    def fire(self, *args: bytes | int | str) -> None:
+        """Run a command whose outcome does not matter (skipped while Redis is unreachable)."""
+        result = self.command(*args)
+        if result is not None:
+            result.addErrback(lambda _: None)
+
+    def publish(self, channel: bytes, payload: bytes) -> Deferred[int] | None:
+        """PUBLISH; fires with the number of subscribers that got it. None (not sent) while unreachable."""
+        return self.command(b"PUBLISH", channel, payload)
 
     def watch(self, channel: bytes) -> None:
         """Be subscribed to ``channel`` from now on, across reconnections."""
@@ -217,7 +231,7 @@ class SubscribingLink:
         return self.subscriptions.settled()
 
 
-class RedisLink(SubscribingLink):
+class RedisLink(LinkBase):
     """Two connections to one Redis, kept up until :meth:`stop`.
 
     ``on_message(channel, payload)`` gets every message of the subscribed
@@ -304,16 +318,6 @@ class RedisLink(SubscribingLink):
             if connection is not None:
                 cut = _Cut(self._reactor, timeout, connection.transport)
                 connection.execute_command(b"PING", apply_timeout=False).addBoth(cut.call_off)
-
-    def fire(self, *args: bytes | int | str) -> None:
-        """Run a command whose outcome does not matter (skipped while Redis is unreachable)."""
-        result = self.command(*args)
-        if result is not None:
-            result.addErrback(lambda _: None)
-
-    def publish(self, channel: bytes, payload: bytes) -> Deferred[int] | None:
-        """PUBLISH; fires with the number of subscribers that got it. None (not sent) while unreachable."""
-        return self.command(b"PUBLISH", channel, payload)
 
     # -- subscriptions ------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from pystrands import wire
 from pystrands.broker import claims
 from pystrands.broker.cluster import ClusterBroker
 from pystrands.broker.config import BrokerConfig
-from pystrands.broker.redis_link import SubscribingLink, Subscriptions
+from pystrands.broker.redis_link import LinkBase, Subscriptions
 from pystrands.broker.redis_url import RedisAddress
 from pystrands.broker.router import Admission, Handshake
 
@@ -133,7 +133,7 @@ class MemoryRedis:
         raise ValueError(f"the memory Redis does not know the script {script!r}")
 
 
-class MemoryLink(SubscribingLink):
+class MemoryLink(LinkBase):
     """The link of one node to a :class:`MemoryRedis`: the face of ``RedisLink``, in memory."""
 
     def __init__(self, redis: MemoryRedis, address: RedisAddress, on_message: Callable[[bytes, bytes], None],
@@ -196,14 +196,6 @@ class MemoryLink(SubscribingLink):
 
         self.redis.later(carry_out)
         return result
-
-    def fire(self, *args: bytes | int | str) -> None:
-        result = self.command(*args)
-        if result is not None:
-            result.addErrback(lambda _: None)
-
-    def publish(self, channel: bytes, payload: bytes) -> Deferred[int] | None:
-        return self.command(b"PUBLISH", channel, payload)
 
     def script(self, source: bytes, keys: Sequence[bytes], args: Sequence[bytes | int]) -> Deferred[Any] | None:
         return self.command(b"EVAL", source, len(keys), *keys, *args)
