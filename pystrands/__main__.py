@@ -1,7 +1,8 @@
 """``python -m pystrands <command>``: the command line.
 
 Commands: ``server`` runs the embedded broker (the reference package's
-``python -m pystrands server``, without a download). Errors are one line on
+``python -m pystrands server``, without a download); ``worker`` is how a
+``--workers`` supervisor starts each of its workers. Errors are one line on
 stderr and a non-zero exit: 2 for bad usage, 1 for a failure at run time
 (a port in use).
 """
@@ -102,7 +103,30 @@ def print_worker_output(output: WorkerOutput) -> None:
         print(f"[worker {output.number} pid {output.pid}] {line}", file=sys.stderr, flush=True)
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"server": server}
+WORKER_USAGE = "usage: python -m pystrands worker SUPERVISOR_PID [pystrands server options]"
+
+
+def worker(args: list[str]) -> int:
+    """``python -m pystrands worker SUPERVISOR_PID [server options]``: one worker of a ``--workers`` supervisor."""
+    from .broker.workers import SupervisorGone, run_worker
+    from .settings import check_integer
+
+    if not args or not args[0].lstrip("-").isdigit():
+        print(WORKER_USAGE, file=sys.stderr)
+        return 2
+    try:
+        supervisor = check_integer("the supervisor's pid", int(args[0]), minimum=1)
+    except ValueError as exc:
+        print(f"pystrands worker: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return run_worker(supervisor, args[1:])
+    except SupervisorGone as exc:
+        print(f"pystrands worker: {exc}", file=sys.stderr)
+        return 1
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"server": server, "worker": worker}
 
 
 def main(argv: list[str] | None = None) -> int:

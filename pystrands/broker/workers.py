@@ -4,7 +4,7 @@ A supervisor (this module, an ``IService``) holds the WebSocket and backend
 ports bound with ``SO_REUSEPORT`` (bound, not listening: it takes no
 connection, but no other program can take the ports while workers restart,
 and port 0 becomes one port for all), then starts each worker as
-``python -m pystrands.broker.workers SUPERVISOR_PID <the same options>``: an ordinary
+``python -m pystrands worker SUPERVISOR_PID <the same options>``: an ordinary
 ``pystrands server`` that listens on those ports through the
 ``pystrands-reuseport`` endpoint (:mod:`~pystrands.broker.reuseport`), so
 the kernel spreads new connections over the workers. The workers meet as
@@ -45,7 +45,8 @@ from .config import ENVIRONMENT, BrokerConfig, Options
 from .reuseport import reuseport_socket
 from .worker_log import Relay, WorkerLines, log_output, worker_log_observer, worker_output
 
-__all__ = ["RestartPolicy", "WorkerSlot", "WorkerSupervisor", "WorkersFailed", "run_worker", "worker_arguments"]
+__all__ = ["RestartPolicy", "SupervisorGone", "WorkerSlot", "WorkerSupervisor", "WorkersFailed", "run_worker",
+           "worker_arguments"]
 
 log = Logger()
 
@@ -232,7 +233,7 @@ class WorkerSupervisor(Service):
     def worker_command(self) -> list[str]:
         """The command line of every worker: the options, then the shared ports as endpoints."""
         config, (ws_port, tcp_port) = self.config, self.ports
-        return [sys.executable, "-m", __name__, str(os.getpid()), *self.arguments,
+        return [sys.executable, "-m", "pystrands", "worker", str(os.getpid()), *self.arguments,
                 "--ws-endpoint", _reuseport(ws_port, config.ws_interface),
                 "--tcp-endpoint", _reuseport(tcp_port, config.tcp_interface)]
 
@@ -342,6 +343,10 @@ def worker_arguments(options: Options) -> list[str]:
     return arguments
 
 
+class SupervisorGone(RuntimeError):
+    """A worker's supervisor died before the worker could ask to die with it: the worker must not start."""
+
+
 def run_worker(supervisor: int, arguments: list[str]) -> int:
     """One worker: ``python -m pystrands server`` that leaves Ctrl-C to its supervisor and dies with it.
 
@@ -349,8 +354,8 @@ def run_worker(supervisor: int, arguments: list[str]) -> int:
     passes it on as SIGTERM, so the worker ignores it (two stops would be one
     too many). On Linux the worker gets SIGTERM if its parent dies; a parent
     that is no longer ``supervisor`` (the pid of the supervisor that started
-    it) died before that was asked, so the worker exits 1 at once. Its log
-    goes to stderr as JSON, one event a line, for the supervisor to relay.
+    it) died before that was asked: SupervisorGone. Its log goes to stderr
+    as JSON, one event a line, for the supervisor to relay.
     """
     check_integer("the supervisor's pid", supervisor, minimum=1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -359,25 +364,7 @@ def run_worker(supervisor: int, arguments: list[str]) -> int:
 
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != supervisor:
-        print(f"pystrands worker: its supervisor (pid {supervisor}) is gone; not starting", file=sys.stderr)
-        return 1
+        raise SupervisorGone(f"its supervisor (pid {supervisor}) is gone; not starting")
     from ..__main__ import server
 
     return server(arguments, worker_log_observer(sys.stderr))
-
-
-def main(argv: list[str]) -> int:
-    """``python -m pystrands.broker.workers SUPERVISOR_PID [server options]``: how the supervisor starts a worker."""
-    if not argv or not argv[0].lstrip("-").isdigit():
-        print("usage: python -m pystrands.broker.workers SUPERVISOR_PID [pystrands server options]", file=sys.stderr)
-        return 2
-    try:
-        supervisor = check_integer("the supervisor's pid", int(argv[0]), minimum=1)
-    except ValueError as exc:
-        print(f"pystrands worker: {exc}", file=sys.stderr)
-        return 2
-    return run_worker(supervisor, argv[1:])
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -46,7 +46,7 @@ def test_the_workers_command_runs_as_written_and_no_command_line_shows_the_url(r
         assert supervisor.workers == int(arguments[arguments.index("--workers") + 1])
         for pid in [process.pid, *supervisor.worker_pids().values()]:
             command_line = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
-            assert "--workers" in command_line or "pystrands.broker.workers" in command_line
+            assert "--workers" in command_line or "pystrands\x00worker" in command_line
             assert redis_url not in command_line and "redis://" not in command_line
         assert supervisor.stop(signal.SIGTERM) == 0
     finally:

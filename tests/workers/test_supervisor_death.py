@@ -22,7 +22,7 @@ child = os.fork()
 if child == 0:
     while os.getppid() == supervisor:
         time.sleep(0.01)
-    os.execv(sys.executable, [sys.executable, "-m", "pystrands.broker.workers", str(supervisor), *sys.argv[1:]])
+    os.execv(sys.executable, [sys.executable, "-m", "pystrands", "worker", str(supervisor), *sys.argv[1:]])
 print(child, flush=True)
 """
 
@@ -46,7 +46,7 @@ def wait_gone(pids: list[int], timeout: float = TIMEOUT) -> list[int]:
 def test_a_worker_whose_supervisor_is_not_its_parent_does_not_start() -> None:
     other = subprocess.Popen([sys.executable, "-c", "pass"])
     other.wait()
-    done = subprocess.run([sys.executable, "-m", "pystrands.broker.workers", str(other.pid), "--ws-port", "0",
+    done = subprocess.run([sys.executable, "-m", "pystrands", "worker", str(other.pid), "--ws-port", "0",
                            "--tcp-port", "0"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1
     assert done.stderr == f"pystrands worker: its supervisor (pid {other.pid}) is gone; not starting\n"
@@ -77,13 +77,13 @@ def test_workers_end_when_their_supervisor_is_killed(start_workers) -> None:
 
 
 @pytest.mark.parametrize(("arguments", "error"), [
-    ([], "usage: python -m pystrands.broker.workers SUPERVISOR_PID [pystrands server options]"),
-    (["--ws-port", "0"], "usage: python -m pystrands.broker.workers SUPERVISOR_PID [pystrands server options]"),
+    ([], "usage: python -m pystrands worker SUPERVISOR_PID [pystrands server options]"),
+    (["--ws-port", "0"], "usage: python -m pystrands worker SUPERVISOR_PID [pystrands server options]"),
     (["0"], "pystrands worker: the supervisor's pid must be >= 1, not 0"),
     (["-3", "--ws-port", "0"], "pystrands worker: the supervisor's pid must be >= 1, not -3"),
 ])
 def test_a_worker_started_without_a_supervisor_pid_is_a_usage_error(arguments: list[str], error: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "pystrands.broker.workers", *arguments], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "pystrands", "worker", *arguments], cwd=ROOT,
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert done.stderr == error + "\n"
