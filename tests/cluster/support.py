@@ -132,6 +132,11 @@ class ClusterBackend(AutoBackend):
                              timeout)["params"]
 
 
+def node_id(node: Broker) -> str:
+    """The cluster's name for ``node``, as its start line gives it (``Cluster node <id> ...``)."""
+    return node.child.output().split("Cluster node ", 1)[1].split(" ", 1)[0]
+
+
 def texts(ws: ClientConnection, count: int, timeout: float = 5.0) -> list[str]:
     """The next ``count`` text messages of a WebSocket client."""
     deadline = time.monotonic() + timeout

@@ -11,9 +11,20 @@ from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection
 
-from tests.cluster.support import HEARTBEAT, ClusterBackend, RedisServer, metric, silent, start_node, texts, wait_until
-from tests.demo.support import Launch, OpenWs, open_when_served
+from tests.cluster.support import (
+    HEARTBEAT,
+    ClusterBackend,
+    RedisServer,
+    metric,
+    node_id,
+    silent,
+    start_node,
+    texts,
+    wait_until,
+)
+from tests.demo.support import Broker, Launch, OpenWs, open_when_served
 from tests.reliability.support import kill
 
 UNPUBLISHED = 'pystrands_broker_dropped_total{reason="cluster_unpublished"}'
@@ -85,14 +96,21 @@ def test_a_killed_node_is_forgotten_within_two_heartbeats(launch: Launch, redis:
     assert gone["params"]["context"]["client_id"] == "a-0"
 
 
-def test_foreign_data_on_the_cluster_channels_is_skipped(launch: Launch, redis: RedisServer,
-                                                         open_ws: OpenWs) -> None:
+def served_across(launch: Launch, redis: RedisServer, open_ws: OpenWs) -> tuple[Broker, Broker, ClusterBackend,
+                                                                                 ClientConnection]:
+    """Nodes A (with a backend) and B (without), and a client of B in ``lobby`` that A's backend has admitted."""
     a = start_node(launch, redis, "a")
     b = start_node(launch, redis, "b")
     backend = ClusterBackend(a.tcp_port, "a")
     on_b = open_when_served(open_ws, f"{b.ws_url}/lobby")
-    backend.wait_for(lambda e: e["action"] == "new_connection")
-    node_b = b.child.output().split("Cluster node ", 1)[1].split(" ", 1)[0]
+    backend.wait_for(lambda e: e["action"] == "new_connection")  # after any error event of a 503 before it
+    return a, b, backend, on_b
+
+
+def test_foreign_data_on_the_cluster_channels_is_skipped(launch: Launch, redis: RedisServer,
+                                                         open_ws: OpenWs) -> None:
+    _, b, backend, on_b = served_across(launch, redis, open_ws)
+    node_b = node_id(b)
     junk = [b"not json", b"\xff\xfe\x00", b"[]", b'{"kind": "beat"}', b'["beat"]', b'["beat", "x", -1, false]',
             b'["beat", "x", "1", false]', b'["nope", "x"]', b'["room", "x", "m", "extra"]', b'["room", "", "m"]',
             b'["all", "x", 5]', b'["event", "x", null, false, "{}\\n{}\\n"]', b'["verdict", "x", "r", 200]',
@@ -112,12 +130,8 @@ def test_foreign_data_on_the_cluster_channels_is_skipped(launch: Launch, redis: 
 
 def test_forged_events_and_handshakes_never_reach_a_backend(launch: Launch, redis: RedisServer,
                                                             open_ws: OpenWs) -> None:
-    a = start_node(launch, redis, "a")
-    b = start_node(launch, redis, "b")
-    backend = ClusterBackend(a.tcp_port, "a")
-    on_b = open_when_served(open_ws, f"{b.ws_url}/lobby")
-    backend.wait_for(lambda e: e["action"] == "new_connection")  # after any error event of a 503 before it
-    node_a = a.child.output().split("Cluster node ", 1)[1].split(" ", 1)[0]
+    a, _, backend, on_b = served_across(launch, redis, open_ws)
+    node_a = node_id(a)
 
     def event(client_id: str | None, final: bool, frame: dict[str, Any] | str) -> bytes:
         line = frame if isinstance(frame, str) else json.dumps(frame)
@@ -176,8 +190,8 @@ def test_an_event_forwarded_to_a_node_whose_last_backend_left_goes_on_to_another
     backend = ClusterBackend(b.tcp_port, "b")
     wait_until(lambda: metric(a, "pystrands_broker_cluster_nodes_with_backends") == 1
                and metric(a, "pystrands_broker_cluster_nodes") == 2, 10, "A to hear C, and B's backend")
-    node_a = a.child.output().split("Cluster node ", 1)[1].split(" ", 1)[0]
-    node_c = c.child.output().split("Cluster node ", 1)[1].split(" ", 1)[0]
+    node_a = node_id(a)
+    node_c = node_id(c)
     frame = {"request_id": "f", "action": "new_message", "params": {"message": "in flight",
                                                                     "context": {"client_id": "c-1"}}}
     redis.command(b"PUBLISH", b"test:node:" + node_a.encode(),  # as if C had forwarded it when A had a backend

@@ -12,7 +12,17 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.cluster.support import ClusterBackend, RedisServer, metric, ready, silent, start_node, texts, wait_until
+from tests.cluster.support import (
+    ClusterBackend,
+    RedisServer,
+    metric,
+    node_id,
+    ready,
+    silent,
+    start_node,
+    texts,
+    wait_until,
+)
 from tests.demo.support import Broker, Launch, OpenWs, free_port, open_when_served, start_broker
 
 
@@ -102,7 +112,7 @@ def test_a_redis_with_a_password_and_a_database(launch: Launch, tmp_path: Path, 
         backend.wait_for(lambda e: e["action"] == "new_connection")
         backend.send("message_to_room", {"room_id": "lobby", "message": "over a password"})
         assert texts(on_b, 1) == ["over a password"]
-        node_a = a.child.output().split("Cluster node ", 1)[1].split(" ", 1)[0].encode()
+        node_a = node_id(a).encode()
         login = ((b"AUTH", b"s3 cr3t"), (b"SELECT", b"5"))
         assert redis.command(b"GET", b"test:alive:" + node_a, before=login) == b"1"  # A's backend count
 
@@ -205,7 +215,7 @@ def test_a_node_that_stops_says_goodbye(pair: tuple[Broker, Broker, ClusterBacke
     a, b, backend = pair
     on_b = open_when_served(open_ws, f"{b.ws_url}/lobby")
     backend.wait_for(lambda e: e["action"] == "new_connection")
-    node_b = b.child.output().split("Cluster node ", 1)[1].split(" ", 1)[0]
+    node_b = node_id(b)
     assert b.child.stop() == 0  # SIGTERM
     with pytest.raises(ConnectionClosed) as closed:
         on_b.recv(timeout=5)
