@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from pystrands import wire
 from pystrands.broker import cluster_wire
 from pystrands.broker.router import Admission
-from tests.cluster.memory import HEARTBEAT, MemoryBackend, MemoryRedis, Node
+from tests.cluster.memory import HEARTBEAT, MemoryBackend, MemoryClient, MemoryRedis, Node
 
 
 def nodes(count: int, **settings: Any) -> tuple[Clock, MemoryRedis, list[Node]]:
@@ -123,13 +123,20 @@ def test_guests_of_one_origin_are_bounded_and_handshakes_come_only_from_known_no
     assert backend.requests() == [] and a.broker.metrics.cluster_rejected == 2
 
 
-def forwarded_through_a_redis_restart() -> tuple[Clock, MemoryRedis, list[Node], Any, MemoryBackend, MemoryBackend]:
-    """Client ``x`` of node A forwarded to B's backend (``judge``), C with a backend too (``other``); then
-    Redis restarted without persistence, and A and C connected again while B is not heard yet."""
-    clock, redis, (a, b, c) = nodes(3)
+def forwarded(count: int, **settings: Any) -> tuple[Clock, MemoryRedis, list[Node], MemoryBackend, MemoryClient]:
+    """``count`` nodes; client ``x`` of node A, forwarded to and admitted by node B's backend (``judge``)."""
+    clock, redis, cluster = nodes(count, **settings)
+    a, b = cluster[:2]
     judge = b.backend()
     redis.run()
-    client = a.connect(admitted(a, judge, "x", redis))
+    return clock, redis, cluster, judge, a.connect(admitted(a, judge, "x", redis))
+
+
+def forwarded_through_a_redis_restart() -> tuple[Clock, MemoryRedis, list[Node], MemoryClient, MemoryBackend,
+                                                  MemoryBackend]:
+    """Client ``x`` of node A forwarded to B's backend (``judge``), C with a backend too (``other``); then
+    Redis restarted without persistence, and A and C connected again while B is not heard yet."""
+    clock, redis, (a, b, c), judge, client = forwarded(3)
     other = c.backend()
     redis.run()
     for node in (a, b, c):
@@ -168,10 +175,7 @@ def test_a_forwarded_client_moves_on_once_its_node_stays_silent_after_a_redis_re
 
 
 def test_a_node_that_learns_it_was_forgotten_closes_its_forwarded_clients_and_lets_its_guests_go() -> None:
-    clock, redis, (a, b, c) = nodes(3)
-    judge = b.backend()
-    redis.run()
-    client = a.connect(admitted(a, judge, "x", redis))
+    clock, redis, (a, b, c), judge, client = forwarded(3)
     own = a.backend()
     redis.run()
     for node, client_id in ((b, "g"), (c, "h")):  # a client of B and one of C, served by A's backend
@@ -195,10 +199,7 @@ def test_a_node_that_learns_it_was_forgotten_closes_its_forwarded_clients_and_le
 
 
 def test_a_node_forgotten_while_it_still_hears_redis_learns_it_from_the_note() -> None:
-    _, redis, (a, b) = nodes(2)
-    judge = b.backend()
-    redis.run()
-    client = a.connect(admitted(a, judge, "x", redis))
+    _, redis, (a, b), judge, client = forwarded(2)
     redis.run()
     b.link.publish(b"test:nodes", cluster_wire.encode("forgot", b.broker.node, a.broker.node))  # as after a stall
     redis.run()
@@ -246,10 +247,7 @@ def test_with_no_backend_anywhere_events_wait_and_go_to_the_first_backend_on_any
 
 
 def test_an_event_on_its_way_to_a_node_whose_last_backend_leaves_goes_on_to_another() -> None:
-    _, redis, (a, b, c) = nodes(3)
-    judge = b.backend()
-    redis.run()
-    client = a.connect(admitted(a, judge, "x", redis))
+    _, redis, (a, b, c), judge, client = forwarded(3)
     other = c.backend()
     redis.run()
     a.broker.client_message(client, "in flight")  # published to B ...
@@ -270,10 +268,7 @@ def test_an_event_on_its_way_to_a_node_whose_last_backend_leaves_goes_on_to_anot
 
 
 def test_an_event_on_its_way_to_the_last_backend_of_the_cluster_waits_there_for_the_next_one() -> None:
-    _, redis, (a, b, c) = nodes(3)
-    judge = b.backend()
-    redis.run()
-    client = a.connect(admitted(a, judge, "x", redis))
+    _, redis, (a, b, c), judge, client = forwarded(3)
     redis.run()
     a.broker.client_message(client, "in flight")
     b.broker.backend_lost(judge)  # no backend left anywhere: B holds it, as A's client's
@@ -348,10 +343,7 @@ def test_a_node_back_after_its_claim_expired_neither_takes_nor_frees_the_id_anot
 
 
 def test_a_node_whose_own_loop_stalled_does_not_forget_the_nodes_whose_beats_it_has_not_read_yet() -> None:
-    clock, redis, (a, b) = nodes(2)
-    judge = b.backend()
-    redis.run()
-    client = a.connect(admitted(a, judge, "x", redis))
+    clock, redis, (a, b), judge, client = forwarded(2)
     passes(clock, redis, 0.5 * HEARTBEAT)  # B's last beat heard 0.5 heartbeat ago
     clock.advance(1.2 * HEARTBEAT)  # both loops stalled: the overdue timers run, nothing read yet
     redis.run()  # then the sockets are read: the beats sent meanwhile
@@ -399,10 +391,7 @@ def test_a_node_back_on_redis_reads_who_forgot_it_and_asks_for_beats_only_once_s
 
 
 def test_the_goodbye_for_a_client_of_a_forgotten_node_has_the_context_of_its_latest_event() -> None:
-    clock, redis, (a, b) = nodes(2)
-    judge = b.backend()
-    redis.run()
-    client = a.connect(admitted(a, judge, "x", redis))
+    clock, redis, (a, _), judge, client = forwarded(2)
     judge.reply("join_room", {"client_id": "x", "room_id": "kitchen"}, "j1")
     redis.run()
     a.broker.client_message(client, "from the kitchen")
@@ -446,10 +435,7 @@ def test_a_verdict_that_cannot_be_published_leaves_no_guest_and_no_load() -> Non
 
 
 def test_an_event_on_its_way_to_a_node_whose_last_backend_leaves_is_not_relayed_once_its_own_node_has_one() -> None:
-    _, redis, (a, b, c) = nodes(3)
-    judge = b.backend()
-    redis.run()
-    client = a.connect(admitted(a, judge, "x", redis))
+    _, redis, (a, b, c), judge, client = forwarded(3)
     other, own = c.backend(), a.backend()  # A serves its new clients itself now; x stays with B
     redis.run()
     a.broker.client_message(client, "in flight")
