@@ -459,10 +459,12 @@ class ClusterBroker(Broker):
         log.warn("Cluster node {node}: nodes {by} forgot this node while it was silent; closing its {count} clients"
                  " served by their backends, and letting go of their clients", node=self.node,
                  by=", ".join(sorted(by)), count=len(closing))
+        self._beat()  # first: they know this node again before anything it publishes next reaches them
         for client_id, client in closing:
             del self._forwarded[client_id]
             self._disowned.add(client_id)
             client.close(*CUT_OFF)
+        self._refuse_judged_by(by, "the node judging the handshake had lost sight of this one; try again")
         for origin in by:
             self._let_guests_go(origin)
         self._flush_held()
@@ -477,10 +479,14 @@ class ClusterBroker(Broker):
     def _gone(self, node: str) -> None:
         """A node is gone: no more forwarding to it; its clients leave our backends; its handshakes get 503."""
         self._unstick(node, alive=False)
-        for request_id in [rid for rid, pending in self._handshakes.items() if pending.node == node]:
-            self._refuse_forwarded(request_id, 503, "the node of the backend judging the handshake went away")
+        self._refuse_judged_by({node}, "the node of the backend judging the handshake went away")
         self._let_guests_go(node)
         self._flush_held()
+
+    def _refuse_judged_by(self, nodes: set[str], reason: str) -> None:
+        """503 to the handshakes waiting for a verdict from ``nodes`` (it will not come)."""
+        for request_id in [rid for rid, pending in self._handshakes.items() if pending.node in nodes]:
+            self._refuse_forwarded(request_id, 503, reason)
 
     def _let_guests_go(self, origin: str) -> None:
         """The clients of ``origin`` served here leave this node's backends (``disconnected``)."""
@@ -808,15 +814,23 @@ class ClusterBroker(Broker):
         node = self._target(request_id)
         if node is None:
             return super().request_connection(handshake).addCallback(self._only_here)
-        if self._publish(self.channels.node(node),
-                         cluster_wire.encode("judge", self.node, request_id, handshake.params())) is None:
+        published = self._publish(self.channels.node(node),
+                                  cluster_wire.encode("judge", self.node, request_id, handshake.params()))
+        if published is None:
             self.metrics.handshake("unavailable")
             return fail(HandshakeRefused(503, "the cluster's Redis is unreachable"))
         answer: Deferred[Admission] = Deferred()
         timeout = self.clock.callLater(self.config.auth_timeout, self._refuse_forwarded, request_id, 403,
                                        "the backend did not answer in time")
         self._handshakes[request_id] = _Forwarded(answer, node, timeout)
+        published.addCallback(self._judge_sent, request_id)
         return answer.addCallback(self._only_here)
+
+    def _judge_sent(self, subscribers: int | None, request_id: str) -> None:
+        """A forwarded handshake that no node got (its node no longer listens, or Redis lost it) gets 503
+        now rather than waiting ``auth_timeout`` for a verdict that cannot come."""
+        if not subscribers and request_id in self._handshakes:
+            self._refuse_forwarded(request_id, 503, "the node of the backend judging the handshake is unreachable")
 
     def _only_here(self, admission: Admission) -> Deferred[Admission] | Admission:
         """Claim the client id in Redis (``SET NX``: of two nodes, one gets it), 409 if another node

@@ -285,9 +285,10 @@ class MemoryClient:
 class Node:
     """A ClusterBroker on the test's clock and memory Redis, started."""
 
-    def __init__(self, redis: MemoryRedis, **settings: Any) -> None:
+    def __init__(self, redis: MemoryRedis, clock: Clock | None = None, **settings: Any) -> None:
+        """``clock``: the node's own (one the test does not advance: a node whose loop stalls); else Redis'."""
         config = BrokerConfig(redis="redis://memory", cluster_name="test", cluster_heartbeat=HEARTBEAT, **settings)
-        self.broker = ClusterBroker(config, redis.clock, redis.link)
+        self.broker = ClusterBroker(config, clock or redis.clock, redis.link)
         self.link: MemoryLink = self.broker.link  # type: ignore[assignment]
         self.broker.start()
 

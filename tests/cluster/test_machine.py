@@ -43,6 +43,11 @@ def admitted(node: Node, backend: MemoryBackend, client_id: str, redis: MemoryRe
     return admission
 
 
+def refused(outcome: list[Any]) -> list[tuple[str, int]]:
+    """(kind, status) of the refusals in a handshake's outcome."""
+    return [(type(result).__name__, result.status) for result in outcome]
+
+
 def replies(backend: MemoryBackend) -> list[dict[str, Any]]:
     return [frame.params for frame in backend.frames if frame.action == wire.REPLY]
 
@@ -216,7 +221,7 @@ def test_a_verdict_after_the_handshake_timed_out_makes_the_judging_node_forget_t
     outcome = a.handshake()
     redis.run()
     clock.advance(1.0)  # A gives up: 403
-    assert [(type(result).__name__, result.status) for result in outcome] == [("HandshakeRefused", 403)]
+    assert refused(outcome) == [("HandshakeRefused", 403)]
     judge.accept(judge.requests()[-1], "late")  # B's backend accepts after all: A says abandon
     redis.run()
     assert judge.load == 0 and not b.broker._guests.get(a.broker.node)
@@ -231,14 +236,46 @@ def test_a_handshake_waiting_on_a_node_that_goes_silent_gets_503() -> None:
     redis.run()
     b.link.cut()
     passes(clock, redis, 2 * HEARTBEAT)
-    assert [(type(result).__name__, result.status) for result in outcome] == [("HandshakeRefused", 503)]
+    assert refused(outcome) == [("HandshakeRefused", 503)]
+
+
+def test_a_handshake_no_node_got_gets_503_at_once() -> None:
+    _, redis, (a, b) = nodes(2, auth_timeout=10.0)
+    b.backend()
+    redis.run()
+    b.link.cut()  # B hears nothing now; A has not noticed yet
+    unheard = a.handshake()
+    redis.run()
+    assert refused(unheard) == [("HandshakeRefused", 503)]  # nobody on B's channel: no verdict can come
+    b.link.restore()
+    redis.run()
+    lost = a.handshake()
+    a.link.cut()  # A's connection goes before Redis carried the forwarded handshake
+    redis.run()
+    assert refused(lost) == [("HandshakeRefused", 503)]
+    assert not a.broker._handshakes
+
+
+def test_a_node_that_stalled_and_was_forgotten_refuses_its_waiting_handshakes_and_is_heard_before_its_next() -> None:
+    clock, redis, (a,) = nodes(1, auth_timeout=10.0)
+    b = Node(redis, Clock(), auth_timeout=10.0)  # B's loop never turns: it stalls while A's time passes
+    redis.run()
+    judge = a.backend()
+    redis.run()
+    waiting = b.handshake()  # on its way to A as A's time passes without a beat from B
+    for _ in range(20):
+        clock.advance(HEARTBEAT / 10)
+    redis.run()  # A forgot B before the handshake came: skipped; then B reads that A forgot it
+    assert judge.requests() == [] and a.broker.metrics.cluster_rejected == 1
+    assert refused(waiting) == [("HandshakeRefused", 503)]  # at once, not after auth_timeout
+    assert isinstance(admitted(b, judge, "next", redis), Admission)  # B beat first: A hears its next handshake
 
 
 def test_with_no_backend_anywhere_events_wait_and_go_to_the_first_backend_on_any_node() -> None:
     _, redis, (a, b) = nodes(2)
     outcome = a.handshake()
     redis.run()
-    assert [(type(result).__name__, result.status) for result in outcome] == [("HandshakeRefused", 503)]
+    assert refused(outcome) == [("HandshakeRefused", 503)]
     assert len(a.broker.queue) == 1  # the refused handshake's error event, as on one node
     first = b.backend()
     redis.run()
@@ -339,7 +376,7 @@ def test_a_node_back_after_its_claim_expired_neither_takes_nor_frees_the_id_anot
     redis.run()
     backend_c.accept(backend_c.requests()[-1], "x")
     redis.run()
-    assert [(type(result).__name__, result.status) for result in outcome] == [("HandshakeRefused", 409)]
+    assert refused(outcome) == [("HandshakeRefused", 409)]
 
 
 def test_a_node_whose_own_loop_stalled_does_not_forget_the_nodes_whose_beats_it_has_not_read_yet() -> None:

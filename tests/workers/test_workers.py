@@ -65,7 +65,7 @@ def test_two_workers_serve_both_ports_and_echo_through_a_backend(start_workers) 
 
 def test_a_room_spans_both_workers_with_one_backend(start_workers) -> None:
     """The workers are one cluster: clients on the worker without a backend are forwarded, rooms are shared."""
-    supervisor = start_workers(2, "--cluster-heartbeat", "0.5")
+    supervisor = start_workers(2, "--cluster-heartbeat", "2")
     backend = supervisor.backend_on(1)
     served: dict[int, list[str]] = {}
     serve_echo(backend, 1, served, room="lobby")
@@ -92,7 +92,7 @@ def readyz(port: int) -> int:
 
 def test_readyz_is_the_same_from_every_worker(start_workers) -> None:
     """Without a backend every worker says 503; with one on worker 1, worker 2 says 200 too (it forwards)."""
-    supervisor = start_workers(2, "--cluster-heartbeat", "0.5")
+    supervisor = start_workers(2, "--cluster-heartbeat", "2")
     assert {readyz(supervisor.ws_port) for _ in range(20)} == {503}
     backend = supervisor.backend_on(1)
     deadline = time.monotonic() + TIMEOUT
