@@ -770,8 +770,10 @@ class ClusterBroker(Broker):
         if len(line) > self._event_limit:
             raise ClusterWireError(f"a forwarded event over the backends' line limit ({self._event_limit} bytes)")
         context = _check_event(client_id, final, line)
-        if self.backends and client_id is not None and not final and client_id not in self._guests.get(origin, {}):
-            self._guest_room(origin)
+        if (self.backends and client_id is not None and not final and client_id not in self._guests.get(origin, {})
+                and self._guests_full(origin)):
+            raise ClusterWireError(f"a client forwarded by node {origin!r} past max_clients"
+                                   f" ({self.config.max_clients}) of its clients here")
         self._take(origin, client_id, line, final, context)
 
     def _take(self, origin: str, client_id: str | None, line: bytes, final: bool, context: dict[str, Any]) -> None:
@@ -799,11 +801,9 @@ class ClusterBroker(Broker):
                 guests[client_id] = context
         Broker._route(self, client_id, line, final)
 
-    def _guest_room(self, origin: str) -> None:
-        """ClusterWireError if ``origin`` has as many clients here as a node may hold (``max_clients``)."""
-        if len(self._guests.get(origin, ())) >= self.config.max_clients:
-            raise ClusterWireError(f"a client forwarded by node {origin!r} past max_clients"
-                                   f" ({self.config.max_clients}) of its clients here")
+    def _guests_full(self, origin: str) -> bool:
+        """True if ``origin`` has as many clients here as a node may hold (``max_clients``)."""
+        return len(self._guests.get(origin, ())) >= self.config.max_clients
 
     # -- handshakes judged on another node -------------------------------------------
 
@@ -875,9 +875,9 @@ class ClusterBroker(Broker):
                                                      for key, kind in _HANDSHAKE.items()):
             raise ClusterWireError("a forwarded handshake that is not a connection_request's params")
         self._from_peer(origin, "a forwarded handshake")
-        self._guest_room(origin)
-        if not self.backends:
-            self._verdict(origin, request_id, 503, "no backend is connected")
+        if not self.backends or self._guests_full(origin):
+            self._verdict(origin, request_id, 503, "no backend is connected" if not self.backends
+                          else f"the judging node holds max_clients ({self.config.max_clients}) of this node's clients")
             return
         answer = self._ask_backend(params, reserve=False)
         answer.addCallbacks(self._judged, self._not_judged, (origin, request_id), errbackArgs=(origin, request_id))

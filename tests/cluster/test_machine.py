@@ -126,6 +126,9 @@ def test_guests_of_one_origin_are_bounded_and_handshakes_come_only_from_known_no
     b.link.publish(b"test:node:" + a.broker.node.encode(), judge)
     redis.run()
     assert backend.requests() == [] and a.broker.metrics.cluster_rejected == 2
+    full = b.handshake()  # B's own: A holds max_clients of B's clients, and says so
+    redis.run()
+    assert refused(full) == [("HandshakeRefused", 503)] and backend.requests() == []
 
 
 def forwarded(count: int, **settings: Any) -> tuple[Clock, MemoryRedis, list[Node], MemoryBackend, MemoryClient]:
