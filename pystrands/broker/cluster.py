@@ -32,7 +32,7 @@ from __future__ import annotations
 import sys
 import uuid
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -49,11 +49,11 @@ from .config import BrokerConfig
 from .peers import Peers
 from .queue import EventQueue
 from .redis_link import CLOSE_TIMEOUT, Link, LinkFactory, RedisLink
-from .redis_url import parse_redis_url
+from .redis_url import PASSWORD_SHOWN, parse_redis_url, password_on_command_line
 from .rooms import Rooms
 from .router import Admission, BackendLink, Broker, Client, Handshake, HandshakeRefused
 
-__all__ = ["ClusterBroker", "ClusterRooms", "password_on_command_line"]
+__all__ = ["ClusterBroker", "ClusterRooms"]
 
 log = Logger()
 
@@ -250,8 +250,7 @@ class ClusterBroker(Broker):
         log.info("Cluster node {node} of cluster {name} on {redis}", node=self.node,
                  name=self.config.cluster_name, redis=str(self.link.address))
         if self._password_shown:
-            log.warn("The Redis URL on the command line carries a password, which ps shows to every user of"
-                     " this machine; give the URL in the environment variable PYSTRAND_REDIS_URL instead")
+            log.warn(PASSWORD_SHOWN)
 
     def stop(self) -> None:
         """Stop beating; handshakes waiting for another node get 503."""
@@ -952,11 +951,6 @@ class ClusterBroker(Broker):
     def _on_abandon(self, channel: bytes, origin: str, client_id: str) -> None:
         self._own_channel(channel)
         self._drop_guest(origin, client_id)
-
-
-def password_on_command_line(url: str, argv: Sequence[str]) -> bool:
-    """True if the Redis ``url`` has a password and stands in ``argv`` (``--redis URL`` or ``--redis=URL``)."""
-    return parse_redis_url(url).password is not None and any(url in argument for argument in argv)
 
 
 #: The params of a forwarded handshake (a ``connection_request``'s), by JSON type.

@@ -21,14 +21,17 @@ from ..settings import BackendSettings, check_integer, check_number
 from .guards import OriginPolicy
 from .redis_url import check_cluster_name, parse_redis_url
 
-__all__ = ["ENVIRONMENT", "MAX_MESSAGE_SIZE", "BrokerConfig", "Options", "check_server_endpoint", "parse_origins"]
+__all__ = ["ENVIRONMENT", "MAX_MESSAGE_SIZE", "REDIS_URL_VARIABLE", "BrokerConfig", "Options", "check_server_endpoint",
+           "parse_origins"]
 
+#: The environment variable of the Redis URL (a password there stays out of the process list).
+REDIS_URL_VARIABLE = "PYSTRAND_REDIS_URL"
 #: Environment variable -> option it overrides.
 ENVIRONMENT = {
     "PYSTRAND_WS_PORT": "ws-port",
     "PYSTRAND_TCP_PORT": "tcp-port",
     "PYSTRAND_QUEUE_SIZE": "queue-size",
-    "PYSTRAND_REDIS_URL": "redis",
+    REDIS_URL_VARIABLE: "redis",
 }
 
 MiB = 1024 * 1024

@@ -8,12 +8,17 @@ never joins its cluster. No I/O and no Twisted here.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["DEFAULT_PORT", "RedisAddress", "check_cluster_name", "parse_redis_url"]
+__all__ = ["DEFAULT_PORT", "PASSWORD_SHOWN", "RedisAddress", "check_cluster_name", "parse_redis_url",
+           "password_on_command_line"]
 
 DEFAULT_PORT = 6379
+#: The warning of a process whose command line carries a Redis password (see :func:`password_on_command_line`).
+PASSWORD_SHOWN = ("The Redis URL on the command line carries a password, which ps shows to every user of this"
+                  " machine; give the URL in the environment variable PYSTRAND_REDIS_URL instead")
 _CLUSTER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -77,3 +82,8 @@ def check_cluster_name(name: object) -> str:
 def _hide(url: str) -> str:
     """The URL with any password masked, to quote in an error."""
     return re.sub(r"(//[^/@]*?:)[^/@]*@", r"\1***@", url)
+
+
+def password_on_command_line(url: str, argv: Sequence[str]) -> bool:
+    """True if the Redis ``url`` has a password and stands in ``argv`` (``--redis URL`` or ``--redis=URL``)."""
+    return parse_redis_url(url).password is not None and any(url in argument for argument in argv)

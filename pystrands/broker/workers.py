@@ -41,7 +41,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..settings import check_integer, check_number
-from .config import ENVIRONMENT, BrokerConfig, Options
+from .config import ENVIRONMENT, REDIS_URL_VARIABLE, BrokerConfig, Options
+from .redis_url import PASSWORD_SHOWN, password_on_command_line
 from .reuseport import reuseport_socket
 from .worker_log import Relay, WorkerLines, log_output, worker_log_observer, worker_output
 
@@ -219,6 +220,8 @@ class WorkerSupervisor(Service):
             self.reactor = reactor
         super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         config = self.config
+        if config.redis is not None and password_on_command_line(config.redis, sys.argv):
+            log.warn(PASSWORD_SHOWN)  # once: the workers get the URL in their environment
         try:
             self._held = [reuseport_socket(config.ws_interface, config.ws_port),
                           reuseport_socket(config.tcp_interface, config.tcp_port)]
@@ -237,11 +240,18 @@ class WorkerSupervisor(Service):
                 "--ws-endpoint", _reuseport(ws_port, config.ws_interface),
                 "--tcp-endpoint", _reuseport(tcp_port, config.tcp_interface)]
 
+    def worker_environment(self) -> dict[str, str]:
+        """The environment of every worker: this process's, with the Redis URL (never on a command line)."""
+        environment = dict(os.environ)
+        if self.config.redis is not None:
+            environment[REDIS_URL_VARIABLE] = self.config.redis
+        return environment
+
     def _spawn(self, slot: WorkerSlot) -> None:
         slot.restart = None
         protocol = WorkerProtocol(self, slot)
         command = self.worker_command()
-        process = self.reactor.spawnProcess(protocol, command[0], command, env=dict(os.environ),
+        process = self.reactor.spawnProcess(protocol, command[0], command, env=self.worker_environment(),
                                             childFDs={1: "r", 2: "r"})
         self._protocols[slot.number] = protocol
         slot.process = process
@@ -329,13 +339,14 @@ def worker_arguments(options: Options) -> list[str]:
     Rebuilt from the parsed values, not copied from ``sys.argv``: the same
     for ``python -m pystrands server`` and ``twistd pystrands-broker``. An
     option set by its environment variable is left to the environment, which
-    the workers inherit: a Redis password given as ``PYSTRAND_REDIS_URL``
-    stays out of the process list.
+    the workers inherit; the Redis URL always goes to them in their
+    environment (see :meth:`WorkerSupervisor.worker_environment`), so that a
+    password in it stays out of their command lines.
     """
     from_environment = {option for variable, option in ENVIRONMENT.items() if options.environ.get(variable, "")}
     arguments: list[str] = []
     for name, *_ in options.optParameters:
-        if options[name] is not None and name not in ("workers", "ws-port", "tcp-port", *from_environment):
+        if options[name] is not None and name not in ("workers", "ws-port", "tcp-port", "redis", *from_environment):
             arguments += [f"--{name}", str(options[name])]
     for name, *_ in options.optFlags:
         if options[name]:

@@ -16,13 +16,13 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from pystrands.broker import config, tap
-from pystrands.broker.cluster import ClusterBroker, password_on_command_line
+from pystrands.broker.cluster import ClusterBroker
 from pystrands.broker.cluster_wire import KINDS, ClusterWireError, decode, encode, starts_of
 from pystrands.broker.config import BrokerConfig
 from pystrands.broker.peers import Peers
 from pystrands.broker.reconnect import Backoff, Reconnector
 from pystrands.broker.redis_link import RedisLink, Subscriptions
-from pystrands.broker.redis_url import RedisAddress, parse_redis_url
+from pystrands.broker.redis_url import RedisAddress, parse_redis_url, password_on_command_line
 from pystrands.settings import BackendSettings
 
 # -- cluster messages ---------------------------------------------------------------------

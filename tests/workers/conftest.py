@@ -135,11 +135,12 @@ class Supervisor:
 
 @pytest.fixture
 def start_workers(redis_url: str) -> Iterator[Callable[..., Supervisor]]:
-    """Start ``python -m pystrands server --workers N --redis <the fixture's>`` on free ports; stopped after."""
+    """Start ``python -m pystrands server --workers N --redis <the fixture's, or redis=...>`` on free ports;
+    stopped after."""
     started: list[Supervisor] = []
 
-    def start(workers: int = 2, *flags: str) -> Supervisor:
-        command = [sys.executable, "-m", "pystrands", "server", "--workers", str(workers), "--redis", redis_url,
+    def start(workers: int = 2, *flags: str, redis: str = redis_url) -> Supervisor:
+        command = [sys.executable, "-m", "pystrands", "server", "--workers", str(workers), "--redis", redis,
                    "--ws-port", "0", "--tcp-port", "0", *flags]
         process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                    start_new_session=True)  # a process group of its own, as in a terminal

@@ -17,6 +17,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from tests.cluster.support import RedisServer
 from tests.support.ports import free_port
 
 from .conftest import ROOT, TIME, TIMEOUT, Supervisor, serve_echo
@@ -183,6 +184,23 @@ def test_a_killed_worker_is_restarted_and_the_log_says_so(start_workers) -> None
     backend = supervisor.backend_on(1)  # the new worker 1 takes connections on the shared port
     backend.close()
     assert supervisor.stop() == 0
+
+
+def test_a_redis_password_on_the_command_line_is_warned_of_once_and_kept_off_the_workers_command_lines(
+        start_workers, tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis", free_port(), "--requirepass", "s3cret")
+    redis.start()
+    try:
+        supervisor = start_workers(2, redis=f"redis://:s3cret@127.0.0.1:{redis.port}/0")
+        while sum("connected to Redis" in line for line in supervisor.log) < 2:  # the password reached both
+            supervisor.wait_log("connected to Redis")
+        for pid in supervisor.worker_pids().values():
+            assert b"s3cret" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert supervisor.stop() == 0
+    finally:
+        redis.stop()
+    warnings = [line for line in supervisor.log if "in the environment variable PYSTRAND_REDIS_URL instead" in line]
+    assert len(warnings) == 1 and "[worker" not in warnings[0], warnings  # the supervisor's, not each worker's
 
 
 def test_a_taken_port_is_a_failure_at_start(redis_url: str) -> None:
