@@ -56,9 +56,9 @@ app = FastAPI(lifespan=lifespan)
 
 @app.post("/rooms/{room_id}")
 async def send_to_room(room_id: str, request: Request) -> dict[str, Any]:
-    """Send the request body (text) to every WebSocket client in ``room_id``."""
-    if not backend.connected:
-        raise HTTPException(status_code=503, detail="not connected to the PyStrands broker")
+    """Send the request body (text) to every WebSocket client in ``room_id``; 503 when no broker takes it."""
     text = (await request.body()).decode("utf-8", "replace")
-    await backend.send_room_message(room_id, text)
+    # Not connected now: answer at once rather than wait for a reconnect; False: the send was dropped.
+    if not backend.connected or not await backend.send_room_message(room_id, text):
+        raise HTTPException(status_code=503, detail="not connected to the PyStrands broker")
     return {"room": room_id, "sent": text}

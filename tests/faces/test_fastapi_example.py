@@ -46,9 +46,14 @@ def test_an_http_request_sends_to_a_room_and_the_backend_echoes(broker: FakeBrok
         assert conn.recv_frame()["params"] == {"room_id": "lobby", "message": "hello everyone"}
         conn.send_frame(event("new_message", nested_context("c1", "lobby", {}), message="hi"))
         assert conn.recv_frame()["params"] == {"room_id": "lobby", "message": "echo: hi"}
+        broker.close()  # no broker any more: the backend retries, and a send through the app is refused
+        while (refused := httpx.post(f"http://127.0.0.1:{http_port}/rooms/lobby", content="x", timeout=5)) \
+                .status_code == 200:
+            assert time.monotonic() < deadline + 20, "the app kept answering 200 with no broker"
+            time.sleep(0.05)
+        assert refused.status_code == 503 and refused.json() == {"detail": "not connected to the PyStrands broker"}
     finally:
         server.send_signal(signal.SIGINT)
         output, _ = server.communicate(timeout=20)
     assert server.returncode == 0, output
     assert "Traceback" not in output, output
-    conn.wait_closed(5)
