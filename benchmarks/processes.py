@@ -1,7 +1,7 @@
 """The benchmarks' child processes: a free port for one, start it, wait until it listens, read its CPU, kill it.
 
 Every server, backend and load generator process of ``run.py``, ``broker_bench.py``,
-``cluster.py`` and ``wsload.py`` runs under :func:`process`, so that each is killed
+``cluster.py``, ``go_compare.py`` and ``wsload.py`` runs under :func:`process`, so that each is killed
 however the benchmark ends, and a failure while it runs says which process it was and
 what it printed last.
 """
@@ -28,13 +28,15 @@ class ChildFailed(RuntimeError):
 
 @contextmanager
 def process(label: str, command: list[str], path: Path | None = REPO,
-            piped: bool = False) -> Iterator[subprocess.Popen[str]]:
+            piped: bool = False, logged: bool = True) -> Iterator[subprocess.Popen[str]]:
     """Run ``command``; always kill it on the way out.
 
     ``path`` goes first on the child's module path: this repository, another
     checkout to compare, or None for a venv's own packages only (the public
     package). Its output goes to a temporary file; with ``piped`` its stdin and
-    stdout are pipes (text) and only stderr goes there. An exception raised
+    stdout are pipes (text) and only stderr goes there; without ``logged`` it
+    goes to /dev/null (a child that logs per message would fill the disk and
+    spend its time writing it; its failures then quote nothing). An exception raised
     while it runs comes out as :class:`ChildFailed`: ``label`` and the error,
     then the last lines of that output (a ChildFailed from a process started
     inside this one gets them added).
@@ -43,8 +45,9 @@ def process(label: str, command: list[str], path: Path | None = REPO,
     if path is not None:
         env["PYTHONPATH"] = str(path)
     with tempfile.TemporaryFile("w+", errors="replace") as log:
+        sink = log if logged else subprocess.DEVNULL
         child = subprocess.Popen(command, stdin=subprocess.PIPE if piped else subprocess.DEVNULL,
-                                 stdout=subprocess.PIPE if piped else log, stderr=log, env=env,
+                                 stdout=subprocess.PIPE if piped else sink, stderr=sink, env=env,
                                  cwd=tempfile.gettempdir(), text=True)
         try:
             yield child

@@ -8,7 +8,8 @@ Run with the dev venv's Python, one command per benchmark:
     python benchmarks/run.py memory       # 3: peak RSS during a 1,000,000-frame flood, 1 ms handler
     python benchmarks/run.py e2e          # 4: WebSocket clients -> embedded broker -> backend
     python benchmarks/run.py broker       # 5: the broker end to end on wsload.py, beside its ceiling
-    python benchmarks/run.py all          # all five, one chart
+    python benchmarks/run.py go           # ours against the reference Go broker (go_compare.py; PYSTRANDS_GO_BIN)
+    python benchmarks/run.py all          # all six, one chart (go skipped, with a line saying why, without Go)
     python benchmarks/run.py cluster      # 6: 1 node, --workers 2, 2 nodes over Redis (cluster.py; not in "all")
     add --quick for the seconds-long smoke form CI runs.
 
@@ -293,6 +294,7 @@ def plan(params: Params) -> dict[str, tuple[list[Spec], int, float]]:
         "memory": (no_ceiling, 1, 0.5 + params.flood_timeout),
         "e2e": (no_ceiling, params.rounds, 1.0 + len(params.e2e_clients) * (params.e2e_seconds + 0.5)),
         "broker": ([], params.rounds, 0.0),  # broker_bench reports its own progress
+        "go": ([], params.rounds, 0.0),  # so does go_compare
     }
 
 
@@ -650,12 +652,25 @@ def bench_broker(params: Params, public_python: Path | None) -> dict[str, Any]:
     return broker_bench.bench_broker(params.quick, params.rounds, progress)
 
 
+def bench_go(params: Params, public_python: Path | None) -> dict[str, Any]:
+    """Our broker against the reference Go broker (go_compare.py), if ``PYSTRANDS_GO_BIN`` holds its binaries."""
+    import go_compare
+
+    try:
+        go_bin = go_compare.go_binaries(os.environ.get("PYSTRANDS_GO_BIN"))
+    except go_compare.NoGoBroker as exc:
+        print(f"\n== go: skipped: {exc}")
+        return {"results": {}, "targets": [], "panels": []}
+    return go_compare.bench(go_compare.Params(go_bin, params.rounds, 2 if params.quick else 5))
+
+
 BENCHMARKS: dict[str, Callable[[Params, Path | None], dict[str, Any]]] = {
     "throughput": bench_throughput,
     "sizes": bench_sizes,
     "memory": bench_memory,
     "e2e": bench_e2e,
     "broker": bench_broker,
+    "go": bench_go,
 }
 
 
