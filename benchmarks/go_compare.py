@@ -48,8 +48,8 @@ from run import BENCH, RESULTS, cell, over, print_spread, print_table, round_rat
 
 BINARIES = ("pystrand-broker", "loadtest", "echo-backend")
 #: Where a reader learns to build them.
-HOW_TO_BUILD = ("build them as BENCHMARKS.md says (section 5, \"Against the reference Go broker\") and pass"
-                " their directory with --go-bin DIR or PYSTRANDS_GO_BIN=DIR")
+HOW_TO_BUILD = ("build them as BENCHMARKS.md says (section 5, \"Against the reference Go broker\"), then set"
+                " PYSTRANDS_GO_BIN=DIR (or go_compare.py --go-bin DIR)")
 GO, OURS = "Go", "ours"
 BROKERS = (GO, OURS)
 #: Connections the Go echo backend opens (its default).
@@ -63,7 +63,7 @@ class NoGoBroker(ValueError):
 def go_binaries(directory: str | Path | None) -> Path:
     """``directory`` if it holds every one of :data:`BINARIES` as an executable, else :class:`NoGoBroker`."""
     if not directory:
-        raise NoGoBroker(f"no directory of the reference Go broker's binaries given: {HOW_TO_BUILD}")
+        raise NoGoBroker(f"PYSTRANDS_GO_BIN is not set (the reference Go broker's binaries): {HOW_TO_BUILD}")
     path = Path(directory)
     for name in BINARIES:
         if not os.access(path / name, os.X_OK) or not (path / name).is_file():

@@ -102,7 +102,7 @@ def make_binaries(directory: Path, names: list[str], mode: int = 0o755) -> None:
 
 
 def test_go_binaries_names_what_is_missing(tmp_path: Path) -> None:
-    with pytest.raises(go_compare.NoGoBroker, match=r"no directory .* given: build them as BENCHMARKS\.md says"):
+    with pytest.raises(go_compare.NoGoBroker, match=r"PYSTRANDS_GO_BIN is not set .*: build them as BENCHMARKS\.md"):
         go_compare.go_binaries(None)
     with pytest.raises(go_compare.NoGoBroker, match="has no executable pystrand-broker: build them as BENCHMARKS"):
         go_compare.go_binaries(tmp_path)
