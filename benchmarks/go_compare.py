@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     outcome = bench(Params(go_bin, rounds, seconds))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"go{'-quick' if args.quick else ''}.json").write_text(json.dumps(outcome, indent=1))
+    (RESULTS / f"go-compare{'-quick' if args.quick else ''}.json").write_text(json.dumps(outcome, indent=1))
     states = [target["state"] for target in outcome["targets"]]
     print(f"\ntargets: {states.count('PASS')} PASS, {states.count('FAIL')} FAIL, {states.count('n/a')} n/a")
     return 0
