@@ -59,6 +59,7 @@ try:
 except ImportError:  # websockets built without its C extension
     from websockets.utils import apply_mask
 
+from ..ratelimit import ThrottledWarning
 from .client_script import PATH, ClientScript
 from .guards import AddressSlots, MessageAssembler, OriginPolicy, TokenBucket, TooManyFragments, decode_message
 from .metrics import add_status_pages
@@ -68,7 +69,8 @@ from .router import Admission, Broker, Handshake, HandshakeRefused
 if TYPE_CHECKING:
     from .._typing import IConnectedTransport
 
-__all__ = ["MAX_HEAD", "REFUSAL_LINGER", "ClientConnection", "Stage", "WebSocketFactory", "http_response"]
+__all__ = ["MAX_HEAD", "REFUSAL_LINGER", "STATUS_RESERVE", "ClientConnection", "Stage", "WebSocketFactory",
+           "http_response"]
 
 log = Logger()
 
@@ -83,6 +85,10 @@ PARSE_SLICE = 8 * 1024
 SMALL_READ = 8 * 1024
 #: Seconds a refused socket may stay open for its client to read the answer and hang up.
 REFUSAL_LINGER = 2.0
+#: Sockets over the client limits that may still GET a status page at once (``/healthz``, ``/readyz``,
+#: ``/metrics``): a full broker stays alive to its probes and scrapes, and such sockets stay few.
+STATUS_RESERVE = 8
+_STATUS_PATHS = frozenset((b"/healthz", b"/readyz", b"/metrics"))
 #: websockets logs each connection at INFO through stdlib logging; the broker logs for itself.
 _QUIET = logging.getLogger("pystrands.broker.websockets")
 _QUIET.setLevel(logging.CRITICAL + 1)
@@ -129,6 +135,8 @@ class ClientConnection(Protocol):
         self._site = site
         self._address = ""
         self._refusal: tuple[int, str] | None = None
+        #: Over the limits, but serving a status page from the factory's reserve.
+        self._status_slot = False
         self._head = bytearray()
         self._held_input = b""
         self._channel: Any = None
@@ -168,13 +176,19 @@ class ClientConnection(Protocol):
             self._timer = self.clock.callLater(self.config.handshake_timeout, self._head_too_slow)
             return
         # Over a limit: no slot. Answer the request (a client that is still sending it
-        # would miss an earlier answer), but wait for it no more than REFUSAL_LINGER.
+        # would miss an earlier answer, and a status page is served from the reserve), but
+        # wait for it no more than REFUSAL_LINGER.
         why = ("too many clients" if status == 503
                else f"more than {self.config.max_clients_per_address} connections from {address}")
-        log.warn("Refused a WebSocket-port connection: {why}", why=why)
-        self._metrics.handshake("over_limit")
         self._refusal = (status, why)
-        self._timer = self.clock.callLater(REFUSAL_LINGER, self._answer, status, why)
+        self._timer = self.clock.callLater(REFUSAL_LINGER, self._refuse_over_limit)
+
+    def _refuse_over_limit(self) -> None:
+        """Answer a socket taken over a limit with its refusal (logged at most once a second)."""
+        assert self._refusal is not None
+        self._metrics.handshake("over_limit")
+        self.factory.refused_over_limit(why=self._refusal[1])
+        self._answer(*self._refusal)
 
     def dataReceived(self, data: bytes) -> None:
         """Hand the bytes to the stage the socket is in."""
@@ -228,6 +242,8 @@ class ClientConnection(Protocol):
             self._outbox.stop()
         if self._address:
             self._slots.release(self._address)
+        if self._status_slot:
+            self.factory.release_status_slot()
         self.factory.connections.discard(self)
         if stage is Stage.HTTP:
             self._channel.connectionLost(reason)
@@ -251,11 +267,16 @@ class ClientConnection(Protocol):
             return
         self._head = bytearray()
         self._cancel_timers()
-        if self._refusal is not None:
-            self._answer(*self._refusal)
-            return
         whole, rest = bytes(head[:end + 4]), bytes(head[end + 4:])
         request_line = whole[:whole.find(b"\r\n")].split(b" ")
+        if self._refusal is not None:
+            status_page = (len(request_line) == 3 and request_line[0] == b"GET"
+                           and request_line[1].partition(b"?")[0] in _STATUS_PATHS)
+            if not (status_page and self.factory.take_status_slot()):
+                self._refuse_over_limit()
+                return
+            self._refusal = None
+            self._status_slot = True
         if len(request_line) != 3 or not request_line[1].startswith(b"/ws/"):
             self._hand_to_site(whole + rest)
             return
@@ -739,6 +760,21 @@ class WebSocketFactory(Factory[ClientConnection]):
                          reactor=broker.clock)
         self.site.noisy = False
         self._last_frame: tuple[str | None, bytes] = (None, b"")
+        self._status_slots_taken = 0
+        #: Warns of a socket refused over a limit: the first at once, then at most one a second (a flood of
+        #: connections is counted in ``handshakes_total{outcome="over_limit"}``, not logged line by line).
+        self.refused_over_limit = ThrottledWarning(log, broker.clock, "Refused a WebSocket-port connection: {why}")
+
+    def take_status_slot(self) -> bool:
+        """Take one of the ``STATUS_RESERVE`` slots of sockets over the limits that GET a status page."""
+        if self._status_slots_taken >= STATUS_RESERVE:
+            return False
+        self._status_slots_taken += 1
+        return True
+
+    def release_status_slot(self) -> None:
+        """Give back a status page's slot (its socket closed)."""
+        self._status_slots_taken -= 1
 
     def text_frame(self, message: str) -> bytes:
         """``message`` as a server's unfragmented text frame; the last one is kept for the next client it goes to."""

@@ -17,14 +17,22 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from websockets.frames import Close, Frame, Opcode
 
 from pystrands import wire
 from pystrands.broker.config import BrokerConfig
 from pystrands.broker.router import Broker
-from pystrands.broker.websocket import MAX_HEAD, REFUSAL_LINGER, SMALL_READ, ClientConnection, Stage, WebSocketFactory
+from pystrands.broker.websocket import (
+    MAX_HEAD,
+    REFUSAL_LINGER,
+    SMALL_READ,
+    STATUS_RESERVE,
+    ClientConnection,
+    Stage,
+    WebSocketFactory,
+)
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 HOST = "broker.test:8080"
@@ -404,6 +412,48 @@ def test_past_max_clients_per_address_a_socket_gets_429() -> None:
     other.hang_up()
     assert len(h.factory.slots) == 0
     assert h.connect("192.0.2.1").transport.value() == b""
+
+
+def test_past_the_limits_the_status_pages_are_still_served_from_a_reserve_of_sockets() -> None:
+    """A full broker answers its probes (liveness, readiness) and scrapes; its handshakes still get 503,
+    and at most STATUS_RESERVE status sockets are served at once."""
+    h = Harness(max_clients=1, max_clients_per_address=1)
+    h.connect("192.0.2.1")  # the one slot
+    healthz = h.handshake(b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n", host="192.0.2.1")
+    assert (healthz.answer.status, healthz.answer.body) == (200, b"ok\n")
+    readyz = h.handshake(b"GET /readyz?probe=1 HTTP/1.1\r\nHost: b\r\n\r\n", host="192.0.2.2")
+    assert (readyz.answer.status, readyz.answer.body) == (200, b"ready\n")
+    assert h.handshake(host="192.0.2.3").answer.status == 503  # a WebSocket handshake: refused as before
+    assert h.handshake(b"POST /healthz HTTP/1.1\r\nHost: b\r\n\r\n").answer.status == 503
+    assert h.handshake(b"GET /static.js HTTP/1.1\r\nHost: b\r\n\r\n").answer.status == 503
+    more = [h.handshake(b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n") for _ in range(STATUS_RESERVE - 2)]
+    assert {sock.answer.status for sock in more} == {200}
+    spare = h.handshake(b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n")
+    assert spare.answer.status == 503  # the reserve is taken: such sockets stay few
+    healthz.hang_up()
+    assert h.handshake(b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n").answer.status == 200
+    assert len(h.factory.slots) == 1
+
+
+def test_refusals_over_the_limits_are_logged_once_a_second_with_a_count() -> None:
+    h = Harness(max_clients=1)
+    h.connect()
+    warnings: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_level") is LogLevel.warn and "Refused a WebSocket-port" in event.get("log_format", ""):
+            warnings.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        for _ in range(100):
+            assert h.handshake().answer.status == 503
+        h.clock.advance(1.0)
+        h.handshake()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert warnings == ["Refused a WebSocket-port connection: too many clients",
+                        "Refused a WebSocket-port connection: too many clients; 99 more since the last warning"]
 
 
 # -- 5. JUDGING -----------------------------------------------------------------------------
