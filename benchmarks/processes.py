@@ -39,9 +39,12 @@ def process(label: str, command: list[str], path: Path | None = REPO,
     spend its time writing it; its failures then quote nothing). An exception raised
     while it runs comes out as :class:`ChildFailed`: ``label`` and the error,
     then the last lines of that output (a ChildFailed from a process started
-    inside this one gets them added).
+    inside this one gets them added). The ``PYSTRAND_*`` variables of this
+    environment are left out: they would override the ports and settings both
+    brokers are given on their command lines.
     """
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env = {key: value for key, value in os.environ.items()
+           if key != "PYTHONPATH" and not key.startswith("PYSTRAND_")}
     if path is not None:
         env["PYTHONPATH"] = str(path)
     with tempfile.TemporaryFile("w+", errors="replace") as log:
