@@ -84,7 +84,7 @@ from twisted.web.server import Request, Site
 if TYPE_CHECKING:
     from .router import Broker
 
-__all__ = ["PREFIX", "BrokerMetrics", "MetricsPage", "StatusPage", "add_status_pages", "metrics_site"]
+__all__ = ["PREFIX", "BrokerMetrics", "MetricsPage", "QuietSite", "StatusPage", "add_status_pages", "metrics_site"]
 
 #: The prefix of every broker metric name.
 PREFIX = "pystrands_broker_"
@@ -269,10 +269,17 @@ def add_status_pages(root: IResource, broker: Broker, metrics: bool) -> None:
         root.putChild(b"metrics", MetricsPage(broker.metrics))
 
 
+class QuietSite(Site):
+    """A ``Site`` that writes no access log: probes every few seconds and scrapes would fill the broker's log."""
+
+    def log(self, request: Request) -> None:
+        """Nothing: the broker logs what matters itself, and counts requests in its metrics."""
+
+
 def metrics_site(broker: Broker) -> Site:
     """The site of a ``metrics_endpoint`` listener: ``/metrics``, ``/healthz``, ``/readyz``, else 404."""
     root = pages.notFound()
     add_status_pages(root, broker, metrics=True)
-    site = Site(root, timeout=broker.config.handshake_timeout, reactor=broker.clock)
+    site = QuietSite(root, timeout=broker.config.handshake_timeout, reactor=broker.clock)
     site.noisy = False
     return site

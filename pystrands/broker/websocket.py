@@ -62,7 +62,7 @@ except ImportError:  # websockets built without its C extension
 from ..ratelimit import ThrottledWarning
 from .client_script import PATH, ClientScript
 from .guards import AddressSlots, MessageAssembler, OriginPolicy, TokenBucket, TooManyFragments, decode_message
-from .metrics import add_status_pages
+from .metrics import QuietSite, add_status_pages
 from .outbox import Outbox, send_at_once
 from .router import Admission, Broker, Handshake, HandshakeRefused
 
@@ -756,7 +756,7 @@ class WebSocketFactory(Factory[ClientConnection]):
         # /metrics here unless it has a listener of its own
         add_status_pages(root, broker, metrics=config.metrics and config.metrics_endpoint is None)
         # Idle HTTP keep-alive sockets (static files) hold a slot: close them as idle WebSockets are.
-        self.site = Site(root, timeout=config.client_idle_timeout or config.handshake_timeout,
+        self.site = QuietSite(root, timeout=config.client_idle_timeout or config.handshake_timeout,
                          reactor=broker.clock)
         self.site.noisy = False
         self._last_frame: tuple[str | None, bytes] = (None, b"")

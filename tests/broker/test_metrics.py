@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from websockets.exceptions import InvalidStatus
 
 from pystrands.broker import BrokerConfig
@@ -153,12 +154,22 @@ def test_separate_metrics_listener(start_broker: Callable[..., RunningBroker]) -
     address: Any = broker.service.metrics_address
     assert address is not None and address.host == "127.0.0.1"
     port = address.port
-    assert value(scrape(port), "clients") == 0
-    assert get(broker.ws_port, "/metrics")[0] == 404  # not on the WebSocket port then
-    assert get(port, "/healthz")[:3:2] == (200, "ok\n")
-    assert get(port, "/readyz")[0] == 503
-    assert get(port, "/other")[0] == 404
-    assert get(broker.ws_port, "/healthz")[:3:2] == (200, "ok\n")
+    logged: list[str] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        logged.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        assert value(scrape(port), "clients") == 0
+        assert get(broker.ws_port, "/metrics")[0] == 404  # not on the WebSocket port then
+        assert get(port, "/healthz")[:3:2] == (200, "ok\n")
+        assert get(port, "/readyz")[0] == 503
+        assert get(port, "/other")[0] == 404
+        assert get(broker.ws_port, "/healthz")[:3:2] == (200, "ok\n")
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert not [line for line in logged if "GET /" in line]  # no access log: probes would fill the log
 
 
 def test_without_metrics_only_health_and_readiness(broker: RunningBroker) -> None:
