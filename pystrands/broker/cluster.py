@@ -259,8 +259,7 @@ class ClusterBroker(Broker):
             if timer.active():
                 timer.cancel()
         self._timers = []
-        for request_id in list(self._handshakes):
-            self._refuse_forwarded(request_id, 503, "the broker is stopping")
+        self._refuse_judged_by(None, "the broker is stopping")
 
     def shutdown(self) -> Deferred[None]:
         """Say goodbye to the cluster, then close the connections to Redis.
@@ -301,9 +300,14 @@ class ClusterBroker(Broker):
     # -- Redis ----------------------------------------------------------------
 
     def _redis_state(self, up: bool, why: str) -> None:
+        """Redis lost: the handshakes waiting for another node's verdict get 503 (a verdict published while
+        this node is not subscribed is lost; one that comes late is answered with ``abandon``). Redis back:
+        rejoin the cluster."""
         if not up:
             log.warn("Cluster node {node}: Redis {redis} is unreachable ({why}); serving this node's"
                      " clients alone, reconnecting", node=self.node, redis=str(self.link.address), why=why)
+            self._refuse_judged_by(None, "the cluster's Redis connection broke while the handshake was judged;"
+                                         " try again")
             return
         log.info("Cluster node {node}: connected to Redis {redis}", node=self.node, redis=str(self.link.address))
         self._report_losses()
@@ -424,6 +428,9 @@ class ClusterBroker(Broker):
             log.info("Cluster node {node}: node {peer} joined ({backends} backends)", node=self.node,
                      peer=origin, backends=backends)
         if answer:
+            # It is back on Redis: while it was not, a handshake for it or its verdict may have been lost.
+            self._refuse_judged_by({origin}, "the node judging the handshake lost its connection to Redis"
+                                             " meanwhile; try again")
             self._beat()
         lost_backends = not backends and bool(before)
         if lost_backends:
@@ -482,9 +489,9 @@ class ClusterBroker(Broker):
         self._let_guests_go(node)
         self._flush_held()
 
-    def _refuse_judged_by(self, nodes: set[str], reason: str) -> None:
-        """503 to the handshakes waiting for a verdict from ``nodes`` (it will not come)."""
-        for request_id in [rid for rid, pending in self._handshakes.items() if pending.node in nodes]:
+    def _refuse_judged_by(self, nodes: set[str] | None, reason: str) -> None:
+        """503 to the handshakes waiting for a verdict from ``nodes`` (None: from any node): it will not come."""
+        for request_id in [rid for rid, pending in self._handshakes.items() if nodes is None or pending.node in nodes]:
             self._refuse_forwarded(request_id, 503, reason)
 
     def _let_guests_go(self, origin: str) -> None:

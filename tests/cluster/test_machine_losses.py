@@ -1,0 +1,63 @@
+"""The forwarding machine when Redis loses one of its messages: what each loss costs (Clock, memory Redis)."""
+
+from __future__ import annotations
+
+from tests.cluster.memory import HEARTBEAT
+from tests.cluster.test_machine import nodes, passes, refused
+
+
+def test_a_verdict_lost_while_the_asking_node_was_off_redis_gets_503_at_once() -> None:
+    clock, redis, (a, b) = nodes(2, auth_timeout=10.0)
+    judge = b.backend()
+    redis.run()
+    outcome = a.handshake()
+    redis.run()
+    a.link.cut()  # a short blip of A's connections while B's backend judges
+    assert refused(outcome) == [("HandshakeRefused", 503)]  # its verdict could come while A is not subscribed
+    judge.accept(judge.requests()[-1], "x")  # published to no subscriber: lost
+    redis.run()
+    a.link.restore()
+    passes(clock, redis, HEARTBEAT)
+    assert judge.load == 0  # B knows A did not hear it
+
+
+def test_a_verdict_the_judging_node_could_not_publish_gets_503_once_that_node_is_back() -> None:
+    _, redis, (a, b) = nodes(2, auth_timeout=10.0)
+    judge = b.backend()
+    redis.run()
+    outcome = a.handshake()
+    redis.run()
+    b.link.cut()  # a short blip of B's connections while its backend judges
+    judge.accept(judge.requests()[-1], "x")  # the verdict cannot be published
+    b.link.restore()
+    redis.run()
+    assert len(a.broker.peers) == 1  # A never lost sight of B
+    assert refused(outcome) == [("HandshakeRefused", 503)]  # at B's answer beat, not after auth_timeout
+    assert judge.load == 0
+
+
+def test_a_refusal_the_judging_node_could_not_publish_gets_503_once_that_node_is_back() -> None:
+    _, redis, (a, b) = nodes(2, auth_timeout=10.0)
+    judge = b.backend()
+    redis.run()
+    outcome = a.handshake()
+    redis.run()
+    b.link.cut()
+    judge.reply("response", {"accepted": False}, judge.requests()[-1].request_id)  # its 403, unpublished
+    b.link.restore()
+    redis.run()
+    assert refused(outcome) == [("HandshakeRefused", 503)]
+
+
+def test_a_handshake_lost_on_its_way_into_the_judging_node_gets_503_once_that_node_is_back() -> None:
+    _, redis, (a, b) = nodes(2, auth_timeout=10.0)
+    judge = b.backend()
+    redis.run()
+    outcome = a.handshake()
+    redis._work.popleft()()  # Redis runs A's PUBLISH: B subscribed, counted 1 ...
+    b.link.cut()  # ... and B's connection breaks before B read it
+    redis.run()
+    b.link.restore()
+    redis.run()
+    assert judge.requests() == [] and len(a.broker.peers) == 1
+    assert refused(outcome) == [("HandshakeRefused", 503)]
