@@ -77,7 +77,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from twisted.web import pages
+from twisted.web import http, pages
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
@@ -272,7 +272,7 @@ def add_status_pages(root: IResource, broker: Broker, metrics: bool) -> None:
 class QuietSite(Site):
     """A ``Site`` that writes no access log: probes every few seconds and scrapes would fill the broker's log."""
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         """Nothing: the broker logs what matters itself, and counts requests in its metrics."""
 
 
@@ -280,6 +280,7 @@ def metrics_site(broker: Broker) -> Site:
     """The site of a ``metrics_endpoint`` listener: ``/metrics``, ``/healthz``, ``/readyz``, else 404."""
     root = pages.notFound()
     add_status_pages(root, broker, metrics=True)
-    site = QuietSite(root, timeout=broker.config.handshake_timeout, reactor=broker.clock)
+    site = QuietSite(root, timeout=broker.config.handshake_timeout,
+                     reactor=broker.clock)  # type: ignore[no-untyped-call]  # Site's __init__
     site.noisy = False
     return site
