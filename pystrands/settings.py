@@ -13,7 +13,7 @@ from typing import Any
 
 from . import _install  # noqa: F401  refuses a pystrands/ folder shared with another distribution
 
-__all__ = ["BackendSettings", "check_integer", "check_number", "check_port"]
+__all__ = ["BackendSettings", "check_integer", "check_number", "check_port", "check_token"]
 
 
 def check_number(name: str, value: Any, *, minimum: float, inclusive: bool = True) -> float:
@@ -34,6 +34,17 @@ def check_integer(name: str, value: Any, *, minimum: int, maximum: int | None = 
     if value < minimum or (maximum is not None and value > maximum):
         bound = f"{minimum}-{maximum}" if maximum is not None else f">= {minimum}"
         raise ValueError(f"{name} must be {bound}, not {value!r}")
+    return value
+
+
+def check_token(name: str, value: Any) -> str | None:
+    """A shared secret: None (no token), or a str that is not empty (an empty one is a mistake, not a token)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{name} must not be empty (leave it out for no token)")
     return value
 
 
@@ -90,8 +101,7 @@ class BackendSettings:
         check_integer("send_buffer_size", self.send_buffer_size, minimum=0)
         check_integer("max_pending_events", self.max_pending_events, minimum=1)
         check_integer("max_pending_bytes", self.max_pending_bytes, minimum=1)
-        if self.backend_token is not None and not isinstance(self.backend_token, str):
-            raise TypeError(f"backend_token must be a str, not {type(self.backend_token).__name__}")
+        check_token("backend_token", self.backend_token)
         if self.metrics_registry is not None:
             from .metrics import check_registry  # imports prometheus_client only when asked to count
 

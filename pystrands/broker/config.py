@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
 
 from ..options import PackageOptions, parse_numbers, settings_error
-from ..settings import BackendSettings, check_integer, check_number
+from ..settings import BackendSettings, check_integer, check_number, check_token
 from .guards import OriginPolicy
 from .redis_url import check_cluster_name, parse_redis_url
 
@@ -159,9 +159,7 @@ class BrokerConfig:
                                 f" not {type(self.allowed_origins).__name__}")
             object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
             OriginPolicy(self.allowed_origins)  # raises on a malformed pattern
-        if self.backend_token is not None and (not isinstance(self.backend_token, str)
-                                               or not self.backend_token):
-            raise ValueError("backend_token must be a non-empty str or None")
+        check_token("backend_token", self.backend_token)
         if self.static is not None and not os.path.isdir(self.static):
             raise ValueError(f"static {self.static!r} is not a directory")
         if self.redis is not None:
@@ -178,8 +176,8 @@ class BrokerConfig:
             raise ValueError(f"workers must be 1 on {sys.platform}: several workers share the ports"
                              " through SO_REUSEPORT's load balancing, which only Linux has")
         if self.redis is None:
-            raise ValueError(f"workers above 1 needs --redis (redis=): the {self.workers} workers are"
-                             " nodes of one cluster, which meets in Redis")
+            raise ValueError(f"workers above 1 needs a Redis URL (--redis, PYSTRAND_REDIS_URL): the {self.workers}"
+                             " workers are nodes of one cluster, which meets in Redis")
         for name in ("ws_endpoint", "tcp_endpoint", "metrics_endpoint"):
             if getattr(self, name) is not None:
                 raise ValueError(f"workers must be 1 with --{name.replace('_', '-')}: workers share plain"

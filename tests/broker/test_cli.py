@@ -75,7 +75,7 @@ BAD_ARGUMENTS = [
     (["server", "--ws-endpoint", "ssl:8443:privateKey=/no/such.pem"], {}, "--ws-endpoint 'ssl:8443"),
     (["server", "--max-clients", "many"], {}, "--max-clients 'many' is not a whole number"),
     (["server", "--static", "/no/such/dir"], {}, "--static '/no/such/dir' is not a directory"),
-    (["server", "--backend-token", ""], {}, "--backend-token must be a non-empty str"),
+    (["server", "--backend-token", ""], {}, "--backend-token must not be empty (leave it out for no token)"),
     (["server", "--bogus"], {}, "option --bogus not recognized"),
     (["server", "--ws-port"], {}, "option --ws-port requires argument"),
     (["server"], {"PYSTRAND_WS_PORT": "abc"}, "PYSTRAND_WS_PORT 'abc' is not a whole number"),

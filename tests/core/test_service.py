@@ -57,6 +57,7 @@ async def test_service_in_a_multiservice_connects_serves_and_stops(reactor: Any)
         ({"max_reconnect_delay": 0.5, "reconnect_delay": 1}, "max_reconnect_delay"),
         ({"auto_reconnect": "yes"}, "auto_reconnect must be a bool"),
         ({"backend_token": 5}, "backend_token must be a str"),
+        ({"backend_token": ""}, "backend_token must not be empty"),
         ({"no_such_setting": 1}, "no_such_setting"),
     ],
 )

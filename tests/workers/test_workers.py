@@ -219,8 +219,8 @@ def test_a_taken_port_is_a_failure_at_start(redis_url: str) -> None:
     (["--workers", "-1"], "--workers must be 1-256, not -1"),
     (["--workers", "abc"], "--workers 'abc' is not a whole number"),
     (["--workers", "257", "--redis", "redis://127.0.0.1:6379"], "--workers must be 1-256, not 257"),
-    (["--workers", "2"], ("--workers above 1 needs --redis (redis=): the 2 workers are nodes of one cluster,"
-                          " which meets in Redis")),
+    (["--workers", "2"], ("--workers above 1 needs a Redis URL (--redis, PYSTRAND_REDIS_URL): the 2 workers are"
+                          " nodes of one cluster, which meets in Redis")),
     (["--workers", "2", "--redis", "redis://127.0.0.1:6379", "--tcp-endpoint", "tcp:0"],
      ("--workers must be 1 with --tcp-endpoint: workers share plain ports (--ws-port, --tcp-port);"
       " a metrics listener would be one port per worker")),
@@ -239,5 +239,6 @@ def test_twistd_refuses_workers_without_redis() -> None:
     done = subprocess.run([TWISTD, "-n", "--pidfile=", "pystrands-broker", "--workers", "3"], cwd=ROOT,
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 1
-    assert done.stdout.strip().splitlines()[-1].endswith(": --workers above 1 needs --redis (redis=): the 3 workers"
-                                                         " are nodes of one cluster, which meets in Redis")
+    assert done.stdout.strip().splitlines()[-1].endswith(
+        ": --workers above 1 needs a Redis URL (--redis, PYSTRAND_REDIS_URL): the 3 workers are nodes of one cluster,"
+        " which meets in Redis")
