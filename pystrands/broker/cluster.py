@@ -225,6 +225,9 @@ class ClusterBroker(Broker):
         self._queries: dict[str, _Query] = {}
         self._asks: dict[str, tuple[Deferred[bool], IDelayedCall]] = {}
         self._timers: list[IDelayedCall] = []
+        #: True once this node's answer beat went out since it (re)connected to Redis. Until then it neither
+        #: beats nor forwards: a node that hears it has been asked to beat, and its beat comes before what it sends.
+        self._joined = False
         #: When the other nodes' silence was last checked (a later check than due: this node stalled).
         self._checked = 0.0
         self._unpublished_reported = 0
@@ -287,7 +290,7 @@ class ClusterBroker(Broker):
     @property
     def ready(self) -> bool:
         """A backend here, or on a node this one can reach: a load balancer may send it clients."""
-        return bool(self.backends) or (self.link.up and bool(self.peers.with_backends()))
+        return bool(self.backends) or (self._joined and bool(self.peers.with_backends()))
 
     def cluster_gauges(self) -> dict[str, tuple[str, float]]:
         """Redis up, the other nodes, those with a backend, the events held for nodes unconfirmed."""
@@ -306,6 +309,7 @@ class ClusterBroker(Broker):
         if not up:
             log.warn("Cluster node {node}: Redis {redis} is unreachable ({why}); serving this node's"
                      " clients alone, reconnecting", node=self.node, redis=str(self.link.address), why=why)
+            self._joined = False
             self._refuse_judged_by(None, "the cluster's Redis connection broke while the handshake was judged;"
                                          " try again")
             return
@@ -321,7 +325,14 @@ class ClusterBroker(Broker):
         asked = self.link.command(b"SMEMBERS", self.channels.forgot_key(self.node)) if self.link.up else None
         if asked is not None:
             asked.addCallbacks(self._read_forgetters, lambda _: None).addCallback(
-                lambda _: self._beat(answer=True) if self.link.up else None)
+                lambda _: self._announce() if self.link.up else None)
+
+    def _announce(self) -> None:
+        """Ask every node to beat (the answer beat, with this node's backends), then forward what waited for it."""
+        self._joined = True
+        self._beat(answer=True)
+        self._flush_held()
+        self._flush_queue()
 
     def _publish(self, channel: bytes, payload: bytes) -> Deferred[int | None] | None:
         """Publish: fires with the subscribers that got it (None if lost: counted); None (counted,
@@ -377,7 +388,10 @@ class ClusterBroker(Broker):
     # -- heartbeats ---------------------------------------------------------------
 
     def _beat(self, answer: bool = False) -> None:
-        """Say this node is alive and how many backends it has; ``answer``: the others beat back now."""
+        """Say this node is alive and how many backends it has; ``answer``: the others beat back now.
+        Not before the answer beat after a (re)connection (see ``_joined``)."""
+        if not (self._joined or answer):
+            return
         self.link.fire(b"SET", self.channels.node_key(self.node), str(len(self.backends)).encode(),
                        b"PX", self._expiry)
         # Not counted when unpublished: a heartbeat is no message, and the next one says the same.
@@ -704,7 +718,7 @@ class ClusterBroker(Broker):
 
     def _target(self, client_id: str | None) -> str | None:
         """The node whose backends get this client's events, if not this one."""
-        if self.backends or not self.link.up:
+        if self.backends or not self._joined:
             return None
         nodes = self.peers.with_backends()
         if not nodes:
@@ -715,7 +729,8 @@ class ClusterBroker(Broker):
 
     def _route(self, client_id: str | None, frame: bytes, final: bool) -> BackendLink | None:
         """A client's event: to the node its events go to (sticky; held while that node is unconfirmed or
-        Redis unreachable), else to a node with a backend when there is none here, else as one node."""
+        this node has not rejoined since Redis came back), else to a node with a backend when there is none
+        here, else as one node."""
         if client_id is not None:
             if client_id in self._disowned:  # closed as the cluster forgot this node: its goodbye was given
                 if final:
@@ -723,7 +738,7 @@ class ClusterBroker(Broker):
                 return None
             node = self._forwarded.get(client_id)
             if node is not None:
-                if not self.link.up or self.peers.unconfirmed(node):
+                if not self._joined or self.peers.unconfirmed(node):
                     self._hold(self.node, client_id, frame, final)
                     return None
                 if self.peers.backends(node):
@@ -763,7 +778,7 @@ class ClusterBroker(Broker):
 
     def _flush_queue(self) -> None:
         """Events queued while no backend was anywhere: to a node that has one now."""
-        if self.backends or not self.link.up or not self.peers.with_backends() or not len(self.queue):
+        if self.backends or not self._joined or not self.peers.with_backends() or not len(self.queue):
             return
         log.info("Forwarding {count} queued events to other nodes' backends", count=len(self.queue))
         for client_id, frame, final in self.queue.drain():

@@ -55,7 +55,11 @@ class MemoryRedis:
     def run(self) -> None:
         """Carry out everything sent so far, and what it causes, until nothing is left."""
         while self._work:
-            self._work.popleft()()
+            self.step()
+
+    def step(self) -> None:
+        """Carry out the oldest piece of work waiting (one command, or one delivery to a subscriber)."""
+        self._work.popleft()()
 
     def drop(self, link: MemoryLink) -> None:
         """A link's connections are gone: so are its subscriptions."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.cluster.memory import HEARTBEAT
+from tests.cluster.memory import HEARTBEAT, Node
 from tests.cluster.test_machine import nodes, passes, refused
 
 
@@ -54,10 +54,39 @@ def test_a_handshake_lost_on_its_way_into_the_judging_node_gets_503_once_that_no
     judge = b.backend()
     redis.run()
     outcome = a.handshake()
-    redis._work.popleft()()  # Redis runs A's PUBLISH: B subscribed, counted 1 ...
+    redis.step()  # Redis runs A's PUBLISH: B subscribed, counted 1 ...
     b.link.cut()  # ... and B's connection breaks before B read it
     redis.run()
     b.link.restore()
     redis.run()
     assert judge.requests() == [] and len(a.broker.peers) == 1
     assert refused(outcome) == [("HandshakeRefused", 503)]
+
+
+def test_a_handshake_forwarded_to_a_node_that_just_joined_with_a_backend_is_judged() -> None:
+    _, redis, (a,) = nodes(1, auth_timeout=10.0)
+    b = Node(redis, auth_timeout=10.0)
+    redis.step()  # B's connections are up; its subscriptions and its answer beat are under way
+    judge = b.backend()  # a backend connects to B now
+    while b.broker.node not in a.broker.peers.with_backends():
+        redis.step()
+    outcome = a.handshake()  # A forwards to B at once
+    redis.run()
+    assert b.broker.metrics.cluster_rejected == 0  # B had heard A: its answer beat came first
+    judge.accept(judge.requests()[-1], "x")
+    redis.run()
+    assert [type(result).__name__ for result in outcome] == ["Admission"]
+
+
+def test_events_queued_while_no_backend_was_anywhere_reach_the_first_node_that_joins_with_one() -> None:
+    _, redis, (a,) = nodes(1)
+    refused_early = a.handshake()  # no backend anywhere: 503, its error event waits in A's queue
+    redis.run()
+    assert refused(refused_early) == [("HandshakeRefused", 503)] and len(a.broker.queue) == 1
+    b = Node(redis)
+    redis.step()
+    judge = b.backend()  # before B's answer beat
+    redis.run()
+    assert len(a.broker.queue) == 0
+    assert [frame.action for frame in judge.frames] == ["hello", "error"]
+    assert b.broker.metrics.cluster_rejected == 0
