@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
     from .broker.worker_log import WorkerOutput
 
+SERVER_HELP = ("Runs the embedded broker: WebSocket clients connect to --ws-port under /ws/..., backends to"
+               " --tcp-port. Each PYSTRAND_* variable named above wins over its flag. A bad flag is one line on"
+               " stderr and exit status 2; a failure at start (a port in use) exit status 1.")
 USAGE = ("usage: python -m pystrands server [--ws-port 8080] [--tcp-port 8081] [--queue-size 1000] [...]"
          " | python -m pystrands --version")
 
@@ -39,6 +42,8 @@ def server(args: list[str], log_observer: ILogObserver | None = None) -> int:
     from .broker.service import BrokerService, describe, fit_file_limit
 
     options = Options()
+    options.synopsis = "Usage: python -m pystrands server [options]"
+    options.longdesc = SERVER_HELP
     try:
         options.parseOptions(args)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     except usage.UsageError as exc:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
+from twisted.python import usage
 
 from ..options import PackageOptions, parse_numbers, settings_error
 from ..settings import BackendSettings, check_integer, check_number, check_token
@@ -241,6 +242,8 @@ class Options(PackageOptions):
     """Command-line options of the broker (``python -m pystrands server``, ``twistd pystrands-broker``)."""
 
     synopsis = "[options]"
+    #: The text after the options in ``--help`` (the command line sets its own; empty: twistd's).
+    longdesc = ""
 
     optParameters: ClassVar[list[list[Any]]] = [
         ["ws-port", None, _DEFAULTS.ws_port, "WebSocket port (env PYSTRAND_WS_PORT wins)."],
@@ -302,6 +305,11 @@ class Options(PackageOptions):
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self.environ = os.environ if environ is None else environ
+
+    def parseArgs(self, *args: str) -> None:
+        """Every setting is an option: a word left over is named in the error (a mistyped flag, a missing ``--``)."""
+        if args:
+            raise usage.UsageError(f"unexpected argument{'s' if len(args) > 1 else ''}: {' '.join(args)}")
 
     def postOptions(self) -> None:
         """Apply the environment variables, then build and check ``self["config"]``, a :class:`BrokerConfig`."""

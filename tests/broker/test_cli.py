@@ -78,6 +78,8 @@ BAD_ARGUMENTS = [
     (["server", "--backend-token", ""], {}, "--backend-token must not be empty (leave it out for no token)"),
     (["server", "--bogus"], {}, "option --bogus not recognized"),
     (["server", "--ws-port"], {}, "option --ws-port requires argument"),
+    (["server", "--ws-port", "0", "8081"], {}, "unexpected argument: 8081"),
+    (["server", "ws-port", "0"], {}, "unexpected arguments: ws-port 0"),
     (["server"], {"PYSTRAND_WS_PORT": "abc"}, "PYSTRAND_WS_PORT 'abc' is not a whole number"),
     (["server"], {"PYSTRAND_TCP_PORT": "99999"}, "PYSTRAND_TCP_PORT must be 0-65535"),
     (["server"], {"PYSTRAND_QUEUE_SIZE": "-5"}, "PYSTRAND_QUEUE_SIZE must be >= 0"),
@@ -94,6 +96,15 @@ def test_bad_usage_is_one_line_and_exit_2(args: list[str], variables: dict[str, 
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_help_says_how_to_run_it_in_plain_text() -> None:
+    result = run("server", "--help")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert lines[0] == "Usage: python -m pystrands server [options]"
+    assert "--ws-port=" in result.stdout and "Runs the embedded broker" in result.stdout
+    assert "``" not in result.stdout  # no reStructuredText shown raw
 
 
 def test_port_in_use_is_one_line_and_exit_1() -> None:
