@@ -672,9 +672,11 @@ class ClusterBroker(Broker):
 
     def _client_request(self, action: str, params: dict[str, Any]) -> Deferred[bool] | None:
         """For a client of another node: ask the node that holds it, whose answer comes once the
-        request is in effect there (false at once if no node holds it). None: do it here."""
+        request is in effect there (false at once if no node holds it). None: do it here, as for a
+        client accepted here whose upgrade is under way (this node watches its channel: no other node
+        holds it, and this one would wait for its own answer)."""
         client_id = _CLIENT_REQUESTS[action](params)[0]
-        if self.rooms.client(client_id) is not None:
+        if self.rooms.client(client_id) is not None or self.link.watching(self.channels.client(client_id)):
             return None
         request_id = uuid.uuid4().hex
         published = self.link.publish(self.channels.client(client_id),

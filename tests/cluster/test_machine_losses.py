@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.cluster.memory import HEARTBEAT, Node
-from tests.cluster.test_machine import nodes, passes, refused
+from tests.cluster.test_machine import admitted, nodes, passes, refused, replies
 
 
 def test_a_verdict_lost_while_the_asking_node_was_off_redis_gets_503_at_once() -> None:
@@ -90,3 +90,13 @@ def test_events_queued_while_no_backend_was_anywhere_reach_the_first_node_that_j
     assert len(a.broker.queue) == 0
     assert [frame.action for frame in judge.frames] == ["hello", "error"]
     assert b.broker.metrics.cluster_rejected == 0
+
+
+def test_a_request_about_a_client_accepted_here_and_not_yet_upgraded_is_answered_false_at_once() -> None:
+    _, redis, (a, _) = nodes(2)
+    backend = a.backend()
+    redis.run()
+    admitted(a, backend, "x", redis)  # A subscribed to x's channel; the upgrade is under way
+    backend.reply("set_metadata", {"client_id": "x", "metadata": {"k": 1}}, "m1")
+    redis.run()
+    assert replies(backend) == [{"ok": True, "result": False}]  # as one node answers
