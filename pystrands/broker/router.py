@@ -407,7 +407,7 @@ class Broker:
             self._refuse(request_id, 403, "rejected by the backend")
         elif not self._usable(line, client_id=client_id, room_id=room_id):
             self._refuse(request_id, 403, "the backend's answer was not usable")
-        elif pending.reserve and not self.rooms.reserve(client_id):
+        elif not self._take_id(client_id, pending.reserve):
             log.warn("Refused a handshake: client_id {client_id!r} is already connected",
                      client_id=client_id)
             self._refuse(request_id, 409, "client_id already in use")
@@ -417,6 +417,14 @@ class Broker:
             metadata = params.get("metadata")
             self._assigned[client_id] = pending.backend
             pending.answer.callback(Admission(client_id, room_id, {} if metadata is None else metadata))
+
+    def _take_id(self, client_id: str, reserve: bool) -> bool:
+        """True if an accepted ``client_id`` may be booked here: reserved now (for a client of this
+        broker); else (a cluster node's handshake judged for another node) not booked on a backend here
+        already, by a client of this node or of another: that client's events would move backends."""
+        if reserve:
+            return self.rooms.reserve(client_id)
+        return client_id not in self._assigned
 
     def abandon(self, admission: Admission) -> None:
         """An accepted handshake whose client went away before the upgrade."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pystrands import wire
 from tests.cluster.memory import HEARTBEAT, Node
 from tests.cluster.test_machine import admitted, nodes, passes, refused, replies
 
@@ -100,3 +101,23 @@ def test_a_request_about_a_client_accepted_here_and_not_yet_upgraded_is_answered
     backend.reply("set_metadata", {"client_id": "x", "metadata": {"k": 1}}, "m1")
     redis.run()
     assert replies(backend) == [{"ok": True, "result": False}]  # as one node answers
+
+
+def test_a_handshake_judged_for_another_node_with_the_id_of_a_client_here_leaves_that_client_on_its_backend() -> None:
+    _, redis, (a, b) = nodes(2)
+    first, second = b.backend(), b.backend()
+    redis.run()
+    own = b.connect(admitted(b, first, "u", redis))  # u, B's own client, served by B's first backend
+    redis.run()
+    outcome = a.handshake()  # the same id again, through A: judged by B's least loaded backend, second
+    redis.run()
+    second.accept(second.requests()[-1], "u")
+    redis.run()
+    assert refused(outcome) == [("HandshakeRefused", 409)]
+    b.broker.client_message(own, "still mine")
+    b.broker.client_disconnected(own)
+    redis.run()
+    assert first.events(wire.NEW_CONNECTION, wire.NEW_MESSAGE, wire.DISCONNECTED) == [
+        (wire.NEW_CONNECTION, "u"), (wire.NEW_MESSAGE, "still mine"), (wire.DISCONNECTED, "u")]
+    assert second.events(wire.NEW_MESSAGE, wire.DISCONNECTED) == []
+    assert (first.load, second.load) == (0, 0)
