@@ -164,6 +164,10 @@ class ClusterRooms(Rooms[_Client]):
             self.vacated(room_id)
         return rooms
 
+    def holds(self, client_id: str) -> bool:
+        """True while this node has the client: connected, or accepted and its upgrade under way."""
+        return client_id in self._reserved
+
     def vacated(self, room_id: str) -> None:
         """Stop watching a room's channel if the room has no member here."""
         if not self.occupied(room_id):
@@ -220,8 +224,9 @@ class ClusterBroker(Broker):
         #: Forwarded clients closed because the cluster forgot this node: their backends had their goodbye.
         self._disowned: set[str] = set()
         self._handshakes: dict[str, _Forwarded] = {}
-        #: Clients of other nodes whose events our backends get: node -> client id -> context.
-        self._guests: dict[str, dict[str, dict[str, Any]]] = {}
+        #: Clients of other nodes whose events our backends get: node -> client id -> the context of its latest
+        #: event (its goodbye's, if that node goes), None while it had none (accepted here, not connected yet).
+        self._guests: dict[str, dict[str, dict[str, Any] | None]] = {}
         self._queries: dict[str, _Query] = {}
         self._asks: dict[str, tuple[Deferred[bool], IDelayedCall]] = {}
         self._timers: list[IDelayedCall] = []
@@ -451,6 +456,8 @@ class ClusterBroker(Broker):
             self._unstick(origin, alive=True)
         if unconfirmed or lost_backends or (backends and not before):
             self._flush_held()
+        if before is not None and (answer or unconfirmed):
+            self._tell_keep(origin)  # after the held events: a goodbye among them went first
         if backends and (not before or unconfirmed):
             self._flush_queue()
 
@@ -509,8 +516,18 @@ class ClusterBroker(Broker):
             self._refuse_forwarded(request_id, 503, reason)
 
     def _let_guests_go(self, origin: str) -> None:
-        """The clients of ``origin`` served here leave this node's backends (``disconnected``)."""
-        for client_id, context in self._guests.pop(origin, {}).items():
+        """The clients of ``origin`` served here leave this node's backends."""
+        for client_id in list(self._guests.get(origin, ())):
+            self._let_guest_go(origin, client_id)
+        self._guests.pop(origin, None)
+
+    def _let_guest_go(self, origin: str, client_id: str) -> None:
+        """A client of ``origin`` leaves this node's backends: ``disconnected`` (with the context of its latest
+        event), or nothing but its backend's load if it never connected (its backend never knew it)."""
+        context = self._guests[origin].pop(client_id)
+        if context is None:
+            self._unassign(client_id)
+        else:
             Broker._route(self, client_id, wire.encode_frame(wire.DISCONNECTED, {"context": context}), True)
 
     def _unstick(self, node: str, alive: bool) -> None:
@@ -523,7 +540,28 @@ class ClusterBroker(Broker):
 
     def _tell_abandon(self, node: str, client_id: str) -> None:
         """Tell ``node`` that this node's client no longer goes to its backends (they forget it, no goodbye)."""
-        self._publish(self.channels.node(node), cluster_wire.encode("abandon", self.node, client_id))
+        self._send_to(node, cluster_wire.encode("abandon", self.node, client_id))
+
+    def _tell_keep(self, node: str) -> None:
+        """Tell ``node``, heard again after either of the two could not hear Redis, which of this node's clients
+        forwarded there it still has: it lets the others go (their goodbye or ``abandon`` may have been lost).
+        Those gone are forgotten here too (a goodbye of theirs may have been pushed out of the held events)."""
+        kept = []
+        for client_id in [cid for cid, owner in self._forwarded.items() if owner == node]:
+            if self.rooms.holds(client_id):
+                kept.append(client_id)
+            else:
+                del self._forwarded[client_id]
+        self._send_to(node, cluster_wire.encode("keep", self.node, kept))
+
+    def _on_keep(self, channel: bytes, origin: str, client_ids: list[Any]) -> None:
+        self._own_channel(channel)
+        if not all(isinstance(client_id, str) for client_id in client_ids):
+            raise ClusterWireError("a list of the clients a node keeps that are not all ids")
+        self._from_peer(origin, "a list of the clients a node keeps")
+        kept = set(client_ids)
+        for client_id in [cid for cid in self._guests.get(origin, ()) if cid not in kept]:
+            self._let_guest_go(origin, client_id)
 
     # -- backends ---------------------------------------------------------------
 
@@ -759,8 +797,20 @@ class ClusterBroker(Broker):
 
     def _forward(self, node: str, origin: str, client_id: str | None, frame: bytes, final: bool) -> None:
         """A client's event to ``node``'s backends, as a client of ``origin`` (the node that holds it)."""
-        self._publish(self.channels.node(node), cluster_wire.encode("event", origin, client_id, final,
-                                                                    frame.decode()))
+        self._send_to(node, cluster_wire.encode("event", origin, client_id, final, frame.decode()))
+
+    def _send_to(self, node: str, payload: bytes) -> None:
+        """Publish on ``node``'s channel. If no one got it (its connection to Redis broke), it is lost (counted)
+        and ``node`` unconfirmed: what follows for it is held until it beats again, and then this node tells
+        it which of its clients it still has (``keep``)."""
+        published = self._publish(self.channels.node(node), payload)
+        if published is not None:
+            published.addCallback(self._check_heard, node)
+
+    def _check_heard(self, subscribers: int | None, node: str) -> None:
+        if subscribers == 0:
+            self._unpublished()
+            self.peers.doubt(node)
 
     def _hold(self, origin: str, client_id: str | None, frame: bytes, final: bool) -> None:
         """Keep an event (see ``_held``); past ``queue_size``, the oldest is lost (counted)."""
@@ -816,13 +866,26 @@ class ClusterBroker(Broker):
             else:
                 self._forward(node, origin, client_id, line, final)
             return
-        if client_id is not None:
-            guests = self._guests.setdefault(origin, {})
-            if final:
-                guests.pop(client_id, None)
-            else:
-                guests[client_id] = context
+        if client_id is not None and not self._booked(origin, client_id, final, context):
+            return
         Broker._route(self, client_id, line, final)
+
+    def _booked(self, origin: str, client_id: str, final: bool, context: dict[str, Any]) -> bool:
+        """Keep ``origin``'s client as its guest here, with the context of its latest event; at its last event,
+        let it go. False (the event is not for a backend) for a last event of a client that is no guest here
+        (let go already, when ``origin`` no longer listed it: its goodbye was given) or that never had an
+        event here (its backend never knew it: only its load goes)."""
+        guests = self._guests.setdefault(origin, {})
+        if not final:
+            guests[client_id] = context
+            return True
+        if client_id not in guests:
+            return False
+        if guests[client_id] is None:
+            self._let_guest_go(origin, client_id)
+            return False
+        del guests[client_id]
+        return True
 
     def _guests_full(self, origin: str) -> bool:
         """True if ``origin`` has as many clients here as a node may hold (``max_clients``)."""
@@ -912,7 +975,7 @@ class ClusterBroker(Broker):
         if origin not in self.peers:
             self._unassign(client_id)
             return
-        self._guests.setdefault(origin, {})[client_id] = admission.context
+        self._guests.setdefault(origin, {})[client_id] = None
         published = self._publish(self.channels.node(origin), cluster_wire.encode(
             "verdict", self.node, request_id, 200, "", client_id, admission.room_id, admission.metadata))
         if published is None:  # Redis unreachable: ``origin`` will not hear it
@@ -926,7 +989,9 @@ class ClusterBroker(Broker):
 
     def _drop_guest(self, origin: str, client_id: str) -> None:
         """``origin``'s client is no longer its guest here: its backend is free of it (no goodbye: it never came)."""
-        if self._guests.get(origin, {}).pop(client_id, None) is not None:
+        guests = self._guests.get(origin, {})
+        if client_id in guests:
+            del guests[client_id]
             self._unassign(client_id)
 
     def _not_judged(self, failure: Any, origin: str, request_id: str) -> None:
@@ -1027,6 +1092,7 @@ _HANDLERS: dict[str, Callable[..., None]] = {
     "judge": ClusterBroker._on_judge,
     "verdict": ClusterBroker._on_verdict,
     "abandon": ClusterBroker._on_abandon,
+    "keep": ClusterBroker._on_keep,
     "forgot": ClusterBroker._on_forgot,
     "who": ClusterBroker._on_who,
     "members": ClusterBroker._on_members,

@@ -62,6 +62,12 @@ class Peers:
             self._deadlines[node] = deadline
         self._unconfirmed.update(self._deadlines)
 
+    def doubt(self, node: str) -> None:
+        """``node`` got nothing of what was just sent to it (its connection to Redis broke): unconfirmed
+        until it beats again."""
+        if node in self._backends:
+            self._unconfirmed.add(node)
+
     def unconfirmed(self, node: str) -> bool:
         """True for a node not heard since :meth:`respite`: it may come back as it was, or be forgotten."""
         return node in self._unconfirmed

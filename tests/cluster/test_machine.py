@@ -186,10 +186,11 @@ def test_a_node_that_learns_it_was_forgotten_closes_its_forwarded_clients_and_le
     clock, redis, (a, b, c), judge, client = forwarded(3)
     own = a.backend()
     redis.run()
-    for node, client_id in ((b, "g"), (c, "h")):  # a client of B and one of C, served by A's backend
-        node.link.publish(b"test:node:" + a.broker.node.encode(), event(node, client_id, client_id))
+    b.link.publish(b"test:node:" + a.broker.node.encode(), event(b, "g", "g"))  # B's client, served by A's backend
+    c.broker.peers.doubt(b.broker.node)  # C counts on A's backend alone for a moment ...
+    c.connect(admitted(c, own, "h", redis))  # ... so C's client h is served by A's backend too
     redis.run()
-    assert own.events(wire.NEW_MESSAGE) == [(wire.NEW_MESSAGE, "g"), (wire.NEW_MESSAGE, "h")]
+    assert own.events(wire.NEW_MESSAGE, wire.NEW_CONNECTION) == [(wire.NEW_MESSAGE, "g"), (wire.NEW_CONNECTION, "h")]
     a.link.cut()  # A is cut off from Redis: B forgets it, and x leaves B's backend ...
     c.link.cut()  # ... but C, cut off too, cannot hear that A is silent: it keeps it
     passes(clock, redis, 2 * HEARTBEAT)

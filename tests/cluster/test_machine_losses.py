@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pystrands import wire
+from pystrands.broker import cluster_wire
 from tests.cluster.memory import HEARTBEAT, Node
-from tests.cluster.test_machine import admitted, nodes, passes, refused, replies
+from tests.cluster.test_machine import admitted, forwarded, nodes, passes, refused, replies
 
 
 def test_a_verdict_lost_while_the_asking_node_was_off_redis_gets_503_at_once() -> None:
@@ -121,3 +122,92 @@ def test_a_handshake_judged_for_another_node_with_the_id_of_a_client_here_leaves
         (wire.NEW_CONNECTION, "u"), (wire.NEW_MESSAGE, "still mine"), (wire.DISCONNECTED, "u")]
     assert second.events(wire.NEW_MESSAGE, wire.DISCONNECTED) == []
     assert (first.load, second.load) == (0, 0)
+
+
+def test_a_forwarded_clients_goodbye_lost_in_a_blip_is_given_once_the_nodes_hear_each_other_again() -> None:
+    clock, redis, (a, b), judge, client = forwarded(2)
+    redis.run()
+    assert judge.load == 1
+    a.broker.client_disconnected(client)  # x's goodbye, published to B ...
+    a.link.cut()  # ... lost with A's connection before Redis ran it
+    a.link.restore()
+    passes(clock, redis, 5 * HEARTBEAT)
+    assert a.broker.metrics.cluster_unpublished == 1 and len(b.broker.peers) == 1  # B never forgot A
+    assert judge.events(wire.DISCONNECTED) == [(wire.DISCONNECTED, "x")] and judge.load == 0
+    goodbye = wire.encode_frame(wire.DISCONNECTED, {"context": client.admission.context}).decode()
+    a.link.publish(b"test:node:" + b.broker.node.encode(), cluster_wire.encode("event", a.broker.node, "x", True,
+                                                                                goodbye))
+    redis.run()  # the goodbye, had it come late after all: not a second one
+    assert judge.events(wire.DISCONNECTED) == [(wire.DISCONNECTED, "x")]
+
+
+def test_goodbyes_lost_in_blips_do_not_fill_the_judging_nodes_max_clients() -> None:
+    clock, redis, (a, _), judge, client = forwarded(2, max_clients=1, auth_timeout=10.0)
+    a.broker.client_disconnected(client)
+    a.link.cut()
+    a.link.restore()
+    passes(clock, redis, 2 * HEARTBEAT)
+    outcome = a.handshake()  # x is long gone: A has no client on B
+    passes(clock, redis, HEARTBEAT)
+    assert refused(outcome) == [] and len(judge.requests()) == 2
+
+
+def test_a_forwarded_clients_goodbye_pushed_out_of_the_held_events_is_given_once_its_node_is_heard() -> None:
+    clock, redis, (a, _), judge, x = forwarded(2, queue_size=1)
+    y = a.connect(admitted(a, judge, "y", redis))
+    redis.run()
+    a.link.cut()  # a blip: the events of A's forwarded clients are held for B until B is heard again
+    a.broker.client_disconnected(x)  # held: x's last event ...
+    a.broker.client_message(y, "still here")  # ... pushed out by y's (queue_size 1; counted)
+    assert a.broker.metrics.cluster_unpublished == 1
+    a.link.restore()
+    passes(clock, redis, 5 * HEARTBEAT)
+    assert judge.events(wire.NEW_MESSAGE, wire.DISCONNECTED) == [(wire.NEW_MESSAGE, "still here"),
+                                                                (wire.DISCONNECTED, "x")]
+    assert judge.load == 1  # y's
+    a.broker.client_disconnected(y)
+    redis.run()
+    assert judge.events(wire.DISCONNECTED) == [(wire.DISCONNECTED, "x"), (wire.DISCONNECTED, "y")]
+    assert judge.load == 0
+
+
+def test_an_abandon_lost_in_a_blip_frees_the_backend_once_the_nodes_hear_each_other_again() -> None:
+    clock, redis, (a, b) = nodes(2)
+    judge = b.backend()
+    redis.run()
+    admission = admitted(a, judge, "x", redis)  # accepted by B's backend; the WebSocket not open yet
+    a.link.cut()
+    a.broker.abandon(admission)  # the client hangs up before its upgrade: the abandon is not published
+    a.link.restore()
+    passes(clock, redis, 5 * HEARTBEAT)
+    assert a.broker.metrics.cluster_unpublished == 1 and len(b.broker.peers) == 1
+    assert judge.load == 0 and judge.events(wire.DISCONNECTED) == []  # x never connected: no goodbye
+
+
+def test_events_forwarded_to_a_node_during_its_redis_blip_are_counted_and_its_guest_let_go_once_it_is_back() -> None:
+    clock, redis, (a, b), judge, client = forwarded(2)
+    redis.run()
+    b.link.cut()  # B's connections blip; A does not know (and will not forget B: it is back at once)
+    a.broker.client_message(client, "during")  # published to B's channel: no subscriber
+    a.broker.client_disconnected(client)  # x's goodbye, the same
+    redis.run()
+    b.link.restore()
+    passes(clock, redis, 3 * HEARTBEAT)
+    assert len(a.broker.peers) == 1 and a.broker.metrics.cluster_unpublished == 2
+    assert judge.events(wire.NEW_MESSAGE, wire.DISCONNECTED) == [(wire.DISCONNECTED, "x")] and judge.load == 0
+
+
+def test_events_forwarded_to_a_node_that_did_not_hear_the_last_one_wait_for_it_to_be_back() -> None:
+    clock, redis, (a, b), judge, client = forwarded(2)
+    redis.run()
+    b.link.cut()
+    a.broker.client_message(client, "lost")  # no subscriber on B's channel: counted, B is doubted ...
+    redis.run()
+    a.broker.client_message(client, "held")  # ... so x's next events wait for B's next beat
+    a.broker.client_disconnected(client)
+    redis.run()
+    b.link.restore()
+    passes(clock, redis, 3 * HEARTBEAT)
+    assert a.broker.metrics.cluster_unpublished == 1
+    assert judge.events(wire.NEW_MESSAGE, wire.DISCONNECTED) == [(wire.NEW_MESSAGE, "held"), (wire.DISCONNECTED, "x")]
+    assert judge.load == 0

@@ -32,7 +32,7 @@ SAMPLES: dict[str, tuple[object, ...]] = {
     "ask": ("a1", "join_room", {"client_id": "c", "room_id": "r"}), "done": ("a1", True),
     "beat": (2, True), "bye": (), "forgot": ("n2",), "event": (None, True, '{"action":"error"}\n'),
     "judge": ("r1", {"url": "/ws/x"}),
-    "verdict": ("r1", 200, "", "c", "room", {"nick": "n"}), "abandon": ("c",), "who": ("q",),
+    "verdict": ("r1", 200, "", "c", "room", {"nick": "n"}), "abandon": ("c",), "keep": (["c"],), "who": ("q",),
     "members": ("q", [{"client_id": "c"}]),
 }
 
