@@ -648,18 +648,26 @@ class ClusterBroker(Broker):
         members = super()._room_members(params)
         room_id = extensions.room_params(params)
         query_id = uuid.uuid4().hex
+        answer: Deferred[list[dict[str, Any]]] = Deferred()
+        self._queries[query_id] = _Query(answer, members, self.clock.callLater(
+            QUERY_TIMEOUT, self._end_query, query_id, True))
+        self.link.settled().addCallback(lambda _: self._ask_members(query_id, room_id))
+        return answer
+
+    def _ask_members(self, query_id: str, room_id: str) -> None:
+        """Publish a ``room_members`` question, once Redis has answered this node's (un)subscriptions: the
+        count of nodes it reaches then includes this one exactly when this node watches the room (with a
+        member here, or a handshake into the room under way), and this node answers not its own question."""
+        if query_id not in self._queries:
+            return  # timed out meanwhile
         published = self.link.publish(self.channels.room(room_id), cluster_wire.encode("who", self.node, query_id))
         if published is None:
             self._unpublished()
-            return members  # Redis unreachable: this node's members are all it can know
-        answer: Deferred[list[dict[str, Any]]] = Deferred()
-        query = self._queries[query_id] = _Query(answer, members, self.clock.callLater(
-            QUERY_TIMEOUT, self._end_query, query_id, True))
-        # Counted by Redis if subscribed: with a member here, or a handshake into the room under way.
+            self._end_query(query_id, False)  # Redis unreachable: this node's members are all it can know
+            return
         own = 1 if self.link.watching(self.channels.room(room_id)) else 0
         published.addCallbacks(lambda count: self._expect(query_id, count - own),
                                lambda _: self._end_query(query_id, True))
-        return query.answer
 
     def _expect(self, query_id: str, replies: int) -> None:
         query = self._queries.get(query_id)

@@ -185,6 +185,17 @@ class MemoryLink(LinkBase):
         for work in held:
             self.redis.later(work)
 
+    def lag(self) -> None:
+        """The subscribed connection falls behind the other: (un)subscriptions wait for :meth:`catch_up`
+        (two connections have no order between them: Redis may run a later publish first)."""
+        self._held = []
+
+    def catch_up(self) -> None:
+        """The (un)subscriptions held by :meth:`lag` go to Redis."""
+        held, self._held = self._held or [], None
+        for work in held:
+            self.redis.later(work)
+
     def command(self, *args: bytes | int | str) -> Deferred[Any] | None:
         if not self.up:
             return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pystrands import wire
 from pystrands.broker import cluster_wire
-from tests.cluster.memory import HEARTBEAT, Node
+from tests.cluster.memory import HEARTBEAT, MemoryBackend, Node
 from tests.cluster.test_machine import admitted, forwarded, nodes, passes, refused, replies
 
 
@@ -211,3 +211,43 @@ def test_events_forwarded_to_a_node_that_did_not_hear_the_last_one_wait_for_it_t
     assert a.broker.metrics.cluster_unpublished == 1
     assert judge.events(wire.NEW_MESSAGE, wire.DISCONNECTED) == [(wire.NEW_MESSAGE, "held"), (wire.DISCONNECTED, "x")]
     assert judge.load == 0
+
+
+def members(backend: MemoryBackend, request_id: str) -> list[list[str]]:
+    """The client ids of each room_members reply to ``request_id`` the backend got."""
+    return [sorted(member["client_id"] for member in frame.params["result"])
+            for frame in backend.frames if frame.action == wire.REPLY and frame.request_id == request_id]
+
+
+def test_room_members_right_after_a_join_lists_the_other_nodes_members_too() -> None:
+    clock, redis, (a, b) = nodes(2)
+    backend_a, backend_b = a.backend(), b.backend()
+    redis.run()
+    b.connect(admitted(b, backend_b, "cook", redis))
+    backend_b.reply("join_room", {"client_id": "cook", "room_id": "kitchen"}, "j0")
+    a.connect(admitted(a, backend_a, "guest", redis))
+    redis.run()
+    a.link.lag()  # Redis runs A's next publishes before its subscriptions
+    backend_a.reply("join_room", {"client_id": "guest", "room_id": "kitchen"}, "j1")
+    backend_a.reply("room_members", {"room_id": "kitchen"}, "q1")
+    redis.run()
+    a.link.catch_up()
+    redis.run()
+    clock.advance(3.0)
+    assert members(backend_a, "q1") == [["cook", "guest"]]
+
+
+def test_room_members_right_after_the_last_local_member_left_does_not_wait_for_its_own_answer() -> None:
+    _, redis, (a, b) = nodes(2)
+    backend_a, backend_b = a.backend(), b.backend()
+    redis.run()
+    b.connect(admitted(b, backend_b, "cook", redis))
+    a.connect(admitted(a, backend_a, "guest", redis))
+    redis.run()
+    a.link.lag()
+    backend_a.reply("leave_room", {"client_id": "guest", "room_id": "lobby"}, "l1")
+    backend_a.reply("room_members", {"room_id": "lobby"}, "q1")
+    redis.run()
+    a.link.catch_up()
+    redis.run()
+    assert members(backend_a, "q1") == [["cook"]]  # at once, not after QUERY_TIMEOUT
