@@ -132,9 +132,28 @@ class ClusterRooms(Rooms[_Client]):
         self._link = link
         self._channels = channels
         self._claims = claims
+        #: The clients accepted here whose upgrade is under way: client id -> its first room.
+        self._arriving: dict[str, str] = {}
+
+    def arriving(self, client_id: str, room_id: str) -> None:
+        """A client accepted into ``room_id``, its upgrade under way: watch its channel and its room's from
+        now on (until it connects or goes), so that what a backend sends in answer to its ``new_connection``
+        reaches it."""
+        self._arriving[client_id] = room_id
+        self._link.watch(self._channels.client(client_id))
+        self._link.watch(self._channels.room(room_id))
+
+    def release(self, client_id: str) -> None:
+        """Give back the id of a handshake that did not complete, and the channels watched for it."""
+        super().release(client_id)
+        room_id = self._arriving.pop(client_id, None)
+        if room_id is not None:
+            self._link.unwatch(self._channels.client(client_id))
+            self.vacated(room_id)
 
     def add(self, client_id: str, room_id: str, client: _Client) -> None:
         """Connect a client: watch its channel and its room's."""
+        self._arriving.pop(client_id, None)
         super().add(client_id, room_id, client)
         self._link.watch(self._channels.client(client_id))
         self._link.watch(self._channels.room(room_id))
@@ -169,8 +188,8 @@ class ClusterRooms(Rooms[_Client]):
         return client_id in self._reserved
 
     def vacated(self, room_id: str) -> None:
-        """Stop watching a room's channel if the room has no member here."""
-        if not self.occupied(room_id):
+        """Stop watching a room's channel if the room has no member here, nor a client on its way into it."""
+        if not self.occupied(room_id) and room_id not in self._arriving.values():
             self._link.unwatch(self._channels.room(room_id))
 
 
@@ -947,8 +966,7 @@ class ClusterBroker(Broker):
                 self._let_go(admission)
                 self.metrics.handshake_refused(409, timed_out=False)
                 raise HandshakeRefused(409, "client_id already in use")
-            self.link.watch(self.channels.client(admission.client_id))
-            self.link.watch(self.channels.room(admission.room_id))
+            self.rooms.arriving(admission.client_id, admission.room_id)
             settled = self.link.settled().addTimeout(deadline, self.clock)
             return settled.addErrback(lambda _: None).addCallback(lambda _: admission)
 
@@ -1039,9 +1057,7 @@ class ClusterBroker(Broker):
     def _let_go(self, admission: Admission) -> None:
         """Forget an accepted client before its upgrade, and tell the node that judged it."""
         node = self._forwarded.pop(admission.client_id, None)
-        super().abandon(admission)
-        self.link.unwatch(self.channels.client(admission.client_id))  # subscribed by _only_here
-        self.rooms.vacated(admission.room_id)
+        super().abandon(admission)  # the channels watched for it by _only_here too (ClusterRooms.release)
         if node is not None:
             self._tell_abandon(node, admission.client_id)
 

@@ -251,3 +251,46 @@ def test_room_members_right_after_the_last_local_member_left_does_not_wait_for_i
     a.link.catch_up()
     redis.run()
     assert members(backend_a, "q1") == [["cook"]]  # at once, not after QUERY_TIMEOUT
+
+
+def test_a_handshake_under_way_keeps_its_room_subscribed_when_the_rooms_last_member_leaves() -> None:
+    _, redis, (a, b) = nodes(2)
+    judge = b.backend()
+    redis.run()
+    member = a.connect(admitted(a, judge, "m", redis))  # A's only member of the lobby
+    redis.run()
+    admitted(a, judge, "y", redis)  # y accepted into the lobby: A subscribed before its upgrade
+    a.broker.client_disconnected(member)  # m leaves: no member of the lobby here ...
+    redis.run()
+    assert a.link.watching(b"test:room:lobby")  # ... but y's handshake into it is under way
+    assert a.link in redis.subscribers[b"test:room:lobby"]
+
+
+def test_what_a_backend_sends_the_room_in_answer_to_new_connection_reaches_the_new_client() -> None:
+    _, redis, (a, b) = nodes(2)
+    judge = b.backend()
+    redis.run()
+    member = a.connect(admitted(a, judge, "m", redis))
+    redis.run()
+    joining = admitted(a, judge, "y", redis)
+    a.broker.client_disconnected(member)
+    redis.run()
+    a.link.lag()  # Redis runs A's publishes before any (un)subscription of A's from now on
+    client = a.connect(joining)  # the upgrade: y's new_connection goes to B
+    redis.run()
+    assert judge.events(wire.NEW_CONNECTION)[-1] == (wire.NEW_CONNECTION, "y")
+    judge.reply(wire.MESSAGE_TO_ROOM, {"room_id": "lobby", "message": "welcome"})  # B's backend answers at once
+    redis.run()
+    a.link.catch_up()
+    redis.run()
+    assert client.texts == ["welcome"]
+
+
+def test_a_handshake_into_a_room_that_ends_before_the_upgrade_leaves_the_room_unsubscribed() -> None:
+    _, redis, (a, b) = nodes(2)
+    judge = b.backend()
+    redis.run()
+    a.broker.abandon(admitted(a, judge, "y", redis))  # the client hangs up before its upgrade
+    redis.run()
+    assert not a.link.watching(b"test:room:lobby") and not a.link.watching(b"test:client:y")
+    assert a.link not in redis.subscribers[b"test:room:lobby"]
