@@ -15,6 +15,7 @@ from typing import Any, cast
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IAddress, IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -95,12 +96,10 @@ class BrokerService(Service):
         self.broker = _router(self.config, reactor)
         self.backends = BackendFactory(self.broker)
         self.websockets = WebSocketFactory(self.broker)
-        listeners = [
-            serverFromString(reactor, self.config.ws_listen).listen(self.websockets),
-            serverFromString(reactor, self.config.tcp_listen).listen(self.backends),
-        ]
+        listeners = [_listen(reactor, self.config.ws_listen, self.websockets),
+                     _listen(reactor, self.config.tcp_listen, self.backends)]
         if self.config.metrics_endpoint is not None:
-            listeners.append(serverFromString(reactor, self.config.metrics_endpoint).listen(metrics_site(self.broker)))
+            listeners.append(_listen(reactor, self.config.metrics_endpoint, metrics_site(self.broker)))
         listening = gatherResults(listeners, consumeErrors=True)
         listening.addCallbacks(self._listening, self._cannot_listen)
 
@@ -200,3 +199,16 @@ def fit_file_limit(config: BrokerConfig) -> None:
         log.warn("The open-file limit ({limit}) is below --max-clients ({max_clients}) plus room for"
                  " backends: past it, new sockets are refused by the system. Raise it (ulimit -n)"
                  " or lower --max-clients.", limit=soft, max_clients=config.max_clients)
+
+
+def _listen(reactor: Any, endpoint: str, factory: Any) -> Deferred[IListeningPort]:
+    """Listen on ``endpoint``; a failure names it (a UNIX socket's folder that does not exist fails on
+    Twisted's lock file, which would be all the error said)."""
+    def name_it(failure: Failure) -> Failure:
+        if failure.check(CannotListenError) or not failure.check(OSError):
+            return failure
+        error = cast(OSError, failure.value)
+        raise OSError(f"Couldn't listen on {endpoint}: {error.strerror or error}.") from error
+
+    listening: Deferred[IListeningPort] = serverFromString(reactor, endpoint).listen(factory)
+    return listening.addErrback(name_it)

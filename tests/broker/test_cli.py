@@ -118,6 +118,14 @@ def test_port_in_use_is_one_line_and_exit_1() -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_an_endpoint_it_cannot_listen_on_is_named_in_one_line_and_exit_1(tmp_path: pathlib.Path) -> None:
+    result = run("server", "--ws-port", "0", "--tcp-endpoint", f"unix:{tmp_path}/missing/broker.sock")
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("pystrands server:")]
+    assert errors == [f"pystrands server: Couldn't listen on unix:{tmp_path}/missing/broker.sock:"
+                      " No such file or directory."]
+
+
 def test_environment_wins_over_flags_and_sigterm_stops_cleanly(serve: Any) -> None:
     chosen = free_port()
     process, line = serve("--ws-port", "0", "--tcp-port", "0", PYSTRAND_WS_PORT=str(chosen))
