@@ -240,7 +240,8 @@ class ClusterBroker(Broker):
         self.rooms: ClusterRooms[Client] = ClusterRooms(self.link, self.channels, self.claims)
         #: Clients here whose events go to another node's backends: client id -> node.
         self._forwarded: dict[str, str] = {}
-        #: Forwarded clients closed because the cluster forgot this node: their backends had their goodbye.
+        #: Forwarded clients closed (or, not upgraded yet, refused) because the cluster forgot this node: their
+        #: backends had their goodbye.
         self._disowned: set[str] = set()
         self._handshakes: dict[str, _Forwarded] = {}
         #: Clients of other nodes whose events our backends get: node -> client id -> the context of its latest
@@ -499,17 +500,20 @@ class ClusterBroker(Broker):
         """The nodes ``by`` forgot this one (silent too long: cut off from Redis, or stalled). They gave
         their backends a goodbye for its clients forwarded there and moved their own clients off its
         backends; so those clients of its own are closed (1012: they reconnect, and start again with a
-        backend), and its backends get a goodbye for those nodes' clients."""
-        closing = [(client_id, client) for client_id, node in list(self._forwarded.items())
-                   if node in by and (client := self.rooms.client(client_id)) is not None]
+        backend) or, not upgraded yet, refused (503, by :meth:`_upgrading`), and its backends get a goodbye
+        for those nodes' clients."""
+        served = [client_id for client_id, node in self._forwarded.items() if node in by]
         log.warn("Cluster node {node}: nodes {by} forgot this node while it was silent; closing its {count} clients"
                  " served by their backends, and letting go of their clients", node=self.node,
-                 by=", ".join(sorted(by)), count=len(closing))
+                 by=", ".join(sorted(by)), count=len(served))
         self._beat()  # first: they know this node again before anything it publishes next reaches them
-        for client_id, client in closing:
+        for client_id in served:
             del self._forwarded[client_id]
-            self._disowned.add(client_id)
-            client.close(*CUT_OFF)
+            if self.rooms.holds(client_id):  # else gone already, its goodbye lost from the held events
+                self._disowned.add(client_id)
+            client = self.rooms.client(client_id)
+            if client is not None:
+                client.close(*CUT_OFF)
         self._refuse_judged_by(by, "the node judging the handshake had lost sight of this one; try again")
         for origin in by:
             self._let_guests_go(origin)
@@ -968,10 +972,19 @@ class ClusterBroker(Broker):
                 raise HandshakeRefused(409, "client_id already in use")
             self.rooms.arriving(admission.client_id, admission.room_id)
             settled = self.link.settled().addTimeout(deadline, self.clock)
-            return settled.addErrback(lambda _: None).addCallback(lambda _: admission)
+            return settled.addErrback(lambda _: None).addCallback(lambda _: self._upgrading(admission))
 
         unanswered = b"unanswered"  # not None: Redis did not say the id is held
         return asked.addTimeout(deadline, self.clock).addErrback(lambda _: unanswered).addCallback(answered)
+
+    def _upgrading(self, admission: Admission) -> Admission:
+        """The admission, for the upgrade; 503 if the node whose backend judged it forgot this one meanwhile
+        (that backend had the client's goodbye): the client tries again."""
+        if admission.client_id in self._disowned:
+            self.abandon(admission)
+            self.metrics.handshake_refused(503, timed_out=False)
+            raise HandshakeRefused(503, "the node judging the handshake had lost sight of this one; try again")
+        return admission
 
     def _refuse_forwarded(self, request_id: str, status: int, reason: str) -> None:
         pending = self._handshakes.pop(request_id)
@@ -1057,6 +1070,7 @@ class ClusterBroker(Broker):
     def _let_go(self, admission: Admission) -> None:
         """Forget an accepted client before its upgrade, and tell the node that judged it."""
         node = self._forwarded.pop(admission.client_id, None)
+        self._disowned.discard(admission.client_id)
         super().abandon(admission)  # the channels watched for it by _only_here too (ClusterRooms.release)
         if node is not None:
             self._tell_abandon(node, admission.client_id)

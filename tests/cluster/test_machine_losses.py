@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from twisted.internet.task import Clock
+
 from pystrands import wire
 from pystrands.broker import cluster_wire
 from tests.cluster.memory import HEARTBEAT, MemoryBackend, Node
@@ -294,3 +296,23 @@ def test_a_handshake_into_a_room_that_ends_before_the_upgrade_leaves_the_room_un
     redis.run()
     assert not a.link.watching(b"test:room:lobby") and not a.link.watching(b"test:client:y")
     assert a.link not in redis.subscribers[b"test:room:lobby"]
+
+
+def test_a_client_judged_by_a_node_that_forgot_this_one_before_its_upgrade_gets_503() -> None:
+    clock, redis, (b,) = nodes(1)
+    a = Node(redis, Clock())  # A's loop stalls: its timers never run (no beats)
+    redis.run()
+    judge = b.backend()
+    redis.run()
+    outcome = a.handshake()
+    redis.run()
+    a.link.lag()  # A's subscriptions, before the upgrade, wait
+    judge.accept(judge.requests()[-1], "x")
+    redis.run()  # A reads the verdict and claims x; its upgrade waits for the subscriptions
+    passes(clock, redis, 2 * HEARTBEAT)  # B forgets A, and says so: A reads the note
+    assert outcome == []
+    a.link.catch_up()
+    redis.run()
+    assert refused(outcome) == [("HandshakeRefused", 503)]  # not upgraded into a backend that let x go
+    assert judge.load == 0 and judge.events(wire.NEW_CONNECTION, wire.DISCONNECTED) == []
+    assert redis.get(b"test:claim:x") is None
