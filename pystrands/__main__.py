@@ -68,15 +68,10 @@ def server(args: list[str], log_observer: ILogObserver | None = None) -> int:
             reactor.stop()
 
     if config.workers > 1:
-        from .broker.workers import WorkerSupervisor, worker_arguments
+        from .broker.workers import WorkerSupervisor, listening_line, worker_arguments
 
         supervisor = WorkerSupervisor(config, worker_arguments(options), reactor, relay=print_worker_output)
-
-        def workers_listening(ports: tuple[int, int]) -> None:
-            print(f"PyStrands broker: {config.workers} workers, WebSocket on port {ports[0]} (/ws/...),"
-                  f" backends on {config.tcp_interface or '*'}:{ports[1]}", flush=True)
-
-        supervisor.ready.addCallback(workers_listening)
+        supervisor.ready.addCallback(lambda ports: print(listening_line(config, ports), flush=True))
         supervisor.failed.addErrback(stop_with)
         reactor.addSystemEventTrigger("before", "shutdown", supervisor.stopService)
         reactor.callWhenRunning(supervisor.startService)

@@ -57,9 +57,10 @@ def makeService(options: Options) -> IService:
     """
     fit_file_limit(options["config"])
     if options["config"].workers > 1:
-        from .workers import WorkerSupervisor, worker_arguments
+        from .workers import WorkerSupervisor, listening_line, worker_arguments
 
         supervisor = WorkerSupervisor(options["config"], worker_arguments(options))
+        supervisor.ready.addCallback(lambda ports: log.info("{line}", line=listening_line(options["config"], ports)))
         supervisor.failed.addErrback(_cannot_listen)
         return supervisor
     service = BrokerService(options["config"])

@@ -46,8 +46,8 @@ from .redis_url import PASSWORD_SHOWN, password_on_command_line
 from .reuseport import reuseport_socket
 from .worker_log import Relay, WorkerLines, log_output, worker_log_observer, worker_output
 
-__all__ = ["RestartPolicy", "SupervisorGone", "WorkerSlot", "WorkerSupervisor", "WorkersFailed", "run_worker",
-           "worker_arguments"]
+__all__ = ["RestartPolicy", "SupervisorGone", "WorkerSlot", "WorkerSupervisor", "WorkersFailed", "listening_line",
+           "run_worker", "worker_arguments"]
 
 log = Logger()
 
@@ -331,6 +331,12 @@ def _signal_all(slots: list[WorkerSlot], name: str) -> None:
 def _reuseport(port: int, interface: str) -> str:
     """The ``pystrands-reuseport`` endpoint string of ``interface:port``."""
     return f"pystrands-reuseport:{port}:interface={quoteStringArgument(interface)}"
+
+
+def listening_line(config: BrokerConfig, ports: tuple[int, int]) -> str:
+    """The line saying that every worker listens, and where (the CLI prints it; under twistd it is logged)."""
+    return (f"PyStrands broker: {config.workers} workers, WebSocket on port {ports[0]} (/ws/...),"
+            f" backends on {config.tcp_interface or '*'}:{ports[1]}")
 
 
 def worker_arguments(options: Options) -> list[str]:

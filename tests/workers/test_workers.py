@@ -151,8 +151,9 @@ def test_twistd_runs_the_workers_logs_their_events_and_stops_them(redis_url: str
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         supervisor = Supervisor(twistd, ready=False)
-        supervisor.wait_log(r"Worker \d \(pid \d+\) listens")
-        supervisor.wait_log(r"Worker \d \(pid \d+\) listens")
+        ready = supervisor.wait_log(r"\[pystrands\.broker\.tap#info\] PyStrands broker: 2 workers, WebSocket on port"
+                                    rf" (\d+) \(/ws/\.\.\.\), backends on 127\.0\.0\.1:{tcp_port}$")
+        assert int(ready[1]) > 0  # --ws-port 0: the port chosen, as the CLI prints it
         pids = supervisor.worker_pids()
         assert len(pids) == 2
         with socket.create_connection(("127.0.0.1", tcp_port), timeout=TIMEOUT):
