@@ -143,8 +143,10 @@ class BackendProtocol(Protocol):
             assert self._auth_deadline is not None  # set in connectionMade while not authenticated
             self._auth_deadline.cancel()
             self._become_ready()
+        elif frame.action == wire.AUTH:
+            self.drop("wrong backend token (its auth frame's token is not this broker's --backend-token)")
         else:
-            self.drop(f"its first frame is {frame.action!r}, not an auth frame with the right token")
+            self.drop(f"its first frame is {frame.action!r}, not the auth frame this broker's --backend-token asks for")
 
     def _token_matches(self, token: Any) -> bool:
         expected = self._config.backend_token
