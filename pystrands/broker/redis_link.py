@@ -180,14 +180,14 @@ class Subscriptions:
         self._settling.append(waiter)
         return waiter
 
-    def answered(self, result: object = None) -> object:
-        """One (un)subscription answered, or lost with its connection; ``result`` passes through."""
+    def answered(self, outcome: object = None) -> None:
+        """One (un)subscription answered, or lost with its connection: its ``outcome`` is consumed (a lost
+        one is sent again by :meth:`resubscribe` on the next connection, so its failure matters to no one)."""
         self._in_flight -= 1
         if not self._in_flight:
             waiters, self._settling = self._settling, []
             for waiter in waiters:
                 waiter.callback(None)
-        return result
 
     def _request(self, command: bytes, channel: bytes) -> None:
         self._in_flight += 1  # counted first: an answer may come back at once (a connection already lost)

@@ -177,3 +177,30 @@ async def test_an_answer_that_came_while_this_process_was_blocked_saves_the_conn
         os.kill(pid, signal.SIGCONT)
         await stalling.stopListening()
         await link.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_with_subscriptions_in_flight_leaves_no_unhandled_error(redis: RedisServer) -> None:
+    """Ctrl-C of a node whose (un)subscriptions Redis had not answered yet: their loss is no error."""
+    import gc
+
+    from twisted.logger import globalLogPublisher
+
+    unhandled: list[object] = []
+
+    def observe(event: dict[str, object]) -> None:
+        if "Unhandled error in Deferred" in str(event.get("log_format", "")):
+            unhandled.append(event)
+
+    link = await _linked(redis, [])
+    await link.command(b"CLIENT", b"PAUSE", b"2000", b"ALL")  # type: ignore[misc]  # Redis holds its answers
+    for number in range(3):
+        link.watch(b"room:%d" % number)
+    globalLogPublisher.addObserver(observe)
+    try:
+        await link.stop()  # the three subscriptions are lost with their connection
+        gc.collect()  # a Deferred whose failure nobody handled says so when it is collected
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert unhandled == []
+    assert link.settled().called  # each lost subscription counted as answered: nothing waits for them
