@@ -249,6 +249,9 @@ class ClusterBroker(Broker):
         self._guests: dict[str, dict[str, dict[str, Any] | None]] = {}
         self._queries: dict[str, _Query] = {}
         self._asks: dict[str, tuple[Deferred[bool], IDelayedCall]] = {}
+        #: Answers (``done``) to other nodes' requests that Redis lost with this node's connection: (node,
+        #: payload), published again once this node has rejoined.
+        self._undone: list[tuple[str, bytes]] = []
         self._timers: list[IDelayedCall] = []
         #: True once this node's answer beat went out since it (re)connected to Redis. Until then it neither
         #: beats nor forwards: a node that hears it has been asked to beat, and its beat comes before what it sends.
@@ -356,6 +359,9 @@ class ClusterBroker(Broker):
         """Ask every node to beat (the answer beat, with this node's backends), then forward what waited for it."""
         self._joined = True
         self._beat(answer=True)
+        undone, self._undone = self._undone, []
+        for origin, payload in undone:
+            self._tell_done(origin, payload)
         self._flush_held()
         self._flush_queue()
 
@@ -778,8 +784,18 @@ class ClusterBroker(Broker):
             raise ClusterWireError(f"a {action!r} request not about the channel's client")
         result = bool(getattr(Broker, "_" + action)(self, params))
         # A room joined is in effect once its channel is subscribed: what is sent to it then reaches the client.
-        self.link.settled().addCallback(lambda _: self._publish(
-            self.channels.node(origin), cluster_wire.encode("done", self.node, request_id, result)))
+        self.link.settled().addCallback(lambda _: self._tell_done(
+            origin, cluster_wire.encode("done", self.node, request_id, result)))
+
+    def _tell_done(self, origin: str, payload: bytes) -> None:
+        """Tell ``origin`` that its request is in effect here (``done``); if Redis loses it with this node's
+        connection, again once this node has rejoined: the request was carried out, and an answer within
+        the asker's QUERY_TIMEOUT beats one saying it was not."""
+        published = self._publish(self.channels.node(origin), payload)
+        if published is None:
+            self._undone.append((origin, payload))
+        else:
+            published.addCallback(lambda count: self._undone.append((origin, payload)) if count is None else None)
 
     def _on_done(self, channel: bytes, origin: str, request_id: str, result: bool) -> None:
         self._own_channel(channel)

@@ -316,3 +316,17 @@ def test_a_client_judged_by_a_node_that_forgot_this_one_before_its_upgrade_gets_
     assert refused(outcome) == [("HandshakeRefused", 503)]  # not upgraded into a backend that let x go
     assert judge.load == 0 and judge.events(wire.NEW_CONNECTION, wire.DISCONNECTED) == []
     assert redis.get(b"test:claim:x") is None
+
+
+def test_a_join_room_carried_out_across_a_blip_of_the_clients_node_is_answered_true() -> None:
+    clock, redis, (a, _), judge, client = forwarded(2)
+    judge.reply("join_room", {"client_id": "x", "room_id": "kitchen"}, "j1")  # B asks A (x's node)
+    while not a.link.watching(b"test:room:kitchen"):  # A reads the ask: x joins, A subscribes ...
+        redis.step()
+    a.link.cut()  # ... and A's connections break before its answer is published
+    a.link.restore()
+    redis.run()
+    assert client.admission.context["rooms"] == ["lobby", "kitchen"]  # in effect on A
+    assert replies(judge) == [{"ok": True, "result": True}]
+    passes(clock, redis, 3 * HEARTBEAT)
+    assert replies(judge) == [{"ok": True, "result": True}]
