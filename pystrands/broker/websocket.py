@@ -42,7 +42,7 @@ from urllib.parse import parse_qs, unquote
 
 from twisted.internet.address import IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -53,6 +53,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import MAX_LINE_LENGTH, Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from zope.interface import implementer
 
 try:
     from websockets.speedups import apply_mask
@@ -733,6 +734,7 @@ def _handshake(request: Request, address: Any) -> Handshake:
                      query=parse_qs(query, keep_blank_values=True))
 
 
+@implementer(IProtocolNegotiationFactory)
 class WebSocketFactory(Factory[ClientConnection]):
     """The WebSocket port: ``/ws/...`` upgrades, ``/pystrands.js``, ``/healthz``, ``/readyz``, ``/metrics``
     (with ``metrics`` and no ``metrics_endpoint``), the ``static`` folder (if any), else 404."""
@@ -764,6 +766,12 @@ class WebSocketFactory(Factory[ClientConnection]):
         #: Warns of a socket refused over a limit: the first at once, then at most one a second (a flood of
         #: connections is counted in ``handshakes_total{outcome="over_limit"}``, not logged line by line).
         self.refused_over_limit = ThrottledWarning(log, broker.clock, "Refused a WebSocket-port connection: {why}")
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """The TLS (ALPN) protocol of the port: HTTP/1.1, which WebSocket handshakes ride on. Twisted's TLS
+        selects among these for a client that offers some, as every browser does: without them, the TLS
+        handshake of such a client failed (an internal-error alert)."""
+        return [b"http/1.1"]
 
     def take_status_slot(self) -> bool:
         """Take one of the ``STATUS_RESERVE`` slots of sockets over the limits that GET a status page."""

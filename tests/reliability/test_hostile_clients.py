@@ -957,11 +957,18 @@ def test_10_tls_on_both_ports(launch: Launch, tmp_path: Path) -> None:
     launch([str(TWISTD), "-n", "--pidfile=", "pystrands", "--backend", "tests.reliability.faces.TwistedFace",
             "--broker", f"tls:host={HOST}:port={tcp_port}:trustRoots={trusted}"], name="tls-backend")
     ws = open_wss(f"wss://{HOST}:{ws_port}/ws/secure", ssl.create_default_context(cafile=str(cert)))
+    as_a_browser = ssl.create_default_context(cafile=str(cert))
+    as_a_browser.set_alpn_protocols(["h2", "http/1.1"])  # every browser offers ALPN: HTTP/1.1 is chosen
+    browser = open_wss(f"wss://{HOST}:{ws_port}/ws/browser", as_a_browser)
     try:
         ws.send("over tls")
         receive_text(ws, lambda message: message == "echo:over tls")
+        browser.send("with alpn")
+        receive_text(browser, lambda message: message == "echo:with alpn")
+        assert browser.socket.selected_alpn_protocol() == "http/1.1"
     finally:
         ws.close()
+        browser.close()
 
 
 def open_wss(url: str, context: ssl.SSLContext, timeout: float = 20.0) -> ClientConnection:
