@@ -40,6 +40,8 @@ MiB = 1024 * 1024
 EVENT_ENVELOPE = 64 * 1024
 #: The largest ``max_message_size``: its event must fit the backend library's default line limit.
 MAX_MESSAGE_SIZE = BackendSettings.max_line_length - EVENT_ENVELOPE
+#: The range of ``cluster_heartbeat``, in seconds.
+MIN_HEARTBEAT, MAX_HEARTBEAT = 0.5, 300.0
 #: The most ``workers``: a typo should not start thousands of processes.
 MAX_WORKERS = 256
 
@@ -167,6 +169,13 @@ class BrokerConfig:
             parse_redis_url(self.redis)
         check_cluster_name(self.cluster_name)
         check_number("cluster_heartbeat", self.cluster_heartbeat, minimum=0, inclusive=False)
+        if not MIN_HEARTBEAT <= self.cluster_heartbeat <= MAX_HEARTBEAT:
+            raise ValueError(f"cluster_heartbeat must be {MIN_HEARTBEAT:g}-{MAX_HEARTBEAT:g} seconds, not"
+                             f" {self.cluster_heartbeat:g}: a node is forgotten after 1.5 heartbeats of silence,"
+                             " so a shorter one splits the cluster at every pause, a longer one keeps a dead node")
+        if self.ws_port and self.ws_port == self.tcp_port and self.ws_endpoint is None and self.tcp_endpoint is None:
+            raise ValueError(f"ws_port must not be the backend port too ({self.ws_port}): WebSocket clients and"
+                             " backends need a port each")
         check_integer("workers", self.workers, minimum=1, maximum=MAX_WORKERS)
         if self.workers > 1:
             self._check_workers()
@@ -293,7 +302,7 @@ class Options(PackageOptions):
           " (env PYSTRAND_REDIS_URL wins).")],
         ["cluster-name", None, _DEFAULTS.cluster_name, "Name of the cluster in that Redis (several may share one)."],
         ["cluster-heartbeat", None, _DEFAULTS.cluster_heartbeat,
-         "Seconds between a node's heartbeats; the others forget a killed node within two."],
+         "Seconds between a node's heartbeats (0.5-300); the others forget a killed node within two."],
         ["workers", None, _DEFAULTS.workers,
          "Broker processes sharing both ports (SO_REUSEPORT, Linux); more than 1 needs a cluster (--redis)."],
     ]

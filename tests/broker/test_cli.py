@@ -79,6 +79,10 @@ BAD_ARGUMENTS = [
     (["server", "--bogus"], {}, "option --bogus not recognized"),
     (["server", "--ws-port"], {}, "option --ws-port requires argument"),
     (["server", "--ws-port", "0", "8081"], {}, "unexpected argument: 8081"),
+    (["server", "--ws-port", "9000", "--tcp-port", "9000"], {}, "--ws-port must not be the backend port too (9000)"),
+    (["server", "--tcp-port", "9001"], {"PYSTRAND_WS_PORT": "9001"}, "PYSTRAND_WS_PORT must not be the backend port"),
+    (["server", "--cluster-heartbeat", "0.01"], {}, "--cluster-heartbeat must be 0.5-300 seconds, not 0.01"),
+    (["server", "--cluster-heartbeat", "86400"], {}, "--cluster-heartbeat must be 0.5-300 seconds, not 86400"),
     (["server", "ws-port", "0"], {}, "unexpected arguments: ws-port 0"),
     (["server"], {"PYSTRAND_WS_PORT": "abc"}, "PYSTRAND_WS_PORT 'abc' is not a whole number"),
     (["server"], {"PYSTRAND_TCP_PORT": "99999"}, "PYSTRAND_TCP_PORT must be 0-65535"),
@@ -122,8 +126,8 @@ def test_an_endpoint_it_cannot_listen_on_is_named_in_one_line_and_exit_1(tmp_pat
     result = run("server", "--ws-port", "0", "--tcp-endpoint", f"unix:{tmp_path}/missing/broker.sock")
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("pystrands server:")]
-    assert errors == [f"pystrands server: Couldn't listen on unix:{tmp_path}/missing/broker.sock:"
-                      " No such file or directory."]
+    expected = f"pystrands server: Couldn't listen on unix:{tmp_path}/missing/broker.sock: No such file or directory."
+    assert errors == [expected]
 
 
 def test_environment_wins_over_flags_and_sigterm_stops_cleanly(serve: Any) -> None:
