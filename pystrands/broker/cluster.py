@@ -13,7 +13,9 @@ nothing here runs. docs/CLUSTER.md is the design; in short:
   subscribed connection per node: Redis keeps that order);
 * a node without a backend of its own forwards its clients' handshakes and
   events to a node with one, on that node's channel, sticky per client
-  (held while that node is not heard again after a Redis outage);
+  (held while that node is not heard again after a Redis outage; then the
+  two tell each other which clients they still forward there, so that
+  one whose goodbye was lost leaves its backend);
 * a client id is claimed in Redis (``SET NX``, renewed by the heartbeats,
   freed at the end; :mod:`.claims` checks the owner) by the node that holds
   it, so one id is connected once in the cluster;

@@ -330,3 +330,17 @@ def test_a_join_room_carried_out_across_a_blip_of_the_clients_node_is_answered_t
     assert replies(judge) == [{"ok": True, "result": True}]
     passes(clock, redis, 3 * HEARTBEAT)
     assert replies(judge) == [{"ok": True, "result": True}]
+
+
+def test_a_list_of_kept_clients_is_taken_only_from_a_node_heard_and_only_of_ids() -> None:
+    _, redis, (a, b), judge, _ = forwarded(2)
+    redis.run()
+    channel = b"test:node:" + b.broker.node.encode()
+    a.link.publish(channel, cluster_wire.encode("keep", a.broker.node, [1]))
+    a.link.publish(channel, cluster_wire.encode("keep", "stranger", []))
+    redis.run()
+    assert b.broker.metrics.cluster_rejected == 2
+    assert judge.load == 1 and judge.events(wire.DISCONNECTED) == []  # x, A's client, stays
+    a.link.publish(channel, cluster_wire.encode("keep", a.broker.node, []))  # A says it no longer has x
+    redis.run()
+    assert judge.load == 0 and judge.events(wire.DISCONNECTED) == [(wire.DISCONNECTED, "x")]
