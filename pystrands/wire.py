@@ -10,6 +10,7 @@ that names the argument.
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, NamedTuple
 
 import orjson
@@ -204,6 +205,21 @@ def _json_string(action: str, value: str) -> bytes:
         raise TypeError(f"{action} frame cannot be encoded as JSON: {exc}") from None
 
 
+def _require_finite(name: str, value: object) -> None:
+    """TypeError if ``value`` holds a float NaN or infinity anywhere: JSON has no such numbers, and the
+    encoder would write ``null`` in their place, changing the data without a word."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise TypeError(f"{name} cannot be encoded as JSON: {item!r} is not a JSON number")
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+
+
 def _require_str(name: str, value: object) -> None:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, not {type(value).__name__}")
@@ -216,6 +232,7 @@ def response_frame(
     _require_str("request_id", request_id)
     _require_str("client_id", client_id)
     _require_str("room_id", room_id)
+    _require_finite("metadata", metadata)
     params = {"accepted": bool(accepted), "client_id": client_id, "room_id": room_id,
               "metadata": {} if metadata is None else metadata}
     return encode_frame(RESPONSE, params, request_id)
@@ -331,6 +348,7 @@ def leave_room_request(client_id: str, room_id: str) -> Request:
 def set_metadata_request(client_id: str, metadata: Any) -> Request:
     """Ask the broker to give ``client_id`` the new ``metadata`` (any JSON value; ``TypeError`` otherwise)."""
     _require_str("client_id", client_id)  # then only the metadata can fail to encode
+    _require_finite("metadata", metadata)
     return _request(SET_METADATA, {"client_id": client_id, "metadata": metadata},
                     "metadata must be JSON-serialisable")
 

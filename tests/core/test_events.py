@@ -183,3 +183,21 @@ def test_an_idle_broker_is_dropped_and_heartbeats_keep_it() -> None:
     made.clock.advance(1.0)
     made.succeed()
     assert made.factory.connected
+
+
+def test_an_answer_whose_metadata_json_cannot_carry_rejects_the_client_and_says_why(
+        logged: list[dict[str, Any]]) -> None:
+    """NaN and infinity are no JSON numbers: the encoder would have sent null in their place."""
+    class Scoring(Backend):
+        def on_connection_request(self, request: Any) -> bool:
+            request.context.metadata = {"score": float("inf")}
+            return True
+
+    made = Driver(Scoring(), **QUIET).connect().succeed()
+    made.sent()
+    made.feed(frame_from_transcript("connection_request"))
+    [answer] = made.sent()
+    assert answer["action"] == "response" and answer["params"]["accepted"] is False
+    assert [formatEvent(event) for event in logged if event.get("log_level") is LogLevel.error] == [
+        f"Rejected connection request {answer['request_id']}: its answer is not valid"
+        " (metadata cannot be encoded as JSON: inf is not a JSON number)"]

@@ -200,6 +200,16 @@ def test_set_metadata_request_names_the_metadata_it_cannot_encode() -> None:
     assert wire.set_metadata_request("a", None).params == b'{"client_id":"a","metadata":null}'
 
 
+def test_metadata_with_nan_or_infinity_is_refused_not_turned_into_null() -> None:
+    for bad in ({"score": float("inf")}, {"deep": [1, {"n": float("nan")}]}, [float("-inf")], float("nan")):
+        with pytest.raises(TypeError, match="^metadata cannot be encoded as JSON: (nan|inf|-inf) is not a JSON number"):
+            wire.set_metadata_request("a", bad)
+        with pytest.raises(TypeError, match="^metadata cannot be encoded as JSON"):
+            wire.response_frame("r", True, "c", "room", bad)
+    assert orjson.loads(wire.response_frame("r", True, "c", "room", {"x": 1.5, "big": 1e308}))["params"][
+        "metadata"] == {"x": 1.5, "big": 1e308}
+
+
 
 def test_the_broker_announces_the_librarys_features() -> None:
     from pystrands.broker import extensions
