@@ -710,7 +710,7 @@ class ClusterBroker(Broker):
     def _on_who(self, channel: bytes, origin: str, query_id: str) -> None:
         room_id = self._room_channel(channel)
         members = [client.admission.context for client in self.rooms.members(room_id)]
-        self._publish(self.channels.node(origin), cluster_wire.encode("members", self.node, query_id, members))
+        self._send_to(origin, cluster_wire.encode("members", self.node, query_id, members))
 
     def _on_members(self, channel: bytes, origin: str, query_id: str, members: list[Any]) -> None:
         self._own_channel(channel)
@@ -1056,8 +1056,7 @@ class ClusterBroker(Broker):
         self._verdict(origin, request_id, failure.value.status, failure.value.reason)
 
     def _verdict(self, origin: str, request_id: str, status: int, reason: str) -> None:
-        self._publish(self.channels.node(origin),
-                      cluster_wire.encode("verdict", self.node, request_id, status, reason, None, None, None))
+        self._send_to(origin, cluster_wire.encode("verdict", self.node, request_id, status, reason, None, None, None))
 
     def _on_verdict(self, channel: bytes, origin: str, request_id: str, status: int, reason: str,
                     client_id: str | None, room_id: str | None, metadata: Any) -> None:
