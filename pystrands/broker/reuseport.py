@@ -26,13 +26,23 @@ __all__ = ["ReusePortEndpoint", "parse_reuseport", "reuseport_socket"]
 BACKLOG = 50
 
 
-def reuseport_socket(interface: str, port: int) -> socket.socket:
+def reuseport_socket(interface: str, port: int, alone: bool = False) -> socket.socket:
     """A TCP socket bound to ``(interface, port)`` with ``SO_REUSEPORT``, not yet listening.
 
     Raises ``CannotListenError`` (as ``listenTCP`` does) when the port is
-    taken by a socket without ``SO_REUSEPORT`` or by another user.
+    taken by a socket without ``SO_REUSEPORT`` or by another user; with
+    ``alone`` (a supervisor, before its workers), also when any socket listens
+    on it already: another ``--workers`` broker of this user, whose workers
+    would silently share the port, and the clients, with this one's.
     """
     family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    if alone and port:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart's TIME_WAIT is no listener
+            try:
+                probe.bind((interface, port))
+            except OSError as exc:
+                raise CannotListenError(interface, port, exc) from None  # type: ignore[no-untyped-call]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as listenTCP: no wait after a restart

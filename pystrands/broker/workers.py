@@ -223,8 +223,8 @@ class WorkerSupervisor(Service):
         if config.redis is not None and password_on_command_line(config.redis, sys.argv):
             log.warn(PASSWORD_SHOWN)  # once: the workers get the URL in their environment
         try:
-            self._held = [reuseport_socket(config.ws_interface, config.ws_port),
-                          reuseport_socket(config.tcp_interface, config.tcp_port)]
+            self._held = [reuseport_socket(config.ws_interface, config.ws_port, alone=True),
+                          reuseport_socket(config.tcp_interface, config.tcp_port, alone=True)]
         except CannotListenError as exc:
             self._give_up(str(exc))
             return

@@ -204,6 +204,18 @@ def test_a_redis_password_on_the_command_line_is_warned_of_once_and_kept_off_the
     assert len(warnings) == 1 and "[worker" not in warnings[0], warnings  # the supervisor's, not each worker's
 
 
+def test_a_second_workers_broker_on_the_same_ports_is_refused(start_workers, redis_url: str) -> None:
+    """SO_REUSEPORT would let it listen beside the first, and the kernel would split the clients between two
+    unrelated clusters: it is refused, as any program on a taken port is."""
+    first = start_workers(2)
+    done = subprocess.run([sys.executable, "-m", "pystrands", "server", "--workers", "2", "--redis", redis_url,
+                           "--cluster-name", "other", "--ws-port", str(first.ws_port), "--tcp-port", str(free_port())],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1, done.stderr
+    assert (f"pystrands server: Couldn't listen on any:{first.ws_port}: [Errno 98] Address already in use."
+            in done.stderr.splitlines())
+
+
 def test_a_taken_port_is_a_failure_at_start(redis_url: str) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
