@@ -347,11 +347,15 @@ class ClusterBroker(Broker):
         self._report_losses()
         self.peers.respite()
         self._renew_claims()
-        self.link.settled().addCallback(lambda _: self._rejoin())
+        # Not longer than half a heartbeat (Redis confirms the nodes' channels first; on a busy node other
+        # subscriptions may always be waiting): until it rejoins, this node does not beat.
+        settled = self.link.settled().addTimeout(self.config.cluster_heartbeat / 2, self.clock)
+        settled.addBoth(lambda _: self._rejoin())
 
     def _rejoin(self) -> None:
-        """Subscribed again (so no ``forgot`` note nor answer can be missed from now on): read which nodes
-        forgot this one meanwhile and act on it, then ask every node to beat (events held go on then)."""
+        """Subscribed again (so no ``forgot`` note nor answer can be missed from now on; or half a heartbeat
+        passed): read which nodes forgot this one meanwhile and act on it, then ask every node to beat (events
+        held go on then)."""
         asked = self.link.command(b"SMEMBERS", self.channels.forgot_key(self.node)) if self.link.up else None
         if asked is not None:
             asked.addCallbacks(self._read_forgetters, lambda _: None).addCallback(

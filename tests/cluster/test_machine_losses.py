@@ -344,3 +344,18 @@ def test_a_list_of_kept_clients_is_taken_only_from_a_node_heard_and_only_of_ids(
     a.link.publish(channel, cluster_wire.encode("keep", a.broker.node, []))  # A says it no longer has x
     redis.run()
     assert judge.load == 0 and judge.events(wire.DISCONNECTED) == [(wire.DISCONNECTED, "x")]
+
+
+def test_a_node_whose_subscriptions_redis_never_all_confirms_still_rejoins_and_beats() -> None:
+    clock, redis, (a, b) = nodes(2)
+    a.link.cut()
+    a.link.restore()
+    redis.step()  # A's connections are up again; its subscriptions are on their way
+    a.link.lag()
+    a.link.watch(b"test:room:busy")  # and one more, never confirmed (on a busy node, some always wait)
+    passes(clock, redis, 3 * HEARTBEAT)
+    assert a.broker.node in b.broker.peers and b.broker.node in a.broker.peers
+    assert a.broker.ready is False  # no backend anywhere
+    b.backend()
+    redis.run()
+    assert a.broker.ready
