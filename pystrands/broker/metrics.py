@@ -272,6 +272,10 @@ def add_status_pages(root: IResource, broker: Broker, metrics: bool) -> None:
 class QuietSite(Site):
     """A ``Site`` that writes no access log: probes every few seconds and scrapes would fill the broker's log."""
 
+    def __init__(self, resource: IResource, timeout: float, reactor: Any) -> None:
+        """Serve ``resource`` on ``reactor``; a connection idle for ``timeout`` seconds is closed."""
+        super().__init__(resource, timeout=timeout, reactor=reactor)  # type: ignore[no-untyped-call]  # Site's
+
     def log(self, request: http.Request) -> None:
         """Nothing: the broker logs what matters itself, and counts requests in its metrics."""
 
@@ -280,7 +284,6 @@ def metrics_site(broker: Broker) -> Site:
     """The site of a ``metrics_endpoint`` listener: ``/metrics``, ``/healthz``, ``/readyz``, else 404."""
     root = pages.notFound()
     add_status_pages(root, broker, metrics=True)
-    site = QuietSite(root, timeout=broker.config.handshake_timeout,
-                     reactor=broker.clock)  # type: ignore[no-untyped-call]  # Site's __init__
+    site = QuietSite(root, timeout=broker.config.handshake_timeout, reactor=broker.clock)
     site.noisy = False
     return site

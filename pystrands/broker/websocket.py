@@ -759,7 +759,7 @@ class WebSocketFactory(Factory[ClientConnection]):
         add_status_pages(root, broker, metrics=config.metrics and config.metrics_endpoint is None)
         # Idle HTTP keep-alive sockets (static files) hold a slot: close them as idle WebSockets are.
         self.site = QuietSite(root, timeout=config.client_idle_timeout or config.handshake_timeout,
-                              reactor=broker.clock)  # type: ignore[no-untyped-call]  # Site's __init__
+                              reactor=broker.clock)
         self.site.noisy = False
         self._last_frame: tuple[str | None, bytes] = (None, b"")
         self._status_slots_taken = 0
