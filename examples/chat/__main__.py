@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="port of the page and the WebSockets (default 8080)")
     parser.add_argument("--tcp-port", type=int, default=int(os.environ.get("PYSTRAND_TCP_PORT") or 8081),
                         help="port where the broker listens for backends, on 127.0.0.1 (default 8081)")
+    parser.add_argument("--ws-interface", default="127.0.0.1",
+                        help="interface of the page and the WebSockets (default 127.0.0.1, this machine only;"
+                             " 0.0.0.0 opens the unauthenticated chat to the network)")
     parser.add_argument("--no-broker", action="store_true",
                         help="run the backend only, for a broker already serving examples/chat/static")
     return parser.parse_args(argv)
@@ -64,12 +67,12 @@ class BrokerChild:
         self._stdout: asyncio.Future[None] | None = None
 
     @classmethod
-    async def start(cls, ws_port: int, tcp_port: int) -> BrokerChild:
+    async def start(cls, ws_port: int, tcp_port: int, ws_interface: str) -> BrokerChild:
         """Start the embedded broker on the given ports, serving the page; its flags win over the environment."""
         environment = {name: value for name, value in os.environ.items() if not name.startswith("PYSTRAND_")}
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "pystrands", "server", "--ws-port", str(ws_port), "--tcp-port", str(tcp_port),
-            "--static", str(STATIC), env=environment, start_new_session=True,
+            "--ws-interface", ws_interface, "--static", str(STATIC), env=environment, start_new_session=True,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         return cls(process)
 
@@ -198,13 +201,13 @@ async def run_backend_only(tcp_port: int, stopped: asyncio.Future[Any]) -> int:
     return 0
 
 
-async def run(ws_port: int, tcp_port: int, with_broker: bool) -> int:
+async def run(ws_port: int, tcp_port: int, with_broker: bool, ws_interface: str) -> int:
     """Serve until SIGINT/SIGTERM/SIGHUP (status 0), or until the broker fails or dies (status 1)."""
     stop = stop_on_signals()
     stopped = asyncio.ensure_future(stop.wait())
     if not with_broker:
         return await run_backend_only(tcp_port, stopped)
-    broker = await BrokerChild.start(ws_port, tcp_port)
+    broker = await BrokerChild.start(ws_port, tcp_port, ws_interface)
     listening = asyncio.ensure_future(broker.listening())
     await first_of(listening, stopped, asyncio.sleep(STARTUP_TIMEOUT))
     if not (listening.done() and listening.result()):
@@ -249,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: logging to stderr, then run until Ctrl-C."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s chat-backend %(levelname)s %(message)s")
-    return asyncio.run(run(args.ws_port, args.tcp_port, not args.no_broker))
+    return asyncio.run(run(args.ws_port, args.tcp_port, not args.no_broker, args.ws_interface))
 
 
 if __name__ == "__main__":

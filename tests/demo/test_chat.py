@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import socket
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,6 +44,14 @@ def test_serves_the_page(demo: tuple[Child, str, int]) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=5) as response:
             assert response.status == 200
             assert expected in response.read()
+
+
+def test_the_page_and_its_websockets_are_served_to_this_machine_only(demo: tuple[Child, str, int]) -> None:
+    """The demo's chat has no login: it listens on 127.0.0.1 unless told otherwise (--ws-interface)."""
+    _, _, port = demo
+    listening = [line.split()[1] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                 if line.split()[3] == "0A" and line.split()[1].endswith(f":{port:04X}")]
+    assert listening == [f"0100007F:{port:04X}"]
 
 
 def test_chat_between_two_clients(demo: tuple[Child, str, int], open_ws: OpenWs) -> None:
