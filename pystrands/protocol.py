@@ -47,7 +47,9 @@ if TYPE_CHECKING:
 
     from ._typing import IConnectedTransport
 
-__all__ = ["REQUEST_TIMEOUT", "BrokerClientFactory", "BrokerProtocol", "as_backend", "context_from_wire"]
+__all__ = [
+    "CLOSE_TIMEOUT", "REQUEST_TIMEOUT", "BrokerClientFactory", "BrokerProtocol", "as_backend", "context_from_wire",
+]
 
 log = Logger()
 
@@ -56,6 +58,10 @@ REQUEST_TIMEOUT = 10.0
 
 #: Seconds from a connection during which requests wait for the broker's first frame (its ``hello``).
 HELLO_WAIT = 2.0
+
+#: Seconds a closing connection gets to close gracefully before it is aborted: a TLS close waits for
+#: the broker's close_notify, which may never come.
+CLOSE_TIMEOUT = 1.0
 
 # Extension requests' ids: unique in the process, so unique on every connection.
 _request_ids = itertools.count(1)
@@ -134,6 +140,9 @@ class BrokerProtocol(LineReceiver):
         #: Backpressure asked to pause reading while requests waited (replies must stay readable).
         self._pause_wanted = False
         self._lost = False
+        #: The close began (:meth:`close`): what arrives is dropped; the call that aborts a close that hangs.
+        self._closing = False
+        self._abort_call: IDelayedCall | None = None
 
     # -- connection life cycle -------------------------------------------
 
@@ -155,13 +164,34 @@ class BrokerProtocol(LineReceiver):
         """
         self._lost = True
         self._pause_wanted = False
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
+        for call in (self._idle_call, self._abort_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._idle_call = self._abort_call = None
         self.factory.protocol_disconnected(self, reason)
         why = reason.getErrorMessage()
         self.fail_pending(lambda: NotConnectedError(
             f"not connected to the broker: the connection was lost before the reply ({why})"))
+
+    def close(self) -> None:
+        """Close for good: gracefully, or aborted once the close has taken CLOSE_TIMEOUT seconds.
+
+        Reading resumes, as a TLS close completes only once the broker's
+        close_notify is read; whatever arrives meanwhile is dropped.
+        """
+        if self._lost or self._closing:
+            return
+        self._closing = True
+        self.resume_reading()
+        self.transport.loseConnection()
+        if not self._lost:
+            self._abort_call = self.factory.clock.callLater(CLOSE_TIMEOUT, self._abort_close)
+
+    def _abort_close(self) -> None:
+        self._abort_call = None
+        log.warn("The connection to the broker at {destination} did not complete its close within {timeout:g}s;"
+                 " aborted it", destination=self.factory.destination, timeout=CLOSE_TIMEOUT)
+        self.transport.abortConnection()
 
     # -- extension requests ------------------------------------------------
 
@@ -316,9 +346,10 @@ class BrokerProtocol(LineReceiver):
         While requests wait for a reply (or the ``hello``) reading goes on,
         or they would wait out their timeout: the pause is remembered and
         made once none waits, if the dispatcher is still busy then. The
-        request timeout bounds what is read meanwhile.
+        request timeout bounds what is read meanwhile. A closing connection
+        reads on (see :meth:`close`).
         """
-        if self._lost:
+        if self._lost or self._closing:
             return
         if self._pending or self._held:
             self._pause_wanted = True
@@ -353,7 +384,10 @@ class BrokerProtocol(LineReceiver):
         """Hand each complete line to ``lineReceived``, in linear time whatever the line sizes.
 
         Frames that handlers send meanwhile are written in one piece afterwards.
+        Nothing is handed on once the connection is closing.
         """
+        if self._closing:
+            return
         self._last_received = self.factory.clock.seconds()
         replies: list[bytes] = []
         self._replies = replies
@@ -739,7 +773,10 @@ class BrokerClientFactory(ReconnectingClientFactory):
     def stop(self, timeout: float = 5.0) -> Deferred[None]:
         """Stop reconnecting, let queued handlers finish (up to ``timeout``), then close.
 
-        Buffered sends, waiting requests and an attempt under way fail or are
+        The close gets CLOSE_TIMEOUT seconds, then the connection is aborted:
+        the stop ends within ``timeout + CLOSE_TIMEOUT`` whatever the
+        transport (a TLS close may wait for ever for the broker). Buffered
+        sends, waiting requests and an attempt under way fail or are
         cancelled at once. Every call's Deferred fires once stopped; while a
         stop is under way, a later call waits for it (the first timeout holds).
         """
@@ -840,7 +877,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
     def protocol_connected(self, protocol: BrokerProtocol) -> None:
         """Called by a protocol once connected: flush the buffer, start serving (or close it when stopping)."""
         if self._machine.handle(Event.ATTEMPT_SUCCEEDED) is not ConnectionState.CONNECTED:
-            protocol.transport.loseConnection()
+            protocol.close()
             return
         self.current = protocol
         if self.metrics is not None:
@@ -924,7 +961,7 @@ class BrokerClientFactory(ReconnectingClientFactory):
         if isinstance(result, Failure) and result.check(CancelledError):
             log.warn("Stopping: handlers still running after {timeout}s; closing anyway", timeout=timeout)
         if self.current is not None:
-            self.current.transport.loseConnection()  # protocol_disconnected completes the stop
+            self.current.close()  # protocol_disconnected completes the stop
             return
         self._machine.handle(Event.CLOSED)
         self._stopped()

@@ -74,7 +74,11 @@ class BackendService(Service):
         self.factory.connect(endpoint, description)
 
     def stopService(self) -> Deferred[None]:
-        """Stop reconnecting, let in-flight handlers finish (up to ``stop_timeout``), then close."""
+        """Stop reconnecting, let in-flight handlers finish (up to ``stop_timeout``), then close.
+
+        Done within ``stop_timeout`` plus :data:`~pystrands.protocol.CLOSE_TIMEOUT` seconds: a close that
+        does not complete by then (TLS waiting for the broker) is aborted.
+        """
         super().stopService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         if self.factory is None:
             return succeed(None)

@@ -95,7 +95,7 @@ class Options(PackageOptions):
         ["idle-timeout", None, _DEFAULTS.idle_timeout, "Seconds of broker silence before reconnecting (0: never)."],
         ["send-buffer-size", None, _DEFAULTS.send_buffer_size, "Sends kept while reconnecting."],
         ["backend-token", None, None, "Token for a broker started with --backend-token."],
-        ["stop-timeout", None, 5.0, "Seconds to let handlers finish on shutdown."],
+        ["stop-timeout", None, 5.0, "Seconds to let handlers finish on shutdown (the close then gets 1 s more)."],
     ]
     optFlags: ClassVar[list[list[Any]]] = [["no-reconnect", None, "Make one connection attempt; do not reconnect."]]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
@@ -19,8 +19,8 @@ from twisted.python.failure import Failure
 from pystrands import Backend, NotConnectedError, wire
 from pystrands.broker.extensions import HELLO_FRAME
 from pystrands.lifecycle import TRANSITIONS, ConnectionMachine, ConnectionState, Event, InvalidTransition
-from pystrands.protocol import BrokerClientFactory
-from tests.support.driver import Driver, FakeEndpoint, frame_from_transcript, outcome
+from pystrands.protocol import CLOSE_TIMEOUT, BrokerClientFactory
+from tests.support.driver import Driver, FakeEndpoint, MemoryTransport, frame_from_transcript, outcome
 
 S = ConnectionState
 NO_JITTER = {"reconnect_delay": 1.0, "max_reconnect_delay": 8.0, "reconnect_backoff": 2.0}
@@ -262,6 +262,71 @@ def test_a_cancelled_stop_or_attempt_waiter_does_not_break_the_others() -> None:
     dropped.addErrback(lambda _: None)
     made.succeed()
     assert describe(waited) == "fires True"
+
+
+class StuckClose(MemoryTransport):
+    """A transport whose graceful close never completes, as TLS's while the broker's close_notify goes unread."""
+
+    def loseConnection(self) -> None:
+        self.disconnecting = True
+
+    def abortConnection(self) -> None:
+        self.clock.callLater(0, self.drop, Failure(ConnectionLost("aborted")))
+
+
+def with_stuck_close(made: Driver) -> Driver:
+    """``made``'s attempt under way connects over a StuckClose."""
+    transport = StuckClose(made.clock, None)
+    made.succeed(transport)
+    transport.protocol = made.protocol
+    return made
+
+
+def test_a_close_that_does_not_complete_is_aborted_after_close_timeout(logged: list[dict[str, Any]]) -> None:
+    """twistd over TLS never exited: the stop's close waited for ever (review F19)."""
+    backend = Gate()
+    made = with_stuck_close(driver(backend=backend).connect())
+    made.feed(frame_from_transcript("new_message"))
+    stopped = made.factory.stop(2.0)
+    made.clock.advance(2.0)  # the handler is still running: closing anyway
+    assert made.transport.disconnecting and describe(stopped) == "pending"
+    made.clock.advance(CLOSE_TIMEOUT - 0.01)
+    assert describe(stopped) == "pending" and not made.transport.closed
+    made.clock.advance(0.01)  # the close had its time: aborted
+    made.clock.advance(0)
+    assert made.transport.closed and describe(stopped) == "fires None" and made.factory.state is S.STOPPED
+    assert lines(logged, LogLevel.warn, f"did not complete its close within {CLOSE_TIMEOUT:g}s; aborted it")
+
+
+def test_the_close_reads_again_and_hands_nothing_on() -> None:
+    """Reading paused for the stop resumes for the close (TLS reads the broker's close_notify); frames are dropped."""
+    backend = Gate()
+    made = driver(backend=backend).connect().succeed()
+    made.feed(frame_from_transcript("new_message"))
+    made.factory.stop(1.0)
+    assert made.transport.producerState == "paused"
+    backend.gates[0].callback(None)  # the handler is done: the close begins
+    assert made.transport.producerState == "producing" and made.transport.disconnecting
+    made.feed(frame_from_transcript("new_message"))
+    assert len(backend.gates) == 1
+
+
+def test_a_close_that_completes_leaves_no_timer() -> None:
+    made = driver().connect().succeed()
+    stopped = made.factory.stop(1.0)
+    made.clock.advance(0)
+    assert describe(stopped) == "fires None" and made.clock.getDelayedCalls() == []
+
+
+def test_a_connection_made_after_the_stop_is_aborted_if_its_close_does_not_complete() -> None:
+    made = driver().connect()
+    made.endpoint.attempts[0].deferred = Deferred()  # an endpoint that ignores the cancel
+    made.factory.stop()
+    with_stuck_close(made)
+    assert made.transport.disconnecting and not made.transport.closed
+    made.clock.advance(CLOSE_TIMEOUT)
+    made.clock.advance(0)
+    assert made.transport.closed and made.clock.getDelayedCalls() == []
 
 
 # -- retries ---------------------------------------------------------------------------------------
