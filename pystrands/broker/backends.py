@@ -13,6 +13,7 @@ on. A backend is dropped only when its socket makes no progress for
 from __future__ import annotations
 
 import hmac
+import itertools
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -35,6 +36,8 @@ __all__ = ["BackendFactory", "BackendProtocol"]
 
 log = Logger()
 
+_numbers = itertools.count(1)
+
 
 class BackendProtocol(Protocol):
     """One backend's connection: frames in, events out through a bounded :class:`Outbox`."""
@@ -50,6 +53,8 @@ class BackendProtocol(Protocol):
         self.clock = broker.clock
         #: Clients and handshakes routed to this backend: new clients go to the least loaded.
         self.load = 0
+        #: This connection's number in the broker's life, in the log of a backend without an address.
+        self.number = next(_numbers)
         self._config = config
         self._splitter = LineSplitter(config.max_frame_size, self._overflow)
         self._authenticated = config.backend_token is None
@@ -61,7 +66,9 @@ class BackendProtocol(Protocol):
 
     def __repr__(self) -> str:
         peer = self.transport.getPeer() if self.transport is not None else None
-        return f"<backend {getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}>"
+        if peer is None or hasattr(peer, "port"):
+            return f"<backend {getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}>"
+        return f"<backend #{self.number} on a UNIX socket>"  # whose peers have no address to tell them apart
 
     # -- life cycle ------------------------------------------------------
 

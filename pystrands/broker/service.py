@@ -9,6 +9,7 @@ events of those clients) are sent.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -175,7 +176,8 @@ def describe(address: IAddress) -> str:
     """A listening address as a person reads it: ``host:port``, or a socket's path."""
     if hasattr(address, "port"):
         return f"{address.host}:{address.port}"  # type: ignore[attr-defined]  # IAddress declares no attributes
-    return str(getattr(address, "name", address))
+    name = getattr(address, "name", address)
+    return f"unix:{os.fsdecode(name)}" if isinstance(name, (bytes, str)) else str(name)
 
 
 def fit_file_limit(config: BrokerConfig) -> None:

@@ -130,6 +130,24 @@ def test_an_endpoint_it_cannot_listen_on_is_named_in_one_line_and_exit_1(tmp_pat
     assert errors == [expected]
 
 
+def test_a_unix_socket_for_backends_is_named_as_a_person_reads_it(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "broker.sock"
+    process = subprocess.Popen([sys.executable, "-m", "pystrands", "server", "--ws-port", "0", "--tcp-endpoint",
+                                f"unix:{path}:mode=660"], cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert f"backends on unix:{path}" in process.stdout.readline()  # not b'...', a bytes repr
+        assert path.stat().st_mode & 0o777 == 0o660
+        with socket.socket(socket.AF_UNIX) as backend:
+            backend.settimeout(10)
+            backend.connect(str(path))
+            assert b'"action":"hello"' in backend.recv(4096)
+    finally:
+        process.terminate()
+        _, errors = process.communicate(timeout=10)
+    assert "Backend connected: <backend #1 on a UNIX socket>" in errors, errors
+
+
 def test_environment_wins_over_flags_and_sigterm_stops_cleanly(serve: Any) -> None:
     chosen = free_port()
     process, line = serve("--ws-port", "0", "--tcp-port", "0", PYSTRAND_WS_PORT=str(chosen))
