@@ -686,7 +686,9 @@ class ClusterBroker(Broker):
         answer: Deferred[list[dict[str, Any]]] = Deferred()
         self._queries[query_id] = _Query(answer, members, self.clock.callLater(
             QUERY_TIMEOUT, self._end_query, query_id, True))
-        self.link.settled().addCallback(lambda _: self._ask_members(query_id, room_id))
+        # Half the query's time at most: on a busy node some subscription may always be waiting.
+        settled = self.link.settled().addTimeout(QUERY_TIMEOUT / 2, self.clock)
+        settled.addBoth(lambda _: self._ask_members(query_id, room_id))
         return answer
 
     def _ask_members(self, query_id: str, room_id: str) -> None:

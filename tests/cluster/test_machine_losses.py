@@ -359,3 +359,18 @@ def test_a_node_whose_subscriptions_redis_never_all_confirms_still_rejoins_and_b
     b.backend()
     redis.run()
     assert a.broker.ready
+
+
+def test_room_members_on_a_node_whose_subscriptions_redis_never_all_confirms_still_asks_the_others() -> None:
+    clock, redis, (a, b) = nodes(2)
+    backend_a, backend_b = a.backend(), b.backend()
+    redis.run()
+    b.connect(admitted(b, backend_b, "cook", redis))
+    a.connect(admitted(a, backend_a, "guest", redis))
+    redis.run()
+    a.link.lag()
+    a.link.watch(b"test:room:busy")  # never confirmed
+    backend_a.reply("room_members", {"room_id": "lobby"}, "q1")
+    clock.advance(1.0)
+    redis.run()
+    assert members(backend_a, "q1") == [["cook", "guest"]]
