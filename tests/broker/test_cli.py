@@ -79,6 +79,8 @@ BAD_ARGUMENTS = [
     (["server", "--bogus"], {}, "option --bogus not recognized"),
     (["server", "--ws-port"], {}, "option --ws-port requires argument"),
     (["server", "--ws-port", "0", "8081"], {}, "unexpected argument: 8081"),
+    (["server", "--max-client-buffer", "0"], {}, "--max-client-buffer must be >= 1, not 0"),
+    (["server", "--max-client-buffer", "8M"], {}, "--max-client-buffer '8M' is not a whole number"),
     (["server", "--ws-port", "9000", "--tcp-port", "9000"], {}, "--ws-port must not be the backend port too (9000)"),
     (["server", "--tcp-port", "9001"], {"PYSTRAND_WS_PORT": "9001"}, "PYSTRAND_WS_PORT must not be the backend port"),
     (["server", "--cluster-heartbeat", "0.01"], {}, "--cluster-heartbeat must be 0.5-300 seconds, not 0.01"),
@@ -109,6 +111,14 @@ def test_help_says_how_to_run_it_in_plain_text() -> None:
     assert lines[0] == "Usage: python -m pystrands server [options]"
     assert "--ws-port=" in result.stdout and "Runs the embedded broker" in result.stdout
     assert "``" not in result.stdout  # no reStructuredText shown raw
+
+
+def test_every_limit_of_a_slow_client_is_a_flag() -> None:
+    from pystrands.broker.config import Options
+
+    options = Options(environ={})
+    options.parseOptions(["--max-client-buffer", "65536", "--client-write-timeout", "3"])
+    assert (options["config"].max_client_buffer, options["config"].client_write_timeout) == (65536, 3.0)
 
 
 def test_port_in_use_is_one_line_and_exit_1() -> None:
