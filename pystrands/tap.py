@@ -4,7 +4,8 @@
 
 ``--backend`` names ``module.attr`` (or ``module:attr``): a class is
 instantiated with no arguments, anything else is used as it is; either way
-it must be a backend (adaptable to IBackend).
+it must be a backend (adaptable to IBackend). A face object keeps the broker
+and settings it was built with, except where an option is given.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import sys
 from typing import Any, ClassVar
 
 from twisted.application.service import IService
-from twisted.internet.endpoints import clientFromString
+from twisted.internet.endpoints import clientFromString, quoteStringArgument
 from twisted.python import usage
 
-from .options import PackageOptions, parse_numbers, settings_error
+from ._parameters import _DOCUMENTED, ConnectionParameters
+from .options import PackageOptions, parse_number, parse_numbers, settings_error
 from .protocol import as_backend
 from .service import DEFAULT_BROKER, BackendService
 from .settings import BackendSettings, check_number
@@ -71,52 +73,96 @@ _NUMERIC_OPTIONS = {
     "max-line-length": int,
     "idle-timeout": float,
     "send-buffer-size": int,
-    "stop-timeout": float,
 }
+
+
+def _built_with(backend: object, spec: str) -> tuple[str | None, dict[str, Any]]:
+    """Where a face object's broker is (an endpoint string), and the settings it was given.
+
+    A face (PyStrandsClient, AsyncPyStrandsClient, PyStrands) counts its host
+    and port, its documented parameters and the settings keywords it was
+    built with, not its own default concurrency (twistd's holds). Any other
+    backend says nothing: ``(None, {})``.
+    """
+    if not isinstance(backend, ConnectionParameters):
+        return None, {}
+    try:
+        settings = backend._settings()  # its attributes may have changed since it was built
+    except (TypeError, ValueError) as exc:
+        raise usage.UsageError(f"--backend {spec!r}: {exc}") from None
+    chosen = {*_DOCUMENTED, *backend._settings_overrides}
+    return (f"tcp:host={quoteStringArgument(backend.host)}:port={backend.port}",  # an IPv6 address too
+            {name: getattr(settings, name) for name in chosen})
 
 
 #: The defaults shown in --help (``usage.Options`` keeps its own ``defaults`` dict).
 _DEFAULTS = BackendSettings()
 
 
+def _setting(option: str, doc: str) -> list[Any]:
+    """The row of a connection setting: no default (None: not given, so the backend object's or the default holds)."""
+    default = getattr(_DEFAULTS, option.replace("-", "_"))
+    return [option, None, None, f"{doc} [default: {default}, or the backend object's]"]
+
+
 class Options(PackageOptions):
-    """Command-line options of ``twistd pystrands``."""
+    """Command-line options of ``twistd pystrands``.
+
+    An option given wins; one not given takes what a face object given as
+    ``--backend`` was built with (its host and port for ``--broker``), else
+    the default.
+    """
 
     synopsis = "--backend module.attr [options]"
 
     optParameters: ClassVar[list[list[Any]]] = [
         ["backend", "b", None, "The backend: module.attr of a class (made with no arguments) or object."],
-        ["broker", None, DEFAULT_BROKER, "Client endpoint string of the broker's backend port."],
-        ["reconnect-delay", None, _DEFAULTS.reconnect_delay, "Seconds before the first reconnection attempt."],
-        ["max-reconnect-delay", None, _DEFAULTS.max_reconnect_delay, "Cap on the reconnection delay."],
-        ["reconnect-backoff", None, _DEFAULTS.reconnect_backoff, "Growth factor of the delay (>= 1)."],
-        ["concurrency", None, _DEFAULTS.concurrency, "Clients whose handlers may run at once."],
-        ["max-line-length", None, _DEFAULTS.max_line_length, "Longest accepted frame, in bytes."],
-        ["idle-timeout", None, _DEFAULTS.idle_timeout, "Seconds of broker silence before reconnecting (0: never)."],
-        ["send-buffer-size", None, _DEFAULTS.send_buffer_size, "Sends kept while reconnecting."],
-        ["backend-token", None, None, "Token for a broker started with --backend-token."],
+        ["broker", None, None, ("Client endpoint string of the broker's backend port."
+                                f" [default: {DEFAULT_BROKER}, or the backend object's host and port]")],
+        _setting("reconnect-delay", "Seconds before the first reconnection attempt."),
+        _setting("max-reconnect-delay", "Cap on the reconnection delay."),
+        _setting("reconnect-backoff", "Growth factor of the delay (>= 1)."),
+        _setting("concurrency", "Clients whose handlers may run at once."),
+        _setting("max-line-length", "Longest accepted frame, in bytes."),
+        _setting("idle-timeout", "Seconds of broker silence before reconnecting (0: never)."),
+        _setting("send-buffer-size", "Sends kept while reconnecting."),
+        _setting("backend-token", "Token for a broker started with --backend-token."),
         ["stop-timeout", None, 5.0, "Seconds to let handlers finish on shutdown (the close then gets 1 s more)."],
     ]
-    optFlags: ClassVar[list[list[Any]]] = [["no-reconnect", None, "Make one connection attempt; do not reconnect."]]
+    optFlags: ClassVar[list[list[Any]]] = [
+        ["no-reconnect", None, "Make one connection attempt; do not reconnect (whatever the backend object says)."],
+    ]
 
     def postOptions(self) -> None:
-        """Check ``--broker``, parse the numbers into :class:`BackendSettings`, and load ``--backend``."""
-        if not self["backend"]:
+        """Check the options given, load ``--backend``, and merge both into :class:`BackendSettings`."""
+        spec = self["backend"]
+        if not spec:
             raise usage.UsageError("--backend is required (module.attr of your backend)")
+        if self["broker"] is not None:
+            try:
+                clientFromString(None, self["broker"])
+            except (ValueError, TypeError, KeyError) as exc:
+                raise usage.UsageError(f"--broker {self['broker']!r} is not a client endpoint string: {exc}") from None
+        given = {option: kind for option, kind in _NUMERIC_OPTIONS.items() if self[option] is not None}
+        flags = parse_numbers(self, given, lambda option: f"--{option}")
+        if self["no-reconnect"]:
+            flags["auto_reconnect"] = False
+        if self["backend-token"] is not None:
+            flags["backend_token"] = self["backend-token"]
+        stop_timeout = parse_number("--stop-timeout", self["stop-timeout"], float)
         try:
-            clientFromString(None, self["broker"])
-        except (ValueError, TypeError, KeyError) as exc:
-            raise usage.UsageError(f"--broker {self['broker']!r} is not a client endpoint string: {exc}") from None
-        values = parse_numbers(self, _NUMERIC_OPTIONS, lambda option: f"--{option}")
-        stop_timeout = values.pop("stop_timeout")
-        try:
-            self["settings"] = BackendSettings(
-                auto_reconnect=not self["no-reconnect"], backend_token=self["backend-token"], **values
-            )
+            BackendSettings(**flags)  # the options alone first: an error names the option
             self["stop-timeout"] = check_number("stop_timeout", stop_timeout, minimum=0)
         except (TypeError, ValueError) as exc:
             raise settings_error(exc, lambda option: f"--{option}") from None
-        self["backend_object"] = load_backend(self["backend"])
+        backend = self["backend_object"] = load_backend(spec)
+        broker, own = _built_with(backend, spec)
+        try:
+            self["settings"] = BackendSettings(**{**own, **flags})
+        except (TypeError, ValueError) as exc:
+            raise usage.UsageError(f"--backend {spec!r} with the options given: {exc}") from None
+        if self["broker"] is None:
+            self["broker"] = broker or DEFAULT_BROKER
 
 
 def makeService(options: Options) -> IService:

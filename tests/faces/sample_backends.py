@@ -26,6 +26,12 @@ class AsyncEcho(AsyncPyStrandsClient):
 
 app = PyStrands()
 
+#: A face built with where its broker is and how to talk to it: what ``twistd pystrands`` keeps.
+configured = BlockingEcho(host="127.0.0.1", port=18681, backend_token="s3cret", reconnect_delay=0.5,
+                          max_reconnect_delay=2.0, concurrency=3, idle_timeout=20.0, max_pending_events=50)
+#: A face built for a broker at an IPv6 address.
+configured_v6 = BlockingEcho(host="::1", port=18682)
+
 
 @app.on_message
 async def app_echo(message: str, context: Context) -> None:
