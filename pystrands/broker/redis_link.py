@@ -251,10 +251,10 @@ class RedisLink(LinkBase):
         endpoint = _endpoint(reactor, address)
         commands, subscriber = _protocols()
         self._commands: Reconnector[Any] = Reconnector(
-            reactor, lambda: _connect(endpoint, _Factory(address, commands, self)),
+            reactor, lambda: _connect(endpoint, _Factory(address, commands, self), reactor, address.tls),
             self._command_up, self._down, Backoff(min(0.25, max_delay), max_delay))
         self._subscriber: Reconnector[Any] = Reconnector(
-            reactor, lambda: _connect(endpoint, _Factory(address, subscriber, self)),
+            reactor, lambda: _connect(endpoint, _Factory(address, subscriber, self), reactor, address.tls),
             self._subscriber_up, self._down, Backoff(min(0.25, max_delay), max_delay))
         self.up = False
         self._down_told = False
@@ -390,24 +390,38 @@ def _endpoint(reactor: Any, address: RedisAddress) -> IStreamClientEndpoint:
     return endpoint
 
 
-def _connect(endpoint: IStreamClientEndpoint, factory: _Factory) -> Deferred[tuple[Any, Deferred[None]]]:
-    """Connect, wait until logged in (AUTH, SELECT), then give the connection and its loss."""
+def _connect(endpoint: IStreamClientEndpoint, factory: _Factory, reactor: Any,
+             tls: bool) -> Deferred[tuple[Any, Deferred[None]]]:
+    """Connect, log in (AUTH, SELECT), see Redis answer a PING, then give the connection and its loss.
+
+    The PING proves the connection: over TLS the handshake happens only once bytes flow, so a
+    ``rediss://`` URL naming a plain Redis port connects, then fails with the first command. Without
+    an answer within CONNECT_TIMEOUT the attempt fails, and is retried.
+    """
 
     def connected(connection: Any) -> Deferred[tuple[Any, Deferred[None]]]:
         send_at_once(connection.transport)  # a publish waits for no acknowledgement of the one before
         lost: Deferred[None] = connection.whenDisconnected().addCallback(lambda _: None)
         either: Deferred[tuple[Any, Deferred[None]]] = Deferred()
+        cut = reactor.callLater(CONNECT_TIMEOUT, connection.transport.abortConnection)
 
         def ready(_: object) -> None:
+            if cut.active():
+                cut.cancel()
             if not either.called:
                 either.callback((connection, lost))
 
         def closed(_: object) -> None:
             # A connection lost while logging in fails the attempt instead of hanging it.
+            if cut.active():
+                cut.cancel()
             if not either.called:
-                either.errback(ConnectionError("Redis closed the connection while logging in"))
+                hint = " (a failed TLS handshake? rediss:// needs Redis' TLS port)" if tls else ""
+                either.errback(ConnectionError(f"Redis closed the connection before it answered{hint}"))
 
-        connection.whenConnected().addCallback(ready)
+        logged_in = connection.whenConnected()
+        logged_in.addCallback(lambda _: connection.execute_command(b"PING", apply_timeout=False))
+        logged_in.addCallbacks(ready, lambda _: None)  # a failed PING: its connection is lost, ``closed`` says so
         connection.whenDisconnected().addCallback(closed)
         return either
 

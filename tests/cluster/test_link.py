@@ -204,3 +204,26 @@ async def test_stopping_with_subscriptions_in_flight_leaves_no_unhandled_error(r
         globalLogPublisher.removeObserver(observe)
     assert unhandled == []
     assert link.settled().called  # each lost subscription counted as answered: nothing waits for them
+
+
+@pytest_twisted.ensureDeferred
+async def test_rediss_to_a_plain_redis_port_is_never_up_and_says_why(redis: RedisServer,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over TLS the handshake happens with the first bytes: a link is up only once Redis answered a PING
+    (a plain Redis waits for the end of the line its TLS hello would be: the attempt's timeout ends it)."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    monkeypatch.setattr(redis_link, "CONNECT_TIMEOUT", 0.5)
+
+    states: list[tuple[bool, str]] = []
+    link = RedisLink(reactor, parse_redis_url(redis.url.replace("redis://", "rediss://")), lambda *_: None,
+                     lambda up, why: states.append((up, why)), max_delay=1.0)
+    link.start()
+    try:
+        await deferLater(reactor, 2.0, lambda: None)
+        assert not link.up
+        assert states and not any(up for up, _ in states), states
+        assert "a failed TLS handshake? rediss:// needs Redis' TLS port" in states[0][1]
+    finally:
+        await link.stop()

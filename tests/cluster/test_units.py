@@ -306,7 +306,10 @@ def test_a_link_reports_an_outage_and_a_refused_login_once_each_until_connected(
         refused = ("Redis redis://:***@127.0.0.1:6390/0 refused the cluster's connection: Redis error: could not"
                    " auth: WRONGPASS invalid username-password pair")
         assert [line for line in reports.lines if "refused the cluster's connection" in line] == [refused]
-        connections = settle(reactor, b"+OK\r\n")  # the password fixed: both connections log in
+        connections = settle(reactor, b"+OK\r\n")  # the password fixed: both connections log in ...
+        assert reports.states == [False] and not link.up  # ... and are up once Redis answers their PING
+        for connection in connections:
+            connection.dataReceived(b"+PONG\r\n")
         assert reports.states == [False, True] and link.up
         connections[0].connectionLost(Failure(ConnectionDone()))
         for _ in range(3):
