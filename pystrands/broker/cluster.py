@@ -322,6 +322,13 @@ class ClusterBroker(Broker):
         """A backend here, or on a node this one can reach: a load balancer may send it clients."""
         return bool(self.backends) or (self._joined and bool(self.peers.with_backends()))
 
+    @property
+    def unready_reason(self) -> str:
+        """Why :attr:`ready` is False: no backend anywhere, or none here and no way to the others."""
+        if not self._joined:
+            return "no backend is connected here, and the cluster's Redis is not reachable (yet)"
+        return "no backend is connected to any node of the cluster"
+
     def cluster_gauges(self) -> dict[str, tuple[str, float]]:
         """Redis up, the other nodes, those with a backend, the events held for nodes unconfirmed."""
         return {"cluster_redis_up": ("1 while both connections to Redis are up.", float(self.link.up)),
@@ -476,8 +483,8 @@ class ClusterBroker(Broker):
         unconfirmed = self.peers.unconfirmed(origin)
         before = self.peers.heard(origin, backends)
         if before is None:
-            log.info("Cluster node {node}: node {peer} joined ({backends} backends)", node=self.node,
-                     peer=origin, backends=backends)
+            log.info("Cluster node {node}: node {peer} joined ({backends} backend{s})", node=self.node,
+                     peer=origin, backends=backends, s="" if backends == 1 else "s")
         if answer:
             # It is back on Redis: while it was not, a handshake for it or its verdict may have been lost.
             self._refuse_judged_by({origin}, "the node judging the handshake lost its connection to Redis"

@@ -264,7 +264,7 @@ def add_status_pages(root: IResource, broker: Broker, metrics: bool) -> None:
     """
     root.putChild(b"healthz", StatusPage(lambda: (200, b"ok\n")))
     root.putChild(b"readyz", StatusPage(
-        lambda: (200, b"ready\n") if broker.ready else (503, b"no backend is connected\n")))
+        lambda: (200, b"ready\n") if broker.ready else (503, f"{broker.unready_reason}\n".encode())))
     if metrics:
         root.putChild(b"metrics", MetricsPage(broker.metrics))
 

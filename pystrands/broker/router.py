@@ -171,6 +171,11 @@ class Broker:
         """True while a backend can judge a handshake (for ``/readyz``): one is connected here."""
         return bool(self.backends)
 
+    @property
+    def unready_reason(self) -> str:
+        """Why :attr:`ready` is False, in ``/readyz``'s answer."""
+        return "no backend is connected"
+
     def cluster_gauges(self) -> dict[str, tuple[str, float]]:
         """A cluster node's state for ``/metrics``: name -> (help, value); nothing for a single broker."""
         return {}

@@ -487,3 +487,15 @@ def test_an_event_on_its_way_to_a_node_whose_last_backend_leaves_is_not_relayed_
     a.broker.client_message(client, "next")
     redis.run()
     assert own.events(wire.NEW_MESSAGE) == [(wire.NEW_MESSAGE, "next")]  # where A sends x's events now
+
+
+def test_readiness_says_why_a_node_is_not_ready() -> None:
+    _, redis, (a, b) = nodes(2)
+    assert not a.broker.ready and a.broker.unready_reason == "no backend is connected to any node of the cluster"
+    b.backend()
+    redis.run()
+    assert a.broker.ready  # B's backend judges A's handshakes
+    a.link.cut()
+    assert not a.broker.ready
+    assert a.broker.unready_reason == ("no backend is connected here, and the cluster's Redis is not reachable"
+                                       " (yet)")
