@@ -20,6 +20,7 @@ from twisted.internet.endpoints import clientFromString, quoteStringArgument
 from twisted.python import usage
 
 from ._parameters import _DOCUMENTED, ConnectionParameters
+from .logbridge import leave_unhandled_to_twisted
 from .options import PackageOptions, parse_number, parse_numbers, settings_error
 from .protocol import as_backend
 from .service import DEFAULT_BROKER, BackendService
@@ -166,7 +167,8 @@ class Options(PackageOptions):
 
 
 def makeService(options: Options) -> IService:
-    """The BackendService that ``twistd pystrands`` runs."""
+    """The BackendService that ``twistd pystrands`` runs; twistd's log takes the events stdlib logging does not."""
+    leave_unhandled_to_twisted()
     settings: BackendSettings = options["settings"]
     return BackendService(
         options["backend_object"],

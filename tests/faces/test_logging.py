@@ -16,7 +16,6 @@ from twisted.logger import Logger, LogLevel, formatEvent
 
 from pystrands import AsyncPyStrandsClient, PyStrandsClient
 from pystrands.ratelimit import ThrottledWarning
-
 from tests.support.fakebroker import FakeBroker
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -119,3 +118,40 @@ def test_dropped_sends_left_at_disconnect_are_counted_then(caplog: pytest.LogCap
     dropped = [r.getMessage() for r in caplog.records if r.name == "pystrands._dropped"]
     assert len(dropped) == 2 and dropped[0].startswith("A send to the broker was dropped"), dropped
     assert dropped[1].startswith("3 more send(s) to the broker dropped since the last warning"), dropped
+
+
+UNCONFIGURED = textwrap.dedent("""
+    from pystrands import PyStrandsClient
+
+    assert PyStrandsClient("127.0.0.1", 1).broadcast_message("early").result() is False
+""")
+
+
+def test_a_program_that_configures_no_logging_still_sees_a_warning_once_on_stderr() -> None:
+    """Python's last-resort handler prints it: the only place a plain program's warning can appear."""
+    result = subprocess.run([sys.executable, "-c", UNCONFIGURED], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60, check=True)
+    assert result.stderr.count("A send to the broker was dropped") == 1, result.stderr
+
+
+def test_under_twistd_a_faces_warning_is_one_line_at_its_level(free_port: int) -> None:
+    """twistd logged each warning twice: as ``#warn``, and as ``[stderr#error]`` from the last resort (review F12)."""
+    process = subprocess.Popen(
+        [str(pathlib.Path(sys.executable).parent / "twistd"), "-n", "--pidfile=", "--logfile=-", "pystrands",
+         "--backend", "tests.faces.sample_backends.BlockingEcho", "--broker", f"tcp:host=127.0.0.1:port={free_port}",
+         "--no-reconnect"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:  # the single attempt fails: "... failed (...); not retrying (...)"
+            lines.append(line)
+            if "not retrying" in line:
+                break
+    finally:
+        process.terminate()
+        process.wait(20)
+    output = "".join(lines) + process.stdout.read()  # the rest: read() starts with what the loop buffered
+    failed = [line for line in output.splitlines() if "Connecting to the broker at" in line]
+    assert len(failed) == 1 and "[pystrands.protocol#warn]" in failed[0], output
+    assert "stderr" not in output, output
