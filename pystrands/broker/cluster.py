@@ -254,6 +254,8 @@ class ClusterBroker(Broker):
         #: Answers (``done``) to other nodes' requests that Redis lost with this node's connection: (node,
         #: payload), published again once this node has rejoined.
         self._undone: list[tuple[str, bytes]] = []
+        #: Nodes heard again before this node rejoined: told ``keep`` once it has (after the events it held).
+        self._owed_keep: set[str] = set()
         self._timers: list[IDelayedCall] = []
         #: True once this node's answer beat went out since it (re)connected to Redis. Until then it neither
         #: beats nor forwards: a node that hears it has been asked to beat, and its beat comes before what it sends.
@@ -376,6 +378,10 @@ class ClusterBroker(Broker):
         for origin, payload in undone:
             self._tell_done(origin, payload)
         self._flush_held()
+        owed, self._owed_keep = self._owed_keep, set()
+        for node in sorted(owed):
+            if node in self.peers:
+                self._tell_keep(node)
         self._flush_queue()
 
     def _publish(self, channel: bytes, payload: bytes) -> Deferred[int | None] | None:
@@ -496,7 +502,10 @@ class ClusterBroker(Broker):
         if unconfirmed or lost_backends or (backends and not before):
             self._flush_held()
         if before is not None and (answer or unconfirmed):
-            self._tell_keep(origin)  # after the held events: a goodbye among them went first
+            if self._joined:
+                self._tell_keep(origin)  # after the held events: a goodbye among them went first
+            else:
+                self._owed_keep.add(origin)  # this node's held events are still held: after them, at _announce
         if backends and (not before or unconfirmed):
             self._flush_queue()
 

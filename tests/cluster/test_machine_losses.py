@@ -374,3 +374,26 @@ def test_room_members_on_a_node_whose_subscriptions_redis_never_all_confirms_sti
     clock.advance(1.0)
     redis.run()
     assert members(backend_a, "q1") == [["cook", "guest"]]
+
+
+def test_a_node_not_rejoined_yet_gives_no_keep_ahead_of_the_goodbye_it_holds() -> None:
+    _, redis, (a, b) = nodes(2)
+    judge = a.backend()
+    redis.run()
+    client = b.connect(admitted(b, judge, "y", redis))  # y, B's client, served by A's backend
+    redis.run()
+    b.link.cut()  # a blip of B's connections: y's last events are held at B
+    b.broker.client_message(client, "last words")
+    b.broker.client_disconnected(client)
+    b.link.restore()
+    while b.link not in redis.subscribers.get(b"test:nodes", ()):
+        redis.step()  # B is subscribed to the nodes channel again, not rejoined yet ...
+    rejoin = redis._work.popleft()  # ... its SMEMBERS of its forgot key (command connection) waits,
+    a.broker._beat()  # while A's regular beat reaches its subscriber connection (no order between the two)
+    while redis._work:
+        redis.step()
+    assert not b.broker._joined
+    redis.later(rejoin)  # B reads its forgot key, rejoins (answer beat) and sends what it held
+    redis.run()
+    assert judge.events(wire.NEW_CONNECTION, wire.NEW_MESSAGE, wire.DISCONNECTED) == [
+        (wire.NEW_CONNECTION, "y"), (wire.NEW_MESSAGE, "last words"), (wire.DISCONNECTED, "y")]
