@@ -487,7 +487,8 @@ class ClusterBroker(Broker):
         if channel != self.channels.nodes or backends < 0:
             raise ClusterWireError("a heartbeat off the nodes channel, or with a negative count")
         unconfirmed = self.peers.unconfirmed(origin)
-        before = self.peers.heard(origin, backends)
+        before = self.peers.heard(origin, backends, answer)
+        confirmed = unconfirmed and not self.peers.unconfirmed(origin)
         if before is None:
             log.info("Cluster node {node}: node {peer} joined ({backends} backend{s})", node=self.node,
                      peer=origin, backends=backends, s="" if backends == 1 else "s")
@@ -499,14 +500,14 @@ class ClusterBroker(Broker):
         lost_backends = not backends and bool(before)
         if lost_backends:
             self._unstick(origin, alive=True)
-        if unconfirmed or lost_backends or (backends and not before):
+        if confirmed or lost_backends or (backends and not before):
             self._flush_held()
-        if before is not None and (answer or unconfirmed):
+        if before is not None and (answer or confirmed):
             if self._joined:
                 self._tell_keep(origin)  # after the held events: a goodbye among them went first
             else:
                 self._owed_keep.add(origin)  # this node's held events are still held: after them, at _announce
-        if backends and (not before or unconfirmed):
+        if backends and (not before or confirmed):
             self._flush_queue()
 
     def _on_forgot(self, channel: bytes, origin: str, node: str) -> None:
@@ -872,8 +873,8 @@ class ClusterBroker(Broker):
 
     def _send_to(self, node: str, payload: bytes) -> None:
         """Publish on ``node``'s channel. If no one got it (its connection to Redis broke), it is lost (counted)
-        and ``node`` unconfirmed: what follows for it is held until it beats again, and then this node tells
-        it which of its clients it still has (``keep``)."""
+        and ``node`` doubted: what follows for it is held until it is back (its answer beat, see
+        :meth:`Peers.heard`), and then this node tells it which of its clients it still has (``keep``)."""
         published = self._publish(self.channels.node(node), payload)
         if published is not None:
             published.addCallback(self._check_heard, node)

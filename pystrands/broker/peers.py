@@ -20,6 +20,8 @@ class Peers:
         self._backends: dict[str, int] = {}
         self._deadlines: dict[str, float] = {}
         self._unconfirmed: set[str] = set()
+        #: Nodes doubted (see :meth:`doubt`): node -> when.
+        self._doubted: dict[str, float] = {}
 
     def __contains__(self, node: object) -> bool:
         return node in self._backends
@@ -27,18 +29,26 @@ class Peers:
     def __len__(self) -> int:
         return len(self._backends)
 
-    def heard(self, node: str, backends: int) -> int | None:
-        """A heartbeat from ``node``: its backends before (None if it was not known)."""
+    def heard(self, node: str, backends: int, answer: bool = False) -> int | None:
+        """A heartbeat from ``node`` (``answer``: the one it sends once back on Redis): its backends before
+        (None if it was not known). It confirms the node, unless the node is doubted: then only its answer
+        beat does, or a beat heard half a heartbeat (a third of ``silence``) after the doubt (one heard
+        sooner may have been sent before the node went deaf, or its answer beat came before the doubt)."""
         before = self._backends.get(node)
+        now = self.clock.seconds()
         self._backends[node] = backends
-        self._deadlines[node] = self.clock.seconds() + self.silence
-        self._unconfirmed.discard(node)
+        self._deadlines[node] = now + self.silence
+        doubted = self._doubted.get(node)
+        if answer or doubted is None or now - doubted >= self.silence / 3:
+            self._doubted.pop(node, None)
+            self._unconfirmed.discard(node)
         return before
 
     def forget(self, node: str) -> bool:
         """Forget ``node`` (it said goodbye); False if it was not known."""
         self._deadlines.pop(node, None)
         self._unconfirmed.discard(node)
+        self._doubted.pop(node, None)
         return self._backends.pop(node, None) is not None
 
     def silent(self) -> list[str]:
@@ -64,9 +74,10 @@ class Peers:
 
     def doubt(self, node: str) -> None:
         """``node`` got nothing of what was just sent to it (its connection to Redis broke): unconfirmed
-        until it beats again."""
+        until it is back (see :meth:`heard`)."""
         if node in self._backends:
             self._unconfirmed.add(node)
+            self._doubted[node] = self.clock.seconds()
 
     def unconfirmed(self, node: str) -> bool:
         """True for a node not heard since :meth:`respite`: it may come back as it was, or be forgotten."""

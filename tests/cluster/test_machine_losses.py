@@ -397,3 +397,35 @@ def test_a_node_not_rejoined_yet_gives_no_keep_ahead_of_the_goodbye_it_holds() -
     redis.run()
     assert judge.events(wire.NEW_CONNECTION, wire.NEW_MESSAGE, wire.DISCONNECTED) == [
         (wire.NEW_CONNECTION, "y"), (wire.NEW_MESSAGE, "last words"), (wire.DISCONNECTED, "y")]
+
+
+def test_events_held_for_a_deaf_node_are_not_flushed_on_a_beat_it_sent_before_it_went_deaf() -> None:
+    clock, redis, (a, b), judge, client = forwarded(2)
+    redis.run()
+    b.broker._beat()  # B's regular beat: Redis runs it (SET, PUBLISH), its delivery to A waits in A's socket ...
+    redis.step()
+    redis.step()
+    b.link.cut()  # ... and B's connections break
+    a.broker.client_message(client, "lost")  # A's PUBLISH (on its other connection) ...
+    redis._work.rotate(1)
+    redis.step()  # ... answered first: no subscriber, counted lost, B doubted
+    assert a.broker.peers.unconfirmed(b.broker.node) and a.broker.metrics.cluster_unpublished == 1
+    a.broker.client_message(client, "held")  # held for B until it is back
+    redis.run()  # A reads B's beat sent before the break: it does not count as B being back
+    assert len(a.broker._held) == 1
+    b.link.restore()
+    passes(clock, redis, HEARTBEAT)
+    assert len(a.broker.peers) == 1  # B was never forgotten
+    assert judge.events(wire.NEW_MESSAGE) == [(wire.NEW_MESSAGE, "held")]
+    assert a.broker.metrics.cluster_unpublished == 1
+
+
+def test_a_node_doubted_after_its_answer_beat_is_confirmed_by_a_later_regular_beat() -> None:
+    clock, redis, (a, b), judge, client = forwarded(2)
+    passes(clock, redis, 0.8 * HEARTBEAT)
+    a.broker.peers.doubt(b.broker.node)  # a loss counted after B's answer beat was read (two connections)
+    a.broker.client_message(client, "held")
+    passes(clock, redis, 0.4 * HEARTBEAT)  # B beats: within half a heartbeat of the loss, it may be older
+    assert judge.events(wire.NEW_MESSAGE) == []
+    passes(clock, redis, HEARTBEAT)  # its next beat: B hears
+    assert judge.events(wire.NEW_MESSAGE) == [(wire.NEW_MESSAGE, "held")]
