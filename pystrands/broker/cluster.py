@@ -596,14 +596,20 @@ class ClusterBroker(Broker):
 
     def _tell_keep(self, node: str) -> None:
         """Tell ``node``, heard again after either of the two could not hear Redis, which of this node's clients
-        forwarded there it still has: it lets the others go (their goodbye or ``abandon`` may have been lost).
-        Those gone are forgotten here too (a goodbye of theirs may have been pushed out of the held events)."""
+        whose events go there it still has: those forwarded there, and those forwarded nowhere now whose next
+        event goes there (an event of theirs may have reached it relayed by a node whose last backend left).
+        It lets the others go (their goodbye or ``abandon`` may have been lost). Those forwarded there that
+        are gone are forgotten here too (a goodbye of theirs may have been pushed out of the held events)."""
         kept = []
         for client_id in [cid for cid, owner in self._forwarded.items() if owner == node]:
             if self.rooms.holds(client_id):
                 kept.append(client_id)
             else:
                 del self._forwarded[client_id]
+        for client in self.rooms.everyone():
+            client_id = client.admission.client_id
+            if client_id not in self._forwarded and self._target(client_id) == node:
+                kept.append(client_id)
         self._send_to(node, cluster_wire.encode("keep", self.node, kept))
 
     def _on_keep(self, channel: bytes, origin: str, client_ids: list[Any]) -> None:

@@ -54,7 +54,8 @@ KINDS: dict[str, tuple[tuple[type, ...], ...]] = {
     # An accepted client that never connected, on the judging node's channel: client id.
     "abandon": (_TEXT,),
     # After either node could not hear Redis, on the channel of a node that serves the origin's clients:
-    # the ids of those the origin still has (the others' goodbyes, or abandons, may have been lost).
+    # the ids of those the origin still has whose events go there (the others' goodbyes, or abandons, may
+    # have been lost).
     "keep": (_ARRAY,),
     # room_members on another node, on the room's channel: query id.
     "who": (_TEXT,),

@@ -429,3 +429,38 @@ def test_a_node_doubted_after_its_answer_beat_is_confirmed_by_a_later_regular_be
     assert judge.events(wire.NEW_MESSAGE) == []
     passes(clock, redis, HEARTBEAT)  # its next beat: B hears
     assert judge.events(wire.NEW_MESSAGE) == [(wire.NEW_MESSAGE, "held")]
+
+
+def test_a_keep_does_not_let_go_of_a_connected_client_whose_events_were_relayed_here() -> None:
+    _, redis, (a, b, c), judge, client = forwarded(3)
+    other = c.backend()
+    redis.run()
+    a.broker.client_message(client, "in flight")  # published to B ...
+    b.broker.backend_lost(judge)  # ... whose last backend leaves: B relays it to C, as A's client's
+    redis.run()
+    assert other.events(wire.NEW_MESSAGE) == [(wire.NEW_MESSAGE, "in flight")]
+    assert "x" not in a.broker._forwarded  # A unstuck x from B at B's beat; x has sent nothing since
+    c.link.cut()  # a short blip of C's connections
+    c.link.restore()
+    redis.run()  # C's answer beat: A tells C which of its clients it still has there
+    assert other.events(wire.DISCONNECTED) == []  # x, connected on A, stays
+    a.broker.client_message(client, "after")
+    a.broker.client_disconnected(client)
+    redis.run()
+    assert other.events(wire.NEW_CONNECTION, wire.NEW_MESSAGE, wire.DISCONNECTED) == [
+        (wire.NEW_MESSAGE, "in flight"), (wire.NEW_MESSAGE, "after"), (wire.DISCONNECTED, "x")]
+
+
+def test_a_keep_lets_go_of_a_client_whose_next_events_go_elsewhere() -> None:
+    _, redis, (a, b, c), judge, client = forwarded(3)
+    other = c.backend()
+    redis.run()
+    a.broker.client_message(client, "in flight")
+    b.broker.backend_lost(judge)  # relayed to C, as A's client's
+    redis.run()
+    a.backend()  # A has a backend now: x's next events go to it, not to C
+    redis.run()
+    c.link.cut()
+    c.link.restore()
+    redis.run()
+    assert other.events(wire.DISCONNECTED) == [(wire.DISCONNECTED, "x")]  # no goodbye would come to C else
