@@ -67,6 +67,8 @@ SILENCE = 1.5
 FORGOT_MEMORY = 60
 #: The close code and reason of a client whose node learns that the cluster forgot it.
 CUT_OFF = (1012, "this node was cut off from the cluster; reconnect")
+#: The close code and reason of a forwarded client whose ``new_connection`` Redis delivered to no node.
+LOST_START = (1012, "the cluster lost the start of this connection; reconnect")
 #: The close code and reason of a client whose id another node claimed while this node's claim had expired.
 TAKEN = (1008, "client_id connected on another node")
 #: Seconds a ``room_members`` request waits for the other nodes' members before answering with what it has.
@@ -242,8 +244,8 @@ class ClusterBroker(Broker):
         self.rooms: ClusterRooms[Client] = ClusterRooms(self.link, self.channels, self.claims)
         #: Clients here whose events go to another node's backends: client id -> node.
         self._forwarded: dict[str, str] = {}
-        #: Forwarded clients closed (or, not upgraded yet, refused) because the cluster forgot this node: their
-        #: backends had their goodbye.
+        #: Forwarded clients closed (or, not upgraded yet, refused) because the cluster forgot this node, or their
+        #: new_connection reached no node: their backends had their goodbye, or never knew them.
         self._disowned: set[str] = set()
         self._handshakes: dict[str, _Forwarded] = {}
         #: Clients of other nodes whose events our backends get: node -> client id -> the context of its latest
@@ -608,7 +610,7 @@ class ClusterBroker(Broker):
                 del self._forwarded[client_id]
         for client in self.rooms.everyone():
             client_id = client.admission.client_id
-            if client_id not in self._forwarded and self._target(client_id) == node:
+            if client_id not in self._forwarded and client_id not in self._disowned and self._target(client_id) == node:
                 kept.append(client_id)
         self._send_to(node, cluster_wire.encode("keep", self.node, kept))
 
@@ -875,20 +877,39 @@ class ClusterBroker(Broker):
 
     def _forward(self, node: str, origin: str, client_id: str | None, frame: bytes, final: bool) -> None:
         """A client's event to ``node``'s backends, as a client of ``origin`` (the node that holds it)."""
-        self._send_to(node, cluster_wire.encode("event", origin, client_id, final, frame.decode()))
+        published = self._send_to(node, cluster_wire.encode("event", origin, client_id, final, frame.decode()))
+        if published is not None and origin == self.node and client_id is not None and not final:
+            published.addCallback(self._event_heard, client_id, frame)
 
-    def _send_to(self, node: str, payload: bytes) -> None:
-        """Publish on ``node``'s channel. If no one got it (its connection to Redis broke), it is lost (counted)
-        and ``node`` doubted: what follows for it is held until it is back (its answer beat, see
-        :meth:`Peers.heard`), and then this node tells it which of its clients it still has (``keep``)."""
+    def _event_heard(self, subscribers: int | None, client_id: str, frame: bytes) -> None:
+        """A client's ``new_connection`` that Redis delivered to no node: its backend never knew the client,
+        and would get its next events. The client is closed (1012) to start again; its events until it is gone
+        are dropped, and its backend lets it go at this node's ``keep``, which no longer lists it."""
+        client = self.rooms.client(client_id)
+        if (subscribers != 0 or client is None or client_id in self._disowned
+                or wire.decode_frame(frame.rstrip(b"\n")).action != wire.NEW_CONNECTION):
+            return
+        log.warn("Cluster node {node}: closing WebSocket client {client_id!r}: its new_connection reached no"
+                 " node (a Redis blip of its backend's node)", node=self.node, client_id=client_id)
+        self._forwarded.pop(client_id, None)
+        self._disowned.add(client_id)
+        client.close(*LOST_START)
+
+    def _send_to(self, node: str, payload: bytes) -> Deferred[int | None] | None:
+        """Publish on ``node``'s channel: the count of subscribers that got it (see :meth:`_publish`). If no one
+        got it (its connection to Redis broke), it is lost (counted) and ``node`` doubted: what follows for it is
+        held until it is back (its answer beat, see :meth:`Peers.heard`), and then this node tells it which of
+        its clients it still has (``keep``)."""
         published = self._publish(self.channels.node(node), payload)
         if published is not None:
             published.addCallback(self._check_heard, node)
+        return published
 
-    def _check_heard(self, subscribers: int | None, node: str) -> None:
+    def _check_heard(self, subscribers: int | None, node: str) -> int | None:
         if subscribers == 0:
             self._unpublished()
             self.peers.doubt(node)
+        return subscribers
 
     def _hold(self, origin: str, client_id: str | None, frame: bytes, final: bool) -> None:
         """Keep an event (see ``_held``); past ``queue_size``, the oldest is lost (counted)."""

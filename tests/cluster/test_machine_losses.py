@@ -6,6 +6,7 @@ from twisted.internet.task import Clock
 
 from pystrands import wire
 from pystrands.broker import cluster_wire
+from pystrands.broker.cluster import LOST_START
 from tests.cluster.memory import HEARTBEAT, MemoryBackend, Node
 from tests.cluster.test_machine import admitted, forwarded, nodes, passes, refused, replies
 
@@ -464,3 +465,20 @@ def test_a_keep_lets_go_of_a_client_whose_next_events_go_elsewhere() -> None:
     c.link.restore()
     redis.run()
     assert other.events(wire.DISCONNECTED) == [(wire.DISCONNECTED, "x")]  # no goodbye would come to C else
+
+
+def test_a_client_whose_new_connection_no_node_heard_starts_again() -> None:
+    clock, redis, (a, b) = nodes(2)
+    judge = b.backend()
+    redis.run()
+    joining = admitted(a, judge, "x", redis)  # accepted by B's backend; A upgrades it ...
+    b.link.cut()  # ... while B's connections blip
+    client = a.connect(joining)  # x's new_connection: no subscriber on B's channel, lost (counted), B doubted
+    redis.run()
+    assert client.closed == LOST_START  # it connects again, to a backend that knows it
+    a.broker.client_message(client, "hi")  # sent before the close took effect: dropped
+    a.broker.client_disconnected(client)
+    b.link.restore()
+    passes(clock, redis, HEARTBEAT)
+    assert judge.events(wire.NEW_CONNECTION, wire.NEW_MESSAGE, wire.DISCONNECTED) == []
+    assert judge.load == 0  # B let it go at A's keep
