@@ -713,19 +713,24 @@ class ClusterBroker(Broker):
             QUERY_TIMEOUT, self._end_query, query_id, True))
         # Half the query's time at most: on a busy node some subscription may always be waiting.
         settled = self.link.settled().addTimeout(QUERY_TIMEOUT / 2, self.clock)
-        settled.addBoth(lambda _: self._ask_members(query_id, room_id))
+        settled.addCallbacks(lambda _: self._ask_members(query_id, room_id, True),
+                             lambda _: self._ask_members(query_id, room_id, False))
         return answer
 
-    def _ask_members(self, query_id: str, room_id: str) -> None:
-        """Publish a ``room_members`` question, once Redis has answered this node's (un)subscriptions: the
-        count of nodes it reaches then includes this one exactly when this node watches the room (with a
-        member here, or a handshake into the room under way), and this node answers not its own question."""
+    def _ask_members(self, query_id: str, room_id: str, settled: bool) -> None:
+        """Publish a ``room_members`` question. Once Redis has answered this node's (un)subscriptions
+        (``settled``), the count of nodes it reaches includes this one exactly when this node watches the
+        room (with a member here, or a handshake into the room under way), and this node answers not its own
+        question: the query ends with the last answer. Else whether Redis counted this node is unknown: the
+        query takes the answers that come until its time is up."""
         if query_id not in self._queries:
             return  # timed out meanwhile
         published = self.link.publish(self.channels.room(room_id), cluster_wire.encode("who", self.node, query_id))
         if published is None:
             self._unpublished()
             self._end_query(query_id, False)  # Redis unreachable: this node's members are all it can know
+            return
+        if not settled:
             return
         own = 1 if self.link.watching(self.channels.room(room_id)) else 0
         published.addCallbacks(lambda count: self._expect(query_id, count - own),
@@ -759,9 +764,9 @@ class ClusterBroker(Broker):
         if query is None:
             return
         if late:
-            log.warn("Cluster node {node}: room_members answered with the members of {count} other nodes;"
-                     " others did not answer within {seconds}s", node=self.node, count=query.replies,
-                     seconds=QUERY_TIMEOUT)
+            log.warn("Cluster node {node}: room_members answered after {seconds}s with the members of {count} other"
+                     " nodes: others did not answer, or Redis had not confirmed this node's subscriptions (so how"
+                     " many would answer was unknown)", node=self.node, count=query.replies, seconds=QUERY_TIMEOUT)
         elif query.timeout.active():
             query.timeout.cancel()
         query.answer.callback(query.members)

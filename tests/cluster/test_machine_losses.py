@@ -6,7 +6,7 @@ from twisted.internet.task import Clock
 
 from pystrands import wire
 from pystrands.broker import cluster_wire
-from pystrands.broker.cluster import LOST_START
+from pystrands.broker.cluster import LOST_START, QUERY_TIMEOUT
 from tests.cluster.memory import HEARTBEAT, MemoryBackend, Node
 from tests.cluster.test_machine import admitted, forwarded, nodes, passes, refused, replies
 
@@ -372,8 +372,9 @@ def test_room_members_on_a_node_whose_subscriptions_redis_never_all_confirms_sti
     a.link.lag()
     a.link.watch(b"test:room:busy")  # never confirmed
     backend_a.reply("room_members", {"room_id": "lobby"}, "q1")
-    clock.advance(1.0)
+    clock.advance(QUERY_TIMEOUT / 2)  # A asks ...
     redis.run()
+    clock.advance(QUERY_TIMEOUT / 2)  # ... and answers with what came when the query's time is up
     assert members(backend_a, "q1") == [["cook", "guest"]]
 
 
@@ -482,3 +483,22 @@ def test_a_client_whose_new_connection_no_node_heard_starts_again() -> None:
     passes(clock, redis, HEARTBEAT)
     assert judge.events(wire.NEW_CONNECTION, wire.NEW_MESSAGE, wire.DISCONNECTED) == []
     assert judge.load == 0  # B let it go at A's keep
+
+
+def test_room_members_asked_while_a_subscription_here_waits_past_half_the_query_time_lists_every_node() -> None:
+    clock, redis, (a, b) = nodes(2)
+    backend_a, backend_b = a.backend(), b.backend()
+    redis.run()
+    b.connect(admitted(b, backend_b, "cook", redis))
+    backend_b.reply("join_room", {"client_id": "cook", "room_id": "kitchen"}, "j0")
+    a.connect(admitted(a, backend_a, "guest", redis))
+    redis.run()
+    a.link.lag()  # A's subscriber connection falls behind (a busy node: some subscription always waiting)
+    backend_a.reply("join_room", {"client_id": "guest", "room_id": "kitchen"}, "j1")  # its SUBSCRIBE waits
+    backend_a.reply("room_members", {"room_id": "kitchen"}, "q1")
+    redis.run()
+    clock.advance(QUERY_TIMEOUT / 2)  # A asks anyway: Redis counts B alone, whether A counts or not is unknown
+    redis.run()
+    assert members(backend_a, "q1") == []  # so it does not trust the count: it waits for what comes ...
+    clock.advance(QUERY_TIMEOUT / 2)
+    assert members(backend_a, "q1") == [["cook", "guest"]]  # ... until the query's time is up
