@@ -33,7 +33,6 @@ set-up, workers included), the backend's and Redis's are read from
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -46,7 +45,7 @@ from typing import Any
 
 import wsload
 from processes import ChildFailed, children, free_port, process, wait_listening
-from run import BENCH, RESULTS, cell, over, print_spread, print_table, round_ratios, summary, verdict
+from run import BENCH, cell, over, print_spread, print_table, round_ratios, save_outcome, summary, verdict
 
 SINGLE, WORKERS, NODES = "1 node", "--workers 2", "2 nodes over Redis"
 #: ``--workers 2`` with the backend's connections on one worker: the other forwards its clients' events.
@@ -235,10 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     params = Params(**{**params.__dict__, **overrides})
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     outcome = bench(params)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"cluster{'-quick' if args.quick else ''}.json").write_text(json.dumps(outcome, indent=1))
-    states = [target["state"] for target in outcome["targets"]]
-    print(f"\ntargets: {states.count('PASS')} PASS, {states.count('FAIL')} FAIL, {states.count('n/a')} n/a")
+    save_outcome("cluster", args.quick, outcome, [target["state"] for target in outcome["targets"]])
     return 0
 
 

@@ -30,7 +30,6 @@ broker logs several lines per message: its output goes to /dev/null.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import socket
@@ -44,7 +43,7 @@ from typing import Any
 
 import wsload
 from processes import ChildFailed, cpu_seconds, free_port, process, wait_listening
-from run import BENCH, RESULTS, cell, over, print_spread, print_table, round_ratios, summary, verdict
+from run import BENCH, cell, over, print_spread, print_table, round_ratios, save_outcome, summary, verdict
 
 BINARIES = ("pystrand-broker", "loadtest", "echo-backend")
 #: Where a reader learns to build them.
@@ -312,10 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     outcome = bench(Params(go_bin, rounds, seconds))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"go-compare{'-quick' if args.quick else ''}.json").write_text(json.dumps(outcome, indent=1))
-    states = [target["state"] for target in outcome["targets"]]
-    print(f"\ntargets: {states.count('PASS')} PASS, {states.count('FAIL')} FAIL, {states.count('n/a')} n/a")
+    save_outcome("go-compare", args.quick, outcome, [target["state"] for target in outcome["targets"]])
     return 0
 
 

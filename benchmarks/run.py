@@ -439,6 +439,15 @@ def notes(results: dict[str, dict[str, Any]]) -> None:
             print(f"  {label}: FAILED: {entry['error']}")
 
 
+def save_outcome(name: str, quick: bool, outcome: dict[str, Any], states: list[str]) -> Path:
+    """Write ``outcome`` to ``results/NAME[-quick].json``, print how the targets' ``states`` went; the file."""
+    RESULTS.mkdir(exist_ok=True)
+    saved = RESULTS / f"{name}{'-quick' if quick else ''}.json"
+    saved.write_text(json.dumps(outcome, indent=1))
+    print(f"\ntargets: {states.count('PASS')} PASS, {states.count('FAIL')} FAIL, {states.count('n/a')} n/a")
+    return saved
+
+
 def verdict(target: str, value: float | None, bound: float, at_most: bool = False) -> dict[str, Any]:
     """Print and return a PASS/FAIL line (n/a without a figure) for ``value`` against ``bound``."""
     if value is None:
@@ -717,12 +726,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         PROGRESS.begin(name)
         outcome[name] = BENCHMARKS[name](params, public_python)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.command}{'-quick' if args.quick else ''}.json").write_text(json.dumps(outcome, indent=1))
+    saved = save_outcome(args.command, args.quick, outcome,
+                         [target["state"] for name in names for target in outcome[name]["targets"]])
     draw_chart([panel for name in names for panel in outcome[name]["panels"]],
-               args.chart or RESULTS / f"{args.command}{'-quick' if args.quick else ''}.png", public_python)
-    verdicts = [target["state"] for name in names for target in outcome[name]["targets"]]
-    print(f"\ntargets: {verdicts.count('PASS')} PASS, {verdicts.count('FAIL')} FAIL, {verdicts.count('n/a')} n/a")
+               args.chart or saved.with_suffix(".png"), public_python)
     print(f"[{_clock(time.monotonic() - PROGRESS.start)}] {args.command}: done", file=sys.stderr, flush=True)
     return 0
 
