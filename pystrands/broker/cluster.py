@@ -253,9 +253,10 @@ class ClusterBroker(Broker):
         self._guests: dict[str, dict[str, dict[str, Any] | None]] = {}
         self._queries: dict[str, _Query] = {}
         self._asks: dict[str, tuple[Deferred[bool], IDelayedCall]] = {}
-        #: Answers (``done``) to other nodes' requests that Redis lost with this node's connection: (node,
-        #: payload), published again once this node has rejoined.
-        self._undone: list[tuple[str, bytes]] = []
+        #: Answers (``done``) to other nodes' requests that Redis lost (with this node's connection, or the asking
+        #: node's): node -> (when, payload), published again when the two hear each other again, if the asker
+        #: still waits (QUERY_TIMEOUT).
+        self._undone: dict[str, list[tuple[float, bytes]]] = {}
         #: Nodes heard again before this node rejoined: told ``keep`` once it has (after the events it held).
         self._owed_keep: set[str] = set()
         self._timers: list[IDelayedCall] = []
@@ -376,14 +377,11 @@ class ClusterBroker(Broker):
         """Ask every node to beat (the answer beat, with this node's backends), then forward what waited for it."""
         self._joined = True
         self._beat(answer=True)
-        undone, self._undone = self._undone, []
-        for origin, payload in undone:
-            self._tell_done(origin, payload)
         self._flush_held()
         owed, self._owed_keep = self._owed_keep, set()
         for node in sorted(owed):
             if node in self.peers:
-                self._tell_keep(node)
+                self._heard_again(node)
         self._flush_queue()
 
     def _publish(self, channel: bytes, payload: bytes) -> Deferred[int | None] | None:
@@ -506,7 +504,7 @@ class ClusterBroker(Broker):
             self._flush_held()
         if before is not None and (answer or confirmed):
             if self._joined:
-                self._tell_keep(origin)  # after the held events: a goodbye among them went first
+                self._heard_again(origin)  # after the held events: a goodbye among them went first
             else:
                 self._owed_keep.add(origin)  # this node's held events are still held: after them, at _announce
         if backends and (not before or confirmed):
@@ -560,6 +558,7 @@ class ClusterBroker(Broker):
     def _gone(self, node: str) -> None:
         """A node is gone: no more forwarding to it; its clients leave our backends; its handshakes get 503."""
         self._unstick(node, alive=False)
+        self._undone.pop(node, None)
         self._refuse_judged_by({node}, "the node of the backend judging the handshake went away")
         self._let_guests_go(node)
         self._flush_held()
@@ -595,6 +594,15 @@ class ClusterBroker(Broker):
     def _tell_abandon(self, node: str, client_id: str) -> None:
         """Tell ``node`` that this node's client no longer goes to its backends (they forget it, no goodbye)."""
         self._send_to(node, cluster_wire.encode("abandon", self.node, client_id))
+
+    def _heard_again(self, node: str) -> None:
+        """``node`` and this one hear each other again after either could not hear Redis: tell it which clients
+        this node still has there (``keep``), and the answers to its requests it may not have heard."""
+        self._tell_keep(node)
+        now = self.clock.seconds()
+        for when, payload in self._undone.pop(node, []):
+            if now - when < QUERY_TIMEOUT:
+                self._tell_done(node, payload)
 
     def _tell_keep(self, node: str) -> None:
         """Tell ``node``, heard again after either of the two could not hear Redis, which of this node's clients
@@ -821,19 +829,27 @@ class ClusterBroker(Broker):
         if check is None or check(params)[0] != self._client_channel(channel):
             raise ClusterWireError(f"a {action!r} request not about the channel's client")
         result = bool(getattr(Broker, "_" + action)(self, params))
+        done = cluster_wire.encode("done", self.node, request_id, result)
+        if action != extensions.JOIN_ROOM:
+            self._tell_done(origin, done)  # in effect now (a channel unsubscribed only drops messages)
+            return
         # A room joined is in effect once its channel is subscribed: what is sent to it then reaches the client.
-        self.link.settled().addCallback(lambda _: self._tell_done(
-            origin, cluster_wire.encode("done", self.node, request_id, result)))
+        # Half the asker's time at most: on a busy node some subscription may always be waiting.
+        settled = self.link.settled().addTimeout(QUERY_TIMEOUT / 2, self.clock)
+        settled.addBoth(lambda _: self._tell_done(origin, done))
 
     def _tell_done(self, origin: str, payload: bytes) -> None:
-        """Tell ``origin`` that its request is in effect here (``done``); if Redis loses it with this node's
-        connection, again once this node has rejoined: the request was carried out, and an answer within
-        the asker's QUERY_TIMEOUT beats one saying it was not."""
-        published = self._publish(self.channels.node(origin), payload)
+        """Tell ``origin`` that its request is in effect here (``done``); if Redis loses it (with this node's
+        connection, or ``origin``'s: no subscriber), again when the two hear each other again: the request
+        was carried out, and an answer within the asker's QUERY_TIMEOUT beats one saying it was not."""
+        published = self._send_to(origin, payload)
         if published is None:
-            self._undone.append((origin, payload))
+            self._undo(origin, payload)
         else:
-            published.addCallback(lambda count: self._undone.append((origin, payload)) if count is None else None)
+            published.addCallback(lambda count: None if count else self._undo(origin, payload))
+
+    def _undo(self, origin: str, payload: bytes) -> None:
+        self._undone.setdefault(origin, []).append((self.clock.seconds(), payload))
 
     def _on_done(self, channel: bytes, origin: str, request_id: str, result: bool) -> None:
         self._own_channel(channel)

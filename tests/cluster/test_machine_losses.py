@@ -502,3 +502,43 @@ def test_room_members_asked_while_a_subscription_here_waits_past_half_the_query_
     assert members(backend_a, "q1") == []  # so it does not trust the count: it waits for what comes ...
     clock.advance(QUERY_TIMEOUT / 2)
     assert members(backend_a, "q1") == [["cook", "guest"]]  # ... until the query's time is up
+
+
+def test_a_request_carried_out_on_a_busy_node_is_answered_within_the_askers_time() -> None:
+    clock, redis, (a, b) = nodes(2)
+    backend_a, backend_b = a.backend(), b.backend()
+    redis.run()
+    b.connect(admitted(b, backend_b, "cook", redis))
+    b.connect(admitted(b, backend_b, "x", redis))
+    redis.run()
+    b.link.lag()  # B's subscriber connection falls behind (a busy node: some subscription always waiting)
+    backend_b.reply("join_room", {"client_id": "cook", "room_id": "kitchen"}, "j1")  # B's own: its SUBSCRIBE waits
+    backend_a.reply("set_metadata", {"client_id": "x", "metadata": {"k": 1}}, "m1")  # A's backend, about B's x
+    redis.run()
+    assert b.broker.rooms.client("x").admission.metadata == {"k": 1}  # carried out on B ...
+    assert replies(backend_a) == [{"ok": True, "result": True}]  # ... and answered at once: nothing to wait for
+    backend_a.reply("join_room", {"client_id": "x", "room_id": "hall"}, "j2")  # needs its room's SUBSCRIBE
+    redis.run()
+    assert replies(backend_a) == [{"ok": True, "result": True}]
+    clock.advance(QUERY_TIMEOUT / 2)  # which B waits for half the asker's time at most
+    redis.run()
+    assert replies(backend_a) == [{"ok": True, "result": True}] * 2
+
+
+def test_a_done_the_asking_node_could_not_hear_reaches_it_once_it_is_back() -> None:
+    clock, redis, (a, b) = nodes(2)
+    backend_a, backend_b = a.backend(), b.backend()
+    redis.run()
+    b.connect(admitted(b, backend_b, "x", redis))
+    redis.run()
+    backend_a.reply("set_metadata", {"client_id": "x", "metadata": {"k": 1}}, "m1")  # about B's x
+    redis.step()  # Redis delivers the ask to B ...
+    a.link.cut()  # ... and A's connections blip while B carries it out
+    redis.run()  # B's done: published to no subscriber, lost (counted)
+    assert b.broker.rooms.client("x").admission.metadata == {"k": 1}
+    assert b.broker.metrics.cluster_unpublished == 1
+    a.link.restore()
+    redis.run()  # A's answer beat: B sends its done again
+    assert replies(backend_a) == [{"ok": True, "result": True}]
+    passes(clock, redis, QUERY_TIMEOUT)
+    assert replies(backend_a) == [{"ok": True, "result": True}]
