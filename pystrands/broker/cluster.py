@@ -793,11 +793,11 @@ class ClusterBroker(Broker):
 
     def _client_request(self, action: str, params: dict[str, Any]) -> Deferred[bool] | None:
         """For a client of another node: ask the node that holds it, whose answer comes once the
-        request is in effect there (false at once if no node holds it). None: do it here, as for a
-        client accepted here whose upgrade is under way (this node watches its channel: no other node
-        holds it, and this one would wait for its own answer)."""
+        request is in effect there (false at once if no node holds it). None: do it here, for a client
+        this node holds, connected or accepted with its upgrade under way (then no other node holds it,
+        and this one would wait for its own answer)."""
         client_id = _CLIENT_REQUESTS[action](params)[0]
-        if self.rooms.client(client_id) is not None or self.link.watching(self.channels.client(client_id)):
+        if self.rooms.holds(client_id):
             return None
         request_id = uuid.uuid4().hex
         published = self.link.publish(self.channels.client(client_id),
@@ -1020,8 +1020,7 @@ class ClusterBroker(Broker):
         node = self._target(request_id)
         if node is None:
             return super().request_connection(handshake).addCallback(self._only_here)
-        published = self._publish(self.channels.node(node),
-                                  cluster_wire.encode("judge", self.node, request_id, handshake.params()))
+        published = self._send_to(node, cluster_wire.encode("judge", self.node, request_id, handshake.params()))
         if published is None:
             self.metrics.handshake("unavailable")
             return fail(HandshakeRefused(503, "the cluster's Redis is unreachable"))
@@ -1104,7 +1103,7 @@ class ClusterBroker(Broker):
             self._unassign(client_id)
             return
         self._guests.setdefault(origin, {})[client_id] = None
-        published = self._publish(self.channels.node(origin), cluster_wire.encode(
+        published = self._send_to(origin, cluster_wire.encode(
             "verdict", self.node, request_id, 200, "", client_id, admission.room_id, admission.metadata))
         if published is None:  # Redis unreachable: ``origin`` will not hear it
             self._drop_guest(origin, client_id)
