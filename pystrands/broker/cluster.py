@@ -138,26 +138,29 @@ class ClusterRooms(Rooms[_Client]):
         self._claims = claims
         #: The clients accepted here whose upgrade is under way: client id -> its first room.
         self._arriving: dict[str, str] = {}
+        #: How many of them are on their way into each room (the rooms kept watched for them).
+        self._arrivals: dict[str, int] = {}
 
     def arriving(self, client_id: str, room_id: str) -> None:
         """A client accepted into ``room_id``, its upgrade under way: watch its channel and its room's from
         now on (until it connects or goes), so that what a backend sends in answer to its ``new_connection``
         reaches it."""
         self._arriving[client_id] = room_id
+        self._arrivals[room_id] = self._arrivals.get(room_id, 0) + 1
         self._link.watch(self._channels.client(client_id))
         self._link.watch(self._channels.room(room_id))
 
     def release(self, client_id: str) -> None:
         """Give back the id of a handshake that did not complete, and the channels watched for it."""
         super().release(client_id)
-        room_id = self._arriving.pop(client_id, None)
+        room_id = self._arrived(client_id)
         if room_id is not None:
             self._link.unwatch(self._channels.client(client_id))
             self.vacated(room_id)
 
     def add(self, client_id: str, room_id: str, client: _Client) -> None:
         """Connect a client: watch its channel and its room's."""
-        self._arriving.pop(client_id, None)
+        self._arrived(client_id)
         super().add(client_id, room_id, client)
         self._link.watch(self._channels.client(client_id))
         self._link.watch(self._channels.room(room_id))
@@ -193,8 +196,17 @@ class ClusterRooms(Rooms[_Client]):
 
     def vacated(self, room_id: str) -> None:
         """Stop watching a room's channel if the room has no member here, nor a client on its way into it."""
-        if not self.occupied(room_id) and room_id not in self._arriving.values():
+        if not self.occupied(room_id) and room_id not in self._arrivals:
             self._link.unwatch(self._channels.room(room_id))
+
+    def _arrived(self, client_id: str) -> str | None:
+        """A client's upgrade is over (connected, or given up): the room it was on its way into, if it was."""
+        room_id = self._arriving.pop(client_id, None)
+        if room_id is not None:
+            self._arrivals[room_id] -= 1
+            if not self._arrivals[room_id]:
+                del self._arrivals[room_id]
+        return room_id
 
 
 @dataclass

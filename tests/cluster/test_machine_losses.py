@@ -542,3 +542,16 @@ def test_a_done_the_asking_node_could_not_hear_reaches_it_once_it_is_back() -> N
     assert replies(backend_a) == [{"ok": True, "result": True}]
     passes(clock, redis, QUERY_TIMEOUT)
     assert replies(backend_a) == [{"ok": True, "result": True}]
+
+
+def test_a_room_stays_watched_while_any_handshake_into_it_is_under_way() -> None:
+    _, redis, (a, b) = nodes(2)
+    judge = b.backend()
+    redis.run()
+    first, second = admitted(a, judge, "y", redis), admitted(a, judge, "z", redis)  # both into the lobby
+    a.broker.abandon(first)
+    redis.run()
+    assert a.link.watching(b"test:room:lobby")  # z is still on its way into it
+    a.broker.abandon(second)
+    redis.run()
+    assert not a.link.watching(b"test:room:lobby")
