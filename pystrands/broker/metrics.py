@@ -84,7 +84,8 @@ from twisted.web.server import Request, Site
 if TYPE_CHECKING:
     from .router import Broker
 
-__all__ = ["PREFIX", "BrokerMetrics", "MetricsPage", "QuietSite", "StatusPage", "add_status_pages", "metrics_site"]
+__all__ = ["PREFIX", "STATUS_PATHS", "BrokerMetrics", "MetricsPage", "QuietSite", "StatusPage", "add_status_pages",
+           "metrics_site"]
 
 #: The prefix of every broker metric name.
 PREFIX = "pystrands_broker_"
@@ -255,6 +256,10 @@ class StatusPage(Resource):
         return text
 
 
+#: The paths of the status pages (``/metrics`` only where metrics are served).
+STATUS_PATHS = (b"/healthz", b"/readyz", b"/metrics")
+
+
 def add_status_pages(root: IResource, broker: Broker, metrics: bool) -> None:
     """Put ``/healthz``, ``/readyz`` and (if ``metrics``) ``/metrics`` under ``root``.
 
@@ -262,11 +267,12 @@ def add_status_pages(root: IResource, broker: Broker, metrics: bool) -> None:
     ``/readyz``: 200 while a backend can take a handshake (one is connected here or, for a cluster
     node, on a node it can reach), else 503.
     """
-    root.putChild(b"healthz", StatusPage(lambda: (200, b"ok\n")))
-    root.putChild(b"readyz", StatusPage(
+    healthz, readyz, metrics_path = (path[1:] for path in STATUS_PATHS)
+    root.putChild(healthz, StatusPage(lambda: (200, b"ok\n")))
+    root.putChild(readyz, StatusPage(
         lambda: (200, b"ready\n") if broker.ready else (503, f"{broker.unready_reason}\n".encode())))
     if metrics:
-        root.putChild(b"metrics", MetricsPage(broker.metrics))
+        root.putChild(metrics_path, MetricsPage(broker.metrics))
 
 
 class QuietSite(Site):
@@ -275,6 +281,7 @@ class QuietSite(Site):
     def __init__(self, resource: IResource, timeout: float, reactor: Any) -> None:
         """Serve ``resource`` on ``reactor``; a connection idle for ``timeout`` seconds is closed."""
         super().__init__(resource, timeout=timeout, reactor=reactor)  # type: ignore[no-untyped-call]  # Site's
+        self.noisy = False  # nor a line per start and stop of the factory
 
     def log(self, request: http.Request) -> None:
         """Nothing: the broker logs what matters itself, and counts requests in its metrics."""
@@ -284,6 +291,4 @@ def metrics_site(broker: Broker) -> Site:
     """The site of a ``metrics_endpoint`` listener: ``/metrics``, ``/healthz``, ``/readyz``, else 404."""
     root = pages.notFound()
     add_status_pages(root, broker, metrics=True)
-    site = QuietSite(root, timeout=broker.config.handshake_timeout, reactor=broker.clock)
-    site.noisy = False
-    return site
+    return QuietSite(root, timeout=broker.config.handshake_timeout, reactor=broker.clock)

@@ -25,6 +25,7 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from .outbox import send_at_once
 from .reconnect import Backoff, Reconnector
@@ -113,13 +114,13 @@ class _Factory(Factory[Any]):
     noisy = False
 
     def __init__(self, address: RedisAddress, protocol: type[Any], link: RedisLink) -> None:
-        self._address = address
+        self.address = address
         self._protocol = protocol
         self._link = link
 
     def buildProtocol(self, addr: Any) -> Any:
         """A protocol speaking bytes, with the URL's password and database."""
-        address = self._address
+        address = self.address
         connection = self._protocol(charset=None, password=address.password, dbid=address.db or None,
                                     convertNumbers=False, username=address.username)
         connection.factory = self
@@ -251,10 +252,10 @@ class RedisLink(LinkBase):
         endpoint = _endpoint(reactor, address)
         commands, subscriber = _protocols()
         self._commands: Reconnector[Any] = Reconnector(
-            reactor, lambda: _connect(endpoint, _Factory(address, commands, self), reactor, address.tls),
+            reactor, lambda: _connect(endpoint, _Factory(address, commands, self), reactor),
             self._command_up, self._down, Backoff(min(0.25, max_delay), max_delay))
         self._subscriber: Reconnector[Any] = Reconnector(
-            reactor, lambda: _connect(endpoint, _Factory(address, subscriber, self), reactor, address.tls),
+            reactor, lambda: _connect(endpoint, _Factory(address, subscriber, self), reactor),
             self._subscriber_up, self._down, Backoff(min(0.25, max_delay), max_delay))
         self.up = False
         self._down_told = False
@@ -390,38 +391,42 @@ def _endpoint(reactor: Any, address: RedisAddress) -> IStreamClientEndpoint:
     return endpoint
 
 
-def _connect(endpoint: IStreamClientEndpoint, factory: _Factory, reactor: Any,
-             tls: bool) -> Deferred[tuple[Any, Deferred[None]]]:
+def _connect(endpoint: IStreamClientEndpoint, factory: _Factory, reactor: Any) -> Deferred[tuple[Any, Deferred[None]]]:
     """Connect, log in (AUTH, SELECT), see Redis answer a PING, then give the connection and its loss.
 
     The PING proves the connection: over TLS the handshake happens only once bytes flow, so a
     ``rediss://`` URL naming a plain Redis port connects, then fails with the first command. Without
-    an answer within CONNECT_TIMEOUT the attempt fails, and is retried.
+    an answer within CONNECT_TIMEOUT the connection is cut and the attempt fails; an error answer
+    (NOAUTH: Redis wants a password the URL lacks) fails it with Redis' words.
     """
 
     def connected(connection: Any) -> Deferred[tuple[Any, Deferred[None]]]:
         send_at_once(connection.transport)  # a publish waits for no acknowledgement of the one before
         lost: Deferred[None] = connection.whenDisconnected().addCallback(lambda _: None)
         either: Deferred[tuple[Any, Deferred[None]]] = Deferred()
-        cut = reactor.callLater(CONNECT_TIMEOUT, connection.transport.abortConnection)
+        cut = _Cut(reactor, CONNECT_TIMEOUT, connection.transport)
 
         def ready(_: object) -> None:
-            if cut.active():
-                cut.cancel()
+            cut.call_off(None)
             if not either.called:
                 either.callback((connection, lost))
 
+        def refused(failure: Failure) -> None:
+            cut.call_off(None)
+            if connection.connected and not either.called:  # an error answer (a lost connection: ``closed``)
+                either.errback(ConnectionError(f"Redis refused the first command: {failure.getErrorMessage()}"))
+                connection.transport.abortConnection()
+
         def closed(_: object) -> None:
             # A connection lost while logging in fails the attempt instead of hanging it.
-            if cut.active():
-                cut.cancel()
+            cut.call_off(None)
             if not either.called:
-                hint = " (a failed TLS handshake? rediss:// needs Redis' TLS port)" if tls else ""
+                hint = " (a failed TLS handshake? rediss:// needs Redis' TLS port)" if factory.address.tls else ""
                 either.errback(ConnectionError(f"Redis closed the connection before it answered{hint}"))
 
         logged_in = connection.whenConnected()
         logged_in.addCallback(lambda _: connection.execute_command(b"PING", apply_timeout=False))
-        logged_in.addCallbacks(ready, lambda _: None)  # a failed PING: its connection is lost, ``closed`` says so
+        logged_in.addCallbacks(ready, refused)
         connection.whenDisconnected().addCallback(closed)
         return either
 

@@ -63,7 +63,7 @@ except ImportError:  # websockets built without its C extension
 from ..ratelimit import ThrottledWarning
 from .client_script import PATH, ClientScript
 from .guards import AddressSlots, MessageAssembler, OriginPolicy, TokenBucket, TooManyFragments, decode_message
-from .metrics import QuietSite, add_status_pages
+from .metrics import STATUS_PATHS, QuietSite, add_status_pages
 from .outbox import Outbox, send_at_once
 from .router import Admission, Broker, Handshake, HandshakeRefused
 
@@ -89,7 +89,6 @@ REFUSAL_LINGER = 2.0
 #: Sockets over the client limits that may still GET a status page at once (``/healthz``, ``/readyz``,
 #: ``/metrics``): a full broker stays alive to its probes and scrapes, and such sockets stay few.
 STATUS_RESERVE = 8
-_STATUS_PATHS = frozenset((b"/healthz", b"/readyz", b"/metrics"))
 #: websockets logs each connection at INFO through stdlib logging; the broker logs for itself.
 _QUIET = logging.getLogger("pystrands.broker.websockets")
 _QUIET.setLevel(logging.CRITICAL + 1)
@@ -185,11 +184,18 @@ class ClientConnection(Protocol):
         self._timer = self.clock.callLater(REFUSAL_LINGER, self._refuse_over_limit)
 
     def _refuse_over_limit(self) -> None:
-        """Answer a socket taken over a limit with its refusal (logged at most once a second)."""
-        assert self._refusal is not None
+        """Answer a socket taken over a limit with its refusal."""
+        refusal = self._counted_refusal()
+        self._answer(*refusal)
+
+    def _counted_refusal(self) -> tuple[int, str]:
+        """The refusal of a socket over a limit, counted and warned of (at most once a second) once: when
+        it is answered, or when the socket goes first (a flood of sockets that connect and hang up)."""
+        refusal, self._refusal = self._refusal, None
+        assert refusal is not None
         self._metrics.handshake("over_limit")
-        self.factory.refused_over_limit(why=self._refusal[1])
-        self._answer(*self._refusal)
+        self.factory.refused_over_limit(why=refusal[1])
+        return refusal
 
     def dataReceived(self, data: bytes) -> None:
         """Hand the bytes to the stage the socket is in."""
@@ -243,6 +249,8 @@ class ClientConnection(Protocol):
             self._outbox.stop()
         if self._address:
             self._slots.release(self._address)
+        if self._refusal is not None:
+            self._counted_refusal()
         if self._status_slot:
             self.factory.release_status_slot()
         self.factory.connections.discard(self)
@@ -272,7 +280,7 @@ class ClientConnection(Protocol):
         request_line = whole[:whole.find(b"\r\n")].split(b" ")
         if self._refusal is not None:
             status_page = (len(request_line) == 3 and request_line[0] == b"GET"
-                           and request_line[1].partition(b"?")[0] in _STATUS_PATHS)
+                           and request_line[1].partition(b"?")[0] in STATUS_PATHS)
             if not (status_page and self.factory.take_status_slot()):
                 self._refuse_over_limit()
                 return
@@ -760,7 +768,6 @@ class WebSocketFactory(Factory[ClientConnection]):
         # Idle HTTP keep-alive sockets (static files) hold a slot: close them as idle WebSockets are.
         self.site = QuietSite(root, timeout=config.client_idle_timeout or config.handshake_timeout,
                               reactor=broker.clock)
-        self.site.noisy = False
         self._last_frame: tuple[str | None, bytes] = (None, b"")
         self._status_slots_taken = 0
         #: Warns of a socket refused over a limit: the first at once, then at most one a second (a flood of

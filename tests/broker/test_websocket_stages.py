@@ -435,6 +435,19 @@ def test_past_the_limits_the_status_pages_are_still_served_from_a_reserve_of_soc
     assert len(h.factory.slots) == 1
 
 
+def test_every_socket_over_the_limits_is_counted_once_even_one_that_hangs_up_first() -> None:
+    h = Harness(max_clients=1)
+    h.connect()  # the one slot
+    for _ in range(5):
+        h.connect().hang_up()  # a flood of sockets that connect and close before any answer
+    h.handshake().hang_up()  # refused, then gone
+    served = h.handshake(b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n")  # served from the reserve: no refusal
+    assert served.answer.status == 200
+    served.hang_up()
+    h.clock.advance(REFUSAL_LINGER)
+    assert h.broker.metrics.handshakes["over_limit"] == 6
+
+
 def test_refusals_over_the_limits_are_logged_once_a_second_with_a_count() -> None:
     h = Harness(max_clients=1)
     h.connect()

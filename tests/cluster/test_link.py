@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import time
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -16,6 +17,7 @@ from pystrands.broker.claims import BATCH, Claims
 from pystrands.broker.redis_link import RedisLink
 from pystrands.broker.redis_url import parse_redis_url
 from tests.cluster.support import RedisServer
+from tests.support.ports import free_port
 
 
 async def _linked(server: RedisServer, received: list[tuple[bytes, bytes]], states: list[bool] | None = None,
@@ -227,3 +229,24 @@ async def test_rediss_to_a_plain_redis_port_is_never_up_and_says_why(redis: Redi
         assert "a failed TLS handshake? rediss:// needs Redis' TLS port" in states[0][1]
     finally:
         await link.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redis_that_wants_a_password_the_url_lacks_is_never_up_and_says_so(tmp_path: Path) -> None:
+    """Without AUTH, Redis answers the PING that proves a connection with NOAUTH: that is the reason given."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    server = RedisServer(tmp_path / "redis", free_port(), "--requirepass", "s3cret")
+    server.start()
+    states: list[tuple[bool, str]] = []
+    link = RedisLink(reactor, parse_redis_url(server.url), lambda *_: None, lambda up, why: states.append((up, why)),
+                     max_delay=1.0)
+    link.start()
+    try:
+        await deferLater(reactor, 1.0, lambda: None)
+        assert not link.up and states and not any(up for up, _ in states), states
+        assert states[0][1].startswith("Redis refused the first command: NOAUTH"), states
+    finally:
+        await link.stop()
+        server.stop()
