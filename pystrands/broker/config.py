@@ -173,7 +173,8 @@ class BrokerConfig:
             raise ValueError(f"cluster_heartbeat must be {MIN_HEARTBEAT:g}-{MAX_HEARTBEAT:g} seconds, not"
                              f" {self.cluster_heartbeat:g}: a node is forgotten after 1.5 heartbeats of silence,"
                              " so a shorter one splits the cluster at every pause, a longer one keeps a dead node")
-        if self.ws_port and self.ws_port == self.tcp_port and self.ws_endpoint is None and self.tcp_endpoint is None:
+        if (self.ws_port and self.ws_port == self.tcp_port and self.ws_endpoint is None and self.tcp_endpoint is None
+                and _overlap(self.ws_interface, self.tcp_interface)):
             raise ValueError(f"ws_port must not be the backend port too ({self.ws_port}): WebSocket clients and"
                              " backends need a port each")
         check_integer("workers", self.workers, minimum=1, maximum=MAX_WORKERS)
@@ -202,6 +203,12 @@ class BrokerConfig:
     def tcp_listen(self) -> str:
         """Server endpoint string of the backend side."""
         return self.tcp_endpoint or _endpoint(self.tcp_port, self.tcp_interface)
+
+
+def _overlap(first: str, second: str) -> bool:
+    """True if two listening interfaces can take the same connections (one of them is every interface)."""
+    everywhere = ("", "0.0.0.0", "::")
+    return first == second or first in everywhere or second in everywhere
 
 
 def _endpoint(port: int, interface: str) -> str:

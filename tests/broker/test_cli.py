@@ -121,6 +121,15 @@ def test_every_limit_of_a_slow_client_is_a_flag() -> None:
     assert (options["config"].max_client_buffer, options["config"].client_write_timeout) == (65536, 3.0)
 
 
+def test_one_port_number_on_two_separate_interfaces_is_fine() -> None:
+    from pystrands.broker.config import BrokerConfig
+
+    config = BrokerConfig(ws_port=9000, tcp_port=9000, ws_interface="192.0.2.1", tcp_interface="127.0.0.1")
+    assert config.ws_port == config.tcp_port == 9000  # two sockets that never take the same connection
+    with pytest.raises(ValueError, match="ws_port must not be the backend port too"):
+        BrokerConfig(ws_port=9000, tcp_port=9000, ws_interface="0.0.0.0", tcp_interface="127.0.0.1")
+
+
 def test_port_in_use_is_one_line_and_exit_1() -> None:
     with socket.socket() as taken:
         taken.bind(("", 0))
