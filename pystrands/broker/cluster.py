@@ -379,10 +379,12 @@ class ClusterBroker(Broker):
     def _rejoin(self) -> None:
         """Subscribed again (so no ``forgot`` note nor answer can be missed from now on; or half a heartbeat
         passed): read which nodes forgot this one meanwhile and act on it, then ask every node to beat (events
-        held go on then)."""
+        held go on then). It rejoins whatever acting on it does: else it would never beat again."""
         asked = self.link.command(b"SMEMBERS", self.channels.forgot_key(self.node)) if self.link.up else None
         if asked is not None:
-            asked.addCallbacks(self._read_forgetters, lambda _: None).addCallback(
+            asked.addCallbacks(self._read_forgetters, lambda _: None).addErrback(
+                lambda failure: log.failure("Cluster node {node}: acting on the nodes that forgot it failed",
+                                            failure, node=self.node)).addCallback(
                 lambda _: self._announce() if self.link.up else None)
 
     def _announce(self) -> None:

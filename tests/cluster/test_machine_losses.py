@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from pystrands import wire
 from pystrands.broker import cluster_wire
 from pystrands.broker.cluster import LOST_START, QUERY_TIMEOUT
-from tests.cluster.memory import HEARTBEAT, MemoryBackend, Node
+from tests.cluster.memory import HEARTBEAT, MemoryBackend, MemoryClient, Node
 from tests.cluster.test_machine import admitted, forwarded, nodes, passes, refused, replies
 
 
@@ -555,3 +555,24 @@ def test_a_room_stays_watched_while_any_handshake_into_it_is_under_way() -> None
     a.broker.abandon(second)
     redis.run()
     assert not a.link.watching(b"test:room:lobby")
+
+
+class BrokenClient(MemoryClient):
+    """A client whose close fails."""
+
+    def close(self, code: int, reason: str = "") -> None:
+        raise RuntimeError("the socket went away")
+
+
+def test_a_node_whose_acting_on_being_forgotten_fails_still_rejoins() -> None:
+    clock, redis, (a, b) = nodes(2)
+    judge = b.backend()
+    redis.run()
+    a.broker.client_connected(BrokenClient(admitted(a, judge, "x", redis)))  # x, forwarded to B's backend
+    redis.run()
+    a.link.cut()
+    passes(clock, redis, 2 * HEARTBEAT)  # B forgets A
+    a.link.restore()
+    redis.run()  # A reads that B forgot it: closing x fails
+    passes(clock, redis, HEARTBEAT)
+    assert a.broker._joined and a.broker.node in b.broker.peers
