@@ -144,8 +144,7 @@ def wait_upgrading(port: int, path: str, timeout: float) -> None:
     The Go broker has no readiness URL; it answers a handshake with an empty
     200 while no backend is connected, and upgrades once one accepts.
     """
-    request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               f"Sec-WebSocket-Key: {wsload.KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+    request = wsload.handshake_request(path, f"127.0.0.1:{port}")
     deadline = time.monotonic() + timeout
     answer = b""
     while time.monotonic() < deadline:

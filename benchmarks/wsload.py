@@ -71,6 +71,12 @@ CONNECTS_AT_ONCE = 50
 READ_SIZE = 1 << 16
 
 
+def handshake_request(path: str, host: str) -> bytes:
+    """A client's opening handshake for ``path`` on ``host`` (always the same key: a benchmark checks no accept)."""
+    return (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+
+
 def client_frame(payload: bytes, mask: bytes) -> bytes:
     """One masked text frame, as a client sends it."""
     length = len(payload)
@@ -138,8 +144,7 @@ class Client(asyncio.BufferedProtocol):
         mask = os.urandom(4)
         self.payload = f"{index:08d}".encode() + b"x" * max(0, worker.size - 8)
         self.frame = client_frame(self.payload, mask)
-        self.request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                        f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+        self.request = handshake_request(path, host)
         self.pong = b"\x8a\x80" + mask
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.buffer = bytearray()
