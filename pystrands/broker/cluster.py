@@ -14,8 +14,8 @@ nothing here runs. docs/CLUSTER.md is the design; in short:
 * a node without a backend of its own forwards its clients' handshakes and
   events to a node with one, on that node's channel, sticky per client
   (held while that node is not heard again after a Redis outage; then the
-  two tell each other which clients they still forward there, so that
-  one whose goodbye was lost leaves its backend);
+  two tell each other which of their clients whose events go there they
+  still have, so that one whose goodbye was lost leaves its backend);
 * a client id is claimed in Redis (``SET NX``, renewed by the heartbeats,
   freed at the end; :mod:`.claims` checks the owner) by the node that holds
   it, so one id is connected once in the cluster;
@@ -269,7 +269,8 @@ class ClusterBroker(Broker):
         #: node's): node -> (when, payload), published again when the two hear each other again, if the asker
         #: still waits (QUERY_TIMEOUT).
         self._undone: dict[str, list[tuple[float, bytes]]] = {}
-        #: Nodes heard again before this node rejoined: told ``keep`` once it has (after the events it held).
+        #: Nodes heard again before this node rejoined: told ``keep`` (and sent what ``_undone`` holds for them)
+        #: once it has, after the events it held.
         self._owed_keep: set[str] = set()
         self._timers: list[IDelayedCall] = []
         #: True once this node's answer beat went out since it (re)connected to Redis. Until then it neither
