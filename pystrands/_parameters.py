@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.endpoints import quoteStringArgument
+
 from .settings import BackendSettings, check_port
 
 __all__ = ["ConnectionParameters"]
@@ -53,6 +55,18 @@ class ConnectionParameters:
 
     def _init_state(self) -> None:
         """Set up a face's own state; each face overrides this rather than the constructor."""
+
+    def chosen_settings(self) -> dict[str, Any]:
+        """The settings this object was given, checked: its documented parameters and the keywords it was
+        built with, not the face's own default ``concurrency`` (for a host that runs it, as ``twistd
+        pystrands``, which then fills in its own defaults). TypeError/ValueError for a nonsense value."""
+        settings = self._settings()  # its attributes may have changed since it was built
+        return {name: getattr(settings, name) for name in (*_DOCUMENTED, *self._settings_overrides)}
+
+    @property
+    def broker_endpoint(self) -> str:
+        """The broker's backend port as a client endpoint string (an IPv6 host quoted)."""
+        return f"tcp:host={quoteStringArgument(self.host)}:port={self.port}"
 
     def _settings(self) -> BackendSettings:
         """The validated settings from the current attributes (they may be changed until connect)."""

@@ -16,10 +16,10 @@ import sys
 from typing import Any, ClassVar
 
 from twisted.application.service import IService
-from twisted.internet.endpoints import clientFromString, quoteStringArgument
+from twisted.internet.endpoints import clientFromString
 from twisted.python import usage
 
-from ._parameters import _DOCUMENTED, ConnectionParameters
+from ._parameters import ConnectionParameters
 from .logbridge import leave_unhandled_to_twisted
 from .options import PackageOptions, parse_number, parse_numbers, settings_error
 from .protocol import as_backend
@@ -88,12 +88,9 @@ def _built_with(backend: object, spec: str) -> tuple[str | None, dict[str, Any]]
     if not isinstance(backend, ConnectionParameters):
         return None, {}
     try:
-        settings = backend._settings()  # its attributes may have changed since it was built
+        return backend.broker_endpoint, backend.chosen_settings()
     except (TypeError, ValueError) as exc:
         raise usage.UsageError(f"--backend {spec!r}: {exc}") from None
-    chosen = {*_DOCUMENTED, *backend._settings_overrides}
-    return (f"tcp:host={quoteStringArgument(backend.host)}:port={backend.port}",  # an IPv6 address too
-            {name: getattr(settings, name) for name in chosen})
 
 
 #: The defaults shown in --help (``usage.Options`` keeps its own ``defaults`` dict).
