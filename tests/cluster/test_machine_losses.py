@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from pystrands import wire
 from pystrands.broker import cluster_wire
 from pystrands.broker.cluster import LOST_START, QUERY_TIMEOUT
-from tests.cluster.memory import HEARTBEAT, MemoryBackend, MemoryClient, Node
+from tests.cluster.memory import HEARTBEAT, MemoryBackend, MemoryClient, MemoryRedis, Node
 from tests.cluster.test_machine import admitted, forwarded, nodes, passes, refused, replies
 
 
@@ -222,14 +222,22 @@ def members(backend: MemoryBackend, request_id: str) -> list[list[str]]:
             for frame in backend.frames if frame.action == wire.REPLY and frame.request_id == request_id]
 
 
-def test_room_members_right_after_a_join_lists_the_other_nodes_members_too() -> None:
+def cook_and_guest(kitchen: bool = False) -> tuple[Clock, MemoryRedis, Node, MemoryBackend]:
+    """Two nodes with a backend each: client ``cook`` of B (in the ``kitchen`` too, if asked) and client
+    ``guest`` of A, each in the lobby; A's backend is returned, the one that asks."""
     clock, redis, (a, b) = nodes(2)
     backend_a, backend_b = a.backend(), b.backend()
     redis.run()
     b.connect(admitted(b, backend_b, "cook", redis))
-    backend_b.reply("join_room", {"client_id": "cook", "room_id": "kitchen"}, "j0")
+    if kitchen:
+        backend_b.reply("join_room", {"client_id": "cook", "room_id": "kitchen"}, "j0")
     a.connect(admitted(a, backend_a, "guest", redis))
     redis.run()
+    return clock, redis, a, backend_a
+
+
+def test_room_members_right_after_a_join_lists_the_other_nodes_members_too() -> None:
+    clock, redis, a, backend_a = cook_and_guest(kitchen=True)
     a.link.lag()  # Redis runs A's next publishes before its subscriptions
     backend_a.reply("join_room", {"client_id": "guest", "room_id": "kitchen"}, "j1")
     backend_a.reply("room_members", {"room_id": "kitchen"}, "q1")
@@ -241,12 +249,7 @@ def test_room_members_right_after_a_join_lists_the_other_nodes_members_too() -> 
 
 
 def test_room_members_right_after_the_last_local_member_left_does_not_wait_for_its_own_answer() -> None:
-    _, redis, (a, b) = nodes(2)
-    backend_a, backend_b = a.backend(), b.backend()
-    redis.run()
-    b.connect(admitted(b, backend_b, "cook", redis))
-    a.connect(admitted(a, backend_a, "guest", redis))
-    redis.run()
+    _, redis, a, backend_a = cook_and_guest()
     a.link.lag()
     backend_a.reply("leave_room", {"client_id": "guest", "room_id": "lobby"}, "l1")
     backend_a.reply("room_members", {"room_id": "lobby"}, "q1")
@@ -363,12 +366,7 @@ def test_a_node_whose_subscriptions_redis_never_all_confirms_still_rejoins_and_b
 
 
 def test_room_members_on_a_node_whose_subscriptions_redis_never_all_confirms_still_asks_the_others() -> None:
-    clock, redis, (a, b) = nodes(2)
-    backend_a, backend_b = a.backend(), b.backend()
-    redis.run()
-    b.connect(admitted(b, backend_b, "cook", redis))
-    a.connect(admitted(a, backend_a, "guest", redis))
-    redis.run()
+    clock, redis, a, backend_a = cook_and_guest()
     a.link.lag()
     a.link.watch(b"test:room:busy")  # never confirmed
     backend_a.reply("room_members", {"room_id": "lobby"}, "q1")
@@ -486,13 +484,7 @@ def test_a_client_whose_new_connection_no_node_heard_starts_again() -> None:
 
 
 def test_room_members_asked_while_a_subscription_here_waits_past_half_the_query_time_lists_every_node() -> None:
-    clock, redis, (a, b) = nodes(2)
-    backend_a, backend_b = a.backend(), b.backend()
-    redis.run()
-    b.connect(admitted(b, backend_b, "cook", redis))
-    backend_b.reply("join_room", {"client_id": "cook", "room_id": "kitchen"}, "j0")
-    a.connect(admitted(a, backend_a, "guest", redis))
-    redis.run()
+    clock, redis, a, backend_a = cook_and_guest(kitchen=True)
     a.link.lag()  # A's subscriber connection falls behind (a busy node: some subscription always waiting)
     backend_a.reply("join_room", {"client_id": "guest", "room_id": "kitchen"}, "j1")  # its SUBSCRIBE waits
     backend_a.reply("room_members", {"room_id": "kitchen"}, "q1")
