@@ -748,16 +748,15 @@ class ClusterBroker(Broker):
         query takes the answers that come until its time is up."""
         if query_id not in self._queries:
             return  # timed out meanwhile
-        published = self.link.publish(self.channels.room(room_id), cluster_wire.encode("who", self.node, query_id))
+        published = self._publish(self.channels.room(room_id), cluster_wire.encode("who", self.node, query_id))
         if published is None:
-            self._unpublished()
             self._end_query(query_id, False)  # Redis unreachable: this node's members are all it can know
             return
         if not settled:
             return
         own = 1 if self.link.watching(self.channels.room(room_id)) else 0
-        published.addCallbacks(lambda count: self._expect(query_id, count - own),
-                               lambda _: self._end_query(query_id, True))
+        published.addCallback(lambda count: self._end_query(query_id, True) if count is None
+                              else self._expect(query_id, count - own))
 
     def _expect(self, query_id: str, replies: int) -> None:
         query = self._queries.get(query_id)

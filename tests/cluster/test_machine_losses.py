@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+from typing import Any
+
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 
 from pystrands import wire
 from pystrands.broker import cluster_wire
@@ -568,3 +572,27 @@ def test_a_node_whose_acting_on_being_forgotten_fails_still_rejoins() -> None:
     redis.run()  # A reads that B forgot it: closing x fails
     passes(clock, redis, HEARTBEAT)
     assert a.broker._joined and a.broker.node in b.broker.peers
+
+
+def test_a_room_members_question_lost_with_the_connection_is_counted_and_logs_no_unhandled_error() -> None:
+    clock, redis, (a, b) = nodes(2)
+    backend_a = a.backend()
+    b.backend()
+    redis.run()
+    a.connect(admitted(a, backend_a, "guest", redis))
+    redis.run()
+    a.link.lag()  # A's subscriber connection falls behind (a busy node: some subscription always waiting)
+    backend_a.reply("join_room", {"client_id": "guest", "room_id": "kitchen"}, "j1")  # its SUBSCRIBE waits
+    backend_a.reply("room_members", {"room_id": "kitchen"}, "q1")
+    redis.run()
+    clock.advance(QUERY_TIMEOUT / 2)  # A publishes its question anyway (not settled) ...
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        a.link.cut()  # ... and its connections break before Redis answers it
+        redis.run()
+        gc.collect()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [event for event in events if "Unhandled error" in str(event.get("log_format", ""))] == []
+    assert a.broker.metrics.cluster_unpublished == 1
