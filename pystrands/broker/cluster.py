@@ -194,6 +194,11 @@ class ClusterRooms(Rooms[_Client]):
         """True while this node has the client: connected, or accepted and its upgrade under way."""
         return client_id in self._reserved
 
+    def claimed(self, client_id: str) -> bool:
+        """True while this node has won the client's id in the cluster: connected, or its claim won (or not
+        answered in time) and its upgrade under way. Reserved only, its claim may still lose to another node."""
+        return self.client(client_id) is not None or client_id in self._arriving
+
     def vacated(self, room_id: str) -> None:
         """Stop watching a room's channel if the room has no member here, nor a client on its way into it."""
         if not self.occupied(room_id) and room_id not in self._arrivals:
@@ -808,10 +813,10 @@ class ClusterBroker(Broker):
     def _client_request(self, action: str, params: dict[str, Any]) -> Deferred[bool] | None:
         """For a client of another node: ask the node that holds it, whose answer comes once the
         request is in effect there (false at once if no node holds it). None: do it here, for a client
-        this node holds, connected or accepted with its upgrade under way (then no other node holds it,
-        and this one would wait for its own answer)."""
+        whose id this node won, connected or with its upgrade under way (then no other node holds it, and
+        this one would wait for its own answer); not for one only reserved, whose claim may lose."""
         client_id = _CLIENT_REQUESTS[action](params)[0]
-        if self.rooms.holds(client_id):
+        if self.rooms.claimed(client_id):
             return None
         request_id = uuid.uuid4().hex
         published = self.link.publish(self.channels.client(client_id),

@@ -596,3 +596,19 @@ def test_a_room_members_question_lost_with_the_connection_is_counted_and_logs_no
         globalLogPublisher.removeObserver(events.append)
     assert [event for event in events if "Unhandled error" in str(event.get("log_format", ""))] == []
     assert a.broker.metrics.cluster_unpublished == 1
+
+
+def test_a_request_about_another_nodes_client_is_asked_there_while_a_handshake_with_its_id_is_claimed_here() -> None:
+    _, redis, (a, b) = nodes(2)
+    backend_a, backend_b = a.backend(), b.backend()
+    redis.run()
+    b.connect(admitted(b, backend_b, "x", redis))  # x connected on B
+    outcome = a.handshake()  # x again, through A (a reconnection while the old connection lingers)
+    redis.run()
+    backend_a.accept(backend_a.requests()[-1], "x")  # reserved on A, its claim (SET NX) on its way to Redis ...
+    backend_a.reply("set_metadata", {"client_id": "x", "metadata": {"k": 1}}, "m1")  # ... and a request about x
+    redis.run()
+    assert refused(outcome) == [("HandshakeRefused", 409)]  # B holds x
+    client = b.broker.rooms.client("x")
+    assert client is not None and client.admission.metadata == {"k": 1}
+    assert replies(backend_a) == [{"ok": True, "result": True}]
