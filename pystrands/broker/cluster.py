@@ -194,7 +194,7 @@ class ClusterRooms(Rooms[_Client]):
         """True while this node has the client: connected, or accepted and its upgrade under way."""
         return client_id in self._reserved
 
-    def claimed(self, client_id: str) -> bool:
+    def won(self, client_id: str) -> bool:
         """True while this node has won the client's id in the cluster: connected, or its claim won (or not
         answered in time) and its upgrade under way. Reserved only, its claim may still lose to another node."""
         return self.client(client_id) is not None or client_id in self._arriving
@@ -816,7 +816,7 @@ class ClusterBroker(Broker):
         whose id this node won, connected or with its upgrade under way (then no other node holds it, and
         this one would wait for its own answer); not for one only reserved, whose claim may lose."""
         client_id = _CLIENT_REQUESTS[action](params)[0]
-        if self.rooms.claimed(client_id):
+        if self.rooms.won(client_id):
             return None
         request_id = uuid.uuid4().hex
         published = self.link.publish(self.channels.client(client_id),
