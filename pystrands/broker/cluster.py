@@ -370,6 +370,7 @@ class ClusterBroker(Broker):
             log.warn("Cluster node {node}: Redis {redis} is unreachable ({why}); serving this node's"
                      " clients alone, reconnecting", node=self.node, redis=str(self.link.address), why=why)
             self._joined = False
+            self._owed_keep.clear()  # the nodes heard over the broken connection are owed it again once heard again
             self._refuse_judged_by(None, "the cluster's Redis connection broke while the handshake was judged;"
                                          " try again")
             return
@@ -400,7 +401,7 @@ class ClusterBroker(Broker):
         self._flush_held()
         owed, self._owed_keep = self._owed_keep, set()
         for node in sorted(owed):
-            if node in self.peers:
+            if node in self.peers and not self.peers.unconfirmed(node):  # else after its held events, when heard
                 self._heard_again(node)
         self._flush_queue()
 

@@ -612,3 +612,26 @@ def test_a_request_about_another_nodes_client_is_asked_there_while_a_handshake_w
     client = b.broker.rooms.client("x")
     assert client is not None and client.admission.metadata == {"k": 1}
     assert replies(backend_a) == [{"ok": True, "result": True}]
+
+
+def test_a_keep_owed_before_a_second_blip_still_waits_for_the_events_held_for_its_node() -> None:
+    _, redis, (a, b), judge, client = forwarded(2)
+    redis.run()
+    a.link.cut()  # a first blip of A's connections: x's last events are held at A
+    a.broker.client_message(client, "last words")
+    a.broker.client_disconnected(client)
+    a.link.restore()
+    redis.step()  # A is connected again, its subscriptions under way
+    while a.link.subscriptions._in_flight:
+        redis.step()
+    rejoin = redis._work.pop()  # A's SMEMBERS of its forgot key (its rejoin) waits on its command connection ...
+    b.broker._beat()  # ... while B's regular beat reaches A's subscriber connection: B is owed A's keep
+    redis.run()
+    assert not a.broker._joined and a.broker._owed_keep == {b.broker.node}
+    a.link.cut()  # a second blip before the rejoin: the SMEMBERS fails with the connection
+    redis.later(rejoin)
+    redis.run()
+    a.link.restore()  # A rejoins (answer beat), then hears B again and sends what it held, then its keep
+    redis.run()
+    assert judge.events(wire.NEW_CONNECTION, wire.NEW_MESSAGE, wire.DISCONNECTED) == [
+        (wire.NEW_CONNECTION, "x"), (wire.NEW_MESSAGE, "last words"), (wire.DISCONNECTED, "x")]
