@@ -131,6 +131,16 @@ def test_guests_of_one_origin_are_bounded_and_handshakes_come_only_from_known_no
     assert refused(full) == [("HandshakeRefused", 503)] and backend.requests() == []
 
 
+def judging(**settings: Any) -> tuple[Clock, MemoryRedis, Node, Node, MemoryBackend, list[Any]]:
+    """Two nodes, B with a backend (``judge``), and a handshake of A forwarded to it (the list of its outcome)."""
+    clock, redis, (a, b) = nodes(2, **settings)
+    judge = b.backend()
+    redis.run()
+    outcome = a.handshake()
+    redis.run()
+    return clock, redis, a, b, judge, outcome
+
+
 def forwarded(count: int, **settings: Any) -> tuple[Clock, MemoryRedis, list[Node], MemoryBackend, MemoryClient]:
     """``count`` nodes; client ``x`` of node A, forwarded to and admitted by node B's backend (``judge``)."""
     clock, redis, cluster = nodes(count, **settings)
@@ -219,11 +229,7 @@ def test_a_node_forgotten_while_it_still_hears_redis_learns_it_from_the_note() -
 
 
 def test_a_verdict_after_the_handshake_timed_out_makes_the_judging_node_forget_the_client() -> None:
-    clock, redis, (a, b) = nodes(2, auth_timeout=1.0)
-    judge = b.backend()
-    redis.run()
-    outcome = a.handshake()
-    redis.run()
+    clock, redis, a, b, judge, outcome = judging(auth_timeout=1.0)
     clock.advance(1.0)  # A gives up: 403
     assert refused(outcome) == [("HandshakeRefused", 403)]
     judge.accept(judge.requests()[-1], "late")  # B's backend accepts after all: A says abandon
@@ -465,11 +471,7 @@ def test_every_node_picks_the_same_node_with_a_backend_for_a_client() -> None:
 
 
 def test_a_verdict_that_cannot_be_published_leaves_no_guest_and_no_load() -> None:
-    _, redis, (a, b) = nodes(2, auth_timeout=10.0)
-    judge = b.backend()
-    redis.run()
-    a.handshake()
-    redis.run()
+    _, _redis, a, b, judge, _ = judging(auth_timeout=10.0)
     b.link.cut()  # B loses Redis while its backend judges
     judge.accept(judge.requests()[-1], "unsaid")
     assert not b.broker._guests.get(a.broker.node) and judge.load == 0

@@ -12,15 +12,11 @@ from pystrands import wire
 from pystrands.broker import cluster_wire
 from pystrands.broker.cluster import LOST_START, QUERY_TIMEOUT
 from tests.cluster.memory import HEARTBEAT, MemoryBackend, MemoryClient, MemoryRedis, Node
-from tests.cluster.test_machine import admitted, forwarded, nodes, passes, refused, replies
+from tests.cluster.test_machine import admitted, forwarded, judging, nodes, passes, refused, replies
 
 
 def test_a_verdict_lost_while_the_asking_node_was_off_redis_gets_503_at_once() -> None:
-    clock, redis, (a, b) = nodes(2, auth_timeout=10.0)
-    judge = b.backend()
-    redis.run()
-    outcome = a.handshake()
-    redis.run()
+    clock, redis, a, _b, judge, outcome = judging(auth_timeout=10.0)
     a.link.cut()  # a short blip of A's connections while B's backend judges
     assert refused(outcome) == [("HandshakeRefused", 503)]  # its verdict could come while A is not subscribed
     judge.accept(judge.requests()[-1], "x")  # published to no subscriber: lost
@@ -31,11 +27,7 @@ def test_a_verdict_lost_while_the_asking_node_was_off_redis_gets_503_at_once() -
 
 
 def test_a_verdict_the_judging_node_could_not_publish_gets_503_once_that_node_is_back() -> None:
-    _, redis, (a, b) = nodes(2, auth_timeout=10.0)
-    judge = b.backend()
-    redis.run()
-    outcome = a.handshake()
-    redis.run()
+    _, redis, a, b, judge, outcome = judging(auth_timeout=10.0)
     b.link.cut()  # a short blip of B's connections while its backend judges
     judge.accept(judge.requests()[-1], "x")  # the verdict cannot be published
     b.link.restore()
@@ -46,11 +38,7 @@ def test_a_verdict_the_judging_node_could_not_publish_gets_503_once_that_node_is
 
 
 def test_a_refusal_the_judging_node_could_not_publish_gets_503_once_that_node_is_back() -> None:
-    _, redis, (a, b) = nodes(2, auth_timeout=10.0)
-    judge = b.backend()
-    redis.run()
-    outcome = a.handshake()
-    redis.run()
+    _, redis, _a, b, judge, outcome = judging(auth_timeout=10.0)
     b.link.cut()
     judge.reply("response", {"accepted": False}, judge.requests()[-1].request_id)  # its 403, unpublished
     b.link.restore()
