@@ -956,6 +956,9 @@ def test_10_tls_on_both_ports(launch: Launch, tmp_path: Path) -> None:
     # tls:, not ssl: Twisted's ssl: client endpoint takes caCertsDir= (and hostname=), not trustRoots=
     launch([str(TWISTD), "-n", "--pidfile=", "pystrands", "--backend", "tests.reliability.faces.TwistedFace",
             "--broker", f"tls:host={HOST}:port={tcp_port}:trustRoots={trusted}"], name="tls-backend")
+    # Ready first: a refusal over TLS (503 before the backend is there) loses its answer about 1 time in 100
+    # (an open defect of the broker's refusal path over TLS, not what this test is about).
+    wait_until(lambda: readyz_over_tls(ws_port, cert) == 200, "the broker to have its TLS backend", 20.0, broker.child)
     ws = open_wss(f"wss://{HOST}:{ws_port}/ws/secure", ssl.create_default_context(cafile=str(cert)))
     as_a_browser = ssl.create_default_context(cafile=str(cert))
     as_a_browser.set_alpn_protocols(["h2", "http/1.1"])  # every browser offers ALPN: HTTP/1.1 is chosen
@@ -969,6 +972,21 @@ def test_10_tls_on_both_ports(launch: Launch, tmp_path: Path) -> None:
     finally:
         ws.close()
         browser.close()
+
+
+def readyz_over_tls(port: int, cert: Path) -> int:
+    """The status of ``GET /readyz`` on the broker's TLS WebSocket port (0 when it gave no answer)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"https://{HOST}:{port}/readyz", timeout=5,
+                                    context=ssl.create_default_context(cafile=str(cert))) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as refused:
+        return int(refused.code)
+    except OSError:
+        return 0
 
 
 def open_wss(url: str, context: ssl.SSLContext, timeout: float = 20.0) -> ClientConnection:
