@@ -76,6 +76,8 @@ class KeyedDispatcher:
         self._running = 0
         self._pumping = False
         self._busy = False
+        #: Calls queued or running, and their frames' bytes; a call that is done when its handler
+        #: returns is never counted (the protocol's backpressure is about calls that wait).
         self.pending_events = 0
         self.pending_bytes = 0
         self._drain_waiters: list[Deferred[None]] = []
@@ -88,13 +90,36 @@ class KeyedDispatcher:
     def submit(self, key: Hashable, size: int, handler: Callable[..., Any], *args: Any) -> None:
         """Run ``handler(*args)`` now if ``key`` is idle and a slot is free, else queue it."""
         queues = self._queues
+        if key in queues or self._running >= self.concurrency or self._ready or self._pumping:
+            self._queue(key, size, handler, args)
+            return
+        # Run now. Most calls are done when they return (a None result, a send's fired Deferred): such a
+        # call is never counted as waiting, and only the key's mark and the slot are given back.
+        queues[key] = None
+        self._running += 1
+        try:
+            result = handler(*args)
+        except BaseException:
+            self._report(Failure(), handler)
+            result = None
+        if result is None or (type(result) is Deferred and result.called and result.result is None
+                              and not result.paused):
+            self._running -= 1
+            waiting = queues.pop(key)
+            if waiting is not None or self._ready or self._drain_waiters:
+                self._caught_up(key, waiting)  # submitted or waited for meanwhile (from inside the handler)
+            return
         self.pending_events += 1
         self.pending_bytes += size
-        if key not in queues and self._running < self.concurrency and not self._ready and not self._pumping:
-            queues[key] = None
-            self._running += 1
-            self._start(key, handler, args, size)
-        elif key in queues:
+        self._check_busy()
+        self._follow(result, key, size, handler)
+
+    def _queue(self, key: Hashable, size: int, handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        """Make the call wait behind ``key``'s calls, or for a free slot."""
+        self.pending_events += 1
+        self.pending_bytes += size
+        queues = self._queues
+        if key in queues:
             queue = queues[key]
             if queue is None:
                 queue = queues[key] = deque()
@@ -103,6 +128,18 @@ class KeyedDispatcher:
             queues[key] = deque(((handler, args, size),))
             self._ready.append(key)
             self._pump()
+        self._check_busy()
+
+    def _caught_up(self, key: Hashable, waiting: deque[_Call] | None) -> None:
+        """After a call done at once: start what was submitted meanwhile, and tell drain waiters."""
+        if waiting:
+            self._queues[key] = waiting
+            self._ready.append(key)
+        self._tell_drained()
+        if self._ready:
+            self._pump()
+
+    def _check_busy(self) -> None:
         if not self._busy and (
             self.pending_events >= self._max_events or self.pending_bytes >= self._max_bytes
         ):
@@ -111,7 +148,7 @@ class KeyedDispatcher:
 
     def drained(self) -> Deferred[None]:
         """A Deferred that fires once nothing is queued or running."""
-        if not self.pending_events:
+        if not self.pending_events and not self._running:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
         self._drain_waiters.append(waiter)
@@ -135,12 +172,17 @@ class KeyedDispatcher:
             self._pumping = False
 
     def _start(self, key: Hashable, handler: Callable[..., Any], args: tuple[Any, ...], size: int) -> None:
+        """Run a call that waited (it is counted in ``pending_*``) and follow its result."""
         try:
             result = handler(*args)
         except BaseException:
             self._report(Failure(), handler)
             self._finished(key, size)
             return
+        self._follow(result, key, size, handler)
+
+    def _follow(self, result: Any, key: Hashable, size: int, handler: Callable[..., Any]) -> None:
+        """Finish a counted call once its result (a value, a Deferred or a coroutine) is done."""
         # Most results are None (the thread and asyncio faces) or a send's Deferred, fired with None:
         # those are told apart first, as iscoroutine and isinstance against an ABC cost more.
         if result is None or (type(result) is Deferred and result.called and result.result is None
@@ -177,9 +219,13 @@ class KeyedDispatcher:
         ):
             self._busy = False
             self._on_idle()
-        if not self.pending_events and self._drain_waiters:
+        self._tell_drained()
+        if self._ready:
+            self._pump()
+
+    def _tell_drained(self) -> None:
+        """Fire the drain waiters once nothing is queued or running."""
+        if self._drain_waiters and not self.pending_events and not self._running:
             waiters, self._drain_waiters = self._drain_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
-        if self._ready:
-            self._pump()

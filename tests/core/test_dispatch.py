@@ -93,3 +93,43 @@ def test_coroutine_results_hold_the_key_until_they_return() -> None:
     assert ran == []
     gate.callback(None)
     assert ran == ["slow done", "next"]
+
+
+def test_a_call_submitted_from_inside_a_handler_of_its_key_runs_after_that_handler() -> None:
+    d = dispatcher()
+    ran: list[str] = []
+
+    def outer() -> None:
+        d.submit("c1", 1, lambda: ran.append("inner"))
+        d.submit("c2", 1, lambda: ran.append("other key"))
+        ran.append("outer ends")
+
+    d.submit("c1", 1, outer)
+    assert ran == ["other key", "outer ends", "inner"]
+    assert d.pending_events == 0 and d.pending_bytes == 0 and d.drained().called
+
+
+def test_a_drain_asked_for_inside_a_handler_fires_once_that_handler_is_done() -> None:
+    d = dispatcher()
+    drains: list[Deferred[None]] = []
+
+    def handler() -> None:
+        drains.append(d.drained())
+        assert not drains[0].called  # this very call still runs
+
+    d.submit("c1", 1, handler)
+    assert drains[0].called
+
+
+def test_a_call_done_at_once_never_counts_as_waiting() -> None:
+    busy: list[bool] = []
+    d = KeyedDispatcher(4, max_events=1, max_bytes=1 << 20, on_busy=lambda: busy.append(True),
+                        on_idle=lambda: busy.append(False))
+    for _ in range(5):
+        d.submit("c1", 10, lambda: succeed(None))
+    assert busy == [] and d.pending_events == 0
+    waiting: Deferred[None] = Deferred()
+    d.submit("c1", 10, lambda: waiting)
+    assert busy == [True] and d.pending_events == 1 and d.pending_bytes == 10
+    waiting.callback(None)
+    assert busy == [True, False] and d.pending_events == 0
