@@ -96,19 +96,24 @@ def context_from_wire(obj: Any) -> Context:
     request of an ``error`` event: headers, url, remote_addr) becomes the
     metadata of a Context without ids, so nothing the broker said is lost.
     """
-    context = Context.__new__(Context)  # per message: skip JSONModel's generic keyword loop
+    context = _new_context(Context)  # per message: skip JSONModel's generic keyword loop
     # Anything but an object carries nothing. The ids are taken as sent (str in a client's events).
     fields: Any = obj if isinstance(obj, dict) else {}
     context.client_id = fields.get("client_id")
     context.room_id = fields.get("room_id")
     rooms = fields.get("rooms")
-    if isinstance(rooms, list):
+    if rooms is not None and isinstance(rooms, list):
         context._rooms = rooms
-    if "metadata" in fields:
-        context.metadata = wire.unwrap_metadata(fields["metadata"])
+    metadata = fields.get("metadata", _ABSENT)
+    if metadata is not _ABSENT:
+        context.metadata = wire.unwrap_metadata(metadata)
     else:
         context.metadata = {key: value for key, value in fields.items() if key not in ("client_id", "room_id")}
     return context
+
+
+_new_context = Context.__new__
+_ABSENT = object()
 
 
 class BrokerProtocol(LineReceiver):
@@ -419,7 +424,7 @@ class BrokerProtocol(LineReceiver):
     def lineReceived(self, line: bytes) -> None:
         """Decode one line and hand its event on; a malformed one is logged and skipped."""
         try:
-            request_id, action, params = wire.decode_frame(line)
+            request_id, action, params = wire.decode_parts(line)
             if (action in _CONTEXT_EVENTS and self._features_known) or not self._control_frame_received(
                     request_id, action, params, len(line)):
                 self._event_received(request_id, action, params, len(line))
@@ -447,8 +452,8 @@ class BrokerProtocol(LineReceiver):
             self._features_settled()  # the first frame is no hello: the broker announces nothing
         if action == wire.CONNECTION_REQUEST:
             factory = self.factory
-            _submit(factory, action)(("request", request_id), size, answer_connection_request, factory.backend,
-                                     factory.send_frame, request_id, params)
+            factory.submit_for[action](("request", request_id), size, answer_connection_request, factory.backend,
+                                       factory.send_frame, request_id, params)
             return True
         if action not in _CONTEXT_EVENTS:
             log.debug("Skipped a frame with unknown action {action!r}", action=action)
@@ -468,7 +473,7 @@ class BrokerProtocol(LineReceiver):
         key = client_id if type(client_id) is str else ("frame", request_id)
         factory = self.factory
         backend = factory.backend
-        dispatch = _submit(factory, action)
+        dispatch = factory.submit_for[action]
         if action == _NEW_MESSAGE:
             message = params.get("message")
             if type(message) is not str and not isinstance(message, str):
@@ -591,6 +596,8 @@ class BrokerClientFactory(ReconnectingClientFactory):
         self.destination = "the broker"
         #: Counts into ``settings.metrics_registry`` (see :mod:`pystrands.metrics`); None without one.
         self.metrics = backend_metrics(self.settings.metrics_registry)
+        #: The dispatcher's submit for each kind of event, counted when there are metrics.
+        self.submit_for = {action: _submit(self, action) for action in (*_CONTEXT_EVENTS, wire.CONNECTION_REQUEST)}
         self._machine = ConnectionMachine()
         self._policy = RetryPolicy()
         self._endpoint: IStreamClientEndpoint | None = None
