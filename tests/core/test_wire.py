@@ -47,6 +47,15 @@ def test_decode_accepts_spaced_json_escapes_and_missing_optional_keys() -> None:
     assert wire.decode_frame(b'{"action":"heartbeat","params":null}').params == {}
 
 
+def test_decode_parts_is_the_frame_as_a_plain_tuple() -> None:
+    for line in (b'{"request_id":"r1","action":"new_message","params":{"message":"m"}}', b'{"action":"heartbeat"}'):
+        parts = wire.decode_parts(line)
+        assert type(parts) is tuple and parts == wire.decode_frame(line)
+        assert type(wire.decode_frame(line)) is wire.Frame
+    with pytest.raises(ProtocolError, match="'params' is not an object"):
+        wire.decode_parts(b'{"request_id": "r", "action": "x", "params": []}')
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_decode_random_bytes_raises_only_protocol_error(data: bytes) -> None:
