@@ -119,9 +119,10 @@ class AsyncioBackend(FaceBackend):
         if isinstance(result, CoroutineType):
             task = start_task(loop, result)
             if task.done():
-                if not task.cancelled() and isinstance(task.exception(), (KeyboardInterrupt, SystemExit)):
+                try:
+                    return task.result()
+                except (KeyboardInterrupt, SystemExit):
                     return None  # start_task raises it again from the loop: not a handler failure to log too
-                return task.result()
             return self._track(task)
         if inspect.isawaitable(result):
             return self._track(asyncio.ensure_future(result, loop=loop))
