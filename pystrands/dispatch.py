@@ -111,8 +111,8 @@ class KeyedDispatcher:
             return
         self.pending_events += 1
         self.pending_bytes += size
+        self._follow(result, key, size, handler)  # a coroutine's first step runs here, and may finish it
         self._check_busy()
-        self._follow(result, key, size, handler)
 
     def _queue(self, key: Hashable, size: int, handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
         """Make the call wait behind ``key``'s calls, or for a free slot."""

@@ -133,3 +133,15 @@ def test_a_call_done_at_once_never_counts_as_waiting() -> None:
     assert busy == [True] and d.pending_events == 1 and d.pending_bytes == 10
     waiting.callback(None)
     assert busy == [True, False] and d.pending_events == 0
+
+
+def test_a_coroutine_done_in_its_first_step_never_makes_the_dispatcher_busy() -> None:
+    busy: list[bool] = []
+    d = KeyedDispatcher(4, max_events=1, max_bytes=1 << 20, on_busy=lambda: busy.append(True),
+                        on_idle=lambda: busy.append(False))
+
+    async def handler() -> None:
+        return None
+
+    d.submit("c1", 10, handler)
+    assert busy == [] and d.pending_events == 0 and d.drained().called
