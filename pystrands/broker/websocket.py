@@ -22,9 +22,10 @@ socket's life on the WebSocket port:
     read) while they wait or while this client's writes back up; pings keep
     it alive, silence past ``client_idle_timeout`` closes it.
 ``REFUSED``
-    An HTTP error was sent and our side half-closed; what the client still
-    sends is read and dropped until it hangs up (``REFUSAL_LINGER`` seconds
-    at most), so that it reads the answer instead of a reset.
+    An HTTP error was sent and our side half-closed (over TLS: ended its TLS
+    stream); what the client still sends is read and dropped until it hangs
+    up (``REFUSAL_LINGER`` seconds at most), so that it reads the answer
+    instead of a reset.
 ``CLOSED``
     Everything it held is given back, whatever stage it was in.
 """
@@ -42,7 +43,7 @@ from urllib.parse import parse_qs, unquote
 
 from twisted.internet.address import IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IProtocolNegotiationFactory
+from twisted.internet.interfaces import IDelayedCall, IProtocolNegotiationFactory, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -588,16 +589,12 @@ class ClientConnection(Protocol):
     # -- endings -------------------------------------------------------------------
 
     def _answer(self, status: int, text: str, headers: Iterable[tuple[str, str]] = ()) -> None:
-        """An HTTP response that refuses the request, then a half-close (see ``Stage.REFUSED``)."""
+        """An HTTP response that refuses the request, then the end of what this side sends (see ``Stage.REFUSED``)."""
         self.stage = Stage.REFUSED
         self._cancel_timers()
         self.transport.write(http_response(status, text, headers))
-        lose_write = getattr(self.transport, "loseWriteConnection", None)
-        if lose_write is None:
-            self.transport.loseConnection()
-            return
-        self.transport.resumeProducing()
-        lose_write()
+        self.transport.resumeProducing()  # read on (and drop) until the client hangs up
+        _end_sending(self.transport)
         self._timer = self.clock.callLater(REFUSAL_LINGER, self.transport.abortConnection)
 
     def _cancel_timers(self) -> None:
@@ -675,6 +672,22 @@ class FrameBoundary:
             at += size + length
         self._head, self._owed = buffer[at:], 0
         self.clear = not self._head
+
+
+def _end_sending(transport: IConnectedTransport) -> None:
+    """Send nothing after what was written, and read on: the client then reads the answer instead of a reset
+    (which a socket closed with unread input sends, and which discards what the client has not read yet).
+
+    A socket half-closes. TLS ends its stream instead (close_notify after the answer; the socket closes once
+    the client ends too): Twisted's TLS wrapper passes ``loseWriteConnection`` on to the socket beneath it,
+    whose FIN could go before the answer, which the wrapper holds until the reactor's next turn (about one
+    refusal in 200 lost its answer so). A socket after ``startTLS`` is TLS too.
+    """
+    lose_write = getattr(type(transport), "loseWriteConnection", None)  # the transport's own, not passed on
+    if lose_write is None or ISSLTransport.providedBy(transport):
+        transport.loseConnection()
+    else:
+        lose_write(transport)
 
 
 def http_response(status: int, text: str, headers: Iterable[tuple[str, str]] = ()) -> bytes:
