@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport, ITransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -39,7 +39,7 @@ from .._internals import write_at_once
 if TYPE_CHECKING:
     from .._typing import IConnectedTransport
 
-__all__ = ["GATHER_LIMIT", "Outbox", "send_at_once"]
+__all__ = ["GATHER_LIMIT", "Outbox", "end_sending", "send_at_once"]
 
 log = Logger()
 
@@ -228,9 +228,8 @@ class Outbox:
         self.send_gathered()
         # A transport still holding a paused producer resumes it instead of closing: let go first.
         self.transport.unregisterProducer()
-        lose_write = getattr(self.transport, "loseWriteConnection", None)
-        if self._closing == "half" and lose_write is not None:
-            lose_write()
+        if self._closing == "half":
+            end_sending(self.transport)
         else:
             self.transport.loseConnection()
 
@@ -245,3 +244,19 @@ class Outbox:
             if self._stalled.active():
                 self._stalled.cancel()
             self._stalled = None
+
+
+def end_sending(transport: ITransport) -> None:
+    """Send nothing after what was written, and read on: the peer then reads all of it instead of a reset
+    (which a socket closed with unread input sends, and which discards what the peer has not read yet).
+
+    A socket half-closes. TLS ends its stream instead (close_notify after the data; the socket closes once
+    the peer ends too): Twisted's TLS wrapper passes ``loseWriteConnection`` on to the socket beneath it,
+    whose FIN could go before the data, which the wrapper holds until the reactor's next turn (about one
+    refusal in 200 lost its answer so). A socket after ``startTLS`` is TLS too.
+    """
+    lose_write = getattr(type(transport), "loseWriteConnection", None)  # the transport's own, not passed on
+    if lose_write is None or ISSLTransport.providedBy(transport):
+        transport.loseConnection()
+    else:
+        lose_write(transport)

@@ -43,7 +43,7 @@ from urllib.parse import parse_qs, unquote
 
 from twisted.internet.address import IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IProtocolNegotiationFactory, ISSLTransport
+from twisted.internet.interfaces import IDelayedCall, IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -65,7 +65,7 @@ from ..ratelimit import ThrottledWarning
 from .client_script import PATH, ClientScript
 from .guards import AddressSlots, MessageAssembler, OriginPolicy, TokenBucket, TooManyFragments, decode_message
 from .metrics import STATUS_PATHS, QuietSite, add_status_pages
-from .outbox import Outbox, send_at_once
+from .outbox import Outbox, end_sending, send_at_once
 from .router import Admission, Broker, Handshake, HandshakeRefused
 
 if TYPE_CHECKING:
@@ -594,7 +594,7 @@ class ClientConnection(Protocol):
         self._cancel_timers()
         self.transport.write(http_response(status, text, headers))
         self.transport.resumeProducing()  # read on (and drop) until the client hangs up
-        _end_sending(self.transport)
+        end_sending(self.transport)
         self._timer = self.clock.callLater(REFUSAL_LINGER, self.transport.abortConnection)
 
     def _cancel_timers(self) -> None:
@@ -672,22 +672,6 @@ class FrameBoundary:
             at += size + length
         self._head, self._owed = buffer[at:], 0
         self.clear = not self._head
-
-
-def _end_sending(transport: IConnectedTransport) -> None:
-    """Send nothing after what was written, and read on: the client then reads the answer instead of a reset
-    (which a socket closed with unread input sends, and which discards what the client has not read yet).
-
-    A socket half-closes. TLS ends its stream instead (close_notify after the answer; the socket closes once
-    the client ends too): Twisted's TLS wrapper passes ``loseWriteConnection`` on to the socket beneath it,
-    whose FIN could go before the answer, which the wrapper holds until the reactor's next turn (about one
-    refusal in 200 lost its answer so). A socket after ``startTLS`` is TLS too.
-    """
-    lose_write = getattr(type(transport), "loseWriteConnection", None)  # the transport's own, not passed on
-    if lose_write is None or ISSLTransport.providedBy(transport):
-        transport.loseConnection()
-    else:
-        lose_write(transport)
 
 
 def http_response(status: int, text: str, headers: Iterable[tuple[str, str]] = ()) -> bytes:

@@ -1,4 +1,4 @@
-"""Refusals over TLS: the client reads the whole HTTP answer, then the end of the TLS stream.
+"""Refusals and closes over TLS: the client reads the whole answer or close frame, then the end of the TLS stream.
 
 A refusal is answered, then the broker stops sending but reads on, so
 that the client reads the answer instead of a reset. Over TLS that end
@@ -32,11 +32,12 @@ from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
+from pystrands import wire
 from pystrands.broker.config import BrokerConfig
 from pystrands.broker.router import Broker
 from pystrands.broker.websocket import REFUSAL_LINGER, WebSocketFactory
 from tests.broker.conftest import RunningBroker
-from tests.broker.test_websocket_stages import HttpAnswer, request_head
+from tests.broker.test_websocket_stages import FakeBackend, HttpAnswer, close_code, close_frame, parse_frames, request_head
 from tests.reliability.test_hostile_clients import self_signed
 
 HOST = "127.0.0.1"
@@ -221,6 +222,25 @@ def test_a_client_that_never_ends_its_stream_is_cut_after_the_refusal_linger(
     assert sock.disconnecting
     server.connectionLost(Failure(ConnectionDone()))
     assert len(h.factory.slots) == 0 and not h.factory.connections
+
+
+def test_a_websocket_close_over_tls_reaches_the_client_then_close_notify(certificate: tuple[Path, Path]) -> None:
+    """The close handshake ends the same way: the broker's close frame, then close_notify (not a FIN beneath)."""
+    h = TLSHarness(certificate)
+    backend = FakeBackend()
+    h.broker.backend_ready(backend)
+    client, sock, _ = h.connect()
+    client.send(request_head())
+    request = backend.decoded(wire.CONNECTION_REQUEST)[-1]
+    line = wire.response_frame(request["request_id"], True, "alice", "lobby", None)
+    h.broker.backend_frame(wire.decode_frame(line), line, backend)
+    data, end = client.receive()
+    assert data.startswith(b"HTTP/1.1 101 ") and end == "open"
+    client.send(close_frame(1000, "bye"))
+    data, end = client.receive()
+    frames = parse_frames(data)
+    assert [close_code(frame) for frame in frames] == [1000] and end == "close_notify"
+    assert not sock.write_closed and sock.producerState == "producing"
 
 
 # -- real sockets ------------------------------------------------------------------------
