@@ -956,8 +956,8 @@ def test_10_tls_on_both_ports(launch: Launch, tmp_path: Path) -> None:
     # tls:, not ssl: Twisted's ssl: client endpoint takes caCertsDir= (and hostname=), not trustRoots=
     launch([str(TWISTD), "-n", "--pidfile=", "pystrands", "--backend", "tests.reliability.faces.TwistedFace",
             "--broker", f"tls:host={HOST}:port={tcp_port}:trustRoots={trusted}"], name="tls-backend")
-    # Ready first: a refusal over TLS (503 before the backend is there) loses its answer about 1 time in 100
-    # (an open defect of the broker's refusal path over TLS, not what this test is about).
+    # Ready first, so that the clients below are admitted, not refused (refusals over TLS are
+    # tests/broker/test_tls_refusals.py's).
     wait_until(lambda: readyz_over_tls(ws_port, cert) == 200, "the broker to have its TLS backend", 20.0, broker.child)
     ws = open_wss(f"wss://{HOST}:{ws_port}/ws/secure", ssl.create_default_context(cafile=str(cert)))
     as_a_browser = ssl.create_default_context(cafile=str(cert))
