@@ -19,6 +19,11 @@ from dataclasses import dataclass
 REPLY_ACTION = b'"message_to_connection"'
 #: Frames per write block, at least; a block is also at least this many bytes.
 BLOCK_BYTES = 64 * 1024
+#: Bytes of replies read at most per ``recv_into``, into one buffer made per run: a read allocates nothing,
+#: so what it costs does not depend on what ran before in this process (a fresh 1 MiB ``bytes`` per read
+#: made the simulator's cost, and with it the public asyncio client's rate, depend on the benchmarks run
+#: before it: glibc maps such blocks, or not, by a threshold that earlier frees move).
+READ_SIZE = 1 << 20
 
 
 class SimulatorError(Exception):
@@ -60,13 +65,14 @@ class ReplyCounter:
         self.actions = 0
         self._tail = b""
 
-    def feed(self, data: bytes) -> None:
-        """Count newlines and reply actions in ``data``, including an action split across chunks."""
-        self.lines += data.count(b"\n")
-        self.actions += data.count(REPLY_ACTION)
+    def feed(self, buffer: bytearray, size: int) -> None:
+        """Count newlines and reply actions in ``buffer[:size]``, including an action split across chunks."""
+        self.lines += buffer.count(b"\n", 0, size)
+        self.actions += buffer.count(REPLY_ACTION, 0, size)
         edge = len(REPLY_ACTION) - 1
-        self.actions += (self._tail + data[:edge]).count(REPLY_ACTION)
-        self._tail = data[-edge:] if len(data) >= edge else (self._tail + data)[-edge:]
+        head = bytes(buffer[:min(edge, size)])
+        self.actions += (self._tail + head).count(REPLY_ACTION)
+        self._tail = bytes(buffer[size - edge:size]) if size >= edge else (self._tail + head)[-edge:]
 
     def check(self) -> None:
         """Raise SimulatorError if some reply line was not a message_to_connection frame."""
@@ -98,6 +104,7 @@ def flood(sock: socket.socket, frames: list[bytes], count: int, timeout: float) 
     """
     sock.setblocking(False)
     counter = ReplyCounter()
+    buffer = bytearray(READ_SIZE)
     pending = [(memoryview(block), repeat) for block, repeat in _blocks(frames, count)]
     view, repeat = pending.pop(0)
     offset = 0
@@ -111,12 +118,12 @@ def flood(sock: socket.socket, frames: list[bytes], count: int, timeout: float) 
             now = time.perf_counter()
             if now >= deadline:
                 break
-            for key, events in selector.select(min(1.0, deadline - now)):
+            for _key, events in selector.select(min(1.0, deadline - now)):
                 if events & selectors.EVENT_READ:
-                    data = sock.recv(1 << 20)
-                    if not data:
+                    size = sock.recv_into(buffer)
+                    if not size:
                         raise SimulatorError(f"backend closed the connection after {counter.lines} replies")
-                    counter.feed(data)
+                    counter.feed(buffer, size)
                 if events & selectors.EVENT_WRITE and view is not None:
                     try:
                         offset += sock.send(view[offset:])
@@ -141,6 +148,7 @@ def ping_pong(sock: socket.socket, frame: bytes, count: int, timeout: float) -> 
     """Round-trip seconds of ``count`` frames sent one at a time, each after the previous reply."""
     sock.settimeout(timeout)
     counter = ReplyCounter()
+    buffer = bytearray(READ_SIZE)
     times = []
     deadline = time.perf_counter() + timeout
     for _ in range(count):
@@ -150,10 +158,10 @@ def ping_pong(sock: socket.socket, frame: bytes, count: int, timeout: float) -> 
         sock.sendall(frame)
         expected = counter.lines + 1
         while counter.lines < expected:
-            data = sock.recv(1 << 16)
-            if not data:
+            size = sock.recv_into(buffer)
+            if not size:
                 raise SimulatorError(f"backend closed the connection after {len(times)} round trips")
-            counter.feed(data)
+            counter.feed(buffer, size)
         times.append(time.perf_counter() - start)
     counter.check()
     return times
