@@ -500,6 +500,10 @@ def bench_throughput(params: Params, public_python: Path | None) -> dict[str, An
                 over(results[ASYNC.label], "msgs_per_s", results[PUB_ASYNC.label]), 2.0),
         verdict("ours PyStrandsClient >= 1.2x public",
                 over(results[CLIENT.label], "msgs_per_s", results[PUB_CLIENT.label]), 1.2),
+        verdict("issue 16: Twisted-native msgs/s >= 4x public PyStrandsClient",
+                over(results[TWISTED.label], "msgs_per_s", results[PUB_CLIENT.label]), 4.0),
+        verdict("issue 16: ours AsyncPyStrandsClient >= 2.5x public async",
+                over(results[ASYNC.label], "msgs_per_s", results[PUB_ASYNC.label]), 2.5),
     ]
     for spec in OURS:
         targets.append(verdict(f"{spec.label} ping-pong p50 <= public PyStrandsClient's (ratio)",
