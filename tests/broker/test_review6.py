@@ -1,0 +1,65 @@
+"""Review of end_sending(): a refusal or a WebSocket close behind a non-TLS protocol wrapper.
+
+``ws_endpoint`` takes any Twisted server endpoint string, ``haproxy:tcp:...``
+included (a broker behind a load balancer speaking the PROXY protocol). There
+the protocol's transport is Twisted's ``HAProxyProtocolWrapper``, a
+``ProtocolWrapper`` that passes ``loseWriteConnection`` on to the TCP socket
+beneath it through ``__getattr__``: plain TCP, so the half-close is the right
+ending, as before end_sending() looked the method up on the type only.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IProtocol
+from twisted.internet.task import Clock
+from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+
+from pystrands import wire
+from pystrands.broker.config import BrokerConfig
+from pystrands.broker.router import Broker
+from pystrands.broker.websocket import WebSocketFactory
+from tests.broker.test_tls_refusals import Socket
+from tests.broker.test_websocket_stages import FakeBackend, close_frame, request_head
+
+PROXY_HEADER = b"PROXY TCP4 198.51.100.7 192.0.2.1 51000 8080\r\n"
+
+
+def _behind_haproxy(backend: FakeBackend | None = None) -> tuple[Socket, Broker, IProtocol]:
+    """A broker on a Clock whose WebSocket factory is behind Twisted's HAProxy wrapper, and one socket."""
+    broker = Broker(BrokerConfig(), Clock())
+    if backend is not None:
+        broker.backend_ready(backend)
+    wrapping = HAProxyWrappingFactory(WebSocketFactory(broker))
+    peer = IPv4Address("TCP", "192.0.2.10", 40000)
+    sock = Socket(peerAddress=peer, lenient=True)
+    protocol = wrapping.buildProtocol(peer)
+    assert protocol is not None
+    protocol.makeConnection(sock)
+    protocol.dataReceived(PROXY_HEADER + request_head())
+    return sock, broker, protocol
+
+
+@pytest.mark.xfail(strict=True, reason="review6: end_sending() looks loseWriteConnection up on the type only, "
+                   "so a ProtocolWrapper over plain TCP gets a full close")
+def test_a_refusal_behind_haproxy_half_closes_the_tcp_socket() -> None:
+    """No backend: 503, then the socket's sending side ends and it reads on (not a full close, whose
+    unread input makes the kernel send a reset that can discard the answer)."""
+    sock, _, _ = _behind_haproxy()
+    assert sock.value().startswith(b"HTTP/1.1 503 ")
+    assert (sock.write_closed, sock.disconnecting) == (True, False)
+
+
+@pytest.mark.xfail(strict=True, reason="review6: end_sending() looks loseWriteConnection up on the type only, "
+                   "so a ProtocolWrapper over plain TCP gets a full close")
+def test_a_websocket_close_behind_haproxy_half_closes_the_tcp_socket() -> None:
+    """The close handshake's half-close: the broker's close frame, then the socket's sending side ends."""
+    backend = FakeBackend()
+    sock, broker, protocol = _behind_haproxy(backend)
+    request = backend.decoded(wire.CONNECTION_REQUEST)[-1]
+    line = wire.response_frame(request["request_id"], True, "alice", "lobby", None)
+    broker.backend_frame(wire.decode_frame(line), line, backend)
+    assert sock.value().startswith(b"HTTP/1.1 101 ")
+    protocol.dataReceived(close_frame(1000, "bye"))
+    assert (sock.write_closed, sock.disconnecting) == (True, False)
