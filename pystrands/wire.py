@@ -251,26 +251,27 @@ def response_frame(
 
 def room_message_frame(room_id: str, message: str) -> bytes:
     """A message for every client in ``room_id``."""
-    if type(room_id) is not str or type(message) is not str:
-        _require_str("room_id", room_id)
-        _require_str("message", message)
-    try:
-        return b'{"request_id":"s%d","action":"message_to_room","params":{"room_id":%b,"message":%b}}\n' % (
-            next(_send_ids), _dumps(room_id), _dumps(message))
-    except orjson.JSONEncodeError as exc:
-        raise _not_json(MESSAGE_TO_ROOM, exc) from None
+    return _addressed(_TO_ROOM, MESSAGE_TO_ROOM, "room_id", room_id, message)
 
 
 def private_message_frame(client_id: str, message: str) -> bytes:
     """A message for the one client ``client_id``."""
-    if type(client_id) is not str or type(message) is not str:
-        _require_str("client_id", client_id)
+    return _addressed(_TO_CONNECTION, MESSAGE_TO_CONNECTION, "client_id", client_id, message)
+
+
+_TO_ROOM = b'{"request_id":"s%d","action":"message_to_room","params":{"room_id":%b,"message":%b}}\n'
+_TO_CONNECTION = b'{"request_id":"s%d","action":"message_to_connection","params":{"conn_id":%b,"message":%b}}\n'
+
+
+def _addressed(template: bytes, action: str, name: str, to: str, message: str) -> bytes:
+    """``template`` filled with a fresh id, ``to`` (called ``name`` in errors) and ``message``."""
+    if type(to) is not str or type(message) is not str:
+        _require_str(name, to)
         _require_str("message", message)
     try:
-        return b'{"request_id":"s%d","action":"message_to_connection","params":{"conn_id":%b,"message":%b}}\n' % (
-            next(_send_ids), _dumps(client_id), _dumps(message))
+        return template % (next(_send_ids), _dumps(to), _dumps(message))
     except orjson.JSONEncodeError as exc:
-        raise _not_json(MESSAGE_TO_CONNECTION, exc) from None
+        raise _not_json(action, exc) from None
 
 
 def broadcast_frame(message: str) -> bytes:
