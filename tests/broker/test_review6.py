@@ -10,6 +10,10 @@ ending, as before end_sending() looked the method up on the type only.
 
 from __future__ import annotations
 
+import socket
+import time
+from collections.abc import Callable
+
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IProtocol
@@ -20,7 +24,8 @@ from pystrands import wire
 from pystrands.broker.config import BrokerConfig
 from pystrands.broker.router import Broker
 from pystrands.broker.websocket import WebSocketFactory
-from tests.broker.test_tls_refusals import Socket
+from tests.broker.conftest import RunningBroker
+from tests.broker.test_tls_refusals import HOST, Socket
 from tests.broker.test_websocket_stages import FakeBackend, close_frame, request_head
 
 PROXY_HEADER = b"PROXY TCP4 198.51.100.7 192.0.2.1 51000 8080\r\n"
@@ -63,3 +68,33 @@ def test_a_websocket_close_behind_haproxy_half_closes_the_tcp_socket() -> None:
     assert sock.value().startswith(b"HTTP/1.1 101 ")
     protocol.dataReceived(close_frame(1000, "bye"))
     assert (sock.write_closed, sock.disconnecting) == (True, False)
+
+
+# -- real sockets ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def haproxy_broker(start_broker: Callable[..., RunningBroker]) -> RunningBroker:
+    """A broker whose WebSocket port expects the PROXY protocol, with no backend (each handshake gets 503)."""
+    return start_broker(ws_endpoint=f"haproxy:tcp:0:interface={HOST}")
+
+
+@pytest.mark.xfail(strict=True, reason="review6: end_sending() fully closes a socket behind a ProtocolWrapper")
+def test_behind_haproxy_a_client_that_sends_on_after_its_refusal_is_not_reset(haproxy_broker: RunningBroker) -> None:
+    """The client reads its 503 and the end of the answer, then sends on: the broker reads and drops it
+    (as over plain TCP), instead of a closed socket answering with a reset."""
+    with socket.create_connection((HOST, haproxy_broker.ws_port), timeout=5) as conn:
+        conn.sendall(b"PROXY TCP4 198.51.100.7 127.0.0.1 51000 80\r\n" + request_head())
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 503 ")
+        deadline = time.monotonic() + 1.0
+        error: OSError | None = None
+        while error is None and time.monotonic() < deadline:
+            try:
+                conn.sendall(b"more bytes the client had queued\r\n")
+            except OSError as raised:
+                error = raised
+            time.sleep(0.02)
+        assert error is None
