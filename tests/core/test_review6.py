@@ -10,9 +10,14 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from zope.interface import implementer
 
-from pystrands import wire
+from pystrands import Backend, wire
 from pystrands.dispatch import KeyedDispatcher
+from pystrands.protocol import BrokerClientFactory, BrokerProtocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import broker_sim
@@ -175,3 +180,57 @@ def test_a_context_that_is_not_bytes_is_not_called_a_json_encoding_failure() -> 
     with pytest.raises(TypeError) as raised:
         wire.new_message_frame("hello", "{}")  # type: ignore[arg-type]
     assert "cannot be encoded as JSON" not in str(raised.value)
+
+
+class _Stopping(Backend):
+    """Sends its reply, then stops the connection from inside the handler; ``later`` keeps it waiting."""
+
+    def __init__(self) -> None:
+        self.factory: BrokerClientFactory | None = None
+        self.later: Deferred[None] | None = None
+        self.stopped: Deferred[None] | None = None
+
+    def on_message(self, message: str, context: Any) -> object:
+        sent = self.broker.send_private_message(context.client_id, message)
+        assert self.factory is not None
+        self.stopped = self.factory.stop(5.0)
+        return self.later if self.later is not None else sent
+
+
+@implementer(IStreamClientEndpoint)
+class _InMemory:
+    """An endpoint whose connection is made at once, over a StringTransport."""
+
+    def __init__(self) -> None:
+        self.transport = StringTransport()
+        self.protocol: BrokerProtocol | None = None
+
+    def connect(self, factory: BrokerClientFactory) -> Deferred[BrokerProtocol]:
+        self.protocol = factory.buildProtocol(None)
+        self.protocol.makeConnection(self.transport)
+        return succeed(self.protocol)
+
+
+def _connected(backend: _Stopping) -> tuple[BrokerProtocol, StringTransport]:
+    factory = backend.factory = BrokerClientFactory(backend, Clock())
+    endpoint = _InMemory()
+    factory.connect(endpoint)
+    assert endpoint.protocol is not None
+    return endpoint.protocol, endpoint.transport
+
+
+@pytest.mark.parametrize("waits", [False, True])
+def test_a_stop_from_inside_a_handler_closes_after_its_reply(waits: bool) -> None:
+    """The handler's own call holds the drain: the connection closes after the handler is done, its
+    reply written first; a handler still waiting holds the close until it is done."""
+    backend = _Stopping()
+    if waits:
+        backend.later = Deferred()
+    protocol, transport = _connected(backend)
+    protocol.dataReceived(broker_sim.client_frames(5, 1)[0])
+    assert b'"message_to_connection"' in transport.value()
+    if waits:
+        assert not transport.disconnecting
+        assert backend.later is not None
+        backend.later.callback(None)
+    assert transport.disconnecting
