@@ -34,7 +34,7 @@ class Schedule:
         self.busy_calls: list[str] = []
         self.dispatcher = KeyedDispatcher(concurrency, max_events, 10**9,
                                           on_busy=lambda: self.busy_calls.append("busy"),
-                                          on_idle=lambda: self.busy_calls.append("idle"))
+                                          on_idle=self._idle)
         self.concurrency = concurrency
         self.ids = 0
         self.submitted: dict[str, list[int]] = {}   # per key, call ids in submit order
@@ -43,6 +43,12 @@ class Schedule:
         self.key_of: dict[int, str] = {}
         self.waiting: list[tuple[int, Deferred[None]]] = []  # calls whose outcome is not in yet
         self.drains: list[list[bool]] = []
+
+    def _idle(self) -> None:
+        """Reading resumes: lines held meanwhile are submitted at once, from inside the dispatcher."""
+        self.busy_calls.append("idle")
+        for _ in range(self.rng.randrange(3)):
+            self.submit(self.rng.choice("abcdef"))
 
     def not_done(self) -> int:
         started = sum(len(ids) for ids in self.started.values())
