@@ -210,10 +210,11 @@ def new_message_frame(message: str, context: bytes) -> bytes:
     ``encode_frame(NEW_MESSAGE, {"message": message, "context": ...})``, without building and encoding
     the context again for each message (the broker keeps each client's encoded)."""
     try:
-        return b'{"request_id":"s%d","action":"new_message","params":{"message":%b,"context":%b}}\n' % (
-            next(_send_ids), _dumps(message), context)
+        encoded = _dumps(message)
     except orjson.JSONEncodeError as exc:
         raise _not_json(NEW_MESSAGE, exc) from None
+    return b'{"request_id":"s%d","action":"new_message","params":{"message":%b,"context":%b}}\n' % (
+        next(_send_ids), encoded, context)
 
 
 def _require_finite(name: str, value: object) -> None:

@@ -32,6 +32,7 @@ from weakref import WeakKeyDictionary
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport, ITransport
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 from zope.interface import implementer
 
 from .._internals import write_at_once
@@ -250,13 +251,17 @@ def end_sending(transport: ITransport) -> None:
     """Send nothing after what was written, and read on: the peer then reads all of it instead of a reset
     (which a socket closed with unread input sends, and which discards what the peer has not read yet).
 
-    A socket half-closes. TLS ends its stream instead (close_notify after the data; the socket closes once
-    the peer ends too): Twisted's TLS wrapper passes ``loseWriteConnection`` on to the socket beneath it,
-    whose FIN could go before the data, which the wrapper holds until the reactor's next turn (about one
-    refusal in 200 lost its answer so). A socket after ``startTLS`` is TLS too.
+    A socket half-closes, also beneath a protocol wrapper such as the PROXY protocol's (``haproxy:``).
+    TLS ends its stream instead (close_notify after the data; the socket closes once the peer ends too):
+    Twisted's TLS wrapper passes ``loseWriteConnection`` on to the socket beneath it, whose FIN could go
+    before the data, which the wrapper holds until the reactor's next turn (about one refusal in 200 lost
+    its answer so). A socket after ``startTLS`` is TLS too.
     """
-    lose_write = getattr(type(transport), "loseWriteConnection", None)  # the transport's own, not passed on
-    if lose_write is None or ISSLTransport.providedBy(transport):
+    beneath: ITransport | None = transport
+    while isinstance(beneath, ProtocolWrapper) and not ISSLTransport.providedBy(beneath):
+        beneath = beneath.transport  # a wrapper that only passes the bytes on: look at what it wraps
+    lose_write = getattr(type(beneath), "loseWriteConnection", None)  # the transport's own, not passed on
+    if beneath is None or lose_write is None or ISSLTransport.providedBy(beneath):
         transport.loseConnection()
     else:
-        lose_write(transport)
+        lose_write(beneath)

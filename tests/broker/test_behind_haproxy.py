@@ -1,11 +1,11 @@
-"""Review of end_sending(): a refusal or a WebSocket close behind a non-TLS protocol wrapper.
+"""end_sending() behind a non-TLS protocol wrapper: a refusal or a WebSocket close half-closes the socket.
 
 ``ws_endpoint`` takes any Twisted server endpoint string, ``haproxy:tcp:...``
 included (a broker behind a load balancer speaking the PROXY protocol). There
 the protocol's transport is Twisted's ``HAProxyProtocolWrapper``, a
 ``ProtocolWrapper`` that passes ``loseWriteConnection`` on to the TCP socket
 beneath it through ``__getattr__``: plain TCP, so the half-close is the right
-ending, as before end_sending() looked the method up on the type only.
+ending, made with the method of the socket beneath the wrapper.
 """
 
 from __future__ import annotations
@@ -46,8 +46,6 @@ def _behind_haproxy(backend: FakeBackend | None = None) -> tuple[Socket, Broker,
     return sock, broker, protocol
 
 
-@pytest.mark.xfail(strict=True, reason="review6: end_sending() looks loseWriteConnection up on the type only, "
-                   "so a ProtocolWrapper over plain TCP gets a full close")
 def test_a_refusal_behind_haproxy_half_closes_the_tcp_socket() -> None:
     """No backend: 503, then the socket's sending side ends and it reads on (not a full close, whose
     unread input makes the kernel send a reset that can discard the answer)."""
@@ -56,8 +54,6 @@ def test_a_refusal_behind_haproxy_half_closes_the_tcp_socket() -> None:
     assert (sock.write_closed, sock.disconnecting) == (True, False)
 
 
-@pytest.mark.xfail(strict=True, reason="review6: end_sending() looks loseWriteConnection up on the type only, "
-                   "so a ProtocolWrapper over plain TCP gets a full close")
 def test_a_websocket_close_behind_haproxy_half_closes_the_tcp_socket() -> None:
     """The close handshake's half-close: the broker's close frame, then the socket's sending side ends."""
     backend = FakeBackend()
@@ -79,7 +75,6 @@ def haproxy_broker(start_broker: Callable[..., RunningBroker]) -> RunningBroker:
     return start_broker(ws_endpoint=f"haproxy:tcp:0:interface={HOST}")
 
 
-@pytest.mark.xfail(strict=True, reason="review6: end_sending() fully closes a socket behind a ProtocolWrapper")
 def test_behind_haproxy_a_client_that_sends_on_after_its_refusal_is_not_reset(haproxy_broker: RunningBroker) -> None:
     """The client reads its 503 and the end of the answer, then sends on: the broker reads and drops it
     (as over plain TCP), instead of a closed socket answering with a reset."""

@@ -1,5 +1,6 @@
-"""Review of the dispatcher's fast path and the simulator's reply counter, by random schedules checked
-against what each promises (order per key, the concurrency bound, drains, busy and idle)."""
+"""The dispatcher's fast path and the simulator's reply counter, by random schedules checked against what
+each promises (order per key, the concurrency bound, drains, busy and idle); a stop from inside a handler;
+the new_message builder's errors."""
 
 from __future__ import annotations
 
@@ -179,7 +180,6 @@ def test_the_reply_counter_counts_across_any_chunking(seed: int) -> None:
     assert counter.actions == stream.count(broker_sim.REPLY_ACTION)
 
 
-@pytest.mark.xfail(strict=True, reason="review6: the frame builders' one try also relabels a %b TypeError")
 def test_a_context_that_is_not_bytes_is_not_called_a_json_encoding_failure() -> None:
     """new_message_frame's one ``try`` now covers the ``%`` formatting too, and orjson's JSONEncodeError is
     TypeError itself: a str context is reported as a frame JSON cannot carry, which it is not."""
