@@ -769,7 +769,13 @@ class WebSocketFactory(Factory[ClientConnection]):
         self._status_slots_taken = 0
         #: Warns of a socket refused over a limit: the first at once, then at most one a second (a flood of
         #: connections is counted in ``handshakes_total{outcome="over_limit"}``, not logged line by line).
-        self.refused_over_limit = ThrottledWarning(log, broker.clock, "Refused a WebSocket-port connection: {why}")
+        self.refused_over_limit = ThrottledWarning(
+            log, broker.clock, "Refused a WebSocket-port connection: {why}",
+            held_format="Refused {held_back} more WebSocket-port connections since the last warning (the last: {why})")
+
+    def stopFactory(self) -> None:
+        """The port stopped listening: log the refusals the throttled warning still held back."""
+        self.refused_over_limit.flush()
 
     def acceptableProtocols(self) -> list[bytes]:
         """The TLS (ALPN) protocol of the port: HTTP/1.1, which WebSocket handshakes ride on. Twisted's TLS

@@ -469,6 +469,27 @@ def test_refusals_over_the_limits_are_logged_once_a_second_with_a_count() -> Non
                         "Refused a WebSocket-port connection: too many clients; 99 more since the last warning"]
 
 
+def test_refusals_held_back_are_logged_when_the_port_stops() -> None:
+    h = Harness(max_clients=1)
+    h.factory.doStart()
+    h.connect()
+    warnings: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_level") is LogLevel.warn and "WebSocket-port" in event.get("log_format", ""):
+            warnings.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        for _ in range(3):
+            assert h.handshake().answer.status == 503
+        h.factory.doStop()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert warnings == ["Refused a WebSocket-port connection: too many clients",
+                        "Refused 2 more WebSocket-port connections since the last warning (the last: too many clients)"]
+
+
 # -- 5. JUDGING -----------------------------------------------------------------------------
 
 
