@@ -448,46 +448,34 @@ def test_every_socket_over_the_limits_is_counted_once_even_one_that_hangs_up_fir
     assert h.broker.metrics.handshakes["over_limit"] == 6
 
 
-def test_refusals_over_the_limits_are_logged_once_a_second_with_a_count() -> None:
+def refusal_warnings(events: list[dict[str, Any]]) -> list[str]:
+    """The text of the warnings about sockets refused on the WebSocket port, from ``broker_log``."""
+    return [formatEvent(event) for event in events
+            if event.get("log_level") is LogLevel.warn and "WebSocket-port" in event.get("log_format", "")]
+
+
+def test_refusals_over_the_limits_are_logged_once_a_second_with_a_count(broker_log: list[dict[str, Any]]) -> None:
     h = Harness(max_clients=1)
     h.connect()
-    warnings: list[str] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        if event.get("log_level") is LogLevel.warn and "Refused a WebSocket-port" in event.get("log_format", ""):
-            warnings.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    try:
-        for _ in range(100):
-            assert h.handshake().answer.status == 503
-        h.clock.advance(1.0)
-        h.handshake()
-    finally:
-        globalLogPublisher.removeObserver(observe)
-    assert warnings == ["Refused a WebSocket-port connection: too many clients",
-                        "Refused a WebSocket-port connection: too many clients; 99 more since the last warning"]
+    for _ in range(100):
+        assert h.handshake().answer.status == 503
+    h.clock.advance(1.0)
+    h.handshake()
+    assert refusal_warnings(broker_log) == [
+        "Refused a WebSocket-port connection: too many clients",
+        "Refused a WebSocket-port connection: too many clients; 99 more since the last warning"]
 
 
-def test_refusals_held_back_are_logged_when_the_port_stops() -> None:
+def test_refusals_held_back_are_logged_when_the_port_stops(broker_log: list[dict[str, Any]]) -> None:
     h = Harness(max_clients=1)
     h.factory.doStart()
     h.connect()
-    warnings: list[str] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        if event.get("log_level") is LogLevel.warn and "WebSocket-port" in event.get("log_format", ""):
-            warnings.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    try:
-        for _ in range(3):
-            assert h.handshake().answer.status == 503
-        h.factory.doStop()
-    finally:
-        globalLogPublisher.removeObserver(observe)
-    assert warnings == ["Refused a WebSocket-port connection: too many clients",
-                        "Refused 2 more WebSocket-port connections since the last warning (the last: too many clients)"]
+    for _ in range(3):
+        assert h.handshake().answer.status == 503
+    h.factory.doStop()
+    assert refusal_warnings(broker_log) == [
+        "Refused a WebSocket-port connection: too many clients",
+        "Refused 2 more WebSocket-port connections since the last warning (the last: too many clients)"]
 
 
 # -- 5. JUDGING -----------------------------------------------------------------------------
