@@ -50,6 +50,14 @@ def already_succeeded(result: Deferred[Any]) -> bool:
     return value is None or not isinstance(value, (Failure, Deferred))
 
 
+def _done(result: object) -> bool:
+    """True for the usual results of a handler that finished: None (the thread and asyncio faces) or a
+    send's Deferred, fired with None. Told apart by exact type, before iscoroutine and isinstance against
+    an ABC, which cost more; anything else is followed by the dispatcher's general path."""
+    return result is None or (type(result) is Deferred and result.called and result.result is None
+                              and not result.paused)
+
+
 class KeyedDispatcher:
     """Ordered per key, concurrent across keys, bounded by ``concurrency``.
 
@@ -102,6 +110,7 @@ class KeyedDispatcher:
         except BaseException:
             self._report(Failure(), handler)
             result = None
+        # _done(result), written out: a call here costs 2.5% of the whole per-message path
         if result is None or (type(result) is Deferred and result.called and result.result is None
                               and not result.paused):
             self._running -= 1
@@ -183,10 +192,7 @@ class KeyedDispatcher:
 
     def _follow(self, result: Any, key: Hashable, size: int, handler: Callable[..., Any]) -> None:
         """Finish a counted call once its result (a value, a Deferred or a coroutine) is done."""
-        # Most results are None (the thread and asyncio faces) or a send's Deferred, fired with None:
-        # those are told apart first, as iscoroutine and isinstance against an ABC cost more.
-        if result is None or (type(result) is Deferred and result.called and result.result is None
-                              and not result.paused):
+        if _done(result):
             self._finished(key, size)
             return
         if iscoroutine(result):
